@@ -1,0 +1,1 @@
+"""DR-Seg engine: raster in by windows, vectors and rasters out. No QGIS import anywhere here."""

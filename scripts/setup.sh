@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs everything DR-Seg needs on a Debian machine (idempotent):
+# QGIS + GDAL + rasterio from Debian, then a .venv that sees them (system site packages)
+# with torch, open_clip, segment_anything and the test tools from PyPI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dev=0
+[ "${1:-}" = "--dev" ] && dev=1
+
+need_apt=0
+for mod in qgis.core rasterio osgeo.ogr; do
+  /usr/bin/python3 -c "import $mod" 2>/dev/null || need_apt=1
+done
+command -v Xvfb >/dev/null || need_apt=1
+if [ "$need_apt" = 1 ]; then
+  echo "== installing QGIS, GDAL and rasterio from Debian"
+  sudo_cmd=""
+  [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -q --no-install-recommends \
+    python3-qgis qgis-providers qgis xvfb python3-venv python3-rasterio
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "== creating .venv (with system site packages, so qgis and rasterio import)"
+  /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+req=requirements.txt
+[ "$dev" = 1 ] && req=requirements-dev.txt
+stamp=".venv/.installed-$(cat requirements.txt "$req" pyproject.toml | sha256sum | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  echo "== installing Python packages from $req"
+  .venv/bin/python -m pip install -q -r "$req"
+  .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+  touch "$stamp"
+fi
