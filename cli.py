@@ -1,0 +1,141 @@
+"""Command line: `python -m drseg segment RASTER --classes "building;water" --out result.gpkg`.
+
+Exit codes: 0 success, 2 bad input or missing weights (one-line message), 130 cancelled.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+from .core.errors import DrSegError, RunCancelled
+
+
+def _extent(text: str):
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError("extent must be xmin,ymin,xmax,ymax")
+    return values
+
+
+def add_segment_parser(subparsers) -> None:
+    from .core.device import DEVICE_CHOICES
+    from .core.segment import DEFAULT_THRESHOLD
+
+    p = subparsers.add_parser("segment", help="open-vocabulary segmentation of a raster into classes",
+                              description="Segment RASTER into the classes typed with --classes and "
+                                          "write polygons (GeoPackage) and/or a class raster.")
+    p.add_argument("raster", help="input raster (GeoTIFF or any GDAL format)")
+    p.add_argument("--classes", required=True,
+                   help="classes separated by ';', synonyms by ',', e.g. 'building,roof;road;water'")
+    p.add_argument("--out", help="output GeoPackage of polygons (.gpkg)")
+    p.add_argument("--raster-out", help="output class-index GeoTIFF (.tif)")
+    p.add_argument("--clip-model", default="ViT-B-16", help="open_clip model name or JSON config")
+    p.add_argument("--clip-weights", default="openai",
+                   help="open_clip pretrained tag (downloaded on first use) or checkpoint file")
+    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    p.add_argument("--bands", help="band numbers, 1 (grey) or 3 (RGB), e.g. 4,3,2; default: RGB")
+    p.add_argument("--extent", type=_extent, help="xmin,ymin,xmax,ymax in the raster's CRS")
+    p.add_argument("--resolution", type=float, help="working pixel size in metres (default: native)")
+    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                   help="pixels whose top class probability is below this become background")
+    p.add_argument("--simplify", type=float, default=0.0, help="polygon simplification, in pixels")
+    p.add_argument("--min-area", type=float, default=0.0, help="drop polygons smaller than this, m²")
+    p.add_argument("--window", type=int, default=224, help="sliding window, working pixels")
+    p.add_argument("--stride", type=int, default=112, help="sliding window stride, working pixels")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run_segment_command)
+
+
+def run_segment_command(args) -> int:
+    from .core.raster_io import parse_bands
+    from .core.segment import SegmentationRequest, run_segmentation
+
+    if not args.out and not args.raster_out:
+        raise DrSegError("Give an output: --out result.gpkg and/or --raster-out classes.tif")
+    request = SegmentationRequest(
+        raster=args.raster, classes=args.classes, out_vector=args.out, out_raster=args.raster_out,
+        bands=parse_bands(args.bands), extent=args.extent, resolution=args.resolution,
+        threshold=args.threshold, clip_model=args.clip_model, clip_weights=args.clip_weights,
+        device=args.device, window=args.window, stride=args.stride, simplify=args.simplify,
+        min_area=args.min_area)
+    with ProgressBar(args.quiet) as bar:
+        result = run_segmentation(request, progress=bar.update)
+    t = result.timings
+    print(f"{result.width}×{result.height} px on {result.device}: {result.polygon_count} polygons; "
+          f"read {t.read:.1f}s, model {t.model:.1f}s, stitch {t.stitch:.1f}s, "
+          f"vectorize {t.vectorize:.1f}s")
+    for name, pixels in result.class_pixels.items():
+        print(f"  {name}: {pixels} px")
+    for path in (result.vector_path, result.raster_path):
+        if path:
+            print(f"wrote {path}")
+    return 0
+
+
+class ProgressBar:
+    """tqdm bar fed by the engine's (fraction, message) callback."""
+
+    def __init__(self, quiet: bool = False):
+        self._quiet = quiet
+        self._bar = None
+
+    def __enter__(self):
+        return self
+
+    def update(self, fraction: float, message: str) -> None:
+        if self._bar is None and not self._quiet:  # created on first progress, not before errors
+            from tqdm import tqdm
+            self._bar = tqdm(total=100, unit="%", file=sys.stderr,
+                             bar_format="{l_bar}{bar}| {elapsed}<{remaining}")
+        if self._bar is not None:
+            self._bar.set_description_str(message[:40])
+            self._bar.n = round(fraction * 100, 1)
+            self._bar.refresh()
+
+    def __exit__(self, *exc):
+        if self._bar is not None:
+            self._bar.close()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m drseg",
+                                     description="DR-Seg: segment remote sensing rasters from text")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    add_segment_parser(subparsers)
+    _add_optional_commands(subparsers)
+    return parser
+
+
+def _add_optional_commands(subparsers) -> None:
+    """Sub-commands living beside the engine modules they drive."""
+    try:
+        from .core.models_cli import add_models_parser, run_models_command
+    except ImportError:
+        pass
+    else:
+        add_models_parser(subparsers)
+        subparsers.choices["models"].set_defaults(run=run_models_command)
+    try:
+        from .core.evaluate_cli import add_evaluate_parser, run_evaluate_command
+    except ImportError:
+        pass
+    else:
+        add_evaluate_parser(subparsers)
+        subparsers.choices["evaluate"].set_defaults(run=run_evaluate_command)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except DrSegError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (RunCancelled, KeyboardInterrupt):
+        print("cancelled", file=sys.stderr)
+        return 130

@@ -1,0 +1,171 @@
+"""Training-free dense CLIP on any open_clip ViT (DESIGN.md section 2).
+
+The last transformer block is replaced by self-self attention without residual or MLP
+(`softmax(qqᵀ)+softmax(kkᵀ)+softmax(vvᵀ)` for SegEarth-OV), which localises patch tokens; the
+global bias shared by all patches is reduced with `patch·Tᵀ + λ·cls·Tᵀ`.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import ModelError
+
+CLIP_MEAN = (122.771, 116.746, 104.094)  # on the 0..255 scale
+CLIP_STD = (68.501, 66.632, 70.323)
+
+# Which self-self terms the last block's attention sums (DESIGN.md section 2).
+ATTENTION_VARIANTS = {
+    "segearth": ("q", "k", "v"),
+    "sclip": ("q", "k"),
+    "clearclip": ("q",),
+}
+
+
+def imagenet_templates() -> List:
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+    return list(OPENAI_IMAGENET_TEMPLATES)
+
+
+class DenseClip:
+    """Per-window class logits from an open_clip CLIP model.
+
+    Implements the scorer interface the sliding-window engine uses: `set_queries(texts)` once per
+    run, then `score_windows(uint8 images (B,3,H,W)) -> logits (B,Q,H/p,W/p)`; the engine
+    multiplies by `logit_scale` before its softmax over queries.
+    """
+
+    logit_scale = 50.0
+
+    def __init__(self, model, tokenizer, device: torch.device, attention: str = "segearth",
+                 bias_lambda: float = -0.3, templates: Optional[Sequence] = None,
+                 window_size: int = 224, batch_size: int = 8):
+        visual = getattr(model, "visual", None)
+        blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
+        if visual is None or blocks is None or not hasattr(visual, "conv1"):
+            raise ModelError("Dense CLIP needs an open_clip Vision Transformer (ViT) model; "
+                             f"'{type(visual).__name__}' is not supported")
+        if getattr(visual, "attn_pool", None) is not None:
+            raise ModelError("CLIP models with attentional pooling (e.g. CoCa) are not supported")
+        if not isinstance(getattr(blocks[-1], "attn", None), torch.nn.MultiheadAttention):
+            raise ModelError("This CLIP model's attention blocks are not supported for dense "
+                             "prediction (expected torch MultiheadAttention)")
+        if attention not in ATTENTION_VARIANTS:
+            raise ValueError(f"attention must be one of {sorted(ATTENTION_VARIANTS)}")
+        self.model = model.to(device).eval()
+        self.tokenizer = tokenizer
+        self.device = device
+        self.attention = attention
+        self.bias_lambda = bias_lambda
+        self.templates = list(templates) if templates is not None else imagenet_templates()
+        self.window_size = window_size
+        self.batch_size = batch_size
+        self.patch_size = int(visual.conv1.kernel_size[0])
+        self._mean = torch.tensor(CLIP_MEAN, device=device).view(1, 3, 1, 1)
+        self._std = torch.tensor(CLIP_STD, device=device).view(1, 3, 1, 1)
+        self._pos_cache: Dict[Tuple[int, int], torch.Tensor] = {}
+        self.text_features: Optional[torch.Tensor] = None
+        self.forward_calls = 0
+
+    # -- text ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_texts(self, names: Sequence[str]) -> torch.Tensor:
+        """Each name in every template, embeddings normalised, averaged, normalised: (Q, D)."""
+        features = []
+        for name in names:
+            prompts = [t(name) if callable(t) else t.format(name) for t in self.templates]
+            tokens = self.tokenizer(prompts).to(self.device)
+            emb = F.normalize(self.model.encode_text(tokens).float(), dim=-1)
+            features.append(F.normalize(emb.mean(dim=0), dim=-1))
+        return torch.stack(features)
+
+    def set_queries(self, queries: Sequence[str]) -> None:
+        self.text_features = self.encode_texts(queries)
+
+    # -- image --------------------------------------------------------------------------------
+    def _positional_embedding(self, grid_h: int, grid_w: int) -> torch.Tensor:
+        key = (grid_h, grid_w)
+        if key not in self._pos_cache:
+            pos = self.model.visual.positional_embedding
+            cls_pos, patch_pos = pos[:1], pos[1:]
+            side = int(round(patch_pos.shape[0] ** 0.5))
+            if (side, side) != key:
+                grid = patch_pos.reshape(1, side, side, -1).permute(0, 3, 1, 2)
+                grid = F.interpolate(grid.float(), size=key, mode="bicubic", align_corners=False)
+                patch_pos = grid.permute(0, 2, 3, 1).reshape(grid_h * grid_w, -1).to(pos.dtype)
+            self._pos_cache[key] = torch.cat([cls_pos, patch_pos], dim=0)
+        return self._pos_cache[key]
+
+    @torch.no_grad()
+    def dense_features(self, pixels: torch.Tensor, vanilla: bool = False
+                       ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Normalised pixels (B,3,H,W) -> (patch features (B,D,h,w), cls feature (B,D)), unnormalised.
+
+        vanilla=True runs the unmodified last block (for checking against open_clip itself).
+        """
+        visual = self.model.visual
+        self.forward_calls += 1
+        x = visual.conv1(pixels.to(visual.conv1.weight.dtype))
+        batch, width, grid_h, grid_w = x.shape
+        x = x.reshape(batch, width, -1).permute(0, 2, 1)
+        cls = visual.class_embedding.to(x.dtype).expand(batch, 1, -1)
+        x = torch.cat([cls, x], dim=1) + self._positional_embedding(grid_h, grid_w).to(x.dtype)
+        x = visual.ln_pre(x)
+        transformer = visual.transformer
+        batch_first = getattr(transformer, "batch_first", True)
+        blocks = transformer.resblocks
+        if not batch_first:
+            x = x.transpose(0, 1)
+        for block in blocks[:-1]:
+            x = block(x)
+        if vanilla:
+            x = blocks[-1](x)
+        if not batch_first:
+            x = x.transpose(0, 1)
+        if not vanilla:
+            x = self._self_self_attention(blocks[-1], x)
+        x = visual.ln_post(x)
+        if visual.proj is not None:
+            x = x @ visual.proj
+        x = x.float()
+        patches = x[:, 1:].permute(0, 2, 1).reshape(batch, -1, grid_h, grid_w)
+        return patches, x[:, 0]
+
+    def _self_self_attention(self, block, x: torch.Tensor) -> torch.Tensor:
+        """The last block's attention with self-self terms; its output replaces the block."""
+        attn = block.attn
+        y = block.ln_1(x)
+        batch, length, width = y.shape
+        heads = attn.num_heads
+        head_dim = width // heads
+        q, k, v = F.linear(y, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+        split = {name: t.reshape(batch, length, heads, head_dim).transpose(1, 2)
+                 for name, t in (("q", q), ("k", k), ("v", v))}
+        scale = head_dim ** -0.5
+        weights = sum(torch.softmax(scale * split[n] @ split[n].transpose(-2, -1), dim=-1)
+                      for n in ATTENTION_VARIANTS[self.attention])
+        out = (weights @ split["v"]).transpose(1, 2).reshape(batch, length, width)
+        return attn.out_proj(out)
+
+    def normalise(self, images: np.ndarray) -> torch.Tensor:
+        pixels = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).float()
+        return (pixels - self._mean) / self._std
+
+    @torch.no_grad()
+    def score_windows(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (B,3,H,W) -> logits (B,Q,H/p,W/p): cosine(patch, text) + λ·cosine(cls, text)."""
+        if self.text_features is None:
+            raise RuntimeError("set_queries() must be called before score_windows()")
+        outputs = []
+        for start in range(0, len(images), self.batch_size):
+            patches, cls = self.dense_features(self.normalise(images[start:start + self.batch_size]))
+            patches = F.normalize(patches, dim=1)
+            cls = F.normalize(cls, dim=-1)
+            logits = torch.einsum("bdhw,qd->bqhw", patches, self.text_features)
+            logits = logits + self.bias_lambda * (cls @ self.text_features.T)[:, :, None, None]
+            outputs.append(logits.cpu().numpy().astype(np.float32))
+        return np.concatenate(outputs, axis=0)

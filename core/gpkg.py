@@ -1,0 +1,89 @@
+"""Writing polygon layers to GeoPackage with GDAL/OGR (the GDAL that QGIS itself uses)."""
+from __future__ import annotations
+
+from typing import Iterable, Optional, Sequence
+
+import shapely
+from osgeo import ogr, osr
+
+from .errors import InputError
+
+ogr.UseExceptions()
+osr.UseExceptions()
+
+
+def spatial_reference(crs) -> osr.SpatialReference:
+    srs = osr.SpatialReference()
+    srs.ImportFromWkt(crs.to_wkt())
+    srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)  # x = easting/longitude
+    return srs
+
+
+class PolygonLayerWriter:
+    """One GeoPackage polygon layer. fields: [(name, 'str'|'int'|'real')]."""
+
+    _TYPES = {"str": ogr.OFTString, "int": ogr.OFTInteger, "real": ogr.OFTReal}
+
+    def __init__(self, path: str, layer_name: str, crs, fields: Sequence, style_qml: Optional[str] = None):
+        driver = ogr.GetDriverByName("GPKG")
+        try:
+            self._ds = driver.CreateDataSource(path)
+        except RuntimeError as exc:
+            raise InputError(f"Cannot create GeoPackage '{path}': {exc}") from None
+        self._layer = self._ds.CreateLayer(layer_name, spatial_reference(crs), ogr.wkbMultiPolygon,
+                                           options=["SPATIAL_INDEX=YES"])
+        for name, kind in fields:
+            self._layer.CreateField(ogr.FieldDefn(name, self._TYPES[kind]))
+        self._defn = self._layer.GetLayerDefn()
+        self.layer_name = layer_name
+        self.count = 0
+        self._style_qml = style_qml
+        self._ds.StartTransaction()
+
+    def add(self, geometry, **attributes) -> None:
+        if geometry.geom_type == "Polygon":
+            geometry = shapely.MultiPolygon([geometry])
+        elif geometry.geom_type != "MultiPolygon":  # e.g. a collection left by make_valid
+            polygons = [g for g in getattr(geometry, "geoms", []) if g.geom_type in ("Polygon", "MultiPolygon")]
+            if not polygons:
+                return
+            geometry = shapely.MultiPolygon([p for g in polygons for p in getattr(g, "geoms", [g])])
+        feature = ogr.Feature(self._defn)
+        for name, value in attributes.items():
+            feature.SetField(name, value)
+        feature.SetGeometry(ogr.CreateGeometryFromWkb(shapely.to_wkb(geometry)))
+        self._layer.CreateFeature(feature)
+        self.count += 1
+
+    def close(self) -> None:
+        if self._ds is None:
+            return
+        self._ds.CommitTransaction()
+        if self._style_qml:
+            _store_default_style(self._ds, self.layer_name, self._style_qml)
+        self._ds = None  # closes and flushes the file
+
+    def abort(self) -> None:
+        self._ds = None
+
+
+def _store_default_style(ds, layer_name: str, qml: str) -> None:
+    """Store the style in the GeoPackage's `layer_styles` table, which QGIS applies on load."""
+    styles = ds.GetLayerByName("layer_styles")
+    if styles is None:
+        styles = ds.CreateLayer("layer_styles", geom_type=ogr.wkbNone)
+        for name, kind in (("f_table_catalog", ogr.OFTString), ("f_table_schema", ogr.OFTString),
+                           ("f_table_name", ogr.OFTString), ("f_geometry_column", ogr.OFTString),
+                           ("styleName", ogr.OFTString), ("styleQML", ogr.OFTString),
+                           ("styleSLD", ogr.OFTString), ("useAsDefault", ogr.OFTInteger),
+                           ("description", ogr.OFTString), ("owner", ogr.OFTString),
+                           ("ui", ogr.OFTString), ("update_time", ogr.OFTDateTime)):
+            styles.CreateField(ogr.FieldDefn(name, kind))
+    feature = ogr.Feature(styles.GetLayerDefn())
+    values = {"f_table_catalog": "", "f_table_schema": "", "f_table_name": layer_name,
+              "f_geometry_column": "geom", "styleName": layer_name, "styleQML": qml,
+              "styleSLD": "", "useAsDefault": 1, "description": "DR-Seg class colours",
+              "owner": "", "ui": ""}
+    for name, value in values.items():
+        feature.SetField(name, value)
+    styles.CreateFeature(feature)

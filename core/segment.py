@@ -1,0 +1,170 @@
+"""Open-vocabulary segmentation of a raster: the one engine entry point every front end calls.
+
+    result = run_segmentation(SegmentationRequest(raster="scene.tif", classes="building; water",
+                                                  out_vector="out.gpkg"),
+                              progress=lambda fraction, message: ..., cancelled=lambda: False)
+
+Nothing is written under the output names until the run has completed; a failed or cancelled run
+leaves no file behind.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .classes import ClassSpec, flatten_queries, parse_classes
+from .colors import class_colour
+from .errors import InputError
+from .gpkg import PolygonLayerWriter
+from .outputs import ClassRasterWriter, FloatRasterWriter, WorkDir, check_destination, publish
+from .progress import RunMonitor
+from .raster_io import RasterReader
+from .sliding import SlidingWindowSegmenter, Timings
+from .style import categorized_qml
+from .vectorize import vectorize
+
+DEFAULT_THRESHOLD = 0.3
+VECTOR_FIELDS = [("class", "str"), ("class_id", "int"), ("score", "real"), ("area_m2", "real")]
+
+
+@dataclass
+class SegmentationRequest:
+    raster: str
+    classes: object                        # "building,roof; road; water" or a list of such strings
+    out_vector: Optional[str] = None       # GeoPackage of polygons
+    out_raster: Optional[str] = None       # class-index GeoTIFF
+    bands: Optional[Sequence[int]] = None  # 1 or 3 band numbers; None: RGB automatically
+    extent: Optional[Sequence[float]] = None   # xmin, ymin, xmax, ymax in the raster's CRS
+    resolution: Optional[float] = None     # working pixel size in metres; None: native
+    threshold: float = DEFAULT_THRESHOLD   # below this top probability a pixel is background
+    clip_model: str = "ViT-B-16"
+    clip_weights: str = "openai"
+    device: str = "auto"
+    window: int = 224
+    stride: int = 112
+    block: int = 512
+    batch_size: int = 8
+    simplify: float = 0.0                  # polygon simplification tolerance, in pixels
+    min_area: float = 0.0                  # smallest polygon kept, m²
+    layer_name: str = "segmentation"
+
+
+@dataclass
+class SegmentationResult:
+    vector_path: Optional[str]
+    raster_path: Optional[str]
+    layer_name: str
+    classes: List[ClassSpec]
+    polygon_count: int
+    class_pixels: Dict[str, int]
+    width: int
+    height: int
+    crs_wkt: str
+    device: str
+    timings: Timings = field(default_factory=Timings)
+
+    def colour(self, name: str):
+        return class_colour(name)
+
+
+def run_segmentation(request: SegmentationRequest, scorer=None, progress=None, cancelled=None
+                     ) -> SegmentationResult:
+    """Segment `request.raster` into `request.classes`.
+
+    scorer: a window scorer (see core/sliding.py); None loads dense CLIP per the request (shared
+    with later runs through core.model_cache).
+    """
+    monitor = RunMonitor(progress, cancelled)
+    classes = parse_classes(request.classes)
+    if not request.out_vector and not request.out_raster:
+        raise InputError("Choose at least one output: a GeoPackage and/or a class raster")
+    out_vector = check_destination(request.out_vector, (".gpkg",)) if request.out_vector else None
+    out_raster = check_destination(request.out_raster, (".tif", ".tiff")) if request.out_raster else None
+    if not 0.0 <= request.threshold < 1.0:
+        raise InputError(f"Threshold must be in [0, 1), got {request.threshold}")
+    if request.stride <= 0 or request.stride > request.window:
+        raise InputError("Stride must be positive and not larger than the window")
+
+    with RasterReader(request.raster, request.bands, request.extent, request.resolution) as reader:
+        monitor.report(0.0, "Loading models")
+        device_name = "custom"
+        if scorer is None:
+            from .model_cache import dense_clip_scorer
+            scorer = dense_clip_scorer(request.clip_model, request.clip_weights, request.device)
+            device_name = str(scorer.device)
+        queries, owner = flatten_queries(classes)
+        started = time.perf_counter()
+        scorer.set_queries(queries)
+        monitor.check()
+        segmenter = SlidingWindowSegmenter(reader, scorer, owner, threshold=request.threshold,
+                                           window=request.window, stride=request.stride,
+                                           block=request.block, batch_size=request.batch_size)
+        segmenter.timings.model += time.perf_counter() - started
+        work = WorkDir(out_vector or out_raster)
+        try:
+            result = _run(request, reader, segmenter, classes, work, out_vector, out_raster, monitor)
+        finally:
+            work.cleanup()
+        result.device = device_name
+        return result
+
+
+def _run(request, reader, segmenter, classes, work, out_vector, out_raster, monitor):
+    grid = reader.grid
+    timings = segmenter.timings
+    predict = monitor.stage(0.0, 0.85 if out_vector else 1.0)
+    class_writer = ClassRasterWriter(work.file("classes.tif"), grid, classes)
+    score_writer = FloatRasterWriter(work.file("score.tif"), grid) if out_vector else None
+    counts = np.zeros(256, np.int64)
+    try:
+        predict.report(0.0, f"Segmenting {grid.width}×{grid.height} px in {len(segmenter)} blocks")
+        for done, block in enumerate(segmenter, start=1):
+            started = time.perf_counter()
+            class_writer.write(block.window, block.classes)
+            if score_writer is not None:
+                score_writer.write(block.window, block.score)
+            counts += np.bincount(block.classes.ravel(), minlength=256)
+            timings.write += time.perf_counter() - started
+            predict.report(done / len(segmenter), f"Segmented block {done}/{len(segmenter)}")
+    finally:
+        class_writer.close()
+        if score_writer is not None:
+            score_writer.close()
+    if counts[:255].sum() == 0:
+        raise InputError(f"Raster '{request.raster}' has no valid pixels in the chosen area "
+                         "(all nodata)")
+
+    polygon_count = 0
+    if out_vector:
+        started = time.perf_counter()
+        temporary = work.file("polygons.gpkg")
+        writer = PolygonLayerWriter(temporary, request.layer_name, grid.crs, VECTOR_FIELDS,
+                                    style_qml=categorized_qml(classes))
+        try:
+            for region in vectorize(class_writer.path, score_writer.path, monitor.stage(0.85, 1.0),
+                                    simplify=request.simplify, min_area_m2=request.min_area):
+                spec = classes[region.class_index - 1]
+                writer.add(region.geometry, **{"class": spec.name, "class_id": region.class_index,
+                                               "score": round(region.score, 4),
+                                               "area_m2": round(region.area_m2, 2)})
+        except BaseException:
+            writer.abort()
+            raise
+        writer.close()
+        polygon_count = writer.count
+        timings.vectorize += time.perf_counter() - started
+
+    monitor.check()  # last chance to cancel before anything appears under the output names
+    if out_raster:
+        publish(class_writer.path, out_raster)
+    if out_vector:
+        publish(work.file("polygons.gpkg"), out_vector)
+    monitor.report(1.0, "Done")
+    class_pixels = {"background": int(counts[0])}
+    class_pixels.update({spec.name: int(counts[i]) for i, spec in enumerate(classes, start=1)})
+    return SegmentationResult(out_vector, out_raster, request.layer_name, classes, polygon_count,
+                              class_pixels, grid.width, grid.height, grid.crs.to_wkt(), "", timings)

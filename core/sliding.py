@@ -1,0 +1,194 @@
+"""Seamless sliding-window inference over a raster of any size, block by block.
+
+Windows (e.g. 224 px, stride 112) lie on one global grid over the working raster; the last
+window of a row or column is shifted back to stay inside. Output is produced in blocks that
+partition the raster (every pixel exactly once). Each window's logits are computed once, kept on
+the coarse token grid in a cache while later blocks still need them, and blended into a block with
+a smooth weight window, so the result is identical to running the whole raster in one piece while
+memory depends only on the block size and the raster width in windows.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rasterio.windows import Window
+
+BLEND_FLOOR = 1e-3  # keeps raster-edge pixels, covered by one window's rim only, weighted
+
+
+def window_starts(length: int, window: int, stride: int) -> List[int]:
+    """Window origins along one axis; the last one is shifted back to end at the raster edge."""
+    if length <= window:
+        return [0]
+    starts = list(range(0, length - window + 1, stride))
+    if starts[-1] != length - window:
+        starts.append(length - window)
+    return starts
+
+
+def block_windows(width: int, height: int, block: int) -> List[Window]:
+    """Blocks that partition the raster, row by row."""
+    return [Window(col, row, min(block, width - col), min(block, height - row))
+            for row in range(0, height, block) for col in range(0, width, block)]
+
+
+def blend_weights(window: int) -> np.ndarray:
+    """Smooth 2-D weight (sin² ramp, highest in the centre) for blending overlapping windows."""
+    ramp = np.sin(np.pi * (np.arange(window) + 0.5) / window) ** 2
+    ramp = np.maximum(ramp, BLEND_FLOOR).astype(np.float32)
+    return np.outer(ramp, ramp)
+
+
+@dataclass
+class Timings:
+    """Seconds spent per stage of a run (printed by the CLI and the benchmarks)."""
+
+    read: float = 0.0
+    model: float = 0.0
+    stitch: float = 0.0
+    write: float = 0.0
+    vectorize: float = 0.0
+    windows: int = 0
+
+    def as_dict(self) -> Dict[str, float]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class BlockResult:
+    window: Window            # where the block lies in the working grid
+    classes: np.ndarray       # uint8 (h, w): 0 background, 1..K classes, 255 nodata
+    score: np.ndarray         # float32 (h, w): probability of the chosen class (0 on nodata)
+    probabilities: Optional[np.ndarray] = None  # float32 (K, h, w) when asked for
+
+
+@dataclass
+class SlidingWindowSegmenter:
+    """Turns a `reader` (RasterReader-like) and a `scorer` into class blocks.
+
+    scorer: `score_windows(uint8 (B,3,S,S)) -> logits (B,Q,h,w)` with attribute `logit_scale`;
+    query_owner: for each query the 0-based class it belongs to (synonyms share a class).
+    """
+
+    reader: object
+    scorer: object
+    query_owner: Sequence[int]
+    threshold: float = 0.0
+    window: int = 224
+    stride: int = 112
+    block: int = 512
+    batch_size: int = 8
+    keep_probabilities: bool = False
+    timings: Timings = field(default_factory=Timings)
+
+    def __post_init__(self):
+        grid = self.reader.grid
+        self.width, self.height = grid.width, grid.height
+        self._xs = window_starts(self.width, self.window, self.stride)
+        self._ys = window_starts(self.height, self.window, self.stride)
+        self._weights = torch.from_numpy(blend_weights(self.window))
+        self._cache: Dict[Tuple[int, int], Optional[np.ndarray]] = {}
+        owner = list(self.query_owner)
+        self.num_classes = max(owner) + 1
+        self._synonyms = [[q for q, c in enumerate(owner) if c == k] for k in range(self.num_classes)]
+        self.blocks = block_windows(self.width, self.height, self.block)
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __iter__(self) -> Iterator[BlockResult]:
+        for index, block in enumerate(self.blocks):
+            yield self._segment_block(block)
+            next_top = self.blocks[index + 1].row_off if index + 1 < len(self.blocks) else self.height
+            # Windows ending above the next block's top are never needed again.
+            for key in [k for k in self._cache if k[0] + self.window <= next_top]:
+                del self._cache[key]
+
+    # -- one block ------------------------------------------------------------------------------
+    def _segment_block(self, block: Window) -> BlockResult:
+        bx, by, bw, bh = int(block.col_off), int(block.row_off), int(block.width), int(block.height)
+        xs = [x for x in self._xs if x < bx + bw and x + self.window > bx]
+        ys = [y for y in self._ys if y < by + bh and y + self.window > by]
+        x0, y0 = xs[0], ys[0]
+        x1, y1 = min(xs[-1] + self.window, self.width), min(ys[-1] + self.window, self.height)
+
+        started = time.perf_counter()
+        image, valid = self.reader.read(Window(x0, y0, x1 - x0, y1 - y0))
+        self.timings.read += time.perf_counter() - started
+
+        self._score_missing(image, valid, x0, y0, xs, ys)
+
+        started = time.perf_counter()
+        accumulated = None
+        weight_sum = torch.zeros((bh, bw))
+        for y in ys:
+            for x in xs:
+                logits = self._cache.get((y, x))
+                if logits is None:
+                    continue
+                up = F.interpolate(torch.from_numpy(logits)[None], size=(self.window, self.window),
+                                   mode="bilinear", align_corners=False)[0]
+                # Overlap of this window with the block, in window and in block coordinates.
+                cx0, cy0 = max(bx, x), max(by, y)
+                cx1 = min(bx + bw, x + self.window, self.width)
+                cy1 = min(by + bh, y + self.window, self.height)
+                weight = self._weights[cy0 - y:cy1 - y, cx0 - x:cx1 - x]
+                if accumulated is None:
+                    accumulated = torch.zeros((up.shape[0], bh, bw))
+                accumulated[:, cy0 - by:cy1 - by, cx0 - bx:cx1 - bx] += \
+                    up[:, cy0 - y:cy1 - y, cx0 - x:cx1 - x] * weight
+                weight_sum[cy0 - by:cy1 - by, cx0 - bx:cx1 - bx] += weight
+        block_valid = torch.from_numpy(valid[by - y0:by - y0 + bh, bx - x0:bx - x0 + bw].copy())
+        result = self._classify(accumulated, weight_sum, block_valid, block)
+        self.timings.stitch += time.perf_counter() - started
+        return result
+
+    def _score_missing(self, image, valid, x0, y0, xs, ys) -> None:
+        todo, crops = [], []
+        for y in ys:
+            for x in xs:
+                if (y, x) in self._cache:
+                    continue
+                crop_valid = valid[y - y0:y - y0 + self.window, x - x0:x - x0 + self.window]
+                if not crop_valid.any():
+                    self._cache[(y, x)] = None  # all nodata: nothing to predict
+                    continue
+                crop = image[:, y - y0:y - y0 + self.window, x - x0:x - x0 + self.window]
+                if crop.shape[1:] != (self.window, self.window):  # raster smaller than a window
+                    padded = np.zeros((3, self.window, self.window), np.uint8)
+                    padded[:, :crop.shape[1], :crop.shape[2]] = crop
+                    crop = padded
+                todo.append((y, x))
+                crops.append(crop)
+        for start in range(0, len(crops), self.batch_size):
+            started = time.perf_counter()
+            logits = self.scorer.score_windows(np.stack(crops[start:start + self.batch_size]))
+            self.timings.model += time.perf_counter() - started
+            self.timings.windows += len(logits)
+            for key, value in zip(todo[start:start + self.batch_size], logits):
+                self._cache[key] = np.asarray(value, dtype=np.float32)
+
+    def _classify(self, accumulated, weight_sum, valid, block) -> BlockResult:
+        bh, bw = weight_sum.shape
+        classes = np.full((bh, bw), 255, np.uint8)
+        score = np.zeros((bh, bw), np.float32)
+        if accumulated is None:
+            probs = np.zeros((self.num_classes, bh, bw), np.float32) if self.keep_probabilities else None
+            return BlockResult(block, classes, score, probs)
+        logits = accumulated / weight_sum.clamp(min=1e-12)
+        query_probs = torch.softmax(self.scorer.logit_scale * logits, dim=0)
+        # A class is as likely as its most likely synonym.
+        class_probs = torch.stack([query_probs[queries].amax(dim=0) for queries in self._synonyms])
+        top, arg = class_probs.max(dim=0)
+        label = (arg + 1).to(torch.uint8)
+        label[top < self.threshold] = 0
+        valid = valid & (weight_sum > 0)
+        classes = np.where(valid.numpy(), label.numpy(), np.uint8(255)).astype(np.uint8)
+        score = np.where(valid.numpy(), top.numpy(), 0.0).astype(np.float32)
+        probs = class_probs.numpy() * valid.numpy() if self.keep_probabilities else None
+        return BlockResult(block, classes, score, probs)

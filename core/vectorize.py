@@ -1,0 +1,160 @@
+"""Class raster -> polygons with class, mean score and area, block by block.
+
+Each block is polygonised with `rasterio.features.shapes` (4-connected regions). Regions that touch
+an inner block edge may continue in the next block: they are kept aside and, at the end, pieces
+of one class that share an edge are dissolved into one polygon (their score sums and pixel
+counts added), so the result equals polygonising the whole raster at once.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+import rasterio
+import shapely
+from rasterio import features
+from rasterio.crs import CRS
+from rasterio.warp import transform_geom
+from shapely.geometry import mapping, shape
+from shapely.strtree import STRtree
+
+from .classes import BACKGROUND_INDEX, NODATA_INDEX
+from .sliding import block_windows
+
+VECTOR_BLOCK = 2048  # pixels per side of a polygonising block
+
+
+@dataclass
+class Region:
+    class_index: int        # 1..K
+    geometry: object        # shapely Polygon/MultiPolygon in the raster's CRS
+    score_sum: float        # sum of per-pixel scores
+    pixels: int
+    area_m2: float = 0.0
+
+    @property
+    def score(self) -> float:
+        return self.score_sum / max(self.pixels, 1)
+
+
+class AreaMeter:
+    """Areas in square metres: planar for projected CRSs, equal-area projection for geographic."""
+
+    def __init__(self, crs: CRS, bounds):
+        self._crs = crs
+        self._factor = 1.0
+        self._equal_area = None
+        if crs.is_geographic:
+            lon = (bounds[0] + bounds[2]) / 2.0
+            lat = (bounds[1] + bounds[3]) / 2.0
+            self._equal_area = CRS.from_proj4(
+                f"+proj=laea +lat_0={lat} +lon_0={lon} +x_0=0 +y_0=0 +ellps=WGS84 +units=m")
+        elif crs.linear_units_factor:
+            self._factor = crs.linear_units_factor[1]
+
+    def area(self, geometries: Sequence) -> List[float]:
+        if self._equal_area is None:
+            return [g.area * self._factor ** 2 for g in geometries]
+        projected = transform_geom(self._crs, self._equal_area, [mapping(g) for g in geometries])
+        return [shape(g).area for g in projected]
+
+
+def vectorize(class_path: str, score_path: str, monitor=None, simplify: float = 0.0,
+              min_area_m2: float = 0.0, block: int = VECTOR_BLOCK) -> Iterator[Region]:
+    """Yield one Region per connected area of a class (background and nodata excluded).
+
+    simplify: tolerance in pixels (0 keeps exact pixel edges); min_area_m2 drops small regions.
+    """
+    with rasterio.open(class_path) as classes_ds, rasterio.open(score_path) as score_ds:
+        transform = classes_ds.transform
+        area_meter = AreaMeter(classes_ds.crs, classes_ds.bounds)
+        tolerance = simplify * (abs(transform.a) + abs(transform.e)) / 2.0
+        blocks = block_windows(classes_ds.width, classes_ds.height, block)
+        pending: Dict[int, List[Region]] = {}
+        for index, window in enumerate(blocks):
+            if monitor is not None:
+                monitor.report(index / (len(blocks) + 1), "Vectorizing")
+            labels = classes_ds.read(1, window=window)
+            scores = score_ds.read(1, window=window)
+            for region, touches_seam in _block_regions(labels, scores, window, classes_ds):
+                if touches_seam:
+                    pending.setdefault(region.class_index, []).append(region)
+                else:
+                    yield from _finish([region], area_meter, tolerance, min_area_m2)
+        if monitor is not None:
+            monitor.report(len(blocks) / (len(blocks) + 1), "Joining polygons across blocks")
+        for class_index, pieces in pending.items():
+            yield from _finish(_dissolve(pieces), area_meter, tolerance, min_area_m2)
+
+
+def _block_regions(labels, scores, window, dataset):
+    mask = (labels != BACKGROUND_INDEX) & (labels != NODATA_INDEX)
+    if not mask.any():
+        return
+    transform = rasterio.windows.transform(window, dataset.transform)
+    shapes = list(features.shapes(labels, mask=mask, connectivity=4))
+    # Per-region sums of score: burn region ids back (boundaries follow pixel edges, so exact).
+    ids = features.rasterize(((geom, i + 1) for i, (geom, _) in enumerate(shapes)),
+                             out_shape=labels.shape, dtype="int32")
+    score_sums = np.bincount(ids.ravel(), weights=scores.ravel().astype(np.float64),
+                             minlength=len(shapes) + 1)
+    counts = np.bincount(ids.ravel(), minlength=len(shapes) + 1)
+    col_off, row_off = int(window.col_off), int(window.row_off)
+    height, width = labels.shape
+    inner_left, inner_top = col_off > 0, row_off > 0
+    inner_right = col_off + width < dataset.width
+    inner_bottom = row_off + height < dataset.height
+    coeffs = [transform.a, transform.b, transform.d, transform.e, transform.c, transform.f]
+    for i, (geom, value) in enumerate(shapes):
+        pixel_shape = shape(geom)
+        minx, miny, maxx, maxy = pixel_shape.bounds
+        touches = ((inner_left and minx <= 0) or (inner_top and miny <= 0)
+                   or (inner_right and maxx >= width) or (inner_bottom and maxy >= height))
+        geometry = shapely.affinity.affine_transform(pixel_shape, coeffs)
+        yield Region(int(value), geometry, float(score_sums[i + 1]), int(counts[i + 1])), touches
+
+
+def _dissolve(pieces: List[Region]) -> List[Region]:
+    """Join pieces of one class that share an edge (not just a corner: 4-connectivity)."""
+    geoms = [p.geometry for p in pieces]
+    tree = STRtree(geoms)
+    parent = list(range(len(pieces)))
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    left, right = tree.query(geoms, predicate="touches")
+    for a, b in zip(left, right):
+        if a < b and root(a) != root(b) and geoms[a].intersection(geoms[b]).length > 0:
+            parent[root(a)] = root(b)
+    groups: Dict[int, List[int]] = {}
+    for i in range(len(pieces)):
+        groups.setdefault(root(i), []).append(i)
+    merged = []
+    for members in groups.values():
+        geometry = shapely.union_all([geoms[i] for i in members]) if len(members) > 1 else geoms[members[0]]
+        merged.append(Region(pieces[members[0]].class_index, geometry,
+                             sum(pieces[i].score_sum for i in members),
+                             sum(pieces[i].pixels for i in members)))
+    return merged
+
+
+def _finish(regions, area_meter: AreaMeter, tolerance: float, min_area_m2: float):
+    geoms = []
+    for region in regions:
+        geometry = region.geometry
+        if tolerance > 0:
+            geometry = geometry.simplify(tolerance, preserve_topology=True)
+        if not geometry.is_valid:
+            geometry = shapely.make_valid(geometry)
+        region.geometry = geometry
+        geoms.append(geometry)
+    for region, area in zip(regions, area_meter.area(geoms)):
+        if area >= min_area_m2 and not region.geometry.is_empty:
+            region.area_m2 = area
+            yield region
