@@ -27,7 +27,11 @@ def load_clip(model_name: str = DEFAULT_CLIP_MODEL, weights: Optional[str] = DEF
     import open_clip
 
     weights = weights or DEFAULT_CLIP_WEIGHTS
+    local_file = os.path.isfile(str(weights))
     if str(model_name).endswith(".json"):
+        path = weights if local_file or weights == RANDOM_WEIGHTS else None
+        if path is None:
+            raise InputError(f"A CLIP model built from a config file needs a weights file, got '{weights}'")
         model, tokenizer = _model_from_config_file(model_name)
     else:
         if model_name not in open_clip.list_models():
@@ -35,19 +39,25 @@ def load_clip(model_name: str = DEFAULT_CLIP_MODEL, weights: Optional[str] = DEF
                              + ", ".join(m for m in open_clip.list_models() if m.startswith("ViT-")
                                          and "-" not in m[6:]))
         quick_gelu = False
-        if not os.path.isfile(str(weights)) and weights != RANDOM_WEIGHTS:
+        path = weights
+        if not local_file and weights != RANDOM_WEIGHTS:
+            # Fetch (or find in the cache) before building: an offline failure should be quick.
+            path = _download_pretrained(model_name, weights)
             quick_gelu = bool(open_clip.get_pretrained_cfg(model_name, weights).get("quick_gelu"))
         model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=quick_gelu)
         tokenizer = open_clip.get_tokenizer(model_name)
-    if weights != RANDOM_WEIGHTS:
-        path = weights if os.path.isfile(str(weights)) else _download_pretrained(model_name, weights)
+    if path != RANDOM_WEIGHTS:
         load_weights(model, path, f"CLIP {model_name}")
     return model.to(device).eval(), tokenizer
 
 
 def load_weights(model: torch.nn.Module, path: str, what: str) -> None:
     state = load_state_dict(path)
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        detail = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
+        raise ModelError(f"'{path}' does not fit {what}: {detail[:200]}; check the model name") from None
     missing = [k for k in result.missing_keys if not k.endswith("logit_bias")]
     if missing or result.unexpected_keys:
         raise ModelError(f"'{path}' does not fit {what}: {len(missing)} missing and "

@@ -1,0 +1,121 @@
+"""Dense CLIP on a tiny open_clip model of the real architecture (random weights)."""
+import json
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+import torch.nn.functional as F
+
+from conftest import TINY_CLIP_CONFIG, write_raster
+from drseg.core.clip_models import load_clip, load_weights
+from drseg.core.dense_clip import DenseClip
+from drseg.core.errors import InputError, ModelError
+from drseg.core.segment import SegmentationRequest, run_segmentation
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    path = tmp_path_factory.mktemp("clip") / "tiny.json"
+    path.write_text(json.dumps(TINY_CLIP_CONFIG))
+    torch.manual_seed(0)
+    model, tokenizer = load_clip(str(path), "random")
+    return model, tokenizer, str(path)
+
+
+def dense(tiny_clip, **kw):
+    model, tokenizer, _ = tiny_clip
+    return DenseClip(model, tokenizer, torch.device("cpu"), templates=["a photo of a {}.", "{}"], **kw)
+
+
+def test_vanilla_forward_matches_open_clip(tiny_clip):
+    """Our re-implemented forward (with positional embeddings) equals open_clip's image encoder."""
+    model = tiny_clip[0]
+    clip = dense(tiny_clip)
+    pixels = torch.randn(2, 3, 224, 224)
+    _, cls = clip.dense_features(pixels, vanilla=True)
+    with torch.no_grad():
+        reference = model.encode_image(pixels)
+    assert torch.allclose(cls, reference, atol=1e-5)
+
+
+def test_self_self_attention_matches_a_direct_computation(tiny_clip):
+    model = tiny_clip[0]
+    clip = dense(tiny_clip)
+    block = model.visual.transformer.resblocks[-1]
+    x = torch.randn(1, 5, 64)
+    got = clip._self_self_attention(block, x)
+    y = block.ln_1(x)[0]
+    w, b = block.attn.in_proj_weight, block.attn.in_proj_bias
+    q, k, v = (y @ w[i * 64:(i + 1) * 64].T + b[i * 64:(i + 1) * 64] for i in range(3))
+    heads = []
+    for h in range(2):  # head_width 32 -> 2 heads
+        s = slice(32 * h, 32 * (h + 1))
+        attn = sum(torch.softmax(t[:, s] @ t[:, s].T / np.sqrt(32), dim=-1) for t in (q, k, v))
+        heads.append(attn @ v[:, s])
+    expected = block.attn.out_proj(torch.cat(heads, dim=-1))
+    assert torch.allclose(got[0], expected, atol=1e-5)
+
+
+def test_text_embedding_averages_normalised_templates(tiny_clip):
+    model, tokenizer, _ = tiny_clip
+    clip = dense(tiny_clip)
+    got = clip.encode_texts(["water"])[0]
+    with torch.no_grad():
+        each = F.normalize(model.encode_text(tokenizer(["a photo of a water.", "water"])), dim=-1)
+    assert torch.allclose(got, F.normalize(each.mean(0), dim=0), atol=1e-6)
+    assert len(clip.templates) == 2 and len(DenseClip(model, tokenizer, torch.device("cpu")).templates) == 80
+
+
+def test_logits_follow_the_global_bias_formula(tiny_clip):
+    clip = dense(tiny_clip, bias_lambda=-0.3)
+    clip.set_queries(["building", "water", "road"])
+    images = np.random.default_rng(0).integers(0, 255, (1, 3, 224, 320), dtype=np.uint8)
+    logits = clip.score_windows(images)
+    assert logits.shape == (1, 3, 14, 20)  # non-square window: positional embedding interpolated
+    patches, cls = clip.dense_features(clip.normalise(images))
+    patches, cls = F.normalize(patches, dim=1), F.normalize(cls, dim=-1)
+    t = clip.text_features
+    expected = torch.einsum("bdhw,qd->bqhw", patches, t) - 0.3 * (cls @ t.T)[:, :, None, None]
+    assert np.allclose(logits, expected.numpy(), atol=1e-5)
+
+
+def test_end_to_end_output_grid_equals_input(tmp_path, tiny_clip):
+    _, _, config = tiny_clip
+    data = np.random.default_rng(1).integers(0, 255, (3, 150, 260), dtype=np.uint8)
+    transform = rasterio.transform.from_origin(300000.0, 5000000.0, 0.3, 0.3)
+    path = write_raster(tmp_path / "in.tif", data, crs="EPSG:32631", transform=transform)
+    result = run_segmentation(SegmentationRequest(
+        raster=path, classes="building; road,street; water", out_vector=str(tmp_path / "o.gpkg"),
+        out_raster=str(tmp_path / "o.tif"), clip_model=config, clip_weights="random", device="cpu"))
+    with rasterio.open(result.raster_path) as out:
+        assert (out.width, out.height, out.crs.to_epsg()) == (260, 150, 32631)
+        assert out.transform.almost_equals(transform)
+        classes = out.read(1)
+    assert set(np.unique(classes)) <= {0, 1, 2, 3}
+    assert sum(result.class_pixels.values()) == 150 * 260
+    assert result.polygon_count > 0 and result.device == "cpu"
+
+
+def test_checkpoint_file_round_trip_and_wrong_architecture(tmp_path, tiny_clip):
+    model, _, config = tiny_clip
+    path = tmp_path / "tiny.pt"
+    torch.save({"state_dict": {"module." + k: v for k, v in model.state_dict().items()}}, path)
+    loaded, _ = load_clip(config, str(path))
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value)
+    other = dict(TINY_CLIP_CONFIG, embed_dim=16)
+    other_path = tmp_path / "other.json"
+    other_path.write_text(json.dumps(other))
+    with pytest.raises(ModelError, match="does not fit"):
+        load_clip(str(other_path), str(path))
+
+
+def test_unknown_model_and_offline_weights_are_clear_errors(monkeypatch):
+    with pytest.raises(InputError, match="Unknown CLIP model"):
+        load_clip("ViT-Nope-99", "openai")
+    import huggingface_hub.constants
+    # As on a machine without network, but without waiting for connection time-outs.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ModelError, match="Could not download the CLIP weights ViT-B-16/openai"):
+        load_clip("ViT-B-16", "openai")
