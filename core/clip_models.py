@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+from urllib.parse import urlparse
 from typing import Optional, Tuple
 
 import torch
@@ -87,14 +89,50 @@ def _download_pretrained(model_name: str, tag: str) -> str:
         tags = open_clip.list_pretrained_tags_by_model(model_name)
         raise InputError(f"'{tag}' is neither a file nor a pretrained tag of {model_name} "
                          f"(tags: {', '.join(tags) or 'none'})")
-    source = config.get("hf_hub") or config.get("url") or "?"
+    hub = config.get("hf_hub", "")
+    source = (f"https://huggingface.co/{hub.rstrip('/')}/resolve/main/open_clip_model.safetensors"
+              if hub and hub.endswith("/") else config.get("url") or hub or "?")
+    advice = (f"Download {source} on a connected machine and pass the file with --clip-weights PATH "
+              "(QGIS: the 'CLIP weights' field)")
     try:
-        path = download_pretrained(config)
+        path = _cached_hub_file(hub)
+        if path is None:
+            host = urlparse(config["url"]).hostname if config.get("url") and not hub else "huggingface.co"
+            if not _reachable(host):
+                raise ModelError(f"Cannot reach {host} to download the CLIP weights {model_name}/{tag} "
+                                 f"(no network?). {advice}")
+            path = download_pretrained(config)
+    except ModelError:
+        raise
     except Exception as exc:  # network errors come in many types from huggingface_hub/urllib
-        raise ModelError(
-            f"Could not download the CLIP weights {model_name}/{tag} from {source} "
-            f"({type(exc).__name__}; no network?). Download them on a connected machine and pass "
-            "the file with --clip-weights PATH (QGIS: the 'CLIP weights' field)") from None
+        raise ModelError(f"Could not download the CLIP weights {model_name}/{tag} "
+                         f"({type(exc).__name__}). {advice}") from None
     if not path or not os.path.isfile(path):
         raise ModelError(f"CLIP weights {model_name}/{tag} were not found after download ({source})")
     return path
+
+
+def _cached_hub_file(hub: str) -> Optional[str]:
+    """A file open_clip downloaded before, found without touching the network."""
+    if not hub:
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    repo, filename = os.path.split(hub.rstrip("/")) if not hub.endswith("/") else (hub.rstrip("/"), "")
+    names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+    for name in names:
+        found = try_to_load_from_cache(repo, name)
+        if isinstance(found, str) and os.path.isfile(found):
+            return found
+    return None
+
+
+def _reachable(host: str, timeout: float = 5.0) -> bool:
+    """A quick check, so an offline machine gets the message at once rather than after retries."""
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False

@@ -112,10 +112,20 @@ def test_checkpoint_file_round_trip_and_wrong_architecture(tmp_path, tiny_clip):
 
 
 def test_unknown_model_and_offline_weights_are_clear_errors(monkeypatch):
+    import huggingface_hub.constants
+    from drseg.core import clip_models
+
     with pytest.raises(InputError, match="Unknown CLIP model"):
         load_clip("ViT-Nope-99", "openai")
-    import huggingface_hub.constants
-    # As on a machine without network, but without waiting for connection time-outs.
+    with pytest.raises(InputError, match="neither a file nor a pretrained tag"):
+        load_clip("ViT-B-16", "no-such-tag")
+    monkeypatch.setattr(clip_models, "_cached_hub_file", lambda hub: None)
+    monkeypatch.setattr(clip_models, "_reachable", lambda host, timeout=5.0: False)
+    with pytest.raises(ModelError, match="Cannot reach huggingface.co .*vit_base_patch16_clip_224"
+                                         ".openai/resolve/main/open_clip_model.safetensors"):
+        load_clip("ViT-B-16", "openai")
+    # Reachable but the download fails (here: hub in offline mode): still one clear message.
+    monkeypatch.setattr(clip_models, "_reachable", lambda host, timeout=5.0: True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ModelError, match="Could not download the CLIP weights ViT-B-16/openai"):
         load_clip("ViT-B-16", "openai")
