@@ -1,0 +1,1 @@
+"""DR-Seg's Processing provider (`drseg`) and its algorithms."""

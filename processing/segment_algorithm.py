@@ -1,0 +1,282 @@
+"""`drseg:openvocabsegmentation`: the engine as a Processing algorithm (toolbox, batch, modeler,
+qgis_process).
+
+prepareAlgorithm() (main thread) reads the layer and parameters and imports the engine;
+processAlgorithm() (worker thread) only runs the engine: no GUI, no project access. Loaded models
+are shared between runs through core.model_cache, which is lock-protected.
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import List, Optional
+
+from qgis.core import (Qgis, QgsCoordinateReferenceSystem, QgsProcessing, QgsProcessingAlgorithm,
+                       QgsProcessingException, QgsProcessingLayerPostProcessorInterface,
+                       QgsProcessingOutputNumber, QgsProcessingParameterDefinition,
+                       QgsProcessingParameterEnum, QgsProcessingParameterExtent,
+                       QgsProcessingParameterNumber, QgsProcessingParameterRasterDestination,
+                       QgsProcessingParameterRasterLayer, QgsProcessingParameterString,
+                       QgsProcessingParameterVectorDestination, QgsRasterLayer, QgsVectorLayer)
+
+from ..core.errors import DrSegError, RunCancelled
+from ..ui.engine import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_THRESHOLD,
+                         DEVICE_CHOICES, MissingDependencies, load_engine)
+
+
+def _number_type_double():
+    new = getattr(Qgis, "ProcessingNumberParameterType", None)
+    return new.Double if new is not None else QgsProcessingParameterNumber.Type.Double
+
+
+def _advanced_flag():
+    new = getattr(Qgis, "ProcessingParameterFlag", None)
+    return new.Advanced if new is not None else QgsProcessingParameterDefinition.Flag.FlagAdvanced
+
+
+def _polygon_type():
+    new = getattr(Qgis, "ProcessingSourceType", None)
+    return new.VectorPolygon if new is not None else QgsProcessing.SourceType.TypeVectorPolygon
+
+
+def gpkg_destination(dest: str):
+    """A vector destination -> (GeoPackage file, table name or None).
+
+    Handles plain file names and the `ogr:dbname='…' table="…"` form that the 'Save to
+    GeoPackage…' choice of the Processing dialog produces.
+    """
+    if dest.startswith("ogr:"):
+        dbname = re.search(r"dbname='((?:[^'\\]|\\.)*)'", dest)
+        table = re.search(r'table="((?:[^"\\]|\\.)*)"', dest)
+        if dbname:
+            return dbname.group(1), table.group(1) if table else None
+    return dest, None
+
+
+# Post-processors must outlive the run that creates them; QGIS only keeps a C++ pointer.
+_POST_PROCESSORS: List["_StyleOnLoad"] = []
+
+
+class _StyleOnLoad(QgsProcessingLayerPostProcessorInterface):
+    """Styles an output layer by class when Processing loads it into the project (main thread)."""
+
+    def __init__(self, classes, raster: bool):
+        super().__init__()
+        self.classes = [spec.name for spec in classes]
+        self.raster = raster
+
+    def postProcessLayer(self, layer, context, feedback):  # noqa: N802
+        from ..ui.layers import style_class_raster, style_polygon_layer
+
+        if self.raster and isinstance(layer, QgsRasterLayer):
+            style_class_raster(layer, self.classes)
+        elif not self.raster and isinstance(layer, QgsVectorLayer):
+            style_polygon_layer(layer, self.classes)
+
+    @classmethod
+    def keep(cls, instance: "_StyleOnLoad") -> "_StyleOnLoad":
+        _POST_PROCESSORS.append(instance)
+        del _POST_PROCESSORS[:-64]
+        return instance
+
+
+class OpenVocabSegmentationAlgorithm(QgsProcessingAlgorithm):
+    INPUT = "INPUT"
+    CLASSES = "CLASSES"
+    BANDS = "BANDS"
+    EXTENT = "EXTENT"
+    RESOLUTION = "RESOLUTION"
+    THRESHOLD = "THRESHOLD"
+    DEVICE = "DEVICE"
+    CLIP_MODEL = "CLIP_MODEL"
+    CLIP_WEIGHTS = "CLIP_WEIGHTS"
+    SIMPLIFY = "SIMPLIFY"
+    MIN_AREA = "MIN_AREA"
+    OUTPUT = "OUTPUT"
+    OUTPUT_RASTER = "OUTPUT_RASTER"
+    POLYGONS = "POLYGONS"
+
+    def __init__(self):
+        super().__init__()
+        self._request = None
+        self._destinations = {}
+        self._classes = []
+
+    # -- identity -------------------------------------------------------------------------------
+    def name(self) -> str:
+        return "openvocabsegmentation"
+
+    def displayName(self) -> str:  # noqa: N802
+        return "Open-vocabulary segmentation (classes from text)"
+
+    def group(self) -> str:
+        return "Segmentation"
+
+    def groupId(self) -> str:  # noqa: N802
+        return "segmentation"
+
+    def tags(self) -> List[str]:
+        return ["segmentation", "classification", "clip", "open vocabulary", "text", "landcover",
+                "drseg", "ai"]
+
+    def shortHelpString(self) -> str:  # noqa: N802
+        return (
+            "Every pixel of the raster gets one of the classes typed in <b>Classes</b>, or "
+            "background when no class is likely enough (<b>Threshold</b>). Classes are separated by "
+            "';', synonyms of one class by ',': <i>building,roof; road,street; tree,forest; water</i>."
+            "<br><br><b>Polygons</b>: a GeoPackage with fields class, class_id, score (mean "
+            "probability) and area_m2, in the raster's CRS. <b>Class raster</b> (optional): a GeoTIFF "
+            "on the same grid as the input (0 background, 1..K classes, 255 nodata)."
+            "<br><br><b>Bands</b>: one (grey) or three (RGB) band numbers, e.g. 4,3,2; empty picks "
+            "the RGB bands. <b>Extent</b>: only this area (reprojected to the raster's CRS). "
+            "<b>Resolution</b>: working pixel size in metres; empty or 0 keeps the native one."
+            "<br><br><b>CLIP weights</b>: an open_clip pretrained tag (e.g. 'openai', downloaded on "
+            "first use) or a local checkpoint file; <b>CLIP model</b>: an open_clip architecture "
+            "name or a model config .json. Needs the Python packages torch, torchvision and "
+            "open_clip_torch.")
+
+    def createInstance(self):  # noqa: N802
+        return OpenVocabSegmentationAlgorithm()
+
+    # -- parameters -----------------------------------------------------------------------------
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Input raster"))
+        self.addParameter(QgsProcessingParameterString(
+            self.CLASSES, "Classes (';' between classes, ',' between synonyms)",
+            defaultValue="building,roof; road,street; tree,forest; water"))
+        self.addParameter(QgsProcessingParameterString(
+            self.BANDS, "Bands (1 or 3 band numbers, e.g. 1,2,3; empty: RGB)", optional=True))
+        self.addParameter(QgsProcessingParameterExtent(
+            self.EXTENT, "Extent (empty: whole raster)", optional=True))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.RESOLUTION, "Working resolution, metres per pixel (empty: native)",
+            type=_number_type_double(), optional=True, minValue=0.0))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.THRESHOLD, "Threshold: below this probability a pixel is background",
+            type=_number_type_double(), defaultValue=DEFAULT_THRESHOLD, minValue=0.0, maxValue=0.99))
+        self.addParameter(QgsProcessingParameterEnum(
+            self.DEVICE, "Device", options=list(DEVICE_CHOICES), defaultValue=0))
+        advanced = [
+            QgsProcessingParameterString(self.CLIP_MODEL, "CLIP model (open_clip name or config .json)",
+                                         defaultValue=DEFAULT_CLIP_MODEL),
+            QgsProcessingParameterString(self.CLIP_WEIGHTS,
+                                         "CLIP weights (pretrained tag or checkpoint file)",
+                                         defaultValue=DEFAULT_CLIP_WEIGHTS),
+            QgsProcessingParameterNumber(self.SIMPLIFY, "Simplify polygons (tolerance in pixels)",
+                                         type=_number_type_double(), defaultValue=0.0, minValue=0.0),
+            QgsProcessingParameterNumber(self.MIN_AREA, "Minimum polygon area (m²)",
+                                         type=_number_type_double(), defaultValue=0.0, minValue=0.0),
+        ]
+        for parameter in advanced:
+            parameter.setFlags(parameter.flags() | _advanced_flag())
+            self.addParameter(parameter)
+        output = QgsProcessingParameterVectorDestination(self.OUTPUT, "Polygons (GeoPackage)",
+                                                         type=_polygon_type())
+        output.setSupportsNonFileBasedOutput(False)
+        self.addParameter(output)
+        raster = QgsProcessingParameterRasterDestination(self.OUTPUT_RASTER, "Class raster",
+                                                         optional=True, createByDefault=False)
+        raster.setSupportsNonFileBasedOutput(False)
+        self.addParameter(raster)
+        self.addOutput(QgsProcessingOutputNumber(self.POLYGONS, "Number of polygons"))
+
+    # -- running --------------------------------------------------------------------------------
+    def prepareAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        """Main thread: validate, resolve layer and outputs, import the engine."""
+        try:
+            self._request = self._build_request(parameters, context)
+        except (DrSegError, MissingDependencies) as exc:
+            raise QgsProcessingException(str(exc)) from None
+        return True
+
+    def _build_request(self, parameters, context):
+        from ..core.classes import parse_classes
+        from ..ui.sources import extent_in_layer_crs, layer_crs_check, raster_source
+
+        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        source = raster_source(layer)
+        layer_crs_check(layer)
+        text = self.parameterAsString(parameters, self.CLASSES, context)
+        classes = parse_classes(text)
+        segment = load_engine()
+        from ..core.raster_io import parse_bands
+
+        bands = parse_bands(self.parameterAsString(parameters, self.BANDS, context))
+        extent = None
+        if parameters.get(self.EXTENT) not in (None, ""):
+            rect = self.parameterAsExtent(parameters, self.EXTENT, context)
+            if not rect.isNull():
+                crs = self.parameterAsExtentCrs(parameters, self.EXTENT, context)
+                if not crs.isValid():
+                    crs = QgsCoordinateReferenceSystem(layer.crs())
+                extent = extent_in_layer_crs(rect, crs, layer, context.project())
+        resolution = None
+        if parameters.get(self.RESOLUTION) not in (None, ""):
+            resolution = self.parameterAsDouble(parameters, self.RESOLUTION, context) or None
+
+        dest = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
+        out_vector, table = gpkg_destination(dest)
+        out_raster: Optional[str] = None
+        if parameters.get(self.OUTPUT_RASTER) not in (None, ""):
+            out_raster = self.parameterAsOutputLayer(parameters, self.OUTPUT_RASTER, context) or None
+
+        request = segment.SegmentationRequest(
+            raster=source, classes=text, out_vector=out_vector, out_raster=out_raster, bands=bands,
+            extent=extent, resolution=resolution,
+            threshold=self.parameterAsDouble(parameters, self.THRESHOLD, context),
+            clip_model=self.parameterAsString(parameters, self.CLIP_MODEL, context).strip()
+            or DEFAULT_CLIP_MODEL,
+            clip_weights=self.parameterAsString(parameters, self.CLIP_WEIGHTS, context).strip()
+            or DEFAULT_CLIP_WEIGHTS,
+            device=DEVICE_CHOICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
+            simplify=self.parameterAsDouble(parameters, self.SIMPLIFY, context),
+            min_area=self.parameterAsDouble(parameters, self.MIN_AREA, context),
+            layer_name=table or os.path.splitext(os.path.basename(out_vector))[0] or "segmentation")
+        self._destinations = {"vector": dest, "raster": out_raster}
+        self._classes = classes
+        return request
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        """Worker thread: run the engine; no GUI, layer or project access here."""
+        if self._request is None:  # prepareAlgorithm always runs first; be safe anyway
+            raise QgsProcessingException("The algorithm was not prepared")
+        try:
+            segment = load_engine()
+        except MissingDependencies as exc:
+            raise QgsProcessingException(str(exc)) from None
+        last = {"message": None}
+
+        def progress(fraction: float, message: str) -> None:
+            feedback.setProgress(100.0 * fraction)
+            if message and message != last["message"]:
+                last["message"] = message
+                feedback.setProgressText(message)
+
+        try:
+            result = segment.run_segmentation(self._request, progress=progress,
+                                              cancelled=feedback.isCanceled)
+        except RunCancelled:
+            raise QgsProcessingException("Run cancelled; no output was written") from None
+        except DrSegError as exc:
+            raise QgsProcessingException(str(exc)) from None
+
+        t = result.timings
+        feedback.pushInfo(f"{result.width}×{result.height} px on {result.device}: "
+                          f"{result.polygon_count} polygons (read {t.read:.1f} s, model "
+                          f"{t.model:.1f} s, stitch {t.stitch:.1f} s, vectorize {t.vectorize:.1f} s)")
+        for name, pixels in result.class_pixels.items():
+            feedback.pushInfo(f"  {name}: {pixels} px")
+        return {self.OUTPUT: self._destinations["vector"],
+                self.OUTPUT_RASTER: result.raster_path,
+                self.POLYGONS: result.polygon_count}
+
+    def postProcessAlgorithm(self, context, feedback):  # noqa: N802
+        """Main thread, after a successful run: style the outputs Processing will load."""
+        self._style_on_load(context, self._destinations.get("vector"), raster=False)
+        self._style_on_load(context, self._destinations.get("raster"), raster=True)
+        return {}
+
+    def _style_on_load(self, context, destination: Optional[str], raster: bool) -> None:
+        if destination and context.willLoadLayerOnCompletion(destination):
+            details = context.layerToLoadOnCompletionDetails(destination)
+            details.setPostProcessor(_StyleOnLoad.keep(_StyleOnLoad(self._classes, raster)))

@@ -1,0 +1,381 @@
+"""The DR-Seg dock widget: choose a raster, type classes, Run; the result appears as styled layers.
+
+Everything is validated on the main thread before a task starts, so mistakes (no layer, empty
+prompt, a raster that is not a file, an area outside the layer) show as a message-bar error at
+once. The run itself is a `SegmentationTask`; this widget keeps the references to running tasks.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from typing import List, Optional
+
+from qgis.core import Qgis, QgsApplication, QgsMapLayerProxyModel, QgsProject, QgsRasterLayer
+from qgis.gui import (QgsCollapsibleGroupBox, QgsDoubleSpinBox, QgsFileWidget,
+                      QgsMapLayerComboBox, QgsRasterBandComboBox)
+from qgis.PyQt.QtCore import Qt, pyqtSignal
+from qgis.PyQt.QtWidgets import (QCheckBox, QComboBox, QDockWidget, QFormLayout, QHBoxLayout,
+                                 QLabel, QPlainTextEdit, QProgressBar, QPushButton, QScrollArea,
+                                 QVBoxLayout, QWidget)
+
+from ..core.classes import parse_classes
+from ..core.errors import InputError
+from .engine import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_THRESHOLD, MissingDependencies,
+                     load_engine)
+from .layers import add_result_layers, default_output_path
+from .sources import extent_in_layer_crs, layer_crs_check, raster_source
+from .task import SegmentationTask
+
+TITLE = "DR-Seg"
+CLASS_PLACEHOLDER = "building,roof; road,street; tree,forest; water"
+AREA_LAYER, AREA_CANVAS = "layer", "canvas"
+CLIP_MODEL_CHOICES = ("ViT-B-16", "ViT-B-32", "ViT-L-14")
+DEVICE_LABELS = (("auto", "Auto (GPU if available)"), ("cpu", "CPU"), ("cuda", "CUDA GPU"))
+
+# Tasks whose dock went away (plugin unloaded) stay referenced here until QGIS is done with them.
+_DETACHED_TASKS: List[SegmentationTask] = []
+
+
+def raster_layer_filter():
+    """The 'raster layers only' filter of QgsMapLayerComboBox across QGIS 3.22 .. 4.x."""
+    layer_filter = getattr(Qgis, "LayerFilter", None)
+    if layer_filter is not None:
+        return layer_filter.RasterLayer
+    return QgsMapLayerProxyModel.Filter.RasterLayer
+
+
+class DrSegDock(QDockWidget):
+    """Dock widget of the plugin. `iface` is the QGIS interface (or pytest-qgis's stub)."""
+
+    runStarted = pyqtSignal(object)    # the SegmentationTask
+    runFinished = pyqtSignal(object)   # the SegmentationTask, after layers were added / errors shown
+
+    def __init__(self, iface, parent=None):
+        super().__init__(TITLE, parent)
+        self.setObjectName("DrSegDock")
+        self.iface = iface
+        self._tasks: List[SegmentationTask] = []
+        self._started_at = {}
+        self.last_layers = (None, None)
+        self._build()
+        self._layer_changed(self.layer_combo.currentLayer())
+        self._update_buttons()
+
+    # -- widgets --------------------------------------------------------------------------------
+    def _build(self) -> None:
+        body = QWidget(self)
+        outer = QVBoxLayout(body)
+        form = QFormLayout()
+        outer.addLayout(form)
+
+        self.layer_combo = QgsMapLayerComboBox(body)
+        self.layer_combo.setFilters(raster_layer_filter())
+        self.layer_combo.setAllowEmptyLayer(True)
+        self.layer_combo.layerChanged.connect(self._layer_changed)
+        form.addRow("Raster layer", self.layer_combo)
+
+        bands = QHBoxLayout()
+        self.band_combos = []
+        for label in ("R", "G", "B"):
+            combo = QgsRasterBandComboBox(body)
+            combo.setShowNotSetOption(label != "R", "none")
+            combo.setToolTip("Red, green and blue bands; leave green and blue at 'none' to use "
+                             "one band as grey")
+            bands.addWidget(QLabel(label, body))
+            bands.addWidget(combo, 1)
+            self.band_combos.append(combo)
+        form.addRow("Bands", bands)
+
+        self.classes_edit = QPlainTextEdit(body)
+        self.classes_edit.setPlaceholderText(CLASS_PLACEHOLDER)
+        self.classes_edit.setToolTip("Classes separated by ';', synonyms of one class by ','. "
+                                     "Pixels no class is sure about become background.")
+        self.classes_edit.setMaximumHeight(70)
+        form.addRow("Classes", self.classes_edit)
+
+        self.area_combo = QComboBox(body)
+        self.area_combo.addItem("Whole layer", AREA_LAYER)
+        self.area_combo.addItem("Current map canvas extent", AREA_CANVAS)
+        form.addRow("Area", self.area_combo)
+
+        self.resolution_spin = QgsDoubleSpinBox(body)
+        self.resolution_spin.setRange(0.0, 100000.0)
+        self.resolution_spin.setDecimals(3)
+        self.resolution_spin.setSingleStep(0.1)
+        self.resolution_spin.setSpecialValueText("Native")
+        self.resolution_spin.setSuffix(" m/pixel")
+        self.resolution_spin.setClearValue(0.0)
+        self.resolution_spin.setShowClearButton(True)
+        self.resolution_spin.setToolTip("Working resolution in metres per pixel; 'Native' keeps the "
+                                        "raster's own resolution")
+        form.addRow("Resolution", self.resolution_spin)
+
+        self.device_combo = QComboBox(body)
+        for value, label in DEVICE_LABELS:
+            self.device_combo.addItem(label, value)
+        form.addRow("Device", self.device_combo)
+
+        self.threshold_spin = QgsDoubleSpinBox(body)
+        self.threshold_spin.setRange(0.0, 0.99)
+        self.threshold_spin.setDecimals(2)
+        self.threshold_spin.setSingleStep(0.05)
+        self.threshold_spin.setValue(DEFAULT_THRESHOLD)
+        self.threshold_spin.setClearValue(DEFAULT_THRESHOLD)
+        self.threshold_spin.setToolTip("Pixels whose most likely class is below this probability "
+                                       "become background")
+        form.addRow("Threshold", self.threshold_spin)
+
+        self.output_widget = QgsFileWidget(body)
+        self.output_widget.setStorageMode(QgsFileWidget.StorageMode.SaveFile)
+        self.output_widget.setFilter("GeoPackage (*.gpkg)")
+        self.output_widget.setConfirmOverwrite(True)
+        self.output_widget.lineEdit().setPlaceholderText("[Automatic: project or temporary folder]")
+        form.addRow("Polygons", self.output_widget)
+
+        self.raster_check = QCheckBox("Also write a class raster (GeoTIFF)", body)
+        self.raster_widget = QgsFileWidget(body)
+        self.raster_widget.setStorageMode(QgsFileWidget.StorageMode.SaveFile)
+        self.raster_widget.setFilter("GeoTIFF (*.tif *.tiff)")
+        self.raster_widget.lineEdit().setPlaceholderText("[Automatic: beside the GeoPackage]")
+        self.raster_widget.setEnabled(False)
+        self.raster_check.toggled.connect(self.raster_widget.setEnabled)
+        form.addRow(self.raster_check)
+        form.addRow("Class raster", self.raster_widget)
+
+        advanced = QgsCollapsibleGroupBox("Model", body)
+        advanced.setCollapsed(True)
+        adv = QFormLayout(advanced)
+        self.clip_model_combo = QComboBox(advanced)
+        self.clip_model_combo.setEditable(True)
+        self.clip_model_combo.addItems(CLIP_MODEL_CHOICES)
+        self.clip_model_combo.setCurrentText(DEFAULT_CLIP_MODEL)
+        self.clip_model_combo.setToolTip("open_clip architecture name, or an open_clip model "
+                                         "config (.json)")
+        adv.addRow("CLIP model", self.clip_model_combo)
+        self.clip_weights_widget = QgsFileWidget(advanced)
+        self.clip_weights_widget.setStorageMode(QgsFileWidget.StorageMode.GetFile)
+        self.clip_weights_widget.setFilePath(DEFAULT_CLIP_WEIGHTS)
+        self.clip_weights_widget.setToolTip("open_clip pretrained tag (e.g. 'openai', downloaded on "
+                                            "first use) or a local checkpoint file")
+        adv.addRow("CLIP weights", self.clip_weights_widget)
+        self.simplify_spin = QgsDoubleSpinBox(advanced)
+        self.simplify_spin.setRange(0.0, 100.0)
+        self.simplify_spin.setSuffix(" px")
+        adv.addRow("Simplify", self.simplify_spin)
+        self.min_area_spin = QgsDoubleSpinBox(advanced)
+        self.min_area_spin.setRange(0.0, 1e9)
+        self.min_area_spin.setSuffix(" m²")
+        adv.addRow("Minimum area", self.min_area_spin)
+        outer.addWidget(advanced)
+
+        buttons = QHBoxLayout()
+        self.run_button = QPushButton("Run", body)
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button = QPushButton("Cancel", body)
+        self.cancel_button.clicked.connect(self.cancel)
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        outer.addLayout(buttons)
+
+        self.progress_bar = QProgressBar(body)
+        self.progress_bar.setRange(0, 100)
+        self.progress_bar.setValue(0)
+        outer.addWidget(self.progress_bar)
+        self.status_label = QLabel("", body)
+        self.status_label.setWordWrap(True)
+        outer.addWidget(self.status_label)
+        outer.addStretch(1)
+
+        scroll = QScrollArea(self)
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(body)
+        self.setWidget(scroll)
+
+    def _layer_changed(self, layer) -> None:
+        for combo in self.band_combos:
+            combo.setLayer(layer if isinstance(layer, QgsRasterLayer) else None)
+        if isinstance(layer, QgsRasterLayer) and layer.isValid():
+            red, green, blue = self.default_bands(layer)
+            self.band_combos[0].setBand(red)
+            self.band_combos[1].setBand(green)
+            self.band_combos[2].setBand(blue)
+
+    @staticmethod
+    def default_bands(layer) -> tuple:
+        """(red, green, blue) band numbers, -1 for 'none': colour interpretation, else 1,2,3, else grey."""
+        provider = layer.dataProvider()
+        count = layer.bandCount()
+        names = {provider.colorInterpretationName(b).lower(): b for b in range(1, count + 1)}
+        if all(c in names for c in ("red", "green", "blue")):
+            return names["red"], names["green"], names["blue"]
+        if count >= 3:
+            return 1, 2, 3
+        return 1, -1, -1
+
+    # -- state ----------------------------------------------------------------------------------
+    def is_running(self) -> bool:
+        return bool(self._tasks)
+
+    def _update_buttons(self) -> None:
+        self.run_button.setEnabled(not self._tasks)
+        self.cancel_button.setEnabled(bool(self._tasks))
+
+    def _message(self, level, text: str, duration: int = 0) -> None:
+        bar = self.iface.messageBar() if self.iface is not None else None
+        if bar is None:
+            return
+        if level == Qgis.MessageLevel.Critical:
+            bar.pushCritical(TITLE, text)
+        elif level == Qgis.MessageLevel.Success:
+            bar.pushSuccess(TITLE, text)
+        elif level == Qgis.MessageLevel.Warning:
+            bar.pushWarning(TITLE, text)
+        else:
+            bar.pushInfo(TITLE, text)
+
+    # -- building the request -------------------------------------------------------------------
+    def selected_bands(self) -> List[int]:
+        red, green, blue = (combo.currentBand() for combo in self.band_combos)
+        if red < 1:
+            raise InputError("Choose the band to read as red (or the single grey band)")
+        if (green < 1) != (blue < 1):
+            raise InputError("Choose both a green and a blue band, or neither to read the red band "
+                             "alone as grey")
+        return [red] if green < 1 else [red, green, blue]
+
+    def selected_extent(self, layer) -> Optional[tuple]:
+        if self.area_combo.currentData() != AREA_CANVAS:
+            return None
+        canvas = self.iface.mapCanvas()
+        return extent_in_layer_crs(canvas.extent(), canvas.mapSettings().destinationCrs(), layer)
+
+    def output_folder(self) -> str:
+        """The project's folder when the project is saved and writable, else a temporary folder."""
+        home = QgsProject.instance().homePath()
+        if home and os.path.isdir(home) and os.access(home, os.W_OK):
+            return home
+        folder = os.path.join(tempfile.gettempdir(), "drseg")
+        os.makedirs(folder, exist_ok=True)
+        return folder
+
+    def output_paths(self, layer) -> tuple:
+        vector = self.output_widget.filePath().strip()
+        if not vector:
+            vector = default_output_path(layer.name(), self.output_folder())
+        elif not vector.lower().endswith(".gpkg"):
+            vector += ".gpkg"
+        folder = os.path.dirname(os.path.abspath(vector))
+        if not os.path.isdir(folder):
+            raise InputError(f"Output folder '{folder}' does not exist")
+        raster = None
+        if self.raster_check.isChecked():
+            raster = self.raster_widget.filePath().strip() or os.path.splitext(vector)[0] + ".tif"
+            if not raster.lower().endswith((".tif", ".tiff")):
+                raster += ".tif"
+            if not os.path.isdir(os.path.dirname(os.path.abspath(raster))):
+                raise InputError(f"Output folder of '{raster}' does not exist")
+        return vector, raster
+
+    def build_request(self):
+        """Validate the form -> SegmentationRequest. Raises InputError or MissingDependencies."""
+        layer = self.layer_combo.currentLayer()
+        source = raster_source(layer)
+        layer_crs_check(layer)
+        text = self.classes_edit.toPlainText().strip()
+        classes = parse_classes(text)
+        bands = self.selected_bands()
+        extent = self.selected_extent(layer)
+        vector, raster = self.output_paths(layer)
+        clip_model = self.clip_model_combo.currentText().strip() or DEFAULT_CLIP_MODEL
+        clip_weights = self.clip_weights_widget.filePath().strip() or DEFAULT_CLIP_WEIGHTS
+        segment = load_engine()  # last: the cheap checks above need no torch
+        table = os.path.splitext(os.path.basename(vector))[0]
+        return segment.SegmentationRequest(
+            raster=source, classes=text, out_vector=vector, out_raster=raster, bands=bands,
+            extent=extent, resolution=self.resolution_spin.value() or None,
+            threshold=self.threshold_spin.value(), clip_model=clip_model, clip_weights=clip_weights,
+            device=self.device_combo.currentData(), simplify=self.simplify_spin.value(),
+            min_area=self.min_area_spin.value(),
+            layer_name=table)
+
+    # -- running --------------------------------------------------------------------------------
+    def run(self) -> Optional[SegmentationTask]:
+        """Validate and start a run; None (with a message-bar error) when the form is not valid."""
+        if self._tasks:
+            self._message(Qgis.MessageLevel.Warning, "A run is already in progress")
+            return None
+        try:
+            request = self.build_request()
+        except (InputError, MissingDependencies) as exc:
+            self._message(Qgis.MessageLevel.Critical, str(exc))
+            self.status_label.setText(str(exc))
+            return None
+        layer = self.layer_combo.currentLayer()
+        task = SegmentationTask(request, self._task_finished,
+                                description=f"DR-Seg: segmenting {layer.name()}")
+        task.group_name = f"DR-Seg: {layer.name()} {time.strftime('%H:%M:%S')}"
+        task.display_name = ", ".join(spec.name for spec in parse_classes(request.classes))
+        task.progressChanged.connect(self._progress)
+        task.stepMessage.connect(self.status_label.setText)
+        self._tasks.append(task)
+        self._started_at[id(task)] = time.monotonic()
+        self.progress_bar.setValue(0)
+        self.status_label.setText("Starting…")
+        self._update_buttons()
+        QgsApplication.taskManager().addTask(task)
+        self.runStarted.emit(task)
+        return task
+
+    def _progress(self, value: float) -> None:
+        self.progress_bar.setValue(int(round(value)))
+
+    def cancel(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            self.status_label.setText("Cancelling…")
+
+    def _task_finished(self, task: SegmentationTask) -> None:
+        """Main thread: add the layers of a successful run, or report why there are none."""
+        if task in self._tasks:
+            self._tasks.remove(task)
+        seconds = time.monotonic() - self._started_at.pop(id(task), time.monotonic())
+        self._update_buttons()
+        self.last_layers = (None, None)
+        if task.succeeded:
+            result = task.result
+            try:
+                self.last_layers = add_result_layers(result, group_name=task.group_name,
+                                                     display_name=task.display_name)
+            except RuntimeError as exc:
+                self._message(Qgis.MessageLevel.Critical, str(exc))
+            else:
+                text = (f"{result.polygon_count} polygons, {result.width}×{result.height} px "
+                        f"on {result.device} in {seconds:.1f} s")
+                self.progress_bar.setValue(100)
+                self.status_label.setText(f"Done: {text}")
+                self._message(Qgis.MessageLevel.Success, f"Segmentation done: {text}")
+        elif task.was_cancelled:
+            self.progress_bar.setValue(0)
+            self.status_label.setText("Cancelled; nothing was written")
+            self._message(Qgis.MessageLevel.Info, "Run cancelled; no layer or file was created")
+        else:
+            self.progress_bar.setValue(0)
+            self.status_label.setText(task.error or "Failed")
+            detail = " (details in the log, tab DR-Seg)" if task.error_detail else ""
+            self._message(Qgis.MessageLevel.Critical, f"{task.error}{detail}")
+        self.runFinished.emit(task)
+
+    def shutdown(self) -> None:
+        """Cancel running tasks and detach them from this widget (plugin unload, QGIS exit)."""
+        for task in self._tasks:
+            task.on_finished = _forget_task
+            _DETACHED_TASKS.append(task)
+            task.cancel()
+        self._tasks = []
+
+
+def _forget_task(task: SegmentationTask) -> None:
+    if task in _DETACHED_TASKS:
+        _DETACHED_TASKS.remove(task)

@@ -1,0 +1,69 @@
+"""Lazy access to the engine, so the plugin loads (and shows a clear message) without torch.
+
+Nothing here imports torch, open_clip or QGIS. The defaults below mirror the engine's; a test keeps
+them equal, and they live here because Processing parameters and the dock are built at QGIS
+start-up, when importing torch would be slow or, on a machine without it, fail.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from typing import List
+
+DEFAULT_THRESHOLD = 0.3            # core.segment.DEFAULT_THRESHOLD
+DEVICE_CHOICES = ("auto", "cpu", "cuda")   # core.device.DEVICE_CHOICES
+DEFAULT_CLIP_MODEL = "ViT-B-16"    # core.clip_models.DEFAULT_CLIP_MODEL
+DEFAULT_CLIP_WEIGHTS = "openai"    # core.clip_models.DEFAULT_CLIP_WEIGHTS
+
+# Import name -> pip name of what the engine needs beyond what QGIS ships.
+REQUIREMENTS = {
+    "torch": "torch",
+    "torchvision": "torchvision",
+    "open_clip": "open_clip_torch",
+    "rasterio": "rasterio",
+    "shapely": "shapely",
+}
+
+
+class MissingDependencies(Exception):
+    """The engine's Python packages are not importable in QGIS's Python."""
+
+
+def missing_packages() -> List[str]:
+    """pip names of required packages that cannot be found (nothing is imported)."""
+    missing = []
+    for module, package in REQUIREMENTS.items():
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(package)
+    return missing
+
+
+def dependency_message(missing: List[str], detail: str = "") -> str:
+    names = ", ".join(missing) if missing else "torch, torchvision, open_clip_torch"
+    text = (f"DR-Seg needs the Python packages {names} in the Python that QGIS uses. "
+            f"Install them with: python3 -m pip install {' '.join(missing or REQUIREMENTS.values())} "
+            "(see the README for the exact versions)")
+    if detail:
+        text += f" [{detail}]"
+    return text
+
+
+def load_engine():
+    """Import and return `core.segment`, or raise MissingDependencies with an install hint.
+
+    Call it on the main thread before starting a run, so the first (slow) import of torch does not
+    happen inside a worker thread and a missing package is reported before anything starts.
+    """
+    missing = missing_packages()
+    if missing:
+        raise MissingDependencies(dependency_message(missing))
+    try:
+        from ..core import segment
+        importlib.import_module("open_clip")
+    except ImportError as exc:  # present but broken, e.g. an ABI clash with QGIS's numpy
+        raise MissingDependencies(dependency_message([], f"{type(exc).__name__}: {exc}")) from None
+    return segment
