@@ -1,0 +1,161 @@
+"""Shared helpers and fixtures of the QGIS-side tests (plugin, dock, task, Processing).
+
+Test modules import what they use from here (`from conftest_qgis import ...`); fixtures imported
+into a test module are found by pytest like local ones.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import rasterio
+from qgis.core import QgsApplication, QgsRasterLayer
+from rasterio.transform import from_origin
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def unshadow_qgis_processing() -> None:
+    """Let `import processing` find QGIS's Processing plugin, not this repository's `processing/`.
+
+    `python -m pytest` started in the repository root puts the root on sys.path, and there our
+    plugin's `processing/` package (imported by QGIS as `<plugin>.processing`, never top level)
+    hides QGIS's `processing`. `drseg` itself is importable through its editable install.
+    """
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != REPO_ROOT]
+    module = sys.modules.get("processing")
+    location = os.path.abspath(getattr(module, "__file__", None) or os.curdir) if module else ""
+    if location.startswith(REPO_ROOT + os.sep):
+        for name in [n for n in sys.modules if n == "processing" or n.startswith("processing.")]:
+            del sys.modules[name]
+
+
+unshadow_qgis_processing()
+
+# A real open_clip ViT, tiny: builds in a fraction of a second, runs with random weights.
+TINY_CLIP_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+UTM = "EPSG:32633"
+ORIGIN = (500000.0, 6000000.0)
+
+
+def write_tiny_clip_config(folder) -> str:
+    path = os.path.join(str(folder), "tiny_clip.json")
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(TINY_CLIP_CONFIG, handle)
+    return path
+
+
+def write_raster(path, width=96, height=64, bands=3, crs=UTM, pixel=1.0, dtype="uint8") -> str:
+    """Georeferenced test raster: left half red, right half blue (extra bands: grey ramp)."""
+    data = np.zeros((bands, height, width), dtype)
+    half = width // 2
+    if bands >= 3:
+        data[0, :, :half] = 200
+        data[2, :, half:] = 200
+    else:
+        data[0, :, :half] = 200
+        data[0, :, half:] = 40
+    for band in range(3, bands):
+        data[band] = np.linspace(0, 250, width, dtype=np.float32)[None, :].astype(dtype)
+    with rasterio.open(str(path), "w", driver="GTiff", width=width, height=height, count=bands,
+                       dtype=dtype, crs=crs, transform=from_origin(*ORIGIN, pixel, pixel)) as dst:
+        dst.write(data)
+    return str(path)
+
+
+def raster_layer(path, name="scene") -> QgsRasterLayer:
+    layer = QgsRasterLayer(str(path), name, "gdal")
+    assert layer.isValid(), path
+    return layer
+
+
+class ColourScorer:
+    """Engine window scorer whose logits are the image's colour channels.
+
+    Queries map to channels (building/roof: red, tree: green, water: blue), so the red half of
+    `write_raster` comes out as 'building' and the blue half as 'water', exactly.
+    `delay` slows every call down; `started` is set on the first call (for cancel tests).
+    """
+
+    logit_scale = 50.0
+    CHANNEL = {"building": 0, "roof": 0, "house": 0, "tree": 1, "forest": 1, "water": 2}
+
+    def __init__(self, delay: float = 0.0):
+        self.delay = delay
+        self.calls = 0
+        self.queries = []
+        self.started = threading.Event()
+
+    def set_queries(self, queries):
+        self.queries = list(queries)
+
+    def score_windows(self, images):
+        self.calls += 1
+        self.started.set()
+        if self.delay:
+            time.sleep(self.delay)
+        b, _, s, _ = images.shape
+        patches = images.reshape(b, 3, s // 16, 16, s // 16, 16).mean(axis=(3, 5)) / 255.0
+        logits = np.stack([patches[:, self.CHANNEL.get(q, 1)] for q in self.queries], axis=1)
+        return logits.astype(np.float32)
+
+
+def run_algorithm(algorithm, parameters, load_results: bool = False, **kwargs):
+    """processing.run (or runAndLoadResults, as the toolbox does) from QGIS's Processing plugin."""
+    import processing
+
+    if load_results:
+        return processing.runAndLoadResults(algorithm, parameters, **kwargs)
+    return processing.run(algorithm, parameters, **kwargs)
+
+
+def wait_for(predicate, timeout: float = 60.0, step: float = 0.01) -> bool:
+    """Process Qt events until predicate() is true; False on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        QgsApplication.processEvents()
+        if predicate():
+            return True
+        time.sleep(step)
+    QgsApplication.processEvents()
+    return bool(predicate())
+
+
+def files_under(folder) -> list:
+    """Every file and folder below `folder`, hidden ones included, as sorted relative paths."""
+    found = []
+    for root, dirs, files in os.walk(str(folder)):
+        for name in dirs + files:
+            found.append(os.path.relpath(os.path.join(root, name), str(folder)))
+    return sorted(found)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> str:
+    """Path of the tiny open_clip config (one per session, so the model cache is reused)."""
+    return write_tiny_clip_config(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture
+def drseg_provider(qgis_processing):
+    """The DR-Seg Processing provider, registered for the test."""
+    from drseg.processing.provider import DrSegProvider
+
+    registry = QgsApplication.processingRegistry()
+    existing = registry.providerById("drseg")
+    if existing is not None:
+        yield existing
+        return
+    provider = DrSegProvider()
+    assert registry.addProvider(provider)
+    yield provider
+    registry.removeProvider(provider)

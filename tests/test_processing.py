@@ -1,0 +1,191 @@
+"""The Processing algorithm drseg:openvocabsegmentation, run through processing.run."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+import rasterio
+from conftest_qgis import (drseg_provider, files_under, run_algorithm, tiny_clip,  # noqa: F401
+                           write_raster)
+from qgis.core import (QgsApplication, QgsCoordinateReferenceSystem, QgsCoordinateTransform,
+                       QgsProcessingContext, QgsProcessingException, QgsProcessingFeedback,
+                       QgsProcessingModelAlgorithm, QgsProcessingModelChildAlgorithm,
+                       QgsProcessingModelChildParameterSource, QgsProcessingModelOutput,
+                       QgsProcessingModelParameter, QgsProcessingParameterRasterLayer, QgsProject,
+                       QgsRasterLayer, QgsRectangle, QgsVectorLayer, QgsWkbTypes)
+
+ALG = "drseg:openvocabsegmentation"
+
+
+def params(raster, tiny_clip, tmp_path, **extra):
+    values = {"INPUT": raster, "CLASSES": "building,roof; water", "CLIP_MODEL": tiny_clip,
+              "CLIP_WEIGHTS": "random", "DEVICE": 1, "OUTPUT": str(tmp_path / "polygons.gpkg")}
+    values.update(extra)
+    return values
+
+
+def run_failing(parameters) -> str:
+    """Run, expect Processing's failure exception, and return the log the user sees."""
+    feedback = QgsProcessingFeedback()
+    with pytest.raises(QgsProcessingException) as failure:
+        run_algorithm(ALG, parameters, feedback=feedback)
+    return f"{failure.value}\n{feedback.textLog()}"
+
+
+def test_algorithm_is_registered_with_its_parameters(drseg_provider):
+    alg = QgsApplication.processingRegistry().algorithmById(ALG)
+    assert alg is not None and alg.provider().id() == "drseg"
+    names = {p.name() for p in alg.parameterDefinitions()}
+    assert {"INPUT", "CLASSES", "BANDS", "EXTENT", "RESOLUTION", "THRESHOLD", "DEVICE", "CLIP_MODEL",
+            "CLIP_WEIGHTS", "OUTPUT", "OUTPUT_RASTER"} <= names
+    assert alg.parameterDefinition("DEVICE").options() == ["auto", "cpu", "cuda"]
+    from drseg.core.segment import DEFAULT_THRESHOLD
+
+    assert alg.parameterDefinition("THRESHOLD").defaultValue() == DEFAULT_THRESHOLD
+    assert alg.flags() & alg.Flag.FlagSupportsBatch and alg.flags() & alg.Flag.FlagCanCancel
+
+
+def test_run_writes_polygons_and_class_raster_in_the_input_crs(drseg_provider, tiny_clip, tmp_path):
+    raster = write_raster(tmp_path / "scene.tif", width=96, height=64)
+    out_raster = str(tmp_path / "classes.tif")
+    feedback = QgsProcessingFeedback()
+    progress = []
+    feedback.progressChanged.connect(progress.append)
+
+    result = run_algorithm(ALG, params(raster, tiny_clip, tmp_path, OUTPUT_RASTER=out_raster),
+                            feedback=feedback)
+
+    assert result["OUTPUT"] == str(tmp_path / "polygons.gpkg")
+    assert result["OUTPUT_RASTER"] == out_raster
+    layer = QgsVectorLayer(result["OUTPUT"], "polygons", "ogr")
+    assert layer.isValid()
+    assert layer.crs().authid() == "EPSG:32633"
+    assert layer.geometryType() == QgsWkbTypes.GeometryType.PolygonGeometry
+    assert {"class", "class_id", "score", "area_m2"} <= set(layer.fields().names())
+    assert layer.featureCount() == result["POLYGONS"] > 0
+    assert {f["class"] for f in layer.getFeatures()} <= {"building", "water"}
+    assert sum(f["area_m2"] for f in layer.getFeatures()) == pytest.approx(96 * 64)
+    with rasterio.open(raster) as src, rasterio.open(out_raster) as out:
+        assert (out.width, out.height, out.transform, out.crs) == (src.width, src.height,
+                                                                   src.transform, src.crs)
+    assert progress and max(progress) == pytest.approx(100.0)
+
+
+def test_extent_in_another_crs_is_reprojected_to_the_layer(drseg_provider, tiny_clip, tmp_path):
+    raster = write_raster(tmp_path / "scene.tif", width=96, height=64)
+    # The left half of the raster, given in WGS 84.
+    utm, wgs84 = QgsCoordinateReferenceSystem("EPSG:32633"), QgsCoordinateReferenceSystem("EPSG:4326")
+    left = QgsRectangle(500000.0 + 2, 6000000.0 - 62, 500000.0 + 40, 6000000.0 - 2)
+    box = QgsCoordinateTransform(utm, wgs84, QgsProject.instance()).transformBoundingBox(left)
+    extent = f"{box.xMinimum()},{box.xMaximum()},{box.yMinimum()},{box.yMaximum()} [EPSG:4326]"
+    out_raster = str(tmp_path / "classes.tif")
+
+    run_algorithm(ALG, params(raster, tiny_clip, tmp_path, EXTENT=extent, OUTPUT_RASTER=out_raster))
+
+    with rasterio.open(out_raster) as out:
+        xmin, ymin, xmax, ymax = out.bounds
+        assert out.crs.to_epsg() == 32633
+    # The reprojected box is slightly larger than `left`; outputs snap to whole input pixels.
+    assert 500000.0 <= xmin <= 500002.0 and 500040.0 <= xmax <= 500043.0
+    assert 5999936.0 <= ymin <= 5999938.0 and 5999998.0 <= ymax <= 6000000.0
+
+
+def test_user_errors_become_processing_exceptions_with_the_engine_message(drseg_provider, tiny_clip,
+                                                                          tmp_path):
+    raster = write_raster(tmp_path / "scene.tif")
+    cases = [
+        ({"CLASSES": " ; , ;"}, "class prompt is empty"),
+        ({"OUTPUT": str(tmp_path / "polygons.shp")}, "must end with .gpkg"),
+        ({"BANDS": "1,2"}, "one band (grey) or three bands"),
+        ({"BANDS": "7"}, "Band 7 does not exist"),
+        ({"CLIP_WEIGHTS": str(tmp_path / "no-such-weights.pt")}, "no-such-weights.pt"),
+        ({"EXTENT": "0,10,0,10 [EPSG:32633]"}, "does not overlap"),
+    ]
+    for extra, message in cases:
+        assert message in run_failing(params(raster, tiny_clip, tmp_path, **extra)), extra
+    assert files_under(tmp_path) == ["scene.tif"]
+
+
+def test_non_file_raster_is_refused(drseg_provider, tiny_clip, tmp_path):
+    xyz = QgsRasterLayer("type=xyz&url=http://127.0.0.1:9/%7Bz%7D/%7Bx%7D/%7By%7D.png&zmax=19&zmin=0",
+                         "tiles", "wms")
+    assert xyz.isValid()
+    log = run_failing(params(xyz, tiny_clip, tmp_path))
+    assert "'tiles' is a 'wms' layer, not a raster file" in log
+
+
+def test_missing_torch_gives_an_install_hint(drseg_provider, tiny_clip, tmp_path, monkeypatch):
+    raster = write_raster(tmp_path / "scene.tif")
+    monkeypatch.setitem(sys.modules, "open_clip", None)  # as if open_clip were not installed
+    log = run_failing(params(raster, tiny_clip, tmp_path))
+    assert "pip install open_clip_torch" in log and "Traceback" not in log
+
+
+def test_batch_of_runs_shares_one_model(drseg_provider, tiny_clip, tmp_path):
+    """Like the batch dialog: one algorithm, several parameter sets, one after another."""
+    from drseg.core import model_cache
+
+    rasters = [write_raster(tmp_path / f"scene{i}.tif", width=64 + 16 * i) for i in range(3)]
+    alg = QgsApplication.processingRegistry().createAlgorithmById(ALG)
+    for i, raster in enumerate(rasters):
+        context, feedback = QgsProcessingContext(), QgsProcessingFeedback()
+        result = run_algorithm(alg, params(raster, tiny_clip, tmp_path,
+                                            OUTPUT=str(tmp_path / f"out{i}.gpkg")),
+                                context=context, feedback=feedback)
+        assert QgsVectorLayer(result["OUTPUT"], "", "ogr").featureCount() > 0
+    keys = [k for k in model_cache._models if k[1] == tiny_clip]
+    assert len(keys) == 1
+
+
+def test_runs_inside_a_model(drseg_provider, tiny_clip, tmp_path):
+    """The graphical modeler's path: the algorithm as a child of a QgsProcessingModelAlgorithm."""
+    raster = write_raster(tmp_path / "scene.tif")
+    model = QgsProcessingModelAlgorithm("segment", "tests")
+    model.addModelParameter(QgsProcessingParameterRasterLayer("raster", "Raster"),
+                            QgsProcessingModelParameter("raster"))
+    child = QgsProcessingModelChildAlgorithm(ALG)
+    child.setChildId("seg")
+    child.addParameterSources("INPUT", [QgsProcessingModelChildParameterSource.fromModelParameter("raster")])
+    static = {"CLASSES": "building; water", "CLIP_MODEL": tiny_clip, "CLIP_WEIGHTS": "random",
+              "DEVICE": 1, "THRESHOLD": 0.3}
+    for name, value in static.items():
+        child.addParameterSources(name, [QgsProcessingModelChildParameterSource.fromStaticValue(value)])
+    output = QgsProcessingModelOutput("polygons")
+    output.setChildId("seg")
+    output.setChildOutputName("OUTPUT")
+    child.setModelOutputs({"polygons": output})
+    model.addChildAlgorithm(child)
+    model.updateDestinationParameters()
+    destination = [p.name() for p in model.destinationParameterDefinitions()]
+    assert destination == ["seg:polygons"]
+
+    out = str(tmp_path / "model_out.gpkg")
+    result = run_algorithm(model, {"raster": raster, "seg:polygons": out})
+
+    assert result["seg:polygons"] == out
+    layer = QgsVectorLayer(out, "", "ogr")
+    assert layer.isValid() and layer.featureCount() > 0
+    assert layer.crs().authid() == "EPSG:32633"
+
+
+def test_toolbox_run_loads_outputs_styled_by_class(drseg_provider, tiny_clip, tmp_path,
+                                                 qgis_new_project):
+    """runAndLoadResults, as the toolbox dialog: outputs are loaded and get the class styles."""
+    from qgis.core import QgsCategorizedSymbolRenderer, QgsPalettedRasterRenderer
+
+    from drseg.core.colors import class_colour
+
+    raster = write_raster(tmp_path / "scene.tif")
+    out_raster = str(tmp_path / "classes.tif")
+    run_algorithm(ALG, params(raster, tiny_clip, tmp_path, OUTPUT_RASTER=out_raster),
+                  load_results=True)
+
+    layers = {layer.source().split("|")[0]: layer for layer in qgis_new_project.mapLayers().values()}
+    assert set(layers) == {str(tmp_path / "polygons.gpkg"), out_raster}
+    renderer = layers[str(tmp_path / "polygons.gpkg")].renderer()
+    assert isinstance(renderer, QgsCategorizedSymbolRenderer)
+    assert {c.value(): c.symbol().color().getRgb()[:3] for c in renderer.categories()} == {
+        "building": class_colour("building"), "water": class_colour("water")}
+    palette = layers[out_raster].renderer()
+    assert isinstance(palette, QgsPalettedRasterRenderer)
+    assert [c.label for c in palette.classes()] == ["background", "building", "water"]
