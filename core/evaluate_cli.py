@@ -1,0 +1,178 @@
+"""`python -m drseg evaluate ovss|refer ...`: score the engine or saved predictions on a benchmark.
+
+The engine is plugged in through a registration hook so this module needs no model code:
+
+    set_predictor_factory(factory)
+    factory(task, dataset, args) -> predict_fn
+
+``task`` is "ovss" or "refer", ``dataset`` the opened data set (classes, prompt, background
+index, prob_thd), ``args`` the parsed command line (engine options added by
+``add_evaluate_parser(..., engine_options=...)``). The returned ``predict_fn`` follows
+`core.evaluate`: OVSS ``predict_fn(image_path) -> class indices``; referring
+``predict_fn(image_path, expression) -> mask``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Optional
+
+from .errors import InputError
+
+PredictorFactory = Callable[[str, object, argparse.Namespace], Callable]
+
+_predictor_factory: Optional[PredictorFactory] = None
+
+
+def set_predictor_factory(factory: Optional[PredictorFactory]) -> None:
+    """Register (or, with None, remove) the factory that builds the engine's predict function."""
+    global _predictor_factory
+    if factory is not None and not callable(factory):
+        raise TypeError("the predictor factory must be callable")
+    _predictor_factory = factory
+
+
+def get_predictor_factory() -> Optional[PredictorFactory]:
+    return _predictor_factory
+
+
+def _dataset_help(task: str) -> str:
+    try:
+        from .datasets import list_datasets
+
+        names = ", ".join(list_datasets(task))
+    except Exception:                        # a broken JSON file must not break --help
+        names = "see core/data/datasets"
+    return f"benchmark name ({names}) or the path of a data set JSON file"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be a positive whole number")
+    return value
+
+
+def add_evaluate_parser(subparsers, engine_options: Optional[Callable] = None):
+    """Add `evaluate ovss` and `evaluate refer` to a sub-command parser.
+
+    ``engine_options(parser, task)`` may add the engine's method/settings options to each.
+    """
+    parser = subparsers.add_parser(
+        "evaluate", help="score the engine or saved predictions on a standard benchmark",
+        description="Evaluate on a benchmark split exactly as papers do: confusion-matrix mIoU, "
+                    "mACC, aAcc and per-class IoU (ovss); gIoU, cIoU and Pr@0.5..0.9 (refer).")
+    tasks = parser.add_subparsers(dest="eval_task", metavar="{ovss,refer}")
+    tasks.required = True
+    for task, text in (("ovss", "open-vocabulary semantic segmentation benchmarks"),
+                       ("refer", "referring segmentation benchmarks")):
+        p = tasks.add_parser(task, help=text, description=f"Evaluate on {text}.")
+        p.add_argument("--dataset", required=True, help=_dataset_help(task))
+        p.add_argument("--root", required=True, help="folder holding the data set")
+        p.add_argument("--split", help="split to score (default: the set's evaluation split, "
+                                       "e.g. val for LoveDA, test for RRSIS-D)")
+        p.add_argument("--limit", type=_positive_int, help="score only the first N samples")
+        p.add_argument("--predictions", metavar="DIR",
+                       help="score saved masks instead of running the engine" +
+                            (" (same file names and label values as the ground truth)"
+                             if task == "ovss" else " (<sample key>.png, non-zero = target)"))
+        p.add_argument("--json", metavar="PATH", help="write the metrics as JSON to PATH")
+        p.add_argument("--out", metavar="DIR",
+                       help="folder for the results JSON, CSV and confusion-matrix PNG "
+                            "(default: the folder of --json, else ./drseg-eval)")
+        if task == "ovss":
+            p.add_argument("--layout", help="force a folder layout of the data set "
+                                            "(e.g. released, converted) instead of detecting it")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+        if engine_options is not None:
+            engine_options(p, task)
+        p.set_defaults(run=run_evaluate_command)
+    parser.set_defaults(run=run_evaluate_command)
+    return parser
+
+
+class _Progress:
+    """A tqdm bar on stderr, created on the first update."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.bar = None
+
+    def __call__(self, fraction: float, message: str) -> None:
+        if self.quiet:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=100, unit="%", file=sys.stderr, leave=False,
+                            bar_format="{l_bar}{bar}| {elapsed}<{remaining}")
+        self.bar.set_description_str(message[:40])
+        self.bar.n = round(100 * fraction, 1)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _predict_fn(task: str, dataset, args):
+    factory = get_predictor_factory()
+    if factory is None:
+        raise InputError("Running the engine for evaluation needs the segmentation engine, and "
+                         "none is registered in this build; score saved masks with "
+                         "--predictions DIR instead")
+    predict_fn = factory(task, dataset, args)
+    if not callable(predict_fn):
+        raise InputError("The registered predictor factory did not return a predict function")
+    return predict_fn
+
+
+def run_evaluate_command(args) -> int:
+    """Run `evaluate ovss|refer`; prints a table, writes the files, returns the exit code 0.
+
+    Problems the user can fix raise `InputError` (the main command line shows them, exit 2).
+    """
+    from pathlib import Path
+
+    from .datasets import get_dataset
+    from .evaluate import (DEFAULT_OUT_DIR, evaluate_ovss, evaluate_refer, format_ovss_table,
+                           format_refer_table, write_ovss_outputs, write_refer_outputs)
+
+    task = getattr(args, "eval_task", None)
+    if task not in ("ovss", "refer"):
+        raise InputError("Choose what to evaluate: 'evaluate ovss ...' or 'evaluate refer ...'")
+    dataset = get_dataset(args.dataset, args.root, args.split, getattr(args, "layout", None))
+    if dataset.task != task:
+        other = "refer" if dataset.task == "refer" else "ovss"
+        raise InputError(f"{dataset.name} is a{' referring' if other == 'refer' else 'n OVSS'} "
+                         f"benchmark; use 'evaluate {other}'")
+    predict_fn = None if args.predictions else _predict_fn(task, dataset, args)
+    progress = _Progress(getattr(args, "quiet", False))
+    try:
+        if task == "ovss":
+            report = evaluate_ovss(dataset, predict_fn=predict_fn,
+                                   predictions_dir=args.predictions, limit=args.limit,
+                                   progress=progress)
+        else:
+            report = evaluate_refer(dataset, predict_fn=predict_fn,
+                                    predictions_dir=args.predictions, limit=args.limit,
+                                    progress=progress)
+    finally:
+        progress.close()
+    print(format_ovss_table(report) if task == "ovss" else format_refer_table(report))
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if args.out:
+        out_dir = Path(args.out)
+    elif args.json:
+        out_dir = Path(args.json).expanduser().resolve().parent
+    else:
+        out_dir = Path(DEFAULT_OUT_DIR)
+    writer = write_ovss_outputs if task == "ovss" else write_refer_outputs
+    written = writer(report, out_dir, json_path=args.json)
+    for path in written.values():
+        print(f"wrote {path}")
+    return 0
