@@ -555,7 +555,10 @@ def open_ovss(spec: dict, root: str, split: Optional[str] = None,
     for candidate in layouts:
         images = _find_layout_images(spec, candidate, root, split)
         if images:
-            return _build_ovss(spec, root, split, candidate, images)
+            dataset = _build_ovss(spec, root, split, candidate, images)
+            if layout or not candidate.get("alternative"):
+                return dataset
+            return _maybe_alternative(spec, root, split, dataset, images)
     tried = "; ".join(_layout_summary(l, split) for l in layouts)
     raise InputError(f"No {name} images of split '{split}' found under {root}. Looked for "
                      f"(relative to the root) {tried}. Point --root at the folder that holds "
@@ -589,6 +592,41 @@ def _build_ovss(spec: dict, root: str, split: str, layout: dict, images: List[st
         raise InputError(f"{len(missing)} of {len(images)} {name} images have no ground-truth "
                          f"label following '{templates[chosen]}': {shown}")
     return OvssDataset(spec, root, split, layout, samples, decoder)
+
+
+def _maybe_alternative(spec: dict, root: str, split: str, dataset: OvssDataset,
+                       images: List[str]) -> OvssDataset:
+    """Same files, other encoding? A layout's ``alternative`` names raw values that prove the
+    alternative encoding (``evidence_for``) or rule it out (``evidence_against``); a few label
+    files spread over the split are read to decide."""
+    alt = dataset.layout_spec["alternative"]
+    others = {l["name"]: l for l in spec["layouts"]}
+    if alt.get("layout") not in others:
+        raise InputError(f"{dataset.json_path}: alternative layout {alt.get('layout')!r} of "
+                         f"'{dataset.layout}' is not defined")
+    against = set(alt.get("evidence_against", ()))
+    for_alt = set(alt.get("evidence_for", ()))
+    count = min(len(dataset.samples), int(alt.get("probe_files", 16)))
+    picks = sorted(set(np.linspace(0, len(dataset.samples) - 1, count).round().astype(int)))
+    for index in picks:
+        raw = read_array(dataset.samples[index].label_path)
+        if raw.ndim != 2:
+            return dataset
+        values = set(np.unique(raw).tolist())
+        if values & against:
+            return dataset
+        if values & for_alt:
+            switched = _build_ovss(spec, root, split, others[alt["layout"]], images)
+            switched.warnings.append(
+                f"{dataset.samples[index].label_relpath} holds {sorted(values & for_alt)}, so the "
+                f"labels are read with the '{alt['layout']}' layout "
+                f"({others[alt['layout']].get('description', '')})")
+            return switched
+    dataset.warnings.append(
+        f"Could not tell from {len(picks)} label files whether they use the '{dataset.layout}' "
+        f"or the '{alt['layout']}' encoding; assumed '{dataset.layout}'. Pass --layout "
+        f"{alt['layout']} if that is wrong.")
+    return dataset
 
 
 # ------------------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ Every expected label below is decoded by hand from the dataset's documented enco
 (e.g. LoveDA raw 0 = no-data, 1..7 = classes 0..6; Potsdam white = impervious surface).
 """
 import json
-import os
 import pickle
 from pathlib import Path
 
@@ -123,6 +122,25 @@ def test_loveda_converted_layouts(tmp_path):
     # already-shifted files: 0..6 are classes, 255 no-data; 7 is unknown
     assert shifted[0].load_label(stats).tolist() == [[0, 1, 2], [X, 3, X]]
     assert stats == {"values": {7: 1}}
+
+
+def test_loveda_converted_encoding_is_probed(tmp_path):
+    png(tmp_path / "img_dir/val/1.png", rgb_image())
+    png(tmp_path / "img_dir/val/2.png", rgb_image())
+    png(tmp_path / "ann_dir/val/1.png", [[0, 1, 2], [3, 4, 5]])
+    png(tmp_path / "ann_dir/val/2.png", [[6, 6, 255], [0, 0, 0]])   # 255: no-data, shifted files
+    ds = get_dataset("LoveDA", tmp_path)
+    assert ds.layout == "converted_shifted"
+    assert any("ann_dir/val/2.png holds [255]" in w for w in ds.warnings)
+    assert ds[1].load_label().tolist() == [[6, 6, X], [0, 0, 0]]
+    # forcing the layout skips the probe
+    assert get_dataset("LoveDA", tmp_path, layout="converted")[1].load_label().tolist() == \
+        [[5, 5, X], [X, X, X]]
+    # neither 7 nor 255 anywhere: mmseg's (unshifted) reading, with a warning
+    png(tmp_path / "ann_dir/val/2.png", [[6, 6, 1], [1, 1, 1]])
+    ds = get_dataset("LoveDA", tmp_path)
+    assert ds.layout == "converted"
+    assert any("Could not tell" in w and "--layout converted_shifted" in w for w in ds.warnings)
 
 
 def test_openearthmap_released_with_split_list(tmp_path):
