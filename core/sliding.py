@@ -15,7 +15,6 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from rasterio.windows import Window
 
 BLEND_FLOOR = 1e-3  # keeps raster-edge pixels, covered by one window's rim only, weighted
@@ -37,11 +36,31 @@ def block_windows(width: int, height: int, block: int) -> List[Window]:
             for row in range(0, height, block) for col in range(0, width, block)]
 
 
-def blend_weights(window: int) -> np.ndarray:
-    """Smooth 2-D weight (sin² ramp, highest in the centre) for blending overlapping windows."""
+def blend_ramp(window: int) -> np.ndarray:
+    """Smooth 1-D weight (sin² ramp, highest in the centre); the 2-D weight is its outer product."""
     ramp = np.sin(np.pi * (np.arange(window) + 0.5) / window) ** 2
-    ramp = np.maximum(ramp, BLEND_FLOOR).astype(np.float32)
+    return np.maximum(ramp, BLEND_FLOOR).astype(np.float32)
+
+
+def blend_weights(window: int) -> np.ndarray:
+    ramp = blend_ramp(window)
     return np.outer(ramp, ramp)
+
+
+def bilinear_matrix(size_out: int, size_in: int) -> np.ndarray:
+    """(size_out, size_in) matrix R with R @ v == bilinear resize of v (align_corners=False).
+
+    Resizing a window's token logits L to pixels is then R_y · L · R_xᵀ, which lets a block take
+    just the rows and columns it needs, with the blend weights folded into R.
+    """
+    matrix = np.zeros((size_out, size_in), np.float32)
+    source = np.maximum((np.arange(size_out) + 0.5) * size_in / size_out - 0.5, 0.0)
+    low = np.minimum(np.floor(source).astype(int), size_in - 1)
+    high = np.minimum(low + 1, size_in - 1)
+    frac = (source - low).astype(np.float32)
+    np.add.at(matrix, (np.arange(size_out), low), 1.0 - frac)
+    np.add.at(matrix, (np.arange(size_out), high), frac)
+    return matrix
 
 
 @dataclass
@@ -91,7 +110,8 @@ class SlidingWindowSegmenter:
         self.width, self.height = grid.width, grid.height
         self._xs = window_starts(self.width, self.window, self.stride)
         self._ys = window_starts(self.height, self.window, self.stride)
-        self._weights = torch.from_numpy(blend_weights(self.window))
+        self._ramp = torch.from_numpy(blend_ramp(self.window))
+        self._resize: Dict[int, torch.Tensor] = {}
         self._cache: Dict[Tuple[int, int], Optional[np.ndarray]] = {}
         owner = list(self.query_owner)
         self.num_classes = max(owner) + 1
@@ -131,22 +151,28 @@ class SlidingWindowSegmenter:
                 logits = self._cache.get((y, x))
                 if logits is None:
                     continue
-                up = F.interpolate(torch.from_numpy(logits)[None], size=(self.window, self.window),
-                                   mode="bilinear", align_corners=False)[0]
-                # Overlap of this window with the block, in window and in block coordinates.
-                cx0, cy0 = max(bx, x), max(by, y)
-                cx1 = min(bx + bw, x + self.window, self.width)
-                cy1 = min(by + bh, y + self.window, self.height)
-                weight = self._weights[cy0 - y:cy1 - y, cx0 - x:cx1 - x]
+                logits = torch.from_numpy(logits)
+                # Overlap of this window with the block, in window coordinates.
+                ry0, ry1 = max(by, y) - y, min(by + bh, y + self.window, self.height) - y
+                rx0, rx1 = max(bx, x) - x, min(bx + bw, x + self.window, self.width) - x
+                wy, wx = self._ramp[ry0:ry1], self._ramp[rx0:rx1]
+                resize_y = self._resize_matrix(logits.shape[1])[ry0:ry1] * wy[:, None]
+                resize_x = self._resize_matrix(logits.shape[2])[rx0:rx1] * wx[:, None]
+                part = torch.matmul(torch.matmul(resize_y, logits), resize_x.T)  # weighted, resized
                 if accumulated is None:
-                    accumulated = torch.zeros((up.shape[0], bh, bw))
-                accumulated[:, cy0 - by:cy1 - by, cx0 - bx:cx1 - bx] += \
-                    up[:, cy0 - y:cy1 - y, cx0 - x:cx1 - x] * weight
-                weight_sum[cy0 - by:cy1 - by, cx0 - bx:cx1 - bx] += weight
+                    accumulated = torch.zeros((part.shape[0], bh, bw))
+                oy, ox = y + ry0 - by, x + rx0 - bx
+                accumulated[:, oy:oy + ry1 - ry0, ox:ox + rx1 - rx0] += part
+                weight_sum[oy:oy + ry1 - ry0, ox:ox + rx1 - rx0] += torch.outer(wy, wx)
         block_valid = torch.from_numpy(valid[by - y0:by - y0 + bh, bx - x0:bx - x0 + bw].copy())
         result = self._classify(accumulated, weight_sum, block_valid, block)
         self.timings.stitch += time.perf_counter() - started
         return result
+
+    def _resize_matrix(self, tokens: int) -> torch.Tensor:
+        if tokens not in self._resize:
+            self._resize[tokens] = torch.from_numpy(bilinear_matrix(self.window, tokens))
+        return self._resize[tokens]
 
     def _score_missing(self, image, valid, x0, y0, xs, ys) -> None:
         todo, crops = [], []

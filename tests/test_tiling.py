@@ -34,3 +34,16 @@ def test_blend_weights_are_smooth_positive_and_centred():
     assert w.argmax() in (111 * 224 + 111, 112 * 224 + 112, 111 * 224 + 112, 112 * 224 + 111)
     assert np.allclose(w, w.T) and np.allclose(w, w[::-1, ::-1])
     assert w[0, 0] < 0.01 * w.max()
+
+
+@pytest.mark.parametrize("size_out,size_in", [(224, 14), (224, 28), (100, 7), (5, 5)])
+def test_bilinear_matrix_equals_torch_bilinear_resize(size_out, size_in):
+    import torch
+    import torch.nn.functional as F
+    from drseg.core.sliding import bilinear_matrix
+
+    grid = torch.randn(3, size_in, size_in + 2)
+    expected = F.interpolate(grid[None], size=(size_out, size_out + 7), mode="bilinear", align_corners=False)[0]
+    ry = torch.from_numpy(bilinear_matrix(size_out, size_in))
+    rx = torch.from_numpy(bilinear_matrix(size_out + 7, size_in + 2))
+    assert torch.allclose(ry @ grid @ rx.T, expected, atol=1e-5)
