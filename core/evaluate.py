@@ -111,6 +111,22 @@ def _clean(value):
 # Evaluation loops
 # ------------------------------------------------------------------------------------------
 
+def engine_to_dataset_labels(class_map, background_index: int, num_classes: int) -> np.ndarray:
+    """The engine's class raster (0 = not sure enough -> background, 1..K = the K prompt
+    classes in order, 255 = no data) as the data set's class indices, when the engine was
+    prompted with ``dataset.prompt`` and ``dataset.threshold``: k -> k - 1, 0 -> the data
+    set's background index, 255 stays "no class"."""
+    class_map = np.asarray(class_map)
+    if not 0 <= background_index < num_classes:
+        raise InputError(f"background index {background_index} is not a class index "
+                         f"0..{num_classes - 1}")
+    out = np.full(class_map.shape, IGNORE_INDEX, np.uint8)
+    classes = (class_map >= 1) & (class_map <= num_classes)
+    out[classes] = (class_map[classes] - 1).astype(np.uint8)
+    out[class_map == 0] = background_index
+    return out
+
+
 def _check_sources(predict_fn, predictions_dir) -> Optional[Path]:
     if (predict_fn is None) == (predictions_dir is None):
         raise InputError("Give exactly one source of predictions: a predict function (the "

@@ -15,8 +15,8 @@ from rasterio.transform import from_origin
 from drseg.cli import main as drseg_main
 from drseg.core.datasets import get_dataset
 from drseg.core.errors import InputError
-from drseg.core.evaluate import (confusion_image_pillow, evaluate_ovss, evaluate_refer,
-                                 format_ovss_table, heat_colour, write_ovss_outputs,
+from drseg.core.evaluate import (confusion_image_pillow, engine_to_dataset_labels,
+                                 evaluate_ovss, evaluate_refer, format_ovss_table, heat_colour, write_ovss_outputs,
                                  write_refer_outputs, _row_normalised)
 from drseg.core.evaluate_cli import set_predictor_factory
 
@@ -132,6 +132,17 @@ def test_ovss_from_predict_function(loveda):
     check_ovss_metrics(report)
     assert seen == ["a.png", "b.png"] and report.source == "engine"
     assert any("1 predicted pixels hold no class index" in w for w in report.warnings)
+
+
+def test_engine_class_map_to_dataset_indices():
+    # engine: 0 = below prob_thd, k = k-th prompt class (1-based), 255 = no data
+    engine = np.array([[0, 1, 6], [7, 255, 9]])
+    # Potsdam-like: 6 classes, background (clutter) is class 5
+    assert engine_to_dataset_labels(engine, 5, 6).tolist() == [[5, 0, 5], [X, X, X]]
+    # LoveDA-like: 7 classes, background is class 0
+    assert engine_to_dataset_labels(engine, 0, 7).tolist() == [[0, 0, 5], [6, X, X]]
+    with pytest.raises(InputError, match="background index 7"):
+        engine_to_dataset_labels(engine, 7, 7)
 
 
 def test_limit_scores_only_the_first_samples(loveda):
