@@ -1,0 +1,203 @@
+"""The dock widget, driven like a user: pick a layer, type classes, click Run."""
+from __future__ import annotations
+
+import os
+
+import pytest
+from conftest_qgis import files_under, raster_layer, tiny_clip, wait_for, write_raster  # noqa: F401
+from qgis.core import (Qgis, QgsApplication, QgsCategorizedSymbolRenderer, QgsCoordinateReferenceSystem,
+                       QgsPalettedRasterRenderer, QgsRasterLayer, QgsRectangle)
+
+from drseg.core.colors import class_colour
+from drseg.ui.dock import AREA_CANVAS, DrSegDock
+
+
+@pytest.fixture
+def dock(qgis_iface, qgis_new_project):
+    qgis_iface.messageBar().clear_messages()
+    widget = DrSegDock(qgis_iface)
+    yield widget
+    widget.shutdown()
+    widget.deleteLater()
+
+
+def messages(iface, level):
+    return iface.messageBar().get_messages(level)
+
+
+def fill_form(dock, project, tmp_path, tiny_clip, classes="building,roof; water; tree", **raster_kw):
+    layer = raster_layer(write_raster(tmp_path / "scene.tif", **raster_kw), "scene")
+    project.addMapLayer(layer)
+    dock.layer_combo.setLayer(layer)
+    dock.classes_edit.setPlainText(classes)
+    dock.device_combo.setCurrentIndex(dock.device_combo.findData("cpu"))
+    dock.clip_model_combo.setCurrentText(tiny_clip)
+    dock.clip_weights_widget.setFilePath("random")
+    dock.output_widget.setFilePath(str(tmp_path / "result.gpkg"))
+    return layer
+
+
+def test_run_adds_a_styled_polygon_layer_and_class_raster(dock, qgis_iface, qgis_new_project,
+                                                          tmp_path, tiny_clip):
+    layer = fill_form(dock, qgis_new_project, tmp_path, tiny_clip)
+    assert [c.currentBand() for c in dock.band_combos] == [1, 2, 3]
+    dock.raster_check.setChecked(True)
+    started, finished = [], []
+    dock.runStarted.connect(started.append)
+    dock.runFinished.connect(finished.append)
+
+    dock.run_button.click()
+
+    assert len(started) == 1 and dock.is_running()
+    assert not dock.run_button.isEnabled() and dock.cancel_button.isEnabled()
+    assert wait_for(lambda: finished, 60), "the run did not finish"
+    assert finished[0].succeeded, finished[0].error
+    assert dock.run_button.isEnabled() and not dock.cancel_button.isEnabled()
+    assert dock.progress_bar.value() == 100
+
+    success = messages(qgis_iface, Qgis.MessageLevel.Success)
+    assert len(success) == 1 and "polygons" in success[0] and " on cpu in " in success[0]
+    assert messages(qgis_iface, Qgis.MessageLevel.Critical) == []
+
+    vector, raster = dock.last_layers
+    assert os.path.isfile(tmp_path / "result.gpkg") and os.path.isfile(tmp_path / "result.tif")
+    assert vector.id() in qgis_new_project.mapLayers() and raster.id() in qgis_new_project.mapLayers()
+    assert vector.name() == "building, water, tree"
+    assert vector.crs() == layer.crs() and raster.crs() == layer.crs()
+    assert vector.featureCount() > 0
+    renderer = vector.renderer()
+    assert isinstance(renderer, QgsCategorizedSymbolRenderer) and renderer.classAttribute() == "class"
+    colours = {c.value(): c.symbol().color().getRgb()[:3] for c in renderer.categories()}
+    assert colours == {name: class_colour(name) for name in ("building", "water", "tree")}
+    assert isinstance(raster.renderer(), QgsPalettedRasterRenderer)
+    assert (raster.width(), raster.height()) == (layer.width(), layer.height())
+    group = qgis_new_project.layerTreeRoot().children()[0]
+    assert group.name().startswith("DR-Seg: scene ")
+    assert {n.layerId() for n in group.findLayers()} == {vector.id(), raster.id()}
+
+
+@pytest.mark.parametrize("text", ["", "  ;  ; ,"])
+def test_empty_prompt_shows_an_error_and_starts_nothing(dock, qgis_iface, qgis_new_project, tmp_path,
+                                                        tiny_clip, text):
+    fill_form(dock, qgis_new_project, tmp_path, tiny_clip, classes=text)
+    tasks_before = QgsApplication.taskManager().count()
+    started = []
+    dock.runStarted.connect(started.append)
+
+    dock.run_button.click()
+
+    errors = messages(qgis_iface, Qgis.MessageLevel.Critical)
+    assert len(errors) == 1 and "class prompt is empty" in errors[0]
+    assert started == [] and not dock.is_running()
+    assert QgsApplication.taskManager().count() == tasks_before
+    assert dock.run_button.isEnabled()
+    assert files_under(tmp_path) == ["scene.tif"]
+
+
+def test_no_layer_and_non_file_raster_are_refused_before_starting(dock, qgis_iface, qgis_new_project,
+                                                                  tmp_path, tiny_clip):
+    fill_form(dock, qgis_new_project, tmp_path, tiny_clip)
+    dock.layer_combo.setLayer(None)
+    assert dock.run() is None
+    xyz = QgsRasterLayer("type=xyz&url=http://127.0.0.1:9/%7Bz%7D/%7Bx%7D/%7By%7D.png", "tiles", "wms")
+    assert xyz.isValid()
+    qgis_new_project.addMapLayer(xyz)
+    dock.layer_combo.setLayer(xyz)
+    assert dock.run() is None
+
+    errors = messages(qgis_iface, Qgis.MessageLevel.Critical)
+    assert len(errors) == 2
+    assert "Choose a raster layer" in errors[0]
+    assert "'tiles' is a 'wms' layer, not a raster file" in errors[1]
+    assert not dock.is_running()
+
+
+def test_band_choice_defaults_and_checks(dock, qgis_iface, qgis_new_project, tmp_path, tiny_clip):
+    grey = raster_layer(write_raster(tmp_path / "grey.tif", bands=1), "grey")
+    five = raster_layer(write_raster(tmp_path / "five.tif", bands=5), "five")
+    qgis_new_project.addMapLayers([grey, five])
+    dock.layer_combo.setLayer(grey)
+    assert [c.currentBand() for c in dock.band_combos] == [1, -1, -1]
+    assert dock.selected_bands() == [1]
+    dock.layer_combo.setLayer(five)
+    assert [c.currentBand() for c in dock.band_combos] == [1, 2, 3]
+    for combo, band in zip(dock.band_combos, (5, 4, 2)):
+        combo.setBand(band)
+    assert dock.selected_bands() == [5, 4, 2]
+    dock.band_combos[2].setBand(-1)  # green without blue
+    dock.classes_edit.setPlainText("water")
+    assert dock.run() is None
+    assert "both a green and a blue band" in messages(qgis_iface, Qgis.MessageLevel.Critical)[-1]
+
+
+def test_canvas_extent_is_transformed_into_the_layer_crs(dock, qgis_iface, qgis_new_project, tmp_path,
+                                                         tiny_clip):
+    layer = fill_form(dock, qgis_new_project, tmp_path, tiny_clip, width=200, height=100)
+    canvas = qgis_iface.mapCanvas()
+    canvas.setDestinationCrs(QgsCoordinateReferenceSystem("EPSG:3857"))
+    from qgis.core import QgsCoordinateTransform
+
+    to_map = QgsCoordinateTransform(layer.crs(), canvas.mapSettings().destinationCrs(),
+                                    qgis_new_project)
+    inner = QgsRectangle(500050.0, 5999920.0, 500120.0, 5999970.0)  # inside the 200×100 m raster
+    canvas.setExtent(to_map.transformBoundingBox(inner))
+    canvas.refresh()
+    dock.area_combo.setCurrentIndex(dock.area_combo.findData(AREA_CANVAS))
+
+    request = dock.build_request()
+
+    xmin, ymin, xmax, ymax = request.extent
+    visible = canvas.extent()  # the canvas keeps its aspect ratio, so it can show a bit more
+    back = QgsCoordinateTransform(canvas.mapSettings().destinationCrs(), layer.crs(),
+                                  qgis_new_project).transformBoundingBox(visible)
+    expected = back.intersect(layer.extent())
+    assert (xmin, ymin, xmax, ymax) == pytest.approx(
+        (expected.xMinimum(), expected.yMinimum(), expected.xMaximum(), expected.yMaximum()), abs=0.01)
+    assert 500000.0 <= xmin <= 500050.0 and 500120.0 <= xmax <= 500200.0
+    # Whole layer: no extent at all.
+    dock.area_combo.setCurrentIndex(0)
+    assert dock.build_request().extent is None
+    # A canvas far away from the raster: refused before starting.
+    canvas.setExtent(QgsRectangle(0, 0, 1000, 1000))
+    canvas.refresh()
+    dock.area_combo.setCurrentIndex(dock.area_combo.findData(AREA_CANVAS))
+    assert dock.run() is None
+    assert "does not overlap" in messages(qgis_iface, Qgis.MessageLevel.Critical)[-1]
+
+
+def test_default_output_goes_to_a_new_file_named_after_the_layer(dock, qgis_new_project, tmp_path,
+                                                                 tiny_clip, monkeypatch):
+    fill_form(dock, qgis_new_project, tmp_path, tiny_clip)
+    dock.output_widget.setFilePath("")
+    monkeypatch.setattr(dock, "output_folder", lambda: str(tmp_path))
+    (tmp_path / "scene_drseg.gpkg").write_bytes(b"an older result")
+    dock.raster_check.setChecked(True)
+    request = dock.build_request()
+    assert request.out_vector == str(tmp_path / "scene_drseg_1.gpkg")
+    assert request.out_raster == str(tmp_path / "scene_drseg_1.tif")
+    dock.resolution_spin.setValue(2.5)
+    dock.threshold_spin.setValue(0.55)
+    request = dock.build_request()
+    assert request.resolution == 2.5 and request.threshold == pytest.approx(0.55)
+    assert request.bands == [1, 2, 3] and request.device == "cpu"
+
+
+def test_cancel_button_stops_the_run_without_layers_or_files(dock, qgis_iface, qgis_new_project,
+                                                             tmp_path, tiny_clip):
+    fill_form(dock, qgis_new_project, tmp_path, tiny_clip, width=1024, height=1024)
+    before = files_under(tmp_path)
+    finished = []
+    dock.runFinished.connect(finished.append)
+
+    dock.run_button.click()
+    assert dock.is_running()
+    dock.cancel_button.click()
+    assert wait_for(lambda: finished, 60)
+
+    assert finished[0].was_cancelled
+    assert dock.last_layers == (None, None)
+    assert list(qgis_new_project.mapLayers().values())[0].name() == "scene"
+    assert len(qgis_new_project.mapLayers()) == 1
+    assert files_under(tmp_path) == before
+    assert any("cancelled" in m for m in messages(qgis_iface, Qgis.MessageLevel.Info))
+    assert dock.run_button.isEnabled()

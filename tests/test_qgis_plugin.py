@@ -1,0 +1,242 @@
+"""The plugin as QGIS sees it: metadata, classFactory/initGui/unload, loading without torch, and
+the Processing algorithm from the `qgis_process` command line with the plugin installed in a
+fresh QGIS profile."""
+from __future__ import annotations
+
+import configparser
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from unittest import mock
+
+import pytest
+from conftest_qgis import (REPO_ROOT, files_under, raster_layer, tiny_clip,  # noqa: F401
+                           wait_for, write_raster, write_tiny_clip_config)
+from qgis.core import QgsApplication
+from qgis.PyQt.QtWidgets import QAction
+
+import drseg
+
+QGIS_PROCESS = shutil.which("qgis_process.bin") or "/usr/bin/qgis_process.bin"
+PLUGIN_FILES = ("__init__.py", "plugin.py", "metadata.txt", "core", "ui", "processing", "resources")
+
+
+def test_metadata_declares_what_qgis_needs():
+    meta = configparser.ConfigParser()
+    meta.read(os.path.join(REPO_ROOT, "metadata.txt"), encoding="utf-8")
+    general = meta["general"]
+    for key in ("name", "qgisMinimumVersion", "description", "about", "version", "author", "email",
+                "repository", "tracker", "icon"):
+        assert general.get(key, "").strip(), key
+    assert general["name"] == "DR-Seg"
+    assert general["qgisMinimumVersion"] == "3.22" and general["qgisMaximumVersion"] == "4.99"
+    assert general["hasProcessingProvider"] == "yes"
+    assert os.path.isfile(os.path.join(REPO_ROOT, general["icon"]))
+    with open(os.path.join(REPO_ROOT, "pyproject.toml"), encoding="utf-8") as handle:
+        assert f'version = "{general["version"]}"' in handle.read()
+
+
+def test_plugin_defaults_match_the_engine():
+    from drseg.core import clip_models, device, segment
+    from drseg.ui import engine
+
+    assert engine.DEFAULT_THRESHOLD == segment.DEFAULT_THRESHOLD
+    assert engine.DEVICE_CHOICES == device.DEVICE_CHOICES
+    assert engine.DEFAULT_CLIP_MODEL == clip_models.DEFAULT_CLIP_MODEL
+    assert engine.DEFAULT_CLIP_WEIGHTS == clip_models.DEFAULT_CLIP_WEIGHTS
+
+
+@pytest.fixture
+def spied_iface(qgis_iface):
+    names = ("addToolBarIcon", "removeToolBarIcon", "addPluginToMenu", "removePluginMenu",
+             "addDockWidget", "removeDockWidget")
+    with mock.patch.multiple(qgis_iface, **{name: mock.DEFAULT for name in names}):
+        yield qgis_iface
+
+
+def test_init_gui_toggle_dock_and_unload(spied_iface, qgis_processing, qgis_new_project):
+    registry = QgsApplication.processingRegistry()
+    spied_iface.mainWindow().show()  # as in QGIS, so that the dock's visibility is real
+    plugin = drseg.classFactory(spied_iface)
+    plugin.initGui()
+    try:
+        action = spied_iface.addToolBarIcon.call_args.args[0]
+        assert isinstance(action, QAction) and not action.icon().isNull()
+        assert spied_iface.addPluginToMenu.call_args.args == ("&DR-Seg", action)
+        assert registry.providerById("drseg") is plugin.provider
+        assert registry.algorithmById("drseg:openvocabsegmentation") is not None
+        assert plugin.dock is None  # built on first use only
+
+        action.trigger()
+        dock = plugin.dock
+        assert dock is not None and dock.isVisible() and action.isChecked()
+        assert spied_iface.addDockWidget.call_args.args[1] is dock
+        action.trigger()
+        assert not dock.isVisible() and not action.isChecked()
+        action.trigger()
+        assert dock.isVisible()
+        dock.close()  # the dock's own close button un-checks the toolbar button
+        assert not action.isChecked()
+        assert spied_iface.addDockWidget.call_count == 1
+        plugin.initProcessing()  # QGIS may call it again: still one provider
+        assert registry.providerById("drseg") is plugin.provider
+    finally:
+        plugin.unload()
+        spied_iface.mainWindow().hide()
+    assert registry.providerById("drseg") is None
+    spied_iface.removeToolBarIcon.assert_called_once_with(action)
+    spied_iface.removePluginMenu.assert_called_once_with("&DR-Seg", action)
+    spied_iface.removeDockWidget.assert_called_once_with(dock)
+    assert plugin.dock is None and plugin.action is None and plugin.provider is None
+
+
+def test_unload_during_a_run_cancels_it_and_adds_nothing(spied_iface, qgis_processing,
+                                                         qgis_new_project, tmp_path, tiny_clip):
+    layer = raster_layer(write_raster(tmp_path / "scene.tif", width=1024, height=1024))
+    qgis_new_project.addMapLayer(layer)
+    plugin = drseg.classFactory(spied_iface)
+    plugin.initGui()
+    plugin.action.trigger()
+    dock = plugin.dock
+    dock.layer_combo.setLayer(layer)
+    dock.classes_edit.setPlainText("building; water")
+    dock.clip_model_combo.setCurrentText(tiny_clip)
+    dock.clip_weights_widget.setFilePath("random")
+    dock.output_widget.setFilePath(str(tmp_path / "out.gpkg"))
+    before = files_under(tmp_path)
+    task = dock.run()
+    assert task is not None
+    finished = []
+    task.taskTerminated.connect(lambda: finished.append("terminated"))
+    task.taskCompleted.connect(lambda: finished.append("completed"))
+
+    plugin.unload()
+
+    assert wait_for(lambda: finished, 60)
+    assert finished == ["terminated"]
+    assert list(qgis_new_project.mapLayers()) == [layer.id()]
+    assert files_under(tmp_path) == before
+    from drseg.ui import dock as dock_module
+
+    assert wait_for(lambda: not dock_module._DETACHED_TASKS, 5)
+
+
+def test_plugin_loads_and_explains_when_torch_is_missing(tmp_path):
+    """classFactory, initGui, the dock and Run work without torch/open_clip: Run says what to install."""
+    raster = write_raster(tmp_path / "scene.tif")
+    script = textwrap.dedent(f"""
+        import json, sys
+        for name in ("torch", "torchvision", "open_clip"):
+            sys.modules[name] = None  # `import torch` now raises ImportError
+        from unittest import mock
+        from qgis.core import QgsApplication, QgsProject, QgsRasterLayer
+        app = QgsApplication([], True)
+        app.initQgis()
+        from qgis.gui import QgsMapCanvas
+        from qgis.PyQt.QtWidgets import QMainWindow
+        window = QMainWindow()
+        iface = mock.MagicMock()
+        iface.mainWindow.return_value = window
+        iface.mapCanvas.return_value = QgsMapCanvas(window)
+        import drseg
+        plugin = drseg.classFactory(iface)
+        plugin.initGui()
+        plugin.action.trigger()
+        layer = QgsRasterLayer({raster!r}, "scene")
+        QgsProject.instance().addMapLayer(layer)
+        plugin.dock.layer_combo.setLayer(layer)
+        plugin.dock.classes_edit.setPlainText("water")
+        task = plugin.dock.run()
+        errors = [call.args for call in iface.messageBar().pushCritical.call_args_list]
+        provider = QgsApplication.processingRegistry().providerById("drseg")
+        report = dict(task=task is None, errors=errors, provider=provider is not None,
+                      dock=plugin.dock is not None,
+                      torch=[n for n in ("torch", "open_clip") if sys.modules.get(n) is not None])
+        plugin.unload()
+        print("REPORT" + json.dumps(report))
+        app.exitQgis()
+    """)
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
+    done = subprocess.run([sys.executable, "-c", script], cwd=str(tmp_path), env=env,
+                          capture_output=True, text=True, timeout=120)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("REPORT")]
+    assert lines, done.stdout + done.stderr
+    report = json.loads(lines[-1][len("REPORT"):])
+    assert report["provider"] and report["dock"] and report["task"]
+    assert report["torch"] == []
+    assert len(report["errors"]) == 1
+    title, message = report["errors"][0]
+    assert title == "DR-Seg"
+    assert "pip install" in message and "torch" in message and "open_clip_torch" in message
+
+
+# -- qgis_process -------------------------------------------------------------------------------
+
+def install_plugin_in_profile(config_path, folder_name="drseg-main"):
+    """Copy the plugin into <config>/profiles/default/python/plugins/<folder_name> (like a zip)."""
+    plugins = os.path.join(str(config_path), "profiles", "default", "python", "plugins")
+    target = os.path.join(plugins, folder_name)
+    os.makedirs(target)
+    for name in PLUGIN_FILES:
+        source = os.path.join(REPO_ROOT, name)
+        if os.path.isdir(source):
+            shutil.copytree(source, os.path.join(target, name),
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy(source, target)
+    return target
+
+
+def qgis_process(config_path, *args, timeout=60):
+    import site
+
+    site_packages = [p for p in site.getsitepackages() if p.startswith(sys.prefix)]
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", QGIS_CUSTOM_CONFIG_PATH=str(config_path),
+               PYTHONPATH=os.pathsep.join(site_packages))  # torch & co. from this venv
+    return subprocess.run([QGIS_PROCESS, *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, cwd=str(config_path))
+
+
+@pytest.fixture(scope="module")
+def qgis_profile(tmp_path_factory):
+    if not os.path.exists(QGIS_PROCESS):
+        pytest.skip("qgis_process.bin is not installed")
+    config = tmp_path_factory.mktemp("qgis_config")
+    install_plugin_in_profile(config)
+    enabled = qgis_process(config, "plugins", "enable", "drseg-main")
+    assert enabled.returncode == 0, enabled.stdout + enabled.stderr
+    return config
+
+
+def test_qgis_process_lists_the_algorithm_and_reports_bad_input(qgis_profile, tmp_path):
+    listed = qgis_process(qgis_profile, "list")
+    assert "drseg:openvocabsegmentation" in listed.stdout, listed.stdout + listed.stderr
+    raster = write_raster(tmp_path / "scene.tif")
+    failed = qgis_process(qgis_profile, "run", "drseg:openvocabsegmentation", "--",
+                          f"INPUT={raster}", "CLASSES= ; ", f"OUTPUT={tmp_path / 'out.gpkg'}")
+    assert failed.returncode != 0
+    assert "The class prompt is empty" in failed.stdout + failed.stderr
+    assert "Traceback" not in failed.stdout + failed.stderr
+    assert [f for f in files_under(tmp_path) if not f.endswith(".aux.xml")] == ["scene.tif"]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "core/gpkg.py: inside QGIS processes (qgis_process, QGIS desktop) QGIS's GEOS 3.11 symbols "
+    "take precedence over the shapely wheel's GEOS 3.14 and shapely.to_wkb(geometry) fails with "
+    "'WKB output dimension must be 2 or 3'; to_wkb(..., output_dimension=2) works. Remove this "
+    "marker when the engine is fixed."))
+def test_qgis_process_runs_the_algorithm(qgis_profile, tmp_path):
+    raster = write_raster(tmp_path / "scene.tif")
+    config = write_tiny_clip_config(tmp_path)
+    out = tmp_path / "out.gpkg"
+    done = qgis_process(qgis_profile, "--json", "run", "drseg:openvocabsegmentation", "--",
+                        f"INPUT={raster}", "CLASSES=building;water", f"CLIP_MODEL={config}",
+                        "CLIP_WEIGHTS=random", "DEVICE=1", f"OUTPUT={out}",
+                        f"OUTPUT_RASTER={tmp_path / 'classes.tif'}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = json.loads(done.stdout[done.stdout.index("{"):])["results"]
+    assert results["OUTPUT"] == str(out) and results["POLYGONS"] > 0
+    assert os.path.isfile(out) and os.path.isfile(tmp_path / "classes.tif")
