@@ -1,9 +1,9 @@
 """Building open_clip models and loading their weights safely.
 
 `model_name` is an open_clip architecture ('ViT-B-16', 'ViT-L-14-quickgelu', ...) or a JSON file
-with an open_clip model config (embed_dim, vision_cfg, text_cfg). `weights` is an open_clip
-pretrained tag ('openai', downloaded by open_clip on first use), a local checkpoint file, or
-'random' (untrained weights, for tests and speed measurements only).
+with an open_clip model config (embed_dim, vision_cfg, text_cfg). `weights` is a checkpoint
+file, a model-catalog name, an open_clip pretrained tag ('openai'), or 'random' (untrained
+weights, for tests and speed measurements only).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .checkpoints import load_state_dict
+from .checkpoints import load_into, load_state_dict
 from .errors import InputError, ModelError
 
 DEFAULT_CLIP_MODEL = "ViT-B-16"
@@ -24,47 +24,75 @@ RANDOM_WEIGHTS = "random"
 
 
 def load_clip(model_name: str = DEFAULT_CLIP_MODEL, weights: Optional[str] = DEFAULT_CLIP_WEIGHTS,
-              device: torch.device = torch.device("cpu")) -> Tuple[torch.nn.Module, object]:
-    """-> (open_clip CLIP model in eval mode on `device`, tokenizer)."""
+              device: torch.device = torch.device("cpu"), cache_dir: Optional[str] = None,
+              progress=None) -> Tuple[torch.nn.Module, object]:
+    """-> (open_clip CLIP model in eval mode on `device`, tokenizer).
+
+    weights: a checkpoint file, a catalog name ('remoteclip-vit-b-32', see `python -m drseg
+    models list`), an open_clip pretrained tag of `model_name` ('openai'), or 'random'.
+    Catalog weights are downloaded once into the model cache, verified, and reused.
+    """
     import open_clip
 
     weights = weights or DEFAULT_CLIP_WEIGHTS
-    local_file = os.path.isfile(str(weights))
+    is_file = os.path.isfile(str(weights))
+    key, prefixes, quick_gelu = None, ("module.",), False
     if str(model_name).endswith(".json"):
-        path = weights if local_file or weights == RANDOM_WEIGHTS else None
-        if path is None:
+        if not (is_file or weights == RANDOM_WEIGHTS):
             raise InputError(f"A CLIP model built from a config file needs a weights file, got '{weights}'")
+        path = weights
         model, tokenizer = _model_from_config_file(model_name)
     else:
+        entry = None if is_file or weights == RANDOM_WEIGHTS else catalog_entry(model_name, weights)
+        if entry is not None:
+            model_name, key, prefixes = entry.architecture, entry.key, tuple(entry.strip_prefixes)
+            quick_gelu = bool(entry.quick_gelu)
         if model_name not in open_clip.list_models():
             raise InputError(f"Unknown CLIP model '{model_name}'. Known ViT models include: "
                              + ", ".join(m for m in open_clip.list_models() if m.startswith("ViT-")
                                          and "-" not in m[6:]))
-        quick_gelu = False
         path = weights
-        if not local_file and weights != RANDOM_WEIGHTS:
+        if entry is not None:
+            path = _catalog_file(entry, cache_dir, progress)
+        elif not is_file and weights != RANDOM_WEIGHTS:
             # Fetch (or find in the cache) before building: an offline failure should be quick.
             path = _download_pretrained(model_name, weights)
             quick_gelu = bool(open_clip.get_pretrained_cfg(model_name, weights).get("quick_gelu"))
         model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=quick_gelu)
         tokenizer = open_clip.get_tokenizer(model_name)
     if path != RANDOM_WEIGHTS:
-        load_weights(model, path, f"CLIP {model_name}")
+        state = load_state_dict(path, key=key, strip_prefixes=prefixes)
+        load_into(model, state, f"CLIP {model_name} ('{os.path.basename(str(path))}')",
+                  ignore_missing=("logit_bias",))
     return model.to(device).eval(), tokenizer
 
 
-def load_weights(model: torch.nn.Module, path: str, what: str) -> None:
-    state = load_state_dict(path)
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shape mismatches
-        detail = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
-        raise ModelError(f"'{path}' does not fit {what}: {detail[:200]}; check the model name") from None
-    missing = [k for k in result.missing_keys if not k.endswith("logit_bias")]
-    if missing or result.unexpected_keys:
-        raise ModelError(f"'{path}' does not fit {what}: {len(missing)} missing and "
-                         f"{len(result.unexpected_keys)} unexpected weights (e.g. "
-                         f"{(missing + result.unexpected_keys)[:3]}); check the model name")
+def catalog_entry(model_name: str, weights: str):
+    """The catalog entry meant by `weights`: its own name, or 'clip-<model>-<tag>' ('openai')."""
+    from .catalog import list_models
+
+    entries = {entry.name.lower(): entry for entry in list_models("clip")}
+    for candidate in (str(weights).lower(), f"clip-{str(model_name).lower()}-{str(weights).lower()}"):
+        if candidate in entries:
+            return entries[candidate]
+    return None
+
+
+def _catalog_file(entry, cache_dir, progress) -> str:
+    from .download import cached_path, download, source_url
+
+    path = cached_path(entry, cache_dir)
+    if path:
+        return path
+    url = source_url(entry)
+    parts = urlparse(url)
+    host = parts.hostname or ""
+    if host and not _reachable(host, parts.port or (80 if parts.scheme == "http" else 443)):
+        raise ModelError(f"The CLIP weights '{entry.name}' are not in the model cache and {host} "
+                         f"cannot be reached (no network?). Download {url} on a connected machine, "
+                         f"then run `python -m drseg models import {entry.name} FILE`, or pass the "
+                         "file with --clip-weights PATH (QGIS: the 'CLIP weights' field)")
+    return download(entry, cache_dir, progress=progress)
 
 
 def _model_from_config_file(path: str):
@@ -129,10 +157,10 @@ def _cached_hub_file(hub: str) -> Optional[str]:
     return None
 
 
-def _reachable(host: str, timeout: float = 5.0) -> bool:
+def _reachable(host: str, port: int = 443, timeout: float = 5.0) -> bool:
     """A quick check, so an offline machine gets the message at once rather than after retries."""
     try:
-        socket.create_connection((host, 443), timeout=timeout).close()
+        socket.create_connection((host, port), timeout=timeout).close()
         return True
     except OSError:
         return False

@@ -33,14 +33,16 @@ def clear() -> None:
         _models.clear()
 
 
-def dense_clip_scorer(model_name: str, weights: str, device: str = "auto", attention: str = "segearth"):
+def dense_clip_scorer(model_name: str, weights: str, device: str = "auto", attention: str = "segearth",
+                      download_progress=None):
+    """download_progress(bytes_done, bytes_total) is called while weights are downloaded."""
     from .clip_models import load_clip
     from .dense_clip import DenseClip
 
     torch_device = resolve_device(device)
 
     def build():
-        model, tokenizer = load_clip(model_name, weights, torch_device)
+        model, tokenizer = load_clip(model_name, weights, torch_device, progress=download_progress)
         return DenseClip(model, tokenizer, torch_device, attention=attention)
 
     return cached(("dense_clip", model_name, str(weights), str(torch_device), attention), build)

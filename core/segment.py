@@ -94,7 +94,12 @@ def run_segmentation(request: SegmentationRequest, scorer=None, progress=None, c
         device_name = "custom"
         if scorer is None:
             from .model_cache import dense_clip_scorer
-            scorer = dense_clip_scorer(request.clip_model, request.clip_weights, request.device)
+            def downloading(done, total):
+                monitor.report(0.0, f"Downloading CLIP weights: {done / 2 ** 20:.0f}"
+                                    + (f" of {total / 2 ** 20:.0f} MB" if total else " MB"))
+
+            scorer = dense_clip_scorer(request.clip_model, request.clip_weights, request.device,
+                                       download_progress=downloading)
             device_name = str(scorer.device)
         queries, owner = flatten_queries(classes)
         started = time.perf_counter()

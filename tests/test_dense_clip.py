@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import TINY_CLIP_CONFIG, write_raster
-from drseg.core.clip_models import load_clip, load_weights
+from drseg.core.clip_models import load_clip
 from drseg.core.dense_clip import DenseClip
 from drseg.core.errors import InputError, ModelError
 from drseg.core.segment import SegmentationRequest, run_segmentation
@@ -107,25 +107,75 @@ def test_checkpoint_file_round_trip_and_wrong_architecture(tmp_path, tiny_clip):
     other = dict(TINY_CLIP_CONFIG, embed_dim=16)
     other_path = tmp_path / "other.json"
     other_path.write_text(json.dumps(other))
-    with pytest.raises(ModelError, match="does not fit"):
+    with pytest.raises(ModelError, match="do not fit"):
         load_clip(str(other_path), str(path))
 
 
-def test_unknown_model_and_offline_weights_are_clear_errors(monkeypatch):
+def test_unknown_model_and_offline_weights_are_clear_errors(monkeypatch, tmp_path):
     import huggingface_hub.constants
     from drseg.core import clip_models
 
+    monkeypatch.setenv("DRSEG_CACHE_DIR", str(tmp_path))
     with pytest.raises(InputError, match="Unknown CLIP model"):
         load_clip("ViT-Nope-99", "openai")
     with pytest.raises(InputError, match="neither a file nor a pretrained tag"):
         load_clip("ViT-B-16", "no-such-tag")
     monkeypatch.setattr(clip_models, "_cached_hub_file", lambda hub: None)
-    monkeypatch.setattr(clip_models, "_reachable", lambda host, timeout=5.0: False)
-    with pytest.raises(ModelError, match="Cannot reach huggingface.co .*vit_base_patch16_clip_224"
-                                         ".openai/resolve/main/open_clip_model.safetensors"):
+    monkeypatch.setattr(clip_models, "_reachable", lambda host, port=443, timeout=5.0: False)
+    # 'openai' for ViT-B-16 is a catalog model: the message names the URL and the import command.
+    with pytest.raises(ModelError, match="'clip-vit-b-16-openai' are not in the model cache .*"
+                                         "vit_base_patch16_clip_224.openai.*models import"):
         load_clip("ViT-B-16", "openai")
-    # Reachable but the download fails (here: hub in offline mode): still one clear message.
-    monkeypatch.setattr(clip_models, "_reachable", lambda host, timeout=5.0: True)
+    # Other open_clip tags go through open_clip's own download.
+    with pytest.raises(ModelError, match="Cannot reach huggingface.co .*ViT-B-16/laion2b_s34b_b88k"):
+        load_clip("ViT-B-16", "laion2b_s34b_b88k")
+    monkeypatch.setattr(clip_models, "_reachable", lambda host, port=443, timeout=5.0: True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(ModelError, match="Could not download the CLIP weights ViT-B-16/openai"):
-        load_clip("ViT-B-16", "openai")
+    with pytest.raises(ModelError, match="Could not download the CLIP weights ViT-B-16/laion2b_s34b_b88k"):
+        load_clip("ViT-B-16", "laion2b_s34b_b88k")
+
+
+def test_catalog_weights_download_verify_and_load(monkeypatch, tmp_path, tiny_clip):
+    """A catalog CLIP is fetched once over HTTP (here 127.0.0.1), verified, cached and loaded."""
+    import functools
+    import hashlib
+    import http.server
+    import threading
+
+    import open_clip
+    from safetensors.torch import save_file
+    from drseg.core import catalog
+
+    model, _, config = tiny_clip
+    arch = tmp_path / "drseg-tiny-test.json"
+    arch.write_text(json.dumps(TINY_CLIP_CONFIG))
+    open_clip.add_model_config(str(arch))
+    served = tmp_path / "served"
+    served.mkdir()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(served / "tiny.safetensors"))
+    data = (served / "tiny.safetensors").read_bytes()
+    requests = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            requests.append(self.path)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(served)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        entry = catalog.parse_catalog({"models": [{
+            "name": "tiny-clip-test", "family": "clip", "architecture": "drseg-tiny-test",
+            "url": f"http://127.0.0.1:{server.server_port}/tiny.safetensors",
+            "file": "tiny-clip-test.safetensors", "licence": "test", "good_for": "tests",
+            "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}]})
+        monkeypatch.setattr(catalog, "list_models", lambda family=None: entry)
+        monkeypatch.setenv("DRSEG_CACHE_DIR", str(tmp_path / "cache"))
+        loaded, _ = load_clip("ViT-B-16", "tiny-clip-test")
+        loaded_again, _ = load_clip("ViT-B-16", "tiny-clip-test")
+    finally:
+        server.shutdown()
+    assert len(requests) == 1  # the second load came from the verified cache
+    assert (tmp_path / "cache" / "tiny-clip-test.safetensors").read_bytes() == data
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value)
+        assert torch.equal(loaded_again.state_dict()[key], value)
