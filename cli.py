@@ -120,11 +120,13 @@ def _add_optional_commands(subparsers) -> None:
         add_models_parser(subparsers)
         subparsers.choices["models"].set_defaults(run=run_models_command)
     try:
-        from .core.evaluate_cli import add_evaluate_parser, run_evaluate_command
+        from .core.array_segment import engine_options, ovss_predictor_factory
+        from .core.evaluate_cli import add_evaluate_parser, run_evaluate_command, set_predictor_factory
     except ImportError:
         pass
     else:
-        add_evaluate_parser(subparsers)
+        set_predictor_factory(ovss_predictor_factory)
+        add_evaluate_parser(subparsers, engine_options=engine_options)
         subparsers.choices["evaluate"].set_defaults(run=run_evaluate_command)
 
 
