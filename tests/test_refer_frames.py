@@ -12,7 +12,8 @@ from segment_anything.utils.amg import batched_mask_to_box
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from drseg.core.errors import InputError
-from drseg.core.refer.prompts import (build_prompts, label_components, mask_box,
+from drseg.core.refer.prompts import (box_filter_sum, build_prompts, dilate, erode,
+                                      instance_prompts, label_components, mask_box,
                                       negative_points, peak_points, region_box, threshold_region)
 from drseg.core.refer.sam_frames import (SamFrame, activation_to_low_res, corner_to_index,
                                          index_to_corner, low_res_to_raster,
@@ -225,6 +226,77 @@ def test_build_prompts_shapes():
     sam = prompts.in_sam_frame()
     assert sam["point_coords"].shape == (1, 4, 2) and sam["boxes"].shape == (1, 4)
     assert sam["mask_input"].shape == (1, 1, 256, 256)
+
+
+def flood_fill_labels(mask, connectivity):
+    steps = [(-1, 0), (1, 0), (0, -1), (0, 1)]
+    if connectivity == 8:
+        steps += [(-1, -1), (-1, 1), (1, -1), (1, 1)]
+    labels = np.zeros(mask.shape, int)
+    n = 0
+    for y, x in zip(*np.nonzero(mask)):
+        if labels[y, x]:
+            continue
+        n += 1
+        labels[y, x] = n
+        stack = [(y, x)]
+        while stack:
+            cy, cx = stack.pop()
+            for dy, dx in steps:
+                ny, nx = cy + dy, cx + dx
+                if (0 <= ny < mask.shape[0] and 0 <= nx < mask.shape[1] and mask[ny, nx]
+                        and not labels[ny, nx]):
+                    labels[ny, nx] = n
+                    stack.append((ny, nx))
+    return labels, n
+
+
+def test_label_components_and_morphology_match_brute_force():
+    rng = np.random.default_rng(5)
+    for _ in range(60):
+        mask = rng.random(tuple(rng.integers(1, 25, 2))) < rng.uniform(0.2, 0.7)
+        for connectivity in (4, 8):
+            ours, n = label_components(mask, connectivity)
+            ref, n_ref = flood_fill_labels(mask, connectivity)
+            assert n == n_ref
+            assert len(set(zip(ours[mask], ref[mask]))) == n      # the same partition
+            assert (ours[~mask] == 0).all()
+        r = int(rng.integers(0, 4))
+        padded = np.pad(mask.astype(int), r)
+        h, w = mask.shape
+        brute = sum(padded[dy:dy + h, dx:dx + w] for dy in range(2 * r + 1)
+                    for dx in range(2 * r + 1))
+        np.testing.assert_array_equal(box_filter_sum(mask, r), brute)
+        np.testing.assert_array_equal(dilate(mask, r), brute > 0)
+        np.testing.assert_array_equal(erode(mask, r), brute == (2 * r + 1) ** 2)
+
+
+def test_instance_prompts_one_set_per_blob():
+    h, w = 160, 240
+    yy, xx = np.mgrid[:h, :w]
+    centres = [(40, 40, 0.7), (120, 50, 1.0), (200, 120, 0.85)]
+    act = sum(v * np.exp(-(((xx - x) / 10.0) ** 2 + ((yy - y) / 10.0) ** 2))
+              for x, y, v in centres)
+    act[150, 5] = 0.9                                  # a one-pixel speck: not an instance
+    sets = instance_prompts(act, threshold=0.4, min_area=4, use_mask=True)
+    assert len(sets) == 3
+    # strongest blob first; its peak is the single positive point
+    expected = [(120, 50), (200, 120), (40, 40)]
+    for prompts, (x, y) in zip(sets, expected):
+        kw = prompts.predictor_kwargs()
+        assert list(kw["point_labels"]).count(1) == 1 and kw["point_labels"][0] == 1
+        np.testing.assert_allclose(kw["point_coords"][0], [x, y])
+        x0, y0, x1, y1 = kw["box"]
+        assert x0 < x < x1 and y0 < y < y1
+        others = [c for c in expected if c != (x, y)]
+        assert not any(x0 <= ox <= x1 and y0 <= oy <= y1 for ox, oy in others)
+        negatives = kw["point_coords"][kw["point_labels"] == 0]
+        assert any(np.allclose(n, o) for n in negatives for o in others)
+        # the dense prompt lights this blob only
+        lit = low_res_to_raster(kw["mask_input"][0], prompts.frame) > 0
+        assert lit[y, x] and not any(lit[oy, ox] for ox, oy in others)
+    assert len(instance_prompts(act, 2, threshold=0.4)) == 2
+    assert instance_prompts(np.zeros((20, 20))) == []
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,8 +11,8 @@ Typical flow (localisation and the SAM call live elsewhere)::
 """
 from .parse import (NounPhrase, Order, ParsedExpression, Relation, Vocabulary, load_vocabulary,
                     parse_expression)
-from .prompts import (SamPrompts, build_prompts, label_components, mask_box, negative_points,
-                      peak_points, region_box, threshold_region)
+from .prompts import (SamPrompts, build_prompts, instance_prompts, label_components, mask_box,
+                      negative_points, peak_points, region_box, threshold_region)
 from .sam_frames import (SamFrame, activation_to_low_res, corner_to_index, index_to_corner,
                          low_res_to_raster, mask_input_from_activation, normalize_activation,
                          preprocess_shape, raster_to_sam_boxes, raster_to_sam_points,
@@ -22,7 +22,8 @@ from .select import (Candidate, Modifiers, ScoredCandidate, SelectionWeights, ma
 
 __all__ = [
     "NounPhrase", "Order", "ParsedExpression", "Relation", "Vocabulary", "load_vocabulary",
-    "parse_expression", "SamPrompts", "build_prompts", "label_components", "mask_box",
+    "parse_expression", "SamPrompts", "build_prompts", "instance_prompts", "label_components",
+    "mask_box",
     "negative_points", "peak_points", "region_box", "threshold_region", "SamFrame",
     "activation_to_low_res", "corner_to_index", "index_to_corner", "low_res_to_raster",
     "mask_input_from_activation", "normalize_activation", "preprocess_shape",

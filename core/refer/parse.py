@@ -409,8 +409,9 @@ class _Parser:
             k = self.skip_determiners(j + 1)
             if self.tok(k) in _IMAGE_WORDS:
                 return {"end": k + 1, "position": code}
-            np_tokens, end = self.noun_phrase_tokens(j + 1)
-            return {"end": end, "relation": code, "np": np_tokens, "words": self.toks[i:j + 1]}
+            # "north of X": the caller reads X (noun_phrase_tokens from "np_start")
+            return {"end": j + 1, "relation": code, "np_start": j + 1,
+                    "words": self.toks[i:j + 1]}
         return {"end": j, "position": code}
 
     def order_from_at(self, i: int) -> Optional[Tuple[int, str]]:
@@ -544,9 +545,10 @@ class _Parser:
         code = found["relation"]
         kind = "on" if code == "centre" else "direction"
         words = " ".join(found["words"])
-        self.relations.append(Relation(kind, self.noun_phrase(found["np"], words),
+        np_tokens, end = self.noun_phrase_tokens(found["np_start"])
+        self.relations.append(Relation(kind, self.noun_phrase(np_tokens, words),
                                        direction=None if kind == "on" else code, text=words))
-        return found["end"]
+        return end
 
     def m_relation(self, i: int) -> Optional[int]:
         found = self.relation_at(i)

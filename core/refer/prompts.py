@@ -9,6 +9,10 @@
 - :func:`build_prompts` — all of the above plus the dense mask prompt (see ``sam_frames``),
   as a :class:`SamPrompts` ready for ``SamPredictor.predict`` (raster pixels) or, through
   :meth:`SamPrompts.in_sam_frame`, for ``predict_torch``.
+- :func:`instance_prompts` — one prompt set per activated blob, to enumerate instances.
+
+The activation map must be on the tile's pixel grid (the image given to SAM): up-sample a
+coarse CLIP map to H×W first.
 
 Thresholds are relative: the activation is min-max normalised to [0, 1] first. Coordinates
 follow ``sam_frames``: (x, y) pixel indices, boxes xyxy with inclusive ends.
@@ -16,7 +20,7 @@ follow ``sam_frames``: (x, y) pixel indices, boxes xyxy with inclusive ends.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -96,18 +100,20 @@ def mask_box(mask: np.ndarray) -> Optional[np.ndarray]:
     return np.array([cols[0], rows[0], cols[-1], rows[-1]], dtype=np.float64)
 
 
+def _window_sum_1d(a: np.ndarray, radius: int, axis: int) -> np.ndarray:
+    n = a.shape[axis]
+    c = np.cumsum(a, axis=axis, dtype=np.int32)
+    c = np.concatenate([np.zeros_like(np.take(c, [0], axis=axis)), c], axis=axis)
+    hi = np.minimum(np.arange(n) + radius + 1, n)
+    lo = np.maximum(np.arange(n) - radius, 0)
+    return np.take(c, hi, axis=axis) - np.take(c, lo, axis=axis)
+
+
 def box_filter_sum(mask: np.ndarray, radius: int) -> np.ndarray:
-    """Sum over the (2r+1)² square around each pixel (zero outside), via an integral image."""
-    m = np.asarray(mask, dtype=np.int64)
-    h, w = m.shape
+    """Sum over the (2r+1)² square around each pixel (zero outside): separable running sums."""
     r = int(radius)
-    ii = np.zeros((h + 1, w + 1), np.int64)
-    ii[1:, 1:] = m.cumsum(0).cumsum(1)
-    y0 = np.clip(np.arange(h) - r, 0, h)
-    y1 = np.clip(np.arange(h) + r + 1, 0, h)
-    x0 = np.clip(np.arange(w) - r, 0, w)
-    x1 = np.clip(np.arange(w) + r + 1, 0, w)
-    return (ii[y1][:, x1] - ii[y0][:, x1] - ii[y1][:, x0] + ii[y0][:, x0])
+    m = np.asarray(mask, dtype=np.int32)
+    return _window_sum_1d(_window_sum_1d(m, r, 0), r, 1)
 
 
 def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
@@ -122,6 +128,14 @@ def erode(mask: np.ndarray, radius: int) -> np.ndarray:
     m = np.asarray(mask, dtype=bool)
     if radius <= 0:
         return m.copy()
+    if radius == 1:        # the common case (mask edges): eight shifted copies, no sums
+        p = np.pad(m, 1, constant_values=False)
+        h, w = m.shape
+        out = m.copy()
+        for dy in (0, 1, 2):
+            for dx in (0, 1, 2):
+                out &= p[dy:dy + h, dx:dx + w]
+        return out
     return box_filter_sum(m, radius) == (2 * radius + 1) ** 2
 
 
@@ -322,3 +336,61 @@ def build_prompts(activation: np.ndarray, *, n_positive: int = 3, n_negative: in
                                       gain=mask_gain) if use_mask else None
     return SamPrompts(coords if len(coords) else None, labels if len(coords) else None,
                       box, mask, frame)
+
+
+def instance_prompts(activation: np.ndarray, max_instances: int = 8, *, threshold: float = 0.5,
+                     box_margin: float = 0.1, n_negative: int = 1, other_peaks: int = 2,
+                     min_area: int = 4, use_mask: bool = False,
+                     mask_gain: float = 20.0) -> List[SamPrompts]:
+    """One prompt set per activated blob, strongest blob first, to enumerate instances
+    (plural expressions, ordering among instances): the blob's peak as the positive point, a
+    box around the blob (grown by ``box_margin`` × its size), the peaks of the nearest
+    ``other_peaks`` other blobs plus ``n_negative`` low points around the box as negatives,
+    and, with ``use_mask``, the activation restricted to the blob as the dense prompt.
+    Blobs smaller than ``min_area`` pixels are skipped."""
+    a = normalize_activation(activation)
+    frame = SamFrame(a.shape[0], a.shape[1])
+    labels, n = label_components(a >= threshold)
+    if n == 0:
+        return []
+    inside = np.flatnonzero(labels.ravel())
+    by_value = inside[np.argsort(-a.ravel()[inside], kind="stable")]
+    blob_of = labels.ravel()[by_value]
+    blob_ids, first = np.unique(blob_of, return_index=True)
+    peak_flat = by_value[first]
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    order = np.argsort(-a.ravel()[peak_flat], kind="stable")
+    h, w = a.shape
+    peaks = np.stack([peak_flat % w, peak_flat // w], axis=1).astype(np.float64)
+    out: List[SamPrompts] = []
+    for i in order:
+        blob = int(blob_ids[i])
+        if sizes[blob] < min_area:
+            continue
+        region = labels == blob
+        box = mask_box(region)
+        bw, bh = box[2] - box[0] + 1, box[3] - box[1] + 1
+        box = np.clip(box + np.array([-bw, -bh, bw, bh]) * float(box_margin), 0,
+                      [w - 1, h - 1, w - 1, h - 1])
+        pos = peaks[i][None]
+        others = np.delete(peaks, i, axis=0)
+        if len(others) and other_peaks > 0:
+            dist = np.hypot(*(others - peaks[i]).T)
+            others = others[np.argsort(dist)[:other_peaks]]
+        else:
+            others = np.zeros((0, 2))
+        low = np.zeros((0, 2))
+        if n_negative > 0:
+            grown = box + np.array([-bw, -bh, bw, bh])
+            low = negative_points(a, n_negative, within=grown)
+        neg = np.concatenate([others, low], axis=0)
+        coords = np.concatenate([pos, neg], axis=0)
+        point_labels = np.concatenate([np.ones(1, np.int64), np.zeros(len(neg), np.int64)])
+        mask = None
+        if use_mask:
+            mask = mask_input_from_activation(np.where(region, a, 0.0), frame, normalize=False,
+                                              threshold=threshold, gain=mask_gain)
+        out.append(SamPrompts(coords, point_labels, box, mask, frame))
+        if len(out) >= max_instances:
+            break
+    return out

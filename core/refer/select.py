@@ -193,12 +193,17 @@ class _Shape:
         if self._rect is None:
             import shapely
 
-            pts = self.boundary()
-            if len(pts) == 0:
+            if self.area == 0:
                 self._rect = (0.0, 0.0, 0.0)
             else:
-                corners = (pts[:, None, :] + np.array([[0, 0], [1, 0], [0, 1], [1, 1]])[None])
-                hull = shapely.convex_hull(shapely.MultiPoint(corners.reshape(-1, 2)))
+                # the convex hull of the pixel squares only needs each row's end pixels
+                rows, first = np.unique(self._ys, return_index=True)
+                last = np.r_[first[1:], len(self._ys)] - 1   # np.nonzero is row-major
+                left, right = self._xs[first], self._xs[last] + 1
+                corners = np.concatenate([np.stack([left, rows], 1), np.stack([left, rows + 1], 1),
+                                          np.stack([right, rows], 1),
+                                          np.stack([right, rows + 1], 1)]).astype(np.float64)
+                hull = shapely.convex_hull(shapely.MultiPoint(corners))
                 rect = shapely.oriented_envelope(hull)
                 xy = np.asarray(rect.exterior.coords)[:4] if rect.geom_type == "Polygon" else None
                 if xy is None:
