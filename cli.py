@@ -120,14 +120,23 @@ def _add_optional_commands(subparsers) -> None:
         add_models_parser(subparsers)
         subparsers.choices["models"].set_defaults(run=run_models_command)
     try:
-        from .core.array_segment import engine_options, ovss_predictor_factory
-        from .core.evaluate_cli import add_evaluate_parser, run_evaluate_command, set_predictor_factory
+        from .core.array_segment import engine_options
+        from .core.evaluate_cli import add_evaluate_parser, run_evaluate_command
     except ImportError:
         pass
     else:
-        set_predictor_factory(ovss_predictor_factory)
+        register_evaluation_engine()
         add_evaluate_parser(subparsers, engine_options=engine_options)
         subparsers.choices["evaluate"].set_defaults(run=run_evaluate_command)
+
+
+def register_evaluation_engine() -> None:
+    """`evaluate` runs our engine unless the embedding program registered another one."""
+    from .core.array_segment import ovss_predictor_factory
+    from .core.evaluate_cli import get_predictor_factory, set_predictor_factory
+
+    if get_predictor_factory() is None:
+        set_predictor_factory(ovss_predictor_factory)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -35,7 +35,7 @@ def resize_long_side(image: np.ndarray, long_side: int) -> np.ndarray:
     height, width = image.shape[:2]
     scale = long_side / max(height, width)
     size = (max(1, round(height * scale)), max(1, round(width * scale)))
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    tensor = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)[None].float()
     resized = F.interpolate(tensor, size=size, mode="bilinear", align_corners=False)
     return resized[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
 

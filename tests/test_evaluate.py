@@ -344,7 +344,9 @@ def test_cli_ovss_with_predictions(loveda, tmp_path, capsys, no_factory):
         assert f"wrote {out_json.parent / name}" in lines
 
 
-def test_cli_needs_engine_or_predictions(loveda, tmp_path, capsys, no_factory):
+def test_cli_needs_engine_or_predictions(loveda, tmp_path, capsys, no_factory, monkeypatch):
+    import drseg.cli
+    monkeypatch.setattr(drseg.cli, "register_evaluation_engine", lambda: None)  # a build without engine
     root, _ = loveda
     code = drseg_main(["evaluate", "ovss", "--dataset", "loveda", "--root", str(root),
                        "--out", str(tmp_path / "o")])
