@@ -142,8 +142,8 @@ class OpenVocabSegmentationAlgorithm(QgsProcessingAlgorithm):
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Input raster"))
         self.addParameter(QgsProcessingParameterString(
-            self.CLASSES, "Classes (';' between classes, ',' between synonyms)",
-            defaultValue="building,roof; road,street; tree,forest; water"))
+            self.CLASSES, "Classes (';' between classes, ',' between synonyms, e.g. "
+                          "building,roof; road,street; tree,forest; water)"))
         self.addParameter(QgsProcessingParameterString(
             self.BANDS, "Bands (1 or 3 band numbers, e.g. 1,2,3; empty: RGB)", optional=True))
         self.addParameter(QgsProcessingParameterExtent(

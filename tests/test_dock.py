@@ -96,8 +96,8 @@ def test_empty_prompt_shows_an_error_and_starts_nothing(dock, qgis_iface, qgis_n
 
 def test_no_layer_and_non_file_raster_are_refused_before_starting(dock, qgis_iface, qgis_new_project,
                                                                   tmp_path, tiny_clip):
-    fill_form(dock, qgis_new_project, tmp_path, tiny_clip)
-    dock.layer_combo.setLayer(None)
+    dock.classes_edit.setPlainText("water")
+    assert dock.layer_combo.currentLayer() is None  # an empty project
     assert dock.run() is None
     xyz = QgsRasterLayer("type=xyz&url=http://127.0.0.1:9/%7Bz%7D/%7Bx%7D/%7By%7D.png", "tiles", "wms")
     assert xyz.isValid()

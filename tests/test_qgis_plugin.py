@@ -16,7 +16,11 @@ import pytest
 from conftest_qgis import (REPO_ROOT, files_under, raster_layer, tiny_clip,  # noqa: F401
                            wait_for, write_raster, write_tiny_clip_config)
 from qgis.core import QgsApplication
-from qgis.PyQt.QtWidgets import QAction
+
+try:
+    from qgis.PyQt.QtGui import QAction
+except ImportError:
+    from qgis.PyQt.QtWidgets import QAction
 
 import drseg
 

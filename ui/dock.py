@@ -71,7 +71,6 @@ class DrSegDock(QDockWidget):
 
         self.layer_combo = QgsMapLayerComboBox(body)
         self.layer_combo.setFilters(raster_layer_filter())
-        self.layer_combo.setAllowEmptyLayer(True)
         self.layer_combo.layerChanged.connect(self._layer_changed)
         form.addRow("Raster layer", self.layer_combo)
 
