@@ -110,10 +110,19 @@ def test_wrong_architecture_is_refused_clearly(tiny_models, tmp_path):
 
 
 def test_keys_feature_and_numpy_input(tiny_models):
+    torch.manual_seed(3)
     model = make_dino("dino_vits8", tiny=True, feature="keys")
-    out = model(_images(64, 48).numpy())
+    images = _images(64, 48)
+    out = model(images.numpy())
     assert out.shape == (2, 32, 8, 6)
-    tokens = tiny_models["dino_vits8"](_images(64, 48))
+    captured = {}  # the keys the last block's attention really uses, taken from a full forward
+    hook = model.model.blocks[-1].attn.qkv.register_forward_hook(
+        lambda _m, _i, o: captured.setdefault("qkv", o))
+    model.feature = "tokens"
+    tokens = model(images)
+    hook.remove()
+    keys = captured["qkv"][:, 1:, 32:64].permute(0, 2, 1).reshape(2, 32, 8, 6)
+    assert torch.allclose(out, keys, atol=1e-5)
     assert not torch.allclose(out, tokens)
 
 

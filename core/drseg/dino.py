@@ -125,21 +125,18 @@ class DinoBackbone(torch.nn.Module):
         if tuple(x.shape[-2:]) != size:
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
         x = x.to(next(self.model.parameters()).dtype)
-        captured = {}
-        hook = None
-        if self.feature == "keys":
-            def grab(_module, _inputs, output):
-                captured["qkv"] = output
-            hook = self.model.blocks[-1].attn.qkv.register_forward_hook(grab)
-        try:
-            tokens = self.model.forward_features(x)
-        finally:
-            if hook is not None:
-                hook.remove()
-        if self.feature == "keys":
+        if self.feature == "keys":  # no hooks: safe when several threads share the backbone
+            depth = len(self.model.blocks)
+            (before_last,) = self.model.forward_intermediates(
+                x, indices=[depth - 2], stop_early=True, output_fmt="NLC", intermediates_only=True)
+            last = self.model.blocks[-1]
             c = self.embed_dim
-            tokens = captured["qkv"][..., c:2 * c]
-        tokens = tokens[:, self.model.num_prefix_tokens:].float()
+            qkv = last.attn.qkv
+            bias = qkv.bias[c:2 * c] if qkv.bias is not None else None
+            tokens = F.linear(last.norm1(before_last), qkv.weight[c:2 * c], bias).float()
+        else:
+            tokens = self.model.forward_features(x)
+            tokens = tokens[:, self.model.num_prefix_tokens:].float()
         b = tokens.shape[0]
         return tokens.permute(0, 2, 1).reshape(b, -1, h, w)
 
