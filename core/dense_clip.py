@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .device import autocast_context
 from .errors import ModelError
 
 CLIP_MEAN = (122.771, 116.746, 104.094)  # on the 0..255 scale
@@ -162,7 +163,8 @@ class DenseClip:
             raise RuntimeError("set_queries() must be called before score_windows()")
         outputs = []
         for start in range(0, len(images), self.batch_size):
-            patches, cls = self.dense_features(self.normalise(images[start:start + self.batch_size]))
+            with autocast_context(self.device):  # float16 on CUDA; features come back float32
+                patches, cls = self.dense_features(self.normalise(images[start:start + self.batch_size]))
             patches = F.normalize(patches, dim=1)
             cls = F.normalize(cls, dim=-1)
             logits = torch.einsum("bdhw,qd->bqhw", patches, self.text_features)

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from rasterio.windows import Window
 
+from .device import run_with_oom_retry
+
 BLEND_FLOOR = 1e-3  # keeps raster-edge pixels, covered by one window's rim only, weighted
 
 
@@ -92,6 +94,8 @@ class SlidingWindowSegmenter:
 
     scorer: `score_windows(uint8 (B,3,S,S)) -> logits (B,Q,h,w)` with attribute `logit_scale`;
     query_owner: for each query the 0-based class it belongs to (synonyms share a class).
+    When the GPU runs out of memory the batch is halved (down to 1) and `on_batch_reduced(size,
+    reason)` is told; `oom_retries` lists the reasons.
     """
 
     reader: object
@@ -104,6 +108,8 @@ class SlidingWindowSegmenter:
     batch_size: int = 8
     keep_probabilities: bool = False
     timings: Timings = field(default_factory=Timings)
+    on_batch_reduced: Optional[Callable[[int, str], None]] = None
+    oom_retries: List[str] = field(default_factory=list)
 
     def __post_init__(self):
         grid = self.reader.grid
@@ -191,13 +197,26 @@ class SlidingWindowSegmenter:
                     crop = padded
                 todo.append((y, x))
                 crops.append(crop)
-        for start in range(0, len(crops), self.batch_size):
+        start = 0
+        while start < len(crops):
             started = time.perf_counter()
-            logits = self.scorer.score_windows(np.stack(crops[start:start + self.batch_size]))
+
+            def score(size, start=start):
+                batch = crops[start:start + size]
+                return len(batch), self.scorer.score_windows(np.stack(batch))
+
+            count, logits = run_with_oom_retry(score, self.batch_size, self._batch_reduced)
             self.timings.model += time.perf_counter() - started
             self.timings.windows += len(logits)
-            for key, value in zip(todo[start:start + self.batch_size], logits):
+            for key, value in zip(todo[start:start + count], logits):
                 self._cache[key] = np.asarray(value, dtype=np.float32)
+            start += count
+
+    def _batch_reduced(self, size: int, reason: str) -> None:
+        self.batch_size = size  # later blocks keep the smaller batch
+        self.oom_retries.append(reason)
+        if self.on_batch_reduced is not None:
+            self.on_batch_reduced(size, reason)
 
     def _classify(self, accumulated, weight_sum, valid, block) -> BlockResult:
         bh, bw = weight_sum.shape
