@@ -4,6 +4,7 @@ fresh QGIS profile."""
 from __future__ import annotations
 
 import configparser
+import glob
 import json
 import os
 import shutil
@@ -227,11 +228,17 @@ def test_qgis_process_lists_the_algorithm_and_reports_bad_input(qgis_profile, tm
     assert [f for f in files_under(tmp_path) if not f.endswith(".aux.xml")] == ["scene.tif"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core/gpkg.py: inside QGIS processes (qgis_process, QGIS desktop) QGIS's GEOS 3.11 symbols "
-    "take precedence over the shapely wheel's GEOS 3.14 and shapely.to_wkb(geometry) fails with "
-    "'WKB output dimension must be 2 or 3'; to_wkb(..., output_dimension=2) works. Remove this "
-    "marker when the engine is fixed."))
+# The engine's GeoPackage writer fails inside QGIS processes (qgis_process, QGIS desktop): there
+# QGIS's GEOS 3.11 symbols take precedence over the shapely wheel's GEOS 3.14, and
+# shapely.to_wkb(geometry) raises this; shapely.to_wkb(geometry, output_dimension=2) works.
+KNOWN_GEOS_CLASH = "WKB output dimension must be 2 or 3"
+
+
+def xfail_on_known_geos_clash(text: str) -> None:
+    if KNOWN_GEOS_CLASH in text:
+        pytest.xfail("core/gpkg.py: shapely.to_wkb under QGIS's own GEOS (pass output_dimension=2)")
+
+
 def test_qgis_process_runs_the_algorithm(qgis_profile, tmp_path):
     raster = write_raster(tmp_path / "scene.tif")
     config = write_tiny_clip_config(tmp_path)
@@ -240,7 +247,100 @@ def test_qgis_process_runs_the_algorithm(qgis_profile, tmp_path):
                         f"INPUT={raster}", "CLASSES=building;water", f"CLIP_MODEL={config}",
                         "CLIP_WEIGHTS=random", "DEVICE=1", f"OUTPUT={out}",
                         f"OUTPUT_RASTER={tmp_path / 'classes.tif'}")
+    if done.returncode != 0:
+        xfail_on_known_geos_clash(done.stdout + done.stderr)
     assert done.returncode == 0, done.stdout + done.stderr
     results = json.loads(done.stdout[done.stdout.index("{"):])["results"]
     assert results["OUTPUT"] == str(out) and results["POLYGONS"] > 0
     assert os.path.isfile(out) and os.path.isfile(tmp_path / "classes.tif")
+
+
+# -- QGIS desktop -------------------------------------------------------------------------------
+
+def test_torch_import_survives_a_process_with_system_llvm(tmp_path):
+    """QGIS desktop has the system's LLVM loaded (Mesa OpenGL); triton's own LLVM then crashes the
+    process when torchvision imports it. load_engine() keeps triton out, so nothing crashes."""
+    llvm = sorted(glob.glob("/usr/lib/x86_64-linux-gnu/libLLVM-*.so.1"))
+    if not llvm:
+        pytest.skip("no system libLLVM to reproduce the clash with")
+    script = ("from drseg.ui.engine import load_engine; load_engine(); import sys, torchvision; "
+              "print('ok', sys.modules.get('triton'))")
+    env = dict(os.environ, LD_PRELOAD=llvm[-1])
+    env.pop("DRSEG_ALLOW_TRITON", None)
+    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=str(tmp_path),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("ok None")
+
+
+DESKTOP_SCRIPT = """
+import json, os, time, traceback
+from qgis.core import QgsApplication, QgsProject, QgsRasterLayer
+from qgis.PyQt.QtWidgets import QDockWidget
+from qgis.utils import active_plugins, iface
+try:
+    from qgis.PyQt.QtGui import QAction
+except ImportError:
+    from qgis.PyQt.QtWidgets import QAction
+report = {"active": list(active_plugins)}
+try:
+    window = iface.mainWindow()
+    window.findChild(QAction, "drsegToggleDock").trigger()
+    dock = window.findChild(QDockWidget, "DrSegDock")
+    report["dock_visible"] = dock.isVisible()
+    layer = QgsRasterLayer(RASTER, "scene")
+    QgsProject.instance().addMapLayer(layer)
+    dock.layer_combo.setLayer(layer)
+    dock.classes_edit.setPlainText("building; water")
+    dock.clip_model_combo.setCurrentText(CLIP_CONFIG)
+    dock.clip_weights_widget.setFilePath("random")
+    dock.output_widget.setFilePath(OUTPUT)
+    finished = []
+    dock.runFinished.connect(finished.append)
+    dock.run_button.click()
+    started = time.time()
+    while not finished and time.time() - started < 60:
+        QgsApplication.processEvents()
+        time.sleep(0.02)
+    report["finished"] = bool(finished)
+    report["error"] = finished[0].error if finished else None
+    report["layers"] = sorted(l.name() for l in QgsProject.instance().mapLayers().values())
+except Exception:
+    report["exception"] = traceback.format_exc()
+with open(REPORT, "w") as handle:
+    json.dump(report, handle)
+QgsProject.instance().setDirty(False)
+os._exit(0)
+"""
+
+
+def test_qgis_desktop_loads_the_plugin_and_runs_from_the_dock(tmp_path):
+    """Real QGIS (under Xvfb) with the plugin installed in a fresh profile: toolbar button, dock,
+    Run, result layer. Also guards against crashes from library clashes inside QGIS."""
+    qgis_bin, xvfb = shutil.which("qgis.bin"), shutil.which("xvfb-run")
+    if not qgis_bin or not xvfb:
+        pytest.skip("qgis.bin or xvfb-run is not installed")
+    config = tmp_path / "config"
+    install_plugin_in_profile(config)
+    ini = config / "profiles" / "default" / "QGIS" / "QGIS3.ini"
+    ini.parent.mkdir(parents=True)
+    ini.write_text("[PythonPlugins]\ndrseg-main=true\n")
+    report_path = tmp_path / "report.json"
+    values = dict(RASTER=write_raster(tmp_path / "scene.tif"), CLIP_CONFIG=write_tiny_clip_config(tmp_path),
+                  OUTPUT=str(tmp_path / "out.gpkg"), REPORT=str(report_path))
+    script = tmp_path / "drive_qgis.py"
+    script.write_text("".join(f"{k} = {v!r}\n" for k, v in values.items()) + DESKTOP_SCRIPT)
+    import site
+
+    env = dict(os.environ, QGIS_CUSTOM_CONFIG_PATH=str(config),
+               PYTHONPATH=os.pathsep.join(p for p in site.getsitepackages() if p.startswith(sys.prefix)))
+    env.pop("QT_QPA_PLATFORM", None)
+    done = subprocess.run([xvfb, "-a", qgis_bin, "--nologo", "--noversioncheck", "--code", str(script)],
+                          env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    report = json.loads(report_path.read_text())
+    assert "exception" not in report, report.get("exception")
+    assert "drseg-main" in report["active"] and report["dock_visible"] and report["finished"]
+    xfail_on_known_geos_clash(report["error"] or "")
+    assert report["error"] is None
+    assert report["layers"] == ["building, water", "scene"]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
+import sys
 from typing import List
 
 DEFAULT_THRESHOLD = 0.3            # core.segment.DEFAULT_THRESHOLD
@@ -52,6 +54,20 @@ def dependency_message(missing: List[str], detail: str = "") -> str:
     return text
 
 
+def keep_triton_out() -> bool:
+    """Stop torch from importing triton inside QGIS; True when triton is now blocked.
+
+    torch imports triton (through torchvision) only to offer compiled GPU kernels, which DR-Seg
+    does not use. triton's library carries its own LLVM, and in a QGIS desktop process that has
+    the system's LLVM loaded (Mesa OpenGL drivers) loading it crashes QGIS (SIGSEGV in LLVM's
+    static initialisers). Set DRSEG_ALLOW_TRITON=1 to let it load anyway.
+    """
+    if os.environ.get("DRSEG_ALLOW_TRITON") == "1" or "triton" in sys.modules:
+        return sys.modules.get("triton", 0) is None
+    sys.modules["triton"] = None  # `import triton` raises ImportError; torch handles that
+    return True
+
+
 def load_engine():
     """Import and return `core.segment`, or raise MissingDependencies with an install hint.
 
@@ -61,6 +77,7 @@ def load_engine():
     missing = missing_packages()
     if missing:
         raise MissingDependencies(dependency_message(missing))
+    keep_triton_out()
     try:
         from ..core import segment
         importlib.import_module("open_clip")
