@@ -14,7 +14,7 @@ from typing import List, Optional
 from qgis.core import Qgis, QgsApplication, QgsMapLayerProxyModel, QgsProject, QgsRasterLayer
 from qgis.gui import (QgsCollapsibleGroupBox, QgsDoubleSpinBox, QgsFileWidget,
                       QgsMapLayerComboBox, QgsRasterBandComboBox)
-from qgis.PyQt.QtCore import Qt, pyqtSignal
+from qgis.PyQt.QtCore import pyqtSignal
 from qgis.PyQt.QtWidgets import (QCheckBox, QComboBox, QDockWidget, QFormLayout, QHBoxLayout,
                                  QLabel, QPlainTextEdit, QProgressBar, QPushButton, QScrollArea,
                                  QVBoxLayout, QWidget)
