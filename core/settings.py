@@ -1,0 +1,306 @@
+"""DR-Seg's settings, shared by the command line, Processing and the QGIS dock.
+
+A plain dataclass saved as JSON: the file named by `DRSEG_CONFIG`, else `settings.json` in the
+per-user config folder (Linux `$XDG_CONFIG_HOME/drseg`, macOS `~/Library/Application Support/drseg`,
+Windows `%APPDATA%\\drseg`). A missing file means the defaults, which work as they are. The
+environment still wins where it always did: `DRSEG_CACHE_DIR` over `cache_dir` and
+`DRSEG_MODEL_MIRROR` over `mirror_url` (`effective_cache_dir()`, `effective_mirror()`); the file
+keeps the user's own values.
+
+Nothing here imports torch or QGIS.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from typing import Dict, List, Optional
+
+from .errors import InputError
+
+CONFIG_ENV = "DRSEG_CONFIG"
+CACHE_ENV = "DRSEG_CACHE_DIR"          # core.download.CACHE_ENV
+MIRROR_ENV = "DRSEG_MODEL_MIRROR"      # core.download.MIRROR_ENV
+FORMAT_VERSION = 1
+
+DEVICE_NAMES = ("auto", "cpu", "cuda", "mps")
+CLIP_MODEL_CHOICES = ("ViT-B-16", "ViT-B-32", "ViT-L-14")
+# core.drseg.dino.DINO_ARCHS (name -> timm name; the catalog's DINO architectures start with it)
+DINO_MODELS = {"dino_vits8": "vit_small_patch8_224", "dino_vitb8": "vit_base_patch8_224",
+               "dinov2_vits14": "vit_small_patch14_dinov2", "dinov2_vitb14": "vit_base_patch14_dinov2"}
+SAM_MODELS = ("vit_b", "vit_l", "vit_h")  # core.sam_models.SAM_TYPES
+
+_CUDA_INDEX = re.compile(r"^cuda:\d+$")
+_WEIGHT_FILE = re.compile(r"\.(pt|pth|bin|safetensors|ckpt|zip)$", re.IGNORECASE)
+LIMITS = {"window": (32, 4096), "stride": (1, 4096), "block": (64, 16384), "batch_size": (1, 1024)}
+
+
+@dataclass
+class Settings:
+    cache_dir: str = ""              # model cache folder; "" = the platform default
+    mirror_url: str = ""             # base URL serving the catalog's file names; "" = each model's URL
+    clip_model: str = "ViT-B-16"     # open_clip architecture, or an open_clip config .json
+    clip_weights: str = "openai"     # open_clip tag, catalog name or checkpoint file
+    dino_model: str = "dino_vitb8"   # one of DINO_MODELS
+    dino_weights: str = "dino-vit-b8"    # catalog name or checkpoint file
+    sam_model: str = "vit_b"         # one of SAM_MODELS
+    sam_weights: str = "sam-vit-b"   # catalog name or checkpoint file
+    device: str = "auto"             # auto, cpu, cuda, cuda:N, mps
+    window: int = 224                # sliding-window (tile) size, working pixels
+    stride: int = 112                # window step; overlap = window - stride
+    block: int = 512                 # output block size, working pixels
+    batch_size: int = 8              # windows per model call (halved on GPU out-of-memory)
+    extra: Dict[str, object] = field(default_factory=dict, repr=False, compare=False)
+
+    # -- derived ----------------------------------------------------------------------------
+    @property
+    def overlap(self) -> int:
+        return self.window - self.stride
+
+    def effective_cache_dir(self, environ=None) -> str:
+        """`DRSEG_CACHE_DIR`, else `cache_dir`, else the platform default (not created here)."""
+        environ = os.environ if environ is None else environ
+        chosen = (environ.get(CACHE_ENV) or "").strip() or self.cache_dir.strip()
+        return os.path.abspath(os.path.expanduser(chosen)) if chosen else default_cache_dir(environ)
+
+    def effective_mirror(self, environ=None) -> Optional[str]:
+        """`DRSEG_MODEL_MIRROR`, else `mirror_url`, else None (each model's own URL)."""
+        environ = os.environ if environ is None else environ
+        chosen = (environ.get(MIRROR_ENV) or "").strip() or self.mirror_url.strip()
+        return chosen.rstrip("/") or None
+
+    def overridden_by_environment(self, environ=None) -> Dict[str, str]:
+        """{field: 'VARIABLE=value'} for settings the environment currently overrides."""
+        environ = os.environ if environ is None else environ
+        found = {}
+        for name, variable in (("cache_dir", CACHE_ENV), ("mirror_url", MIRROR_ENV)):
+            value = (environ.get(variable) or "").strip()
+            if value:
+                found[name] = f"{variable}={value}"
+        return found
+
+    # -- checking -----------------------------------------------------------------------------
+    def validate(self, check_files: bool = False) -> List[str]:
+        """Every problem, each a sentence for the user; [] when the settings can be used.
+
+        check_files: also require that named files (weights, a CLIP config) exist - for the
+        settings dialog; loading a settings file does not, so a moved file does not stop the CLI.
+        """
+        problems: List[str] = []
+        for name in LIMITS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                problems.append(f"{_LABELS[name]} must be a whole number, got {value!r}")
+        for name in ("cache_dir", "mirror_url", "clip_model", "clip_weights", "dino_model",
+                     "dino_weights", "sam_model", "sam_weights", "device"):
+            if not isinstance(getattr(self, name), str):
+                problems.append(f"{_LABELS[name]} must be text, got {getattr(self, name)!r}")
+        if problems:  # the checks below need the right types
+            return problems
+        for name, (low, high) in LIMITS.items():
+            value = getattr(self, name)
+            if not low <= value <= high:
+                problems.append(f"{_LABELS[name]} must be between {low} and {high}, got {value}")
+        if self.stride > self.window:
+            problems.append(f"Stride ({self.stride}) must not be larger than the window ({self.window}); "
+                            "windows would leave gaps")
+        device = self.device.strip().lower()
+        if device not in DEVICE_NAMES and not _CUDA_INDEX.match(device):
+            problems.append(f"Unknown device '{self.device}'; choose one of {', '.join(DEVICE_NAMES)} "
+                            "or cuda:N")
+        mirror = self.mirror_url.strip()
+        if mirror and not mirror.lower().startswith(("http://", "https://", "file://")):
+            problems.append(f"Mirror URL '{mirror}' must start with http://, https:// or file://")
+        cache = self.cache_dir.strip()
+        if cache and os.path.isfile(os.path.expanduser(cache)):
+            problems.append(f"Model cache folder '{cache}' is a file, not a folder")
+        if not self.clip_model.strip():
+            problems.append("CLIP model is empty; the default is ViT-B-16")
+        elif check_files and self.clip_model.strip().endswith(".json") and \
+                not os.path.isfile(os.path.expanduser(self.clip_model.strip())):
+            problems.append(f"CLIP model config file '{self.clip_model}' does not exist")
+        if not self.clip_weights.strip():
+            problems.append("CLIP weights are empty; the default is 'openai'")
+        else:
+            problems += _check_clip_weights(self.clip_weights.strip(), check_files)
+        if self.dino_model not in DINO_MODELS:
+            problems.append(f"Unknown DINO model '{self.dino_model}'; choose one of "
+                            f"{', '.join(DINO_MODELS)}")
+        else:
+            problems += _check_weights("DINO", self.dino_weights.strip(), "dino",
+                                       DINO_MODELS[self.dino_model], self.dino_model, check_files)
+        if self.sam_model not in SAM_MODELS:
+            problems.append(f"Unknown SAM model '{self.sam_model}'; choose one of {', '.join(SAM_MODELS)}")
+        else:
+            problems += _check_weights("SAM", self.sam_weights.strip(), "sam", self.sam_model,
+                                       self.sam_model, check_files)
+        return problems
+
+    def checked(self, check_files: bool = False) -> "Settings":
+        problems = self.validate(check_files)
+        if problems:
+            raise InputError("Invalid DR-Seg settings: " + "; ".join(problems))
+        return self
+
+    # -- conversion ---------------------------------------------------------------------------
+    def to_dict(self) -> Dict[str, object]:
+        data = dict(self.extra)
+        data.update({k: v for k, v in asdict(self).items() if k != "extra"})
+        data["format_version"] = FORMAT_VERSION
+        return data
+
+    @classmethod
+    def from_dict(cls, data, source: str = "settings") -> "Settings":
+        """Known keys become fields (type-checked by validate()); unknown keys are kept as they
+        are and written back, so a newer plugin's settings survive an older one."""
+        if not isinstance(data, dict):
+            raise InputError(f"{source}: expected a JSON object of settings")
+        names = {f.name for f in fields(cls) if f.name != "extra"}
+        known = {k: v for k, v in data.items() if k in names}
+        extra = {k: v for k, v in data.items() if k not in names and k != "format_version"}
+        return cls(**known, extra=extra)
+
+
+_LABELS = {"window": "Window size", "stride": "Stride", "block": "Block size",
+           "batch_size": "Batch size", "cache_dir": "Model cache folder", "mirror_url": "Mirror URL",
+           "clip_model": "CLIP model", "clip_weights": "CLIP weights", "dino_model": "DINO model",
+           "dino_weights": "DINO weights", "sam_model": "SAM model", "sam_weights": "SAM weights",
+           "device": "Device"}
+
+
+def _looks_like_file(value: str) -> bool:
+    return bool(os.sep in value or "/" in value or _WEIGHT_FILE.search(value))
+
+
+def _check_clip_weights(value: str, check_files: bool) -> List[str]:
+    """An open_clip tag ('openai'), 'random', a CLIP catalog entry, or a checkpoint file."""
+    from .catalog import get_model
+    try:
+        entry = get_model(value)
+    except Exception:
+        entry = None
+    if entry is not None:
+        if entry.family != "clip":
+            return [f"CLIP weights '{value}' are a {entry.family.upper()} model, not CLIP"]
+        return []
+    if check_files and _looks_like_file(value) and not os.path.isfile(os.path.expanduser(value)):
+        return [f"CLIP weights file '{value}' does not exist"]
+    return []
+
+
+def _check_weights(label: str, value: str, family: str, architecture: str, model: str,
+                   check_files: bool) -> List[str]:
+    """Weights are a catalog entry of the right family and architecture, or a checkpoint file."""
+    if not value:
+        return [f"{label} weights are empty"]
+    from .catalog import get_model, list_models
+    try:
+        entry = get_model(value)
+    except InputError:
+        entry = None
+    except Exception as exc:  # a broken catalog: say so, do not hide the settings
+        return [f"{label} weights cannot be checked: {exc}"]
+    if entry is not None:
+        if entry.family != family:
+            return [f"{label} weights '{value}' are a {entry.family.upper()} model, not {label}"]
+        if entry.architecture.split(".")[0] != architecture:
+            return [f"{label} weights '{value}' are for {entry.architecture}, not the {label} model "
+                    f"'{model}'; choose matching weights or another model"]
+        return []
+    if not _looks_like_file(value):
+        names = ", ".join(e.name for e in list_models(family))
+        return [f"{label} weights '{value}' are neither a catalog model ({names}) nor a "
+                "checkpoint file"]
+    if check_files and not os.path.isfile(os.path.expanduser(value)):
+        return [f"{label} weights file '{value}' does not exist"]
+    return []
+
+
+# ----------------------------------------------------------------------------- files
+
+def default_cache_dir(environ=None) -> str:
+    """The platform's per-user model cache (the same folder as core.download.default_cache_dir)."""
+    environ = os.environ if environ is None else environ
+    home = os.path.expanduser("~")
+    if sys.platform.startswith("win"):
+        base = environ.get("LOCALAPPDATA") or os.path.join(home, "AppData", "Local")
+        return os.path.join(base, "drseg", "models")
+    if sys.platform == "darwin":
+        return os.path.join(home, "Library", "Caches", "drseg", "models")
+    base = environ.get("XDG_CACHE_HOME") or os.path.join(home, ".cache")
+    return os.path.join(base, "drseg", "models")
+
+
+def config_path(environ=None, platform: Optional[str] = None, home: Optional[str] = None) -> str:
+    """`DRSEG_CONFIG`, else settings.json in the per-user config folder."""
+    environ = os.environ if environ is None else environ
+    chosen = (environ.get(CONFIG_ENV) or "").strip()
+    if chosen:
+        return os.path.abspath(os.path.expanduser(chosen))
+    platform = platform or sys.platform
+    home = home or os.path.expanduser("~")
+    if platform.startswith("win"):
+        base = environ.get("APPDATA") or os.path.join(home, "AppData", "Roaming")
+    elif platform == "darwin":
+        base = os.path.join(home, "Library", "Application Support")
+    else:
+        base = environ.get("XDG_CONFIG_HOME") or os.path.join(home, ".config")
+    return os.path.join(base, "drseg", "settings.json")
+
+
+def load_settings(path: Optional[str] = None) -> Settings:
+    """The saved settings, or the defaults when there is no file yet.
+
+    Raises InputError, naming the file, when it cannot be read or holds invalid values.
+    """
+    path = path or config_path()
+    if not os.path.exists(path):
+        return Settings()
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except ValueError as exc:
+        raise InputError(f"Settings file '{path}' is not valid JSON ({exc}); fix it, or delete it "
+                         "to start from the defaults") from None
+    except OSError as exc:
+        raise InputError(f"Settings file '{path}' cannot be read ({exc.strerror or exc})") from None
+    settings = Settings.from_dict(data, source=f"Settings file '{path}'")
+    problems = settings.validate()
+    if problems:
+        raise InputError(f"Settings file '{path}' has invalid values: " + "; ".join(problems)
+                         + ". Fix them in the DR-Seg settings or delete the file")
+    return settings
+
+
+def load_settings_or_defaults(path: Optional[str] = None):
+    """-> (settings, problem or None): never raises, for front ends that must start anyway."""
+    try:
+        return load_settings(path), None
+    except InputError as exc:
+        return Settings(), str(exc)
+
+
+def save_settings(settings: Settings, path: Optional[str] = None) -> str:
+    """Validate and write atomically (a crash never leaves half a file). Returns the path."""
+    settings.checked()
+    path = path or config_path()
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=".settings-", suffix=".json", dir=folder)
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as out:
+                json.dump(settings.to_dict(), out, indent=2, sort_keys=True)
+                out.write("\n")
+            os.replace(temporary, path)
+        except BaseException:
+            if os.path.exists(temporary):
+                os.remove(temporary)
+            raise
+    except OSError as exc:
+        raise InputError(f"Cannot save the settings to '{path}' ({exc.strerror or exc}); set "
+                         f"{CONFIG_ENV} to a writable file") from None
+    return path
