@@ -1,0 +1,545 @@
+"""The DR-Seg settings dialog: model cache and mirror, default models, device, tiling; and a
+'Download models…' section listing the catalog with what is in the cache.
+
+Values are checked before saving (each problem is shown; nothing is saved until all are fixed) and
+written to the same JSON file the command line and Processing read (core/settings.py). Downloads
+and imports run as a QgsTask, so QGIS stays responsive; a transfer can be cancelled and resumes
+later where it stopped.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable, List, Optional
+
+from qgis.core import QgsApplication, QgsTask
+from qgis.gui import QgsFileWidget
+from qgis.PyQt.QtCore import Qt, pyqtSignal
+from qgis.PyQt.QtWidgets import (QAbstractItemView, QComboBox, QDialog, QDialogButtonBox,
+                                 QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
+                                 QLineEdit, QProgressBar, QPushButton, QSpinBox, QTreeWidget,
+                                 QTreeWidgetItem, QVBoxLayout, QWidget)
+
+from ..core import settings as core_settings
+from ..core.catalog import list_models
+from ..core.errors import DrSegError, InputError, RunCancelled
+from ..core.settings import Settings
+
+DEVICE_LABELS = (("auto", "Auto: CUDA GPU, else Apple GPU, else CPU"), ("cpu", "CPU"),
+                 ("cuda", "CUDA GPU"), ("mps", "Apple GPU (MPS)"))
+STATE_DOWNLOADED, STATE_MISSING, STATE_PARTIAL = "downloaded", "not downloaded", "partly downloaded"
+MODEL_COLUMNS = ("Model", "Family", "Size", "State", "Good for")
+COLUMN_STATE = 3
+
+# Transfers whose dialog closed stay referenced here until QGIS is done with them.
+_DETACHED_TASKS: List["ModelTransferTask"] = []
+
+
+def describe_device(name: str) -> str:
+    """What `name` resolves to on this machine, in words (imports torch)."""
+    try:
+        from . import engine
+
+        keep_out = getattr(engine, "keep_triton_out", None)
+        if keep_out is not None:
+            keep_out()  # importing torch in the QGIS process must not load triton
+        from ..core.device import describe_device_choice
+    except Exception as exc:  # torch missing or broken
+        return f"Cannot check devices: torch is not usable ({type(exc).__name__}: {exc})"
+    try:
+        return describe_device_choice(name)[1]
+    except DrSegError as exc:
+        return str(exc)
+
+
+class ModelTransferTask(QgsTask):
+    """Runs `work(progress, cancelled) -> path` (a download or an import) in the background."""
+
+    statusMessage = pyqtSignal(str)
+
+    def __init__(self, description: str, work: Callable, on_finished: Optional[Callable] = None,
+                 label: str = ""):
+        super().__init__(description, QgsTask.Flag.CanCancel)
+        self.label = label or description
+        self.work = work
+        self.on_finished = on_finished
+        self.path: Optional[str] = None
+        self.error: Optional[str] = None
+        self.was_cancelled = False
+
+    def run(self) -> bool:  # noqa: D401 (QGIS's name)
+        try:
+            self.path = self.work(self._progress, self.isCanceled, self.statusMessage.emit)
+            return True
+        except RunCancelled:
+            self.was_cancelled = True
+        except DrSegError as exc:
+            self.error = str(exc)
+        except Exception as exc:  # an unexpected failure is still shown, not raised in a thread
+            self.error = f"{type(exc).__name__}: {exc}"
+        return False
+
+    def _progress(self, done: int, total: Optional[int]) -> None:
+        if total:
+            self.setProgress(100.0 * done / total)
+        self.statusMessage.emit(f"{done / 1e6:.0f}" + (f" of {total / 1e6:.0f} MB" if total else " MB"))
+
+    def finished(self, ok: bool) -> None:  # noqa: D401 (QGIS's name)
+        if not ok and self.isCanceled():
+            self.was_cancelled = True
+        if self.on_finished is not None:
+            self.on_finished(self)
+
+
+class SettingsDialog(QDialog):
+    """path: the settings file (default: core.settings.config_path()). settings: start from these
+    instead of the file. device_describer(name) -> text (default: describe_device)."""
+
+    settingsSaved = pyqtSignal(object)          # the saved Settings
+    transferFinished = pyqtSignal(object)       # the ModelTransferTask
+
+    def __init__(self, parent=None, path: Optional[str] = None, settings: Optional[Settings] = None,
+                 device_describer: Optional[Callable[[str], str]] = None):
+        super().__init__(parent)
+        self.setObjectName("DrSegSettingsDialog")
+        self.setWindowTitle("DR-Seg settings")
+        self.path = path or core_settings.config_path()
+        self.load_problem = None
+        if settings is None:
+            settings, self.load_problem = core_settings.load_settings_or_defaults(self.path)
+        self._extra = dict(settings.extra)
+        self.device_describer = device_describer or describe_device
+        self.task: Optional[ModelTransferTask] = None
+        self._build()
+        self.set_settings(settings)
+        if self.load_problem:
+            self._show_problems([self.load_problem + " — the defaults are shown; Save replaces the file"])
+        if "torch" in sys.modules:  # cheap now; otherwise on request (importing torch takes seconds)
+            self.detect_device()
+
+    # -- layout -------------------------------------------------------------------------------
+    def _build(self) -> None:
+        layout = QVBoxLayout(self)
+        overrides = Settings().overridden_by_environment()
+
+        models = QGroupBox("Models", self)
+        form = QFormLayout(models)
+        self.cache_dir_widget = QgsFileWidget(models)
+        self.cache_dir_widget.setStorageMode(QgsFileWidget.StorageMode.GetDirectory)
+        self.cache_dir_widget.lineEdit().setPlaceholderText(core_settings.default_cache_dir())
+        self.cache_dir_widget.setToolTip("Where downloaded model weights are kept; empty: "
+                                         + core_settings.default_cache_dir())
+        form.addRow("Model cache folder", self.cache_dir_widget)
+        self.mirror_edit = QLineEdit(models)
+        self.mirror_edit.setPlaceholderText("https://… (empty: each model's own address)")
+        self.mirror_edit.setToolTip("A server (or file:// folder) holding the same file names as "
+                                    "the catalog, for offline networks and company mirrors")
+        form.addRow("Mirror URL", self.mirror_edit)
+        for name, widget in (("cache_dir", self.cache_dir_widget), ("mirror_url", self.mirror_edit)):
+            if name in overrides:
+                widget.setEnabled(False)
+                widget.setToolTip(f"Overridden by the environment: {overrides[name]}")
+        self.override_label = QLabel(
+            "Set by the environment: " + ", ".join(overrides.values()) if overrides else "", models)
+        self.override_label.setWordWrap(True)
+        self.override_label.setVisible(bool(overrides))
+        form.addRow(self.override_label)
+
+        self.clip_model_combo = self._combo(core_settings.CLIP_MODEL_CHOICES, editable=True)
+        self.clip_model_combo.setToolTip("open_clip architecture, or an open_clip config .json file")
+        form.addRow("CLIP model", self.clip_model_combo)
+        self.clip_weights_combo = self._combo(["openai"] + _catalog_names("clip"), editable=True)
+        self.clip_weights_combo.setToolTip("open_clip tag ('openai'), catalog model or checkpoint file")
+        form.addRow("CLIP weights", self.clip_weights_combo)
+        self.dino_model_combo = self._combo(core_settings.DINO_MODELS)
+        form.addRow("DINO model", self.dino_model_combo)
+        self.dino_weights_combo = self._combo(_catalog_names("dino"), editable=True)
+        form.addRow("DINO weights", self.dino_weights_combo)
+        self.sam_model_combo = self._combo(core_settings.SAM_MODELS)
+        form.addRow("SAM model", self.sam_model_combo)
+        self.sam_weights_combo = self._combo(_catalog_names("sam"), editable=True)
+        form.addRow("SAM weights", self.sam_weights_combo)
+        layout.addWidget(models)
+
+        processing = QGroupBox("Processing", self)
+        form = QFormLayout(processing)
+        self.device_combo = QComboBox(processing)
+        for value, label in DEVICE_LABELS:
+            self.device_combo.addItem(label, value)
+        self.device_combo.currentIndexChanged.connect(self._device_changed)
+        self.detect_button = QPushButton("Check", processing)
+        self.detect_button.setToolTip("Show which device this choice uses on this computer")
+        self.detect_button.clicked.connect(self.detect_device)
+        row = QHBoxLayout()
+        row.addWidget(self.device_combo, 1)
+        row.addWidget(self.detect_button)
+        form.addRow("Device", _wrap(row, processing))
+        self.device_info_label = QLabel("", processing)
+        self.device_info_label.setWordWrap(True)
+        form.addRow("", self.device_info_label)
+        self.window_spin = self._spin("window", " px", "Size of the square windows (tiles) the "
+                                      "model sees, in working pixels")
+        form.addRow("Window (tile) size", self.window_spin)
+        self.stride_spin = self._spin("stride", " px", "Step between windows; smaller steps overlap "
+                                      "more (smoother, slower)")
+        form.addRow("Stride", self.stride_spin)
+        self.overlap_label = QLabel(processing)
+        form.addRow("Overlap", self.overlap_label)
+        self.block_spin = self._spin("block", " px", "Output is computed and written in blocks of "
+                                     "this size; memory use grows with it")
+        form.addRow("Block size", self.block_spin)
+        self.batch_spin = self._spin("batch_size", "", "Windows per model call; halved "
+                                     "automatically when the GPU runs out of memory")
+        form.addRow("Batch size", self.batch_spin)
+        for spin in (self.window_spin, self.stride_spin):
+            spin.valueChanged.connect(self._update_overlap)
+        layout.addWidget(processing)
+
+        layout.addWidget(self._build_models_section())
+
+        self.errors_label = QLabel(self)
+        self.errors_label.setWordWrap(True)
+        self.errors_label.setStyleSheet("color: #b00020")
+        self.errors_label.setVisible(False)
+        layout.addWidget(self.errors_label)
+
+        self.button_box = QDialogButtonBox(
+            QDialogButtonBox.StandardButton.Save | QDialogButtonBox.StandardButton.Cancel
+            | QDialogButtonBox.StandardButton.RestoreDefaults, self)
+        self.button_box.accepted.connect(self.accept)
+        self.button_box.rejected.connect(self.reject)
+        self.button_box.button(QDialogButtonBox.StandardButton.RestoreDefaults).clicked.connect(
+            self.restore_defaults)
+        layout.addWidget(self.button_box)
+        self.resize(720, 860)
+
+    def _build_models_section(self) -> QWidget:
+        box = QGroupBox("Download models…", self)
+        layout = QVBoxLayout(box)
+        self.model_tree = QTreeWidget(box)
+        self.model_tree.setHeaderLabels(list(MODEL_COLUMNS))
+        self.model_tree.setRootIsDecorated(False)
+        self.model_tree.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.model_tree.setMinimumHeight(180)
+        self.model_tree.itemSelectionChanged.connect(self._update_model_buttons)
+        layout.addWidget(self.model_tree)
+        buttons = QHBoxLayout()
+        self.download_button = QPushButton("Download", box)
+        self.download_button.clicked.connect(self.download_selected)
+        self.import_button = QPushButton("Import file…", box)
+        self.import_button.setToolTip("Copy a checkpoint you already have into the cache, verified "
+                                      "like a download")
+        self.import_button.clicked.connect(lambda: self.import_selected())
+        self.cancel_transfer_button = QPushButton("Cancel", box)
+        self.cancel_transfer_button.clicked.connect(self.cancel_transfer)
+        self.refresh_button = QPushButton("Refresh", box)
+        self.refresh_button.clicked.connect(self.refresh_models)
+        for button in (self.download_button, self.import_button, self.cancel_transfer_button):
+            buttons.addWidget(button)
+        buttons.addStretch(1)
+        buttons.addWidget(self.refresh_button)
+        layout.addLayout(buttons)
+        self.transfer_progress = QProgressBar(box)
+        self.transfer_progress.setRange(0, 100)
+        self.transfer_progress.setVisible(False)
+        layout.addWidget(self.transfer_progress)
+        self.transfer_label = QLabel(box)
+        self.transfer_label.setWordWrap(True)
+        layout.addWidget(self.transfer_label)
+        return box
+
+    def _combo(self, values, editable: bool = False) -> QComboBox:
+        combo = QComboBox(self)
+        combo.setEditable(editable)
+        for value in values:
+            combo.addItem(value)
+        return combo
+
+    def _spin(self, name: str, suffix: str, tip: str) -> QSpinBox:
+        spin = QSpinBox(self)
+        low, high = core_settings.LIMITS[name]
+        spin.setRange(low, high)
+        spin.setSuffix(suffix)
+        spin.setToolTip(tip)
+        return spin
+
+    # -- values -------------------------------------------------------------------------------
+    def settings(self) -> Settings:
+        """The settings as currently entered (not validated)."""
+        return Settings(
+            cache_dir=self.cache_dir_widget.filePath().strip(),
+            mirror_url=self.mirror_edit.text().strip(),
+            clip_model=self.clip_model_combo.currentText().strip(),
+            clip_weights=self.clip_weights_combo.currentText().strip(),
+            dino_model=self.dino_model_combo.currentText(),
+            dino_weights=self.dino_weights_combo.currentText().strip(),
+            sam_model=self.sam_model_combo.currentText(),
+            sam_weights=self.sam_weights_combo.currentText().strip(),
+            device=self.device_combo.currentData() or self.device_combo.currentText(),
+            window=self.window_spin.value(), stride=self.stride_spin.value(),
+            block=self.block_spin.value(), batch_size=self.batch_spin.value(),
+            extra=dict(self._extra))
+
+    def set_settings(self, settings: Settings) -> None:
+        self.cache_dir_widget.setFilePath(settings.cache_dir)
+        self.mirror_edit.setText(settings.mirror_url)
+        for combo, value in ((self.clip_model_combo, settings.clip_model),
+                             (self.clip_weights_combo, settings.clip_weights),
+                             (self.dino_model_combo, settings.dino_model),
+                             (self.dino_weights_combo, settings.dino_weights),
+                             (self.sam_model_combo, settings.sam_model),
+                             (self.sam_weights_combo, settings.sam_weights)):
+            _set_combo_text(combo, value)
+        device = settings.device.strip().lower()
+        index = self.device_combo.findData(device)
+        if index < 0:  # 'cuda:1' and the like
+            self.device_combo.addItem(device, device)
+            index = self.device_combo.count() - 1
+        self.device_combo.setCurrentIndex(index)
+        self.window_spin.setValue(settings.window)
+        self.stride_spin.setValue(settings.stride)
+        self.block_spin.setValue(settings.block)
+        self.batch_spin.setValue(settings.batch_size)
+        self._update_overlap()
+        self.refresh_models()
+
+    def restore_defaults(self) -> None:
+        self.set_settings(Settings())
+        self._show_problems([])
+
+    def validate(self) -> List[str]:
+        problems = self.settings().validate(check_files=True)
+        self._show_problems(problems)
+        return problems
+
+    def _show_problems(self, problems: List[str]) -> None:
+        self.errors_label.setText("\n".join("• " + p for p in problems))
+        self.errors_label.setVisible(bool(problems))
+
+    def accept(self) -> None:
+        """Save when every value is valid; otherwise list the problems and stay open."""
+        if self.validate():
+            return
+        settings = self.settings()
+        try:
+            core_settings.save_settings(settings, self.path)
+        except InputError as exc:
+            self._show_problems([str(exc)])
+            return
+        self.settingsSaved.emit(settings)
+        self._detach_task()
+        super().accept()
+
+    def reject(self) -> None:
+        self._detach_task()
+        super().reject()
+
+    def _update_overlap(self) -> None:
+        overlap = self.window_spin.value() - self.stride_spin.value()
+        if overlap < 0:
+            self.overlap_label.setText("none: the stride is larger than the window (gaps!)")
+        else:
+            share = 100.0 * overlap / max(1, self.window_spin.value())
+            self.overlap_label.setText(f"{overlap} px ({share:.0f} % of the window)")
+
+    # -- device -------------------------------------------------------------------------------
+    def _device_changed(self) -> None:
+        self.device_info_label.setText("")
+        if "torch" in sys.modules:
+            self.detect_device()
+
+    def detect_device(self) -> str:
+        name = self.device_combo.currentData() or "auto"
+        text = self.device_describer(name)
+        self.device_info_label.setText(text)
+        return text
+
+    # -- models -------------------------------------------------------------------------------
+    def _cache_settings(self) -> Settings:
+        current = self.settings()
+        return Settings(cache_dir=current.cache_dir, mirror_url=current.mirror_url)
+
+    def refresh_models(self) -> None:
+        selected = self.selected_model()
+        cache = self._cache_settings().effective_cache_dir()
+        self.model_tree.clear()
+        try:
+            entries = list_models()
+        except DrSegError as exc:
+            self.transfer_label.setText(str(exc))
+            return
+        for entry in entries:
+            item = QTreeWidgetItem([entry.name, entry.family.upper(), entry.size_text(),
+                                    cache_state(entry, cache), entry.good_for])
+            item.setData(0, Qt.ItemDataRole.UserRole, entry.name)
+            item.setToolTip(4, entry.good_for)
+            self.model_tree.addTopLevelItem(item)
+            if entry.name == selected:
+                item.setSelected(True)
+        for column in range(4):
+            self.model_tree.resizeColumnToContents(column)
+        self._update_model_buttons()
+
+    def selected_model(self) -> Optional[str]:
+        items = self.model_tree.selectedItems() if hasattr(self, "model_tree") else []
+        return items[0].data(0, Qt.ItemDataRole.UserRole) if items else None
+
+    def model_state(self, name: str) -> Optional[str]:
+        for index in range(self.model_tree.topLevelItemCount()):
+            item = self.model_tree.topLevelItem(index)
+            if item.data(0, Qt.ItemDataRole.UserRole) == name:
+                return item.text(COLUMN_STATE)
+        return None
+
+    def select_model(self, name: str) -> None:
+        for index in range(self.model_tree.topLevelItemCount()):
+            item = self.model_tree.topLevelItem(index)
+            item.setSelected(item.data(0, Qt.ItemDataRole.UserRole) == name)
+
+    def _update_model_buttons(self) -> None:
+        busy = self.task is not None
+        chosen = self.selected_model() is not None
+        self.download_button.setEnabled(chosen and not busy)
+        self.import_button.setEnabled(chosen and not busy)
+        self.cancel_transfer_button.setEnabled(busy)
+        self.refresh_button.setEnabled(not busy)
+
+    def download_selected(self) -> Optional[ModelTransferTask]:
+        name = self.selected_model()
+        if name is None or self.task is not None:
+            return None
+        download = self._download_module()
+        if download is None:
+            return None
+        settings = self._cache_settings()
+        mirror_problems = [p for p in settings.validate() if "Mirror" in p]
+        if mirror_problems:
+            self.transfer_label.setText(mirror_problems[0])
+            return None
+        cache, mirror = settings.effective_cache_dir(), settings.effective_mirror()
+
+        def work(progress, cancelled, status):
+            return download.download(name, cache, mirror=mirror, progress=progress,
+                                     cancelled=cancelled, status=status)
+
+        return self._start(f"DR-Seg: downloading {name}", work, f"Downloading {name}…",
+                           f"Download of {name}")
+
+    def import_selected(self, path: Optional[str] = None) -> Optional[ModelTransferTask]:
+        name = self.selected_model()
+        if name is None or self.task is not None:
+            return None
+        if path is None:
+            path, _ = QFileDialog.getOpenFileName(self, f"Import the checkpoint of {name}")
+            if not path:
+                return None
+        download = self._download_module()
+        if download is None:
+            return None
+        cache = self._cache_settings().effective_cache_dir()
+
+        def work(progress, cancelled, status):
+            return download.import_file(path, name, cache, cancelled=cancelled, status=status)
+
+        return self._start(f"DR-Seg: importing {name}", work, f"Verifying and importing {name}…",
+                           f"Import of {name}")
+
+    def _download_module(self):
+        try:
+            from . import engine
+
+            keep_out = getattr(engine, "keep_triton_out", None)
+            if keep_out is not None:
+                keep_out()
+            from ..core import download  # imports torch (the checkpoint checks need it)
+        except ImportError as exc:
+            self.transfer_label.setText("Downloading and verifying models needs torch, which is not "
+                                        f"installed ({exc}); install DR-Seg's Python packages first")
+            return None
+        return download
+
+    def _start(self, description: str, work, message: str, label: str) -> ModelTransferTask:
+        task = ModelTransferTask(description, work, on_finished=self._transfer_done, label=label)
+        task.progressChanged.connect(lambda value: self.transfer_progress.setValue(int(value)))
+        task.statusMessage.connect(self.transfer_label.setText)
+        self.task = task
+        self.transfer_progress.setValue(0)
+        self.transfer_progress.setVisible(True)
+        self.transfer_label.setText(message)
+        self._update_model_buttons()
+        QgsApplication.taskManager().addTask(task)
+        return task
+
+    def cancel_transfer(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            self.transfer_label.setText("Cancelling… (what arrived is kept; Download resumes it)")
+
+    def _transfer_done(self, task: ModelTransferTask) -> None:
+        if task is not self.task:
+            return
+        self.task = None
+        self.transfer_progress.setVisible(False)
+        if task.path and not task.was_cancelled:
+            self.transfer_label.setText(f"Done: {task.path}")
+        elif task.was_cancelled:
+            self.transfer_label.setText("Cancelled. Download again to resume where it stopped.")
+        else:
+            self.transfer_label.setText(f"{task.label} failed: {task.error or 'unknown error'}")
+        self.refresh_models()
+        self.transferFinished.emit(task)
+
+    def _detach_task(self) -> None:
+        """Closing the dialog cancels a running transfer; the task stays referenced until QGIS has
+        finished with it and no longer calls back into this dialog."""
+        task, self.task = self.task, None
+        if task is None:
+            return
+        task.on_finished = _forget_detached
+        _DETACHED_TASKS.append(task)
+        task.cancel()
+
+
+def _forget_detached(task) -> None:
+    if task in _DETACHED_TASKS:
+        _DETACHED_TASKS.remove(task)
+
+
+def cache_state(entry, cache_dir: str) -> str:
+    """'downloaded', 'partly downloaded' or 'not downloaded' for the list (cheap: no hashing)."""
+    try:
+        from ..core.download import cached_path
+
+        present = cached_path(entry, cache_dir) is not None
+    except ImportError:  # no torch: only look for the file
+        present = os.path.isfile(os.path.join(cache_dir, entry.file))
+    if present:
+        return STATE_DOWNLOADED
+    if os.path.isfile(os.path.join(cache_dir, entry.download_name + ".part")):  # download.PART_SUFFIX
+        return STATE_PARTIAL
+    return STATE_MISSING
+
+
+def _catalog_names(family: str) -> List[str]:
+    try:
+        return [entry.name for entry in list_models(family)]
+    except DrSegError:
+        return []
+
+
+def _set_combo_text(combo: QComboBox, value: str) -> None:
+    index = combo.findText(value)
+    if index >= 0:
+        combo.setCurrentIndex(index)
+    elif combo.isEditable():
+        combo.setEditText(value)
+    else:
+        combo.addItem(value)  # shown as it is; validation names the problem
+        combo.setCurrentIndex(combo.count() - 1)
+
+
+def _wrap(layout, parent) -> QWidget:
+    widget = QWidget(parent)
+    layout.setContentsMargins(0, 0, 0, 0)
+    widget.setLayout(layout)
+    return widget
