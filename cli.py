@@ -23,6 +23,7 @@ def _extent(text: str):
 
 def add_segment_parser(subparsers) -> None:
     from .core.device import DEVICE_CHOICES
+    from .core.model_cache import DINO_MODELS
     from .core.segment import DEFAULT_THRESHOLD
 
     p = subparsers.add_parser("segment", help="open-vocabulary segmentation of a raster into classes",
@@ -37,6 +38,19 @@ def add_segment_parser(subparsers) -> None:
     p.add_argument("--clip-weights", default="openai",
                    help="open_clip pretrained tag (downloaded on first use) or checkpoint file")
     p.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    p.add_argument("--method", default="auto", choices=["auto", "drseg", "clip"],
+                   help="drseg: dense CLIP rectified with DINO structure; clip: plain dense CLIP; "
+                        "auto (default): drseg when DINO weights are set up")
+    p.add_argument("--dino-model", default="dino_vitb8", choices=sorted(DINO_MODELS))
+    p.add_argument("--dino-weights", help="DINO checkpoint file or catalog name "
+                                           "(default: the downloaded catalog checkpoint, if any)")
+    p.add_argument("--semantic-ratio", type=float, default=0.3,
+                   help="share of CLIP channels kept as semantic (DR-Seg ρ)")
+    p.add_argument("--graph-k", type=int, default=8, help="neighbours per token in the DINO graph")
+    p.add_argument("--no-decouple", action="store_true", help="rectify all channels (ablation)")
+    p.add_argument("--no-rectify", action="store_true", help="skip graph rectification (ablation)")
+    p.add_argument("--no-fusion", action="store_true",
+                   help="use the rectified branch alone instead of uncertainty-guided fusion")
     p.add_argument("--bands", help="band numbers, 1 (grey) or 3 (RGB), e.g. 4,3,2; default: RGB")
     p.add_argument("--extent", type=_extent, help="xmin,ymin,xmax,ymax in the raster's CRS")
     p.add_argument("--resolution", type=float, help="working pixel size in metres (default: native)")
@@ -61,11 +75,16 @@ def run_segment_command(args) -> int:
         bands=parse_bands(args.bands), extent=args.extent, resolution=args.resolution,
         threshold=args.threshold, clip_model=args.clip_model, clip_weights=args.clip_weights,
         device=args.device, window=args.window, stride=args.stride, simplify=args.simplify,
-        min_area=args.min_area)
+        min_area=args.min_area, method=args.method, dino_model=args.dino_model,
+        dino_weights=args.dino_weights, semantic_ratio=args.semantic_ratio, graph_k=args.graph_k,
+        decouple=not args.no_decouple, rectify=not args.no_rectify, fusion=not args.no_fusion)
     with ProgressBar(args.quiet) as bar:
         result = run_segmentation(request, progress=bar.update)
     t = result.timings
-    print(f"{result.width}×{result.height} px on {result.device}: {result.polygon_count} polygons; "
+    if result.note:
+        print(f"note: {result.note}")
+    print(f"{result.width}×{result.height} px, {result.method} on {result.device}: "
+          f"{result.polygon_count} polygons; "
           f"read {t.read:.1f}s, model {t.model:.1f}s, stitch {t.stitch:.1f}s, "
           f"vectorize {t.vectorize:.1f}s")
     for name, pixels in result.class_pixels.items():
@@ -119,6 +138,13 @@ def _add_optional_commands(subparsers) -> None:
     else:
         add_models_parser(subparsers)
         subparsers.choices["models"].set_defaults(run=run_models_command)
+    try:
+        from .core.refer.cli import add_refer_parser, run_refer_command
+    except ImportError:
+        pass
+    else:
+        add_refer_parser(subparsers)
+        subparsers.choices["refer"].set_defaults(run=run_refer_command)
     try:
         from .core.array_segment import engine_options
         from .core.evaluate_cli import add_evaluate_parser, run_evaluate_command

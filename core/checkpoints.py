@@ -11,6 +11,7 @@ wrongly shaped keys into one short `ModelError`.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import pickle
 import pickletools
@@ -178,7 +179,10 @@ def _torch_load(path: str):
         with warnings.catch_warnings():
             # torch warns about pickle protocols it may not support; the outcome is reported below
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return torch.load(path, map_location="cpu", weights_only=True)
+            # DINO's released checkpoints keep their training arguments as an argparse.Namespace:
+            # plain data, allowed; anything else that is not a tensor or container is refused.
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if _is_torchscript(path):
             raise ModelError(f"Checkpoint '{path}' is a TorchScript archive, which can run code; "

@@ -51,7 +51,8 @@ class PolygonLayerWriter:
         feature = ogr.Feature(self._defn)
         for name, value in attributes.items():
             feature.SetField(name, value)
-        feature.SetGeometry(ogr.CreateGeometryFromWkb(shapely.to_wkb(geometry)))
+        # 2-D WKB explicitly: inside QGIS, its older GEOS may answer shapely and default otherwise.
+        feature.SetGeometry(ogr.CreateGeometryFromWkb(shapely.to_wkb(geometry, output_dimension=2)))
         self._layer.CreateFeature(feature)
         self.count += 1
 

@@ -43,6 +43,14 @@ class SegmentationRequest:
     threshold: float = DEFAULT_THRESHOLD   # below this top probability a pixel is background
     clip_model: str = "ViT-B-16"
     clip_weights: str = "openai"
+    method: str = "auto"                   # 'drseg', 'clip', or 'auto' (DR-Seg when DINO is set up)
+    dino_model: str = "dino_vitb8"
+    dino_weights: Optional[str] = None     # file or catalog name; None: the downloaded default
+    semantic_ratio: float = 0.3
+    graph_k: int = 8
+    decouple: bool = True
+    rectify: bool = True
+    fusion: bool = True
     device: str = "auto"
     window: int = 224
     stride: int = 112
@@ -66,6 +74,8 @@ class SegmentationResult:
     crs_wkt: str
     device: str
     timings: Timings = field(default_factory=Timings)
+    method: str = "custom"
+    note: str = ""
 
     def colour(self, name: str):
         return class_colour(name)
@@ -91,16 +101,10 @@ def run_segmentation(request: SegmentationRequest, scorer=None, progress=None, c
 
     with RasterReader(request.raster, request.bands, request.extent, request.resolution) as reader:
         monitor.report(0.0, "Loading models")
-        device_name = "custom"
+        device_name, method, note = "custom", "custom", ""
         if scorer is None:
-            from .model_cache import dense_clip_scorer
-            def downloading(done, total):
-                monitor.report(0.0, f"Downloading CLIP weights: {done / 2 ** 20:.0f}"
-                                    + (f" of {total / 2 ** 20:.0f} MB" if total else " MB"))
-
-            scorer = dense_clip_scorer(request.clip_model, request.clip_weights, request.device,
-                                       download_progress=downloading)
-            device_name = str(scorer.device)
+            scorer, method, note = build_scorer(request, monitor)
+            device_name = str(getattr(scorer, "device", None) or scorer.clip.device)
         queries, owner = flatten_queries(classes)
         started = time.perf_counter()
         scorer.set_queries(queries)
@@ -114,8 +118,38 @@ def run_segmentation(request: SegmentationRequest, scorer=None, progress=None, c
             result = _run(request, reader, segmenter, classes, work, out_vector, out_raster, monitor)
         finally:
             work.cleanup()
-        result.device = device_name
+        result.device, result.method, result.note = device_name, method, note
         return result
+
+
+def build_scorer(request: SegmentationRequest, monitor: RunMonitor):
+    """-> (scorer, method used, note for the user) for the request's method and models."""
+    from .model_cache import drseg_scorer, dense_clip_scorer, resolve_dino_weights
+
+    if request.method not in ("auto", "drseg", "clip"):
+        raise InputError(f"Unknown method '{request.method}'; choose drseg, clip or auto")
+
+    def downloading(done, total):
+        monitor.report(0.0, f"Downloading CLIP weights: {done / 2 ** 20:.0f}"
+                            + (f" of {total / 2 ** 20:.0f} MB" if total else " MB"))
+
+    dino_path = None
+    if request.method != "clip":
+        dino_path = resolve_dino_weights(request.dino_model, request.dino_weights)
+        if dino_path is None and request.method == "drseg":
+            raise InputError(f"DR-Seg needs DINO weights for {request.dino_model}: download them "
+                             "with `python -m drseg models download <name>` or give a file "
+                             "(--dino-weights PATH), or choose the plain dense CLIP method")
+    if dino_path is None:
+        note = ("Plain dense CLIP: no DINO weights are set up, so DR-Seg's structure rectification "
+                "was skipped" if request.method == "auto" else "")
+        return (dense_clip_scorer(request.clip_model, request.clip_weights, request.device,
+                                  download_progress=downloading), "clip", note)
+    scorer = drseg_scorer(request.clip_model, request.clip_weights, request.dino_model, dino_path,
+                          request.device, download_progress=downloading,
+                          decouple=request.decouple, rectify=request.rectify, fusion=request.fusion,
+                          semantic_ratio=request.semantic_ratio, graph_k=request.graph_k)
+    return scorer, "drseg", ""
 
 
 def _run(request, reader, segmenter, classes, work, out_vector, out_raster, monitor):

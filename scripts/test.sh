@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh --dev
 export QT_QPA_PLATFORM=offscreen
-exec .venv/bin/python -m pytest -q tests "$@"
+# -P: the repository root stays off sys.path, so its processing/ never hides QGIS's own.
+exec .venv/bin/python -P -m pytest -q tests "$@"

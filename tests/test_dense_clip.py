@@ -179,3 +179,58 @@ def test_catalog_weights_download_verify_and_load(monkeypatch, tmp_path, tiny_cl
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value)
         assert torch.equal(loaded_again.state_dict()[key], value)
+
+
+def test_drseg_method_end_to_end_with_tiny_clip_and_dino(tmp_path, tiny_clip, monkeypatch):
+    """DR-Seg through the engine's request path: a tiny DINO checkpoint of the real timm
+    architecture, the modules switched by the request, output on the input's grid."""
+    from drseg.core import model_cache
+    from drseg.core.drseg.dino import make_dino
+
+    _, _, config = tiny_clip
+    dino = make_dino("dino_vits8", tiny=True)
+    weights = tmp_path / "dino.pth"
+    torch.save(dino.model.state_dict(), weights)
+    built = []
+    real_load = model_cache.dino_backbone
+
+    def tiny_dino(name, path, device="auto"):
+        from drseg.core.drseg.dino import load_dino
+        built.append((name, path))
+        return load_dino(name, path, tiny=True)
+
+    monkeypatch.setattr(model_cache, "dino_backbone", tiny_dino)
+    data = np.random.default_rng(2).integers(0, 255, (3, 130, 170), dtype=np.uint8)
+    path = write_raster(tmp_path / "in.tif", data, crs="EPSG:3857")
+    outputs = {}
+    for name, flags in {"full": {}, "no_rectify": {"rectify": False}}.items():
+        result = run_segmentation(SegmentationRequest(
+            raster=path, classes="building; water; tree", out_raster=str(tmp_path / f"{name}.tif"),
+            clip_model=config, clip_weights="random", device="cpu", method="drseg",
+            dino_model="dino_vits8", dino_weights=str(weights), **flags))
+        assert result.method == "drseg" and result.note == ""
+        with rasterio.open(result.raster_path) as out:
+            assert (out.width, out.height, out.crs.to_epsg()) == (170, 130, 3857)
+            outputs[name] = out.read(1)
+    assert built and built[0] == ("dino_vits8", str(weights))
+    # Without rectification DR-Seg is plain dense CLIP: same map as the 'clip' method.
+    plain = run_segmentation(SegmentationRequest(
+        raster=path, classes="building; water; tree", out_raster=str(tmp_path / "clip.tif"),
+        clip_model=config, clip_weights="random", device="cpu", method="clip"))
+    with rasterio.open(plain.raster_path) as out:
+        assert np.array_equal(out.read(1), outputs["no_rectify"])
+    assert plain.method == "clip"
+
+
+def test_drseg_without_dino_weights(tmp_path, tiny_clip, monkeypatch):
+    monkeypatch.setenv("DRSEG_CACHE_DIR", str(tmp_path / "empty-cache"))
+    _, _, config = tiny_clip
+    path = write_raster(tmp_path / "in.tif", np.full((3, 40, 40), 90, np.uint8))
+    request = dict(raster=path, classes="water; road", out_raster=str(tmp_path / "o.tif"),
+                   clip_model=config, clip_weights="random", device="cpu")
+    with pytest.raises(InputError, match="DR-Seg needs DINO weights"):
+        run_segmentation(SegmentationRequest(method="drseg", **request))
+    result = run_segmentation(SegmentationRequest(method="auto", **request))
+    assert result.method == "clip" and "no DINO weights" in result.note
+    with pytest.raises(ModelError, match="not in the model cache"):
+        run_segmentation(SegmentationRequest(method="drseg", dino_weights="dino-vit-s8", **request))
