@@ -8,7 +8,7 @@ import pytest
 import rasterio
 import torch
 
-from conftest import ColourOracleScorer
+from conftest import TINY_CLIP_CONFIG, ColourOracleScorer
 from drseg.core import device as dev
 from drseg.core.errors import InputError, ModelError
 from drseg.core.raster_io import RasterReader
@@ -90,6 +90,7 @@ def test_device_choices_still_offered():
     assert dev.DEVICE_CHOICES[:3] == ("auto", "cpu", "cuda")
 
 
+@pytest.mark.filterwarnings("ignore:CUDA is not available")
 def test_autocast_is_float16_on_cuda_only():
     ctx = dev.autocast_context(torch.device("cuda"))
     assert isinstance(ctx, torch.autocast) and ctx.fast_dtype == torch.float16 and ctx.device == "cuda"
@@ -98,6 +99,37 @@ def test_autocast_is_float16_on_cuda_only():
         with dev.autocast_context(torch.device(name)):
             assert not torch.is_autocast_enabled()
             assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+
+
+def test_dense_clip_encodes_images_under_autocast_and_returns_float32(tmp_path, monkeypatch):
+    """The image encoder runs inside autocast_context(device); under reduced precision (bfloat16
+    autocast on the CPU stands in for float16 on CUDA) the logits stay float32 and close."""
+    import json
+
+    from drseg.core import dense_clip
+    from drseg.core.clip_models import load_clip
+
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(TINY_CLIP_CONFIG))
+    torch.manual_seed(0)
+    model, tokenizer = load_clip(str(config), "random")
+    clip = dense_clip.DenseClip(model, tokenizer, torch.device("cpu"), templates=["{}"])
+    clip.set_queries(["water", "road"])
+    images = np.random.default_rng(0).integers(0, 255, (2, 3, 224, 224), dtype=np.uint8)
+    reference = clip.score_windows(images)
+
+    used = []
+
+    def reduced(device, enabled=True):
+        used.append(device)
+        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
+
+    monkeypatch.setattr(dense_clip, "autocast_context", reduced)
+    low = clip.score_windows(images)
+    assert used == [torch.device("cpu")]
+    assert low.dtype == np.float32 and low.shape == reference.shape
+    assert not np.array_equal(low, reference)                  # reduced precision really ran
+    np.testing.assert_allclose(low, reference, atol=0.05)
 
 
 # ----------------------------------------------------------------------------- OOM retry
