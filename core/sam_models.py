@@ -1,0 +1,150 @@
+"""Building segment_anything (SAM v1) models and loading their weights safely.
+
+    sam = load_sam("vit_b", "sam-vit-b")          # catalog name: cached, or downloaded once
+    sam = load_sam("vit_l", "/data/sam_vit_l_0b3195.pth")
+    sam = sam_model("vit_b", None, "auto")        # the same, shared by later runs of the process
+
+The model is built with `sam_model_registry[model_type](checkpoint=None)` (segment_anything's own
+loader calls `torch.load` without `weights_only`, which can run code from a pickle) and the weights
+go in through `checkpoints.load_state_dict` + `load_into`, which refuse code-running pickles,
+recognise damaged files and name the architecture a wrong checkpoint does not fit.
+
+weights: a checkpoint file (.pth state dict or .safetensors), a catalog name ('sam-vit-b', see
+`python -m drseg models list`), None (the catalog checkpoint of `model_type`), or 'random'
+(untrained weights: tests and speed measurements only).
+"""
+from __future__ import annotations
+
+import os
+import socket
+from typing import Callable, Dict, Optional, Union
+from urllib.parse import urlparse
+
+import torch
+
+from .checkpoints import load_into, load_state_dict
+from .errors import InputError, ModelError
+
+SAM_TYPES = ("vit_b", "vit_l", "vit_h")
+DEFAULT_SAM_TYPE = "vit_b"
+RANDOM_WEIGHTS = "random"
+# The catalog checkpoint used when only the architecture is given.
+CATALOG_FOR_TYPE = {"vit_b": "sam-vit-b", "vit_l": "sam-vit-l", "vit_h": "sam-vit-h"}
+
+_EXTRA_ARCHITECTURES: Dict[str, Callable[[], torch.nn.Module]] = {}
+
+
+def register_sam_architecture(name: str, build: Callable[[], torch.nn.Module]) -> None:
+    """Make `name` a model_type built by `build()` (a `segment_anything.modeling.Sam` with random
+    weights). For tests (tiny models of the real architecture) and company-specific variants."""
+    _EXTRA_ARCHITECTURES[str(name)] = build
+
+
+def sam_architectures() -> Dict[str, Callable[[], torch.nn.Module]]:
+    from segment_anything import sam_model_registry
+
+    builders = {name: (lambda build=build: build(checkpoint=None))
+                for name, build in sam_model_registry.items() if name != "default"}
+    builders.update(_EXTRA_ARCHITECTURES)
+    return builders
+
+
+def load_sam(model_type: Optional[str] = DEFAULT_SAM_TYPE, weights: Optional[str] = None,
+             device: Union[str, torch.device] = "cpu", cache_dir: Optional[str] = None,
+             progress=None) -> torch.nn.Module:
+    """-> segment_anything `Sam` in eval mode on `device` with `weights` loaded.
+
+    model_type: 'vit_b', 'vit_l' or 'vit_h' (None: the architecture of the catalog weights).
+    Weights are resolved (and, for catalog names, downloaded when reachable) *before* the model
+    is built, so a missing file fails at once. progress(bytes_done, bytes_total) follows a download.
+    """
+    from .device import resolve_device
+
+    torch_device = device if isinstance(device, torch.device) else resolve_device(device)
+    model_type, path = resolve_sam_weights(model_type, weights, cache_dir, progress)
+    builders = sam_architectures()
+    model = builders[model_type]()
+    if path != RANDOM_WEIGHTS:
+        state = load_state_dict(path)
+        load_into(model, state, f"SAM {model_type} ('{os.path.basename(str(path))}')")
+    return model.to(torch_device).eval()
+
+
+def resolve_sam_weights(model_type: Optional[str], weights: Optional[str],
+                        cache_dir: Optional[str] = None, progress=None):
+    """-> (model_type, checkpoint path or 'random'); raises InputError / ModelError with advice."""
+    builders = sam_architectures()
+    if model_type is not None:
+        model_type = str(model_type).strip().lower().replace("-", "_")
+        if model_type not in builders:
+            raise InputError(f"Unknown SAM model '{model_type}'; choose one of {', '.join(SAM_TYPES)}")
+    if weights is not None and str(weights).strip() == "":
+        weights = None
+    if weights == RANDOM_WEIGHTS:
+        return model_type or DEFAULT_SAM_TYPE, RANDOM_WEIGHTS
+    if weights is not None and os.path.isfile(os.fspath(weights)):
+        return model_type or DEFAULT_SAM_TYPE, os.fspath(weights)
+    entry = _catalog_entry(model_type, weights)
+    if model_type is not None and entry.architecture != model_type:
+        raise InputError(f"The SAM weights '{entry.name}' are for {entry.architecture}, not "
+                         f"{model_type}; choose --sam-model {entry.architecture} or other weights")
+    return entry.architecture, _catalog_file(entry, cache_dir, progress)
+
+
+def _catalog_entry(model_type: Optional[str], weights: Optional[str]):
+    from .catalog import list_models
+
+    entries = {entry.name.lower(): entry for entry in list_models("sam")}
+    if weights is None:
+        name = CATALOG_FOR_TYPE.get(model_type or DEFAULT_SAM_TYPE)
+        if name is None:
+            raise InputError(f"SAM model '{model_type}' has no catalog checkpoint; give a weights "
+                             "file with --sam-weights PATH")
+        return entries[name]
+    wanted = str(weights).strip().lower()
+    if wanted in entries:
+        return entries[wanted]
+    if wanted.endswith((".pth", ".pt", ".bin", ".safetensors")) or os.sep in wanted or "/" in wanted:
+        raise ModelError(f"SAM weights file not found: '{weights}'")
+    raise InputError(f"'{weights}' is neither a SAM weights file nor a catalog name "
+                     f"({', '.join(sorted(entries))})")
+
+
+def _catalog_file(entry, cache_dir, progress) -> str:
+    from . import download as dl
+
+    path = dl.cached_path(entry, cache_dir)
+    if path:
+        return path
+    url = dl.source_url(entry)
+    parts = urlparse(url)
+    host = parts.hostname or ""
+    if host and not _reachable(host, parts.port or (80 if parts.scheme == "http" else 443)):
+        raise ModelError(
+            f"The SAM weights '{entry.name}' ({entry.size_text()}) are not in the model cache and "
+            f"{host} cannot be reached (no network?). On a connected machine run `python -m drseg "
+            f"models download {entry.name}`, or download {url} and run `python -m drseg models "
+            f"import {entry.name} FILE`, or pass the file with --sam-weights PATH "
+            "(QGIS: the 'SAM weights' field)")
+    return dl.download(entry, cache_dir, progress=progress)
+
+
+def _reachable(host: str, port: int = 443, timeout: float = 5.0) -> bool:
+    """A quick check, so an offline machine gets the message at once rather than after retries."""
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def sam_model(model_type: Optional[str] = DEFAULT_SAM_TYPE, weights: Optional[str] = None,
+              device: str = "auto", download_progress=None) -> torch.nn.Module:
+    """`load_sam` through the process-wide model cache (one load per process and device)."""
+    from .device import resolve_device
+    from .model_cache import cached
+
+    torch_device = resolve_device(device) if not isinstance(device, torch.device) else device
+    key_type, path = resolve_sam_weights(model_type, weights, None, download_progress)
+    return cached(("sam", key_type, str(path), str(torch_device)),
+                  lambda: load_sam(key_type, path, torch_device))
