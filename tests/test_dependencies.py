@@ -1,7 +1,7 @@
 """Which packages are missing, where they go, which Python runs pip, and the exact pip command."""
 from __future__ import annotations
 
-import importlib.util
+import importlib.metadata
 import os
 import subprocess
 import sys
@@ -10,7 +10,7 @@ import types
 import pytest
 
 from drseg.core import dependencies as deps
-from drseg.core.dependencies import CPU_INDEX_URL, InstallPlan, Requirement, TorchBuild
+from drseg.core.dependencies import CPU_INDEX_URL, Requirement, TorchBuild
 
 
 # ----------------------------------------------------------------------------- QGIS's Python

@@ -3,7 +3,6 @@ the GUI is never blocked, success / failure / cancel are reported. No network.""
 from __future__ import annotations
 
 import json
-import os
 import sys
 import textwrap
 import time

@@ -2,7 +2,6 @@
 check; the model list with cached state, a download from a file:// mirror and an import."""
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
