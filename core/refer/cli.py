@@ -1,0 +1,114 @@
+"""`python -m drseg refer RASTER --expression TEXT [--expression TEXT ...] --out out.gpkg`.
+
+The main command line adds the command with `add_refer_parser(subparsers)` and runs it with
+`run_refer_command(args)`. Every expression goes into one GeoPackage layer (field `expression`);
+the timings printed per expression show what the cache saves: the first expression on an area
+runs both image encoders, the next ones reuse them.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _extent(text: str):
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError("extent must be xmin,ymin,xmax,ymax")
+    return values
+
+
+def add_refer_parser(subparsers) -> argparse.ArgumentParser:
+    from ..device import DEVICE_CHOICES
+    from ..sam_models import SAM_TYPES
+    from .run import DEFAULT_MAX_SIZE, DEFAULT_TILE_SIZE
+
+    p = subparsers.add_parser(
+        "refer", help="referring segmentation: the object(s) an expression names, as polygons",
+        description="Find what each --expression refers to in RASTER ('the largest pond north of "
+                    "the road', 'all the storage tanks') and write polygons with fields "
+                    "expression, score and area_m2 to one GeoPackage layer.")
+    p.add_argument("raster", help="input raster (GeoTIFF or any GDAL format)")
+    p.add_argument("--expression", "-e", action="append", required=True, metavar="TEXT",
+                   help="a referring expression; repeat for several")
+    p.add_argument("--out", required=True, help="output GeoPackage (.gpkg)")
+    p.add_argument("--sam-model", default="vit_b", choices=SAM_TYPES, help="SAM architecture")
+    p.add_argument("--sam-weights",
+                   help="SAM checkpoint file or catalog name (default: the catalog's checkpoint "
+                        "of --sam-model, e.g. sam-vit-b; see 'models list')")
+    p.add_argument("--clip-model", default="ViT-B-16", help="open_clip model name or JSON config")
+    p.add_argument("--clip-weights", default="openai",
+                   help="open_clip pretrained tag, catalog name or checkpoint file")
+    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    p.add_argument("--bands", help="band numbers, 1 (grey) or 3 (RGB), e.g. 4,3,2; default: RGB")
+    p.add_argument("--extent", type=_extent, help="xmin,ymin,xmax,ymax in the raster's CRS")
+    p.add_argument("--resolution", type=float,
+                   help="working pixel size in metres (default: native, reduced so the long "
+                        "side is at most --max-size)")
+    p.add_argument("--max-size", type=int, default=DEFAULT_MAX_SIZE,
+                   help=f"longest side of the working area in pixels without --resolution "
+                        f"(default {DEFAULT_MAX_SIZE}; 0: native resolution, tiled)")
+    p.add_argument("--tile-size", type=int, default=DEFAULT_TILE_SIZE,
+                   help="areas larger than this (working pixels) are tiled")
+    p.add_argument("--threshold", type=float, default=0.0,
+                   help="drop results whose score is below this")
+    p.add_argument("--simplify", type=float, default=0.0, help="polygon simplification, in pixels")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run_refer_command)
+    return p
+
+
+def run_refer_command(args) -> int:
+    from ..raster_io import parse_bands
+    from .run import ReferringRequest, run_referring
+
+    request = ReferringRequest(
+        raster=args.raster, expressions=list(args.expression), out_vector=args.out,
+        extent=args.extent, resolution=args.resolution, max_size=args.max_size or None,
+        bands=parse_bands(args.bands), sam_model=args.sam_model, sam_weights=args.sam_weights,
+        clip_model=args.clip_model, clip_weights=args.clip_weights, device=args.device,
+        threshold=args.threshold, tile_size=args.tile_size, simplify=args.simplify)
+    with _ProgressBar(args.quiet) as bar:
+        result = run_referring(request, progress=bar.update)
+    print(f"{result.width}×{result.height} px ({result.resolution_m:.3g} m/px) in {result.tiles} "
+          f"tile(s) on {result.device}; models ready in {result.model_seconds:.1f}s")
+    for item in result.expressions:
+        t = item.timing
+        kind = "cached" if t.cached else "first"
+        found = (f"{item.polygon_count} polygon(s), best score {max(item.scores):.3f}"
+                 if item.scores else "nothing found")
+        print(f"  '{item.expression}': {found}; {t.total:.2f}s {kind} "
+              f"(CLIP encode {t.clip_encode:.2f}s, SAM encode {t.sam_encode:.2f}s, "
+              f"prompting+decoding+selection {t.prompting:.2f}s, vectorize {t.vectorize:.2f}s)")
+    print(f"wrote {result.vector_path}")
+    return 0
+
+
+class _ProgressBar:
+    """tqdm bar fed by the engine's (fraction, message) callback; created on first progress."""
+
+    def __init__(self, quiet: bool = False):
+        self._quiet = quiet
+        self._bar = None
+
+    def __enter__(self):
+        return self
+
+    def update(self, fraction: float, message: str) -> None:
+        if self._bar is None and not self._quiet:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=100, unit="%", file=sys.stderr,
+                             bar_format="{l_bar}{bar}| {elapsed}<{remaining}")
+        if self._bar is not None:
+            self._bar.set_description_str(message[:40])
+            self._bar.n = round(fraction * 100, 1)
+            self._bar.refresh()
+
+    def __exit__(self, *exc):
+        if self._bar is not None:
+            self._bar.close()
+

@@ -1,0 +1,476 @@
+"""Referring segmentation of one area: CLIP localises, SAM delineates, selection decides.
+
+    session = ReferringSession(image, sam, Localizer(dense_clip), valid=valid,
+                               transform=grid.transform, crs=grid.crs)
+    results = session.query("the largest pond north of the road")   # encoders run here
+    results = session.query("all the storage tanks")                 # both encoders skipped
+    better = session.refine(results[0], positive_points=[(120, 48)], negative_points=[(90, 60)])
+    geometry = session.to_geometry(better)                            # shapely, in `crs`
+
+A session belongs to one area image (H×W×3 uint8, the working grid of a raster window). The SAM
+image embedding (``SamPredictor.set_image``) and the dense CLIP features are computed at the first
+query and kept, so later queries and refinements only run text encoding (cached per phrase), the
+similarity maps, SAM's prompt encoder and mask decoder and CLIP on the candidates' crops.
+``sam_encoder_calls`` and ``clip_encoder_calls`` count the two image encoders.
+
+A query: parse -> activation map (``localize.py``) -> prompts (``prompts.py``: peak points,
+low points, a box, the activation as SAM's dense prompt; one prompt set per activated blob for
+plural or ordered expressions) -> SAM multimask candidates -> CLIP region scores -> selection
+with the expression's modifiers (``select.py``; relation references are localised too and
+thresholded into reference masks). Sessions are shared through a small LRU
+(:data:`SESSIONS`), keyed by raster, area, resolution and models.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from typing import Callable, Dict, Hashable, List, Optional, Tuple, Union
+
+import numpy as np
+
+from ..errors import InputError
+from .parse import ParsedExpression, parse_expression
+from .prompts import build_prompts, instance_prompts, threshold_region
+from .sam_frames import SamFrame, corner_to_index, mask_input_from_activation
+from .select import Candidate, SelectionWeights, select_candidates
+
+
+@dataclass(frozen=True)
+class ReferringSettings:
+    """n_positive / n_negative: prompt points; prompt_threshold: share of the activation's range
+    that counts as the target region (points, box, dense prompt); max_instances: prompt sets for
+    plural/ordered expressions; reference_threshold: the same for relation references;
+    max_mask_fraction: candidates covering more of the valid area are background and dropped;
+    duplicate_iou: candidates this similar are scored once; region_scores: CLIP crops on/off."""
+
+    n_positive: int = 3
+    n_negative: int = 2
+    prompt_threshold: float = 0.5
+    negative_threshold: float = 0.2
+    max_instances: int = 8
+    reference_threshold: float = 0.5
+    max_mask_fraction: float = 0.9
+    min_mask_pixels: int = 4
+    duplicate_iou: float = 0.95
+    region_scores: bool = True
+    weights: SelectionWeights = field(default_factory=SelectionWeights)
+
+
+@dataclass
+class ReferringResult:
+    """One object an expression refers to, in the session's area pixels.
+
+    ``mask`` H×W bool; ``score`` in [0, 1] (target × modifiers, see ``select.py``); ``terms``
+    every score term; ``points``/``labels``/``box`` the SAM prompts that produced it (area pixel
+    index coordinates, x then y), ``low_res`` SAM's 1×256×256 logits of it (for refinement)."""
+
+    mask: np.ndarray
+    score: float
+    expression: str
+    target_score: float = 0.0
+    modifier_score: float = 1.0
+    terms: Dict[str, float] = field(default_factory=dict)
+    source: str = ""
+    component: Optional[int] = None
+    points: Optional[np.ndarray] = None
+    labels: Optional[np.ndarray] = None
+    box: Optional[np.ndarray] = None
+    low_res: Optional[np.ndarray] = None
+
+    @property
+    def pixels(self) -> int:
+        return int(np.count_nonzero(self.mask))
+
+
+@dataclass
+class QueryTimings:
+    """Seconds spent in one query. ``cached``: no image encoder ran during it."""
+
+    clip_encode: float = 0.0
+    sam_encode: float = 0.0
+    localize: float = 0.0      # text encoding (cached per phrase) and activation maps
+    decode: float = 0.0        # prompts and SAM decoding
+    region: float = 0.0        # CLIP region scores on candidate crops
+    select: float = 0.0
+    total: float = 0.0
+    candidates: int = 0
+    cached: bool = False
+
+    @property
+    def prompting(self) -> float:
+        """Everything after the encoders: maps, prompts, decoding, region scores, selection."""
+        return self.localize + self.decode + self.region + self.select
+
+    def as_dict(self) -> Dict[str, float]:
+        data = dict(self.__dict__)
+        data["prompting"] = self.prompting
+        return data
+
+
+@dataclass
+class _Prompted:
+    points: Optional[np.ndarray]
+    labels: Optional[np.ndarray]
+    box: Optional[np.ndarray]
+    low_res: Optional[np.ndarray]
+
+
+def make_predictor(sam):
+    """A segment_anything ``Sam`` -> a new ``SamPredictor``; a predictor-like object (with
+    ``set_image`` and ``predict``) is used as is; any other callable is a factory."""
+    import torch
+
+    if isinstance(sam, torch.nn.Module):
+        from segment_anything import SamPredictor
+
+        return SamPredictor(sam)
+    if hasattr(sam, "set_image") and hasattr(sam, "predict"):
+        return sam
+    if callable(sam):
+        return sam()
+    raise TypeError(f"Expected a SAM model or predictor, got {type(sam).__name__}")
+
+
+def _as_hwc(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[0] == 3 and image.shape[2] != 3:
+        image = image.transpose(1, 2, 0)            # rasterio's (3, H, W)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise InputError(f"The area image must be H×W×3, got shape {image.shape}.")
+    if image.dtype != np.uint8:
+        raise InputError(f"The area image must be uint8, got {image.dtype}.")
+    return np.ascontiguousarray(image)
+
+
+def _points(points) -> np.ndarray:
+    if points is None:
+        return np.zeros((0, 2))
+    arr = np.asarray(points, dtype=np.float64)
+    if arr.size == 0:
+        return np.zeros((0, 2))
+    arr = arr.reshape(-1, 2) if arr.ndim == 1 else arr
+    if arr.ndim != 2 or arr.shape[1] != 2:
+        raise InputError(f"Clicks must be (x, y) pairs, got an array of shape {arr.shape}.")
+    return arr
+
+
+class ReferringSession:
+    """Referring queries on one area with cached encoders (module doc).
+
+    image: H×W×3 uint8 (a (3, H, W) array is transposed); sam: a segment_anything ``Sam``, a
+    predictor-like object or a factory of one (see :func:`make_predictor`); localizer: a
+    ``Localizer`` or any object with ``encode(image, valid)``, ``localize(features, parsed)``,
+    ``phrase_activation(features, phrase)`` and optionally ``region_scores(image, masks,
+    parsed)``; valid: H×W bool (False = nodata; masks never cover it); transform/crs: the area's
+    georeferencing (rasterio Affine and CRS) for :meth:`to_geometry` and :meth:`pixel_of`.
+    """
+
+    def __init__(self, image: np.ndarray, sam, localizer, *, valid: Optional[np.ndarray] = None,
+                 transform=None, crs=None, settings: Optional[ReferringSettings] = None):
+        self.image = _as_hwc(image)
+        self.height, self.width = self.image.shape[:2]
+        if valid is None:
+            valid = np.ones((self.height, self.width), bool)
+        self.valid = np.asarray(valid, bool)
+        if self.valid.shape != (self.height, self.width):
+            raise InputError(f"The validity mask is {self.valid.shape}, the image "
+                             f"{(self.height, self.width)}.")
+        self.predictor = make_predictor(sam)
+        self.localizer = localizer
+        self.transform = transform
+        self.crs = crs
+        self.settings = settings or ReferringSettings()
+        self.frame = SamFrame(self.height, self.width)
+        self.sam_encoder_calls = 0
+        self.clip_encoder_calls = 0
+        self.decoder_calls = 0
+        self.queries = 0
+        self.refinements = 0
+        self.last_timings: Optional[QueryTimings] = None
+        self.last_activation: Optional[np.ndarray] = None
+        self._features = None
+        self._sam_ready = False
+        self._lock = threading.RLock()
+
+    # -- encoders (once per session) ----------------------------------------------------------
+    def _clip_features(self, timings: Optional[QueryTimings] = None):
+        if self._features is None:
+            started = time.perf_counter()
+            self._features = self.localizer.encode(self.image, self.valid)
+            self.clip_encoder_calls += 1
+            if timings is not None:
+                timings.clip_encode += time.perf_counter() - started
+        return self._features
+
+    def _sam_embedding(self, timings: Optional[QueryTimings] = None) -> None:
+        if not self._sam_ready:
+            started = time.perf_counter()
+            self.predictor.set_image(self.image)
+            self.sam_encoder_calls += 1
+            self._sam_ready = True
+            if timings is not None:
+                timings.sam_encode += time.perf_counter() - started
+
+    def prepare(self) -> "ReferringSession":
+        """Run both image encoders now (e.g. while the user is still typing)."""
+        with self._lock:
+            self._clip_features()
+            self._sam_embedding()
+        return self
+
+    @property
+    def encoded(self) -> bool:
+        return self._features is not None and self._sam_ready
+
+    # -- queries ------------------------------------------------------------------------------
+    def query(self, expression: Union[str, ParsedExpression], *,
+              local_only: bool = False) -> List[ReferringResult]:
+        """The object(s) `expression` refers to, best first (empty when nothing was found).
+
+        local_only: ignore absolute position and order and return every instance (the tiled
+        whole-layer run applies those across tiles afterwards). Raises InputError for an empty
+        expression or one without a target.
+        """
+        if isinstance(expression, ParsedExpression):
+            parsed, text = expression, expression.text.strip()
+        else:
+            text = str(expression or "").strip()
+            parsed = parse_expression(text)
+        selection = parsed
+        if local_only:
+            selection = replace(parsed, position=None, order=None, plural=True, count=None)
+        with self._lock:
+            timings = QueryTimings()
+            started = time.perf_counter()
+            encoders_before = (self.sam_encoder_calls, self.clip_encoder_calls)
+            features = self._clip_features(timings)
+            tick = time.perf_counter()
+            activation = self.localizer.localize(features, parsed)
+            timings.localize += time.perf_counter() - tick
+            self._sam_embedding(timings)
+            tick = time.perf_counter()
+            candidates, prompted = self._candidates(activation, selection)
+            timings.decode += time.perf_counter() - tick
+            timings.candidates = len(candidates)
+            results: List[ReferringResult] = []
+            if candidates:
+                tick = time.perf_counter()
+                references = self._references(features, parsed)
+                timings.localize += time.perf_counter() - tick
+                tick = time.perf_counter()
+                if self.settings.region_scores and hasattr(self.localizer, "region_scores"):
+                    scores = self.localizer.region_scores(self.image, [c.mask for c in candidates],
+                                                          parsed)
+                    if scores is not None:
+                        for candidate, score in zip(candidates, scores):
+                            candidate.clip_score = float(score)
+                timings.region += time.perf_counter() - tick
+                tick = time.perf_counter()
+                chosen = select_candidates(candidates, activation, selection, references,
+                                           self.settings.weights)
+                for sc in chosen:
+                    p = prompted[sc.index]
+                    results.append(ReferringResult(
+                        mask=sc.mask & self.valid, score=float(sc.score), expression=text,
+                        target_score=float(sc.target_score),
+                        modifier_score=float(sc.modifier_score), terms=dict(sc.terms),
+                        source=candidates[sc.index].source, component=sc.component,
+                        points=p.points, labels=p.labels, box=p.box,
+                        low_res=p.low_res if sc.component is None else None))
+                timings.select += time.perf_counter() - tick
+            timings.cached = encoders_before == (self.sam_encoder_calls, self.clip_encoder_calls)
+            timings.total = time.perf_counter() - started
+            self.last_timings = timings
+            self.queries += 1
+            self.last_activation = activation
+            return results
+
+    def _predict(self, points, labels, box, mask_input, multimask: bool):
+        self.decoder_calls += 1
+        return self.predictor.predict(point_coords=points, point_labels=labels, box=box,
+                                      mask_input=mask_input, multimask_output=multimask)
+
+    def _candidates(self, activation: np.ndarray, parsed: ParsedExpression
+                    ) -> Tuple[List[Candidate], List[_Prompted]]:
+        s = self.settings
+        try:
+            main = build_prompts(activation, n_positive=s.n_positive, n_negative=s.n_negative,
+                                 threshold=s.prompt_threshold,
+                                 negative_threshold=s.negative_threshold)
+        except InputError:                 # a flat map: nothing is localised here
+            return [], []
+        # (name, points, labels, box, dense prompt, keep only SAM's best of the three)
+        sets = []
+        mask_input = None if main.mask_input is None else main.mask_input[0]
+        sets.append(("full", main.point_coords, main.point_labels, main.box, mask_input, False))
+        if main.point_labels is not None and (main.point_labels == 1).any():
+            peak = main.point_coords[main.point_labels == 1][:1]
+            sets.append(("peak", peak, np.ones(1, np.int64), None, None, False))
+        # Modifiers tell instances apart: give SAM one prompt set per activated blob, so the
+        # instance they point at is among the candidates even when another one is brighter.
+        if parsed.plural or parsed.order is not None or parsed.relations or parsed.position:
+            for k, p in enumerate(instance_prompts(activation, s.max_instances,
+                                                   threshold=s.prompt_threshold)):
+                sets.append((f"instance{k}", p.point_coords, p.point_labels, p.box, None, True))
+        valid_px = max(1, int(np.count_nonzero(self.valid)))
+        candidates: List[Candidate] = []
+        prompted: List[_Prompted] = []
+        thumbs: List[np.ndarray] = []
+        for name, points, labels, box, dense, best_only in sets:
+            masks, ious, low = self._predict(points, labels, box, dense, multimask=True)
+            order = [int(np.argmax(ious))] if best_only else range(len(masks))
+            for k in order:
+                mask = np.asarray(masks[k], bool) & self.valid
+                pixels = int(np.count_nonzero(mask))
+                if pixels < s.min_mask_pixels or pixels > s.max_mask_fraction * valid_px:
+                    continue
+                thumb = mask[::4, ::4]
+                duplicate = None
+                for j, other in enumerate(thumbs):
+                    union = np.count_nonzero(thumb | other)
+                    if union and np.count_nonzero(thumb & other) / union > s.duplicate_iou:
+                        duplicate = j
+                        break
+                iou = float(ious[k])
+                if duplicate is not None:
+                    if iou > (candidates[duplicate].sam_iou or 0.0):
+                        candidates[duplicate] = Candidate(mask, iou, source=f"{name}/mask{k}")
+                        prompted[duplicate] = _Prompted(points, labels, box, low[k:k + 1])
+                        thumbs[duplicate] = thumb
+                    continue
+                candidates.append(Candidate(mask, iou, source=f"{name}/mask{k}"))
+                prompted.append(_Prompted(points, labels, box, np.asarray(low[k:k + 1])))
+                thumbs.append(thumb)
+        return candidates, prompted
+
+    def _references(self, features, parsed: ParsedExpression) -> Dict[str, np.ndarray]:
+        """Masks of the things relations name: their activation, thresholded."""
+        references: Dict[str, np.ndarray] = {}
+        for relation in parsed.relations:
+            for phrase in (relation.reference, relation.second):
+                if phrase is None or phrase.text in references:
+                    continue
+                activation = self.localizer.phrase_activation(features, phrase)
+                references[phrase.text] = threshold_region(
+                    activation, self.settings.reference_threshold, "all") & self.valid
+        return references
+
+    # -- refinement ---------------------------------------------------------------------------
+    def refine(self, result: ReferringResult, positive_points=(), negative_points=()
+               ) -> ReferringResult:
+        """Re-run SAM on the cached embedding with extra clicks (area pixel (x, y), e.g. from
+        :meth:`pixel_of`); the result's own prompts and mask are kept as context. The returned
+        result carries all clicks so far, so refinements can be chained."""
+        positive, negative = _points(positive_points), _points(negative_points)
+        clicks = np.concatenate([positive, negative])
+        if not len(clicks):
+            raise InputError("Add at least one click (positive or negative) to refine a result.")
+        inside = ((clicks[:, 0] >= -0.5) & (clicks[:, 0] < self.width - 0.5)
+                  & (clicks[:, 1] >= -0.5) & (clicks[:, 1] < self.height - 0.5))
+        if not inside.all():
+            raise InputError("A click lies outside the area the result was computed on.")
+        old_points = _points(result.points)
+        old_labels = (np.zeros(0, np.int64) if result.labels is None
+                      else np.asarray(result.labels, np.int64).reshape(-1))
+        points = np.concatenate([old_points, positive, negative])
+        labels = np.concatenate([old_labels, np.ones(len(positive), np.int64),
+                                 np.zeros(len(negative), np.int64)])
+        box = result.box
+        if box is not None and len(positive):
+            x0, y0, x1, y1 = np.asarray(box, np.float64)
+            if not ((positive[:, 0] >= x0) & (positive[:, 0] <= x1) & (positive[:, 1] >= y0)
+                    & (positive[:, 1] <= y1)).all():
+                box = None                  # a click outside the box: the box would forbid it
+        mask_input = result.low_res
+        if mask_input is None:
+            mask_input = mask_input_from_activation(np.asarray(result.mask, np.float64),
+                                                    self.frame, normalize=False)[0]
+        with self._lock:
+            self._sam_embedding()
+            masks, ious, low = self._predict(points, labels, box, mask_input, multimask=False)
+            self.refinements += 1
+        terms = dict(result.terms)
+        terms["sam_iou"] = float(ious[0])
+        return ReferringResult(mask=np.asarray(masks[0], bool) & self.valid, score=result.score,
+                               expression=result.expression, target_score=result.target_score,
+                               modifier_score=result.modifier_score, terms=terms,
+                               source="refined", points=points, labels=labels, box=box,
+                               low_res=np.asarray(low[0:1]))
+
+    # -- georeferencing -----------------------------------------------------------------------
+    def pixel_of(self, x: float, y: float) -> Tuple[float, float]:
+        """Map coordinates (the area's CRS) -> area pixel-index (x, y) for clicks."""
+        if self.transform is None:
+            raise InputError("This session has no georeferencing.")
+        col, row = ~self.transform * (x, y)
+        return tuple(float(v) for v in corner_to_index([col, row]))
+
+    def to_geometry(self, result: Union[ReferringResult, np.ndarray]):
+        """A result (or mask) as a shapely (Multi)Polygon in the area's CRS (pixel edges);
+        None when empty."""
+        if self.transform is None:
+            raise InputError("This session has no georeferencing.")
+        mask = result.mask if isinstance(result, ReferringResult) else np.asarray(result, bool)
+        return mask_to_geometry(mask, self.transform)
+
+
+def mask_to_geometry(mask: np.ndarray, transform):
+    """H×W bool -> shapely (Multi)Polygon in the transform's coordinates (4-connected regions,
+    exact pixel edges), or None when the mask is empty."""
+    import shapely
+    from rasterio import features
+    from shapely.geometry import shape
+
+    mask = np.asarray(mask, bool)
+    if not mask.any():
+        return None
+    polygons = [shape(geom) for geom, _ in features.shapes(mask.astype(np.uint8), mask=mask,
+                                                           connectivity=4, transform=transform)]
+    # 4-connected regions never overlap (they may meet at a corner): a valid MultiPolygon as is
+    geometry = polygons[0] if len(polygons) == 1 else shapely.MultiPolygon(polygons)
+    if not geometry.is_valid:
+        geometry = shapely.make_valid(geometry)
+    return geometry
+
+
+class SessionCache:
+    """A small thread-safe LRU of sessions (each holds an area image, SAM's embedding and CLIP
+    features: a few MB to a few tens of MB)."""
+
+    def __init__(self, maxsize: int = 4):
+        self.maxsize = maxsize
+        self._items: "OrderedDict[Hashable, ReferringSession]" = OrderedDict()
+        self._lock = threading.RLock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: Hashable, build: Callable[[], Optional[ReferringSession]]
+            ) -> Optional[ReferringSession]:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                self.hits += 1
+                return self._items[key]
+            self.misses += 1
+            session = build()
+            if session is None:            # nothing to cache (e.g. an all-nodata area)
+                return None
+            self._items[key] = session
+            while len(self._items) > self.maxsize:
+                self._items.popitem(last=False)
+            return session
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key) -> bool:
+        return key in self._items
+
+
+SESSIONS = SessionCache()
