@@ -22,6 +22,7 @@ class RunMonitor:
         self._cancelled = cancelled
         self._start = start
         self._end = end
+        self.last_fraction = start
 
     def stage(self, start: float, end: float) -> "RunMonitor":
         span = self._end - self._start
@@ -30,9 +31,15 @@ class RunMonitor:
 
     def report(self, fraction: float, message: str = "") -> None:
         self.check()
+        fraction = min(max(fraction, 0.0), 1.0)
+        self.last_fraction = self._start + (self._end - self._start) * fraction
         if self._progress is not None:
-            fraction = min(max(fraction, 0.0), 1.0)
-            self._progress(self._start + (self._end - self._start) * fraction, message)
+            self._progress(self.last_fraction, message)
+
+    def say(self, message: str) -> None:
+        """A message without moving the progress bar."""
+        if self._progress is not None:
+            self._progress(self.last_fraction, message)
 
     def check(self) -> None:
         if self._cancelled is not None and self._cancelled():

@@ -76,6 +76,8 @@ class SegmentationResult:
     timings: Timings = field(default_factory=Timings)
     method: str = "custom"
     note: str = ""
+    device_reason: str = ""
+    warnings: List[str] = field(default_factory=list)
 
     def colour(self, name: str):
         return class_colour(name)
@@ -113,12 +115,18 @@ def run_segmentation(request: SegmentationRequest, scorer=None, progress=None, c
                                            window=request.window, stride=request.stride,
                                            block=request.block, batch_size=request.batch_size)
         segmenter.timings.model += time.perf_counter() - started
+        segmenter.on_batch_reduced = lambda size, reason: monitor.say(
+            f"GPU memory is short: window batch reduced to {size}")
         work = WorkDir(out_vector or out_raster)
         try:
             result = _run(request, reader, segmenter, classes, work, out_vector, out_raster, monitor)
         finally:
             work.cleanup()
         result.device, result.method, result.note = device_name, method, note
+        result.warnings = list(segmenter.oom_retries)
+        if scorer is not None and method != "custom":
+            from .device import describe_device_choice
+            result.device_reason = describe_device_choice(request.device)[1]
         return result
 
 
