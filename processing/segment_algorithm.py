@@ -13,20 +13,33 @@ from typing import List, Optional
 
 from qgis.core import (Qgis, QgsCoordinateReferenceSystem, QgsProcessing, QgsProcessingAlgorithm,
                        QgsProcessingException, QgsProcessingLayerPostProcessorInterface,
-                       QgsProcessingOutputNumber, QgsProcessingParameterDefinition,
+                       QgsProcessingOutputNumber, QgsProcessingOutputString,
+                       QgsProcessingParameterBoolean, QgsProcessingParameterDefinition,
                        QgsProcessingParameterEnum, QgsProcessingParameterExtent,
                        QgsProcessingParameterNumber, QgsProcessingParameterRasterDestination,
                        QgsProcessingParameterRasterLayer, QgsProcessingParameterString,
                        QgsProcessingParameterVectorDestination, QgsRasterLayer, QgsVectorLayer)
 
-from ..core.errors import DrSegError, RunCancelled
-from ..ui.engine import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_THRESHOLD,
-                         DEVICE_CHOICES, MissingDependencies, load_engine)
+from ..core.errors import DrSegError, InputError, RunCancelled
+from ..ui.engine import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DINO_MODEL,
+                         DEFAULT_GRAPH_K, DEFAULT_SEMANTIC_RATIO, DEFAULT_THRESHOLD,
+                         DEVICE_CHOICES, DINO_MODEL_CHOICES, MissingDependencies, dino_help,
+                         find_dino_weights, load_engine, method_label)
+
+# METHOD's options (values of SegmentationRequest.method) and how the dialog names them.
+METHOD_CHOICES = ("auto", "drseg", "clip")
+METHOD_OPTIONS = ["Auto: DR-Seg when DINO weights are set up, else dense CLIP",
+                  "DR-Seg (dense CLIP rectified with DINO structure)", "Dense CLIP"]
 
 
 def _number_type_double():
     new = getattr(Qgis, "ProcessingNumberParameterType", None)
     return new.Double if new is not None else QgsProcessingParameterNumber.Type.Double
+
+
+def _number_type_integer():
+    new = getattr(Qgis, "ProcessingNumberParameterType", None)
+    return new.Integer if new is not None else QgsProcessingParameterNumber.Type.Integer
 
 
 def _advanced_flag():
@@ -92,15 +105,26 @@ class OpenVocabSegmentationAlgorithm(QgsProcessingAlgorithm):
     CLIP_WEIGHTS = "CLIP_WEIGHTS"
     SIMPLIFY = "SIMPLIFY"
     MIN_AREA = "MIN_AREA"
+    METHOD = "METHOD"
+    DINO_MODEL = "DINO_MODEL"
+    DINO_WEIGHTS = "DINO_WEIGHTS"
+    SEMANTIC_RATIO = "SEMANTIC_RATIO"
+    GRAPH_K = "GRAPH_K"
+    DECOUPLE = "DECOUPLE"
+    RECTIFY = "RECTIFY"
+    FUSION = "FUSION"
     OUTPUT = "OUTPUT"
     OUTPUT_RASTER = "OUTPUT_RASTER"
     POLYGONS = "POLYGONS"
+    USED_METHOD = "USED_METHOD"
+    NOTE = "NOTE"
 
     def __init__(self):
         super().__init__()
         self._request = None
         self._destinations = {}
         self._classes = []
+        self._note = ""
 
     # -- identity -------------------------------------------------------------------------------
     def name(self) -> str:
@@ -130,10 +154,18 @@ class OpenVocabSegmentationAlgorithm(QgsProcessingAlgorithm):
             "<br><br><b>Bands</b>: one (grey) or three (RGB) band numbers, e.g. 4,3,2; empty picks "
             "the RGB bands. <b>Extent</b>: only this area (reprojected to the raster's CRS). "
             "<b>Resolution</b>: working pixel size in metres; empty or 0 keeps the native one."
+            "<br><br><b>Method</b>: <i>DR-Seg</i> sharpens dense CLIP's class map with the image "
+            "structure seen by a DINO model (needs DINO weights); <i>Dense CLIP</i> is CLIP alone; "
+            "<i>Auto</i> (default) takes DR-Seg when DINO weights are set up and says so in the log "
+            "when it falls back to dense CLIP. <b>DINO weights</b>: a checkpoint file or a catalog "
+            "name (e.g. rs-dino-vit-b8); empty: the catalog checkpoint of the DINO model, when it "
+            "has been downloaded (DR-Seg settings › Download models…, or <i>python -m drseg models "
+            "download dino-vit-b8</i>). <b>Semantic ratio</b>, <b>Graph k</b> and the three module "
+            "switches tune DR-Seg (advanced)."
             "<br><br><b>CLIP weights</b>: an open_clip pretrained tag (e.g. 'openai', downloaded on "
             "first use) or a local checkpoint file; <b>CLIP model</b>: an open_clip architecture "
             "name or a model config .json. Needs the Python packages torch, torchvision and "
-            "open_clip_torch.")
+            "open_clip_torch (DR-Seg also timm).")
 
     def createInstance(self):  # noqa: N802
         return OpenVocabSegmentationAlgorithm()
@@ -156,6 +188,8 @@ class OpenVocabSegmentationAlgorithm(QgsProcessingAlgorithm):
             type=_number_type_double(), defaultValue=DEFAULT_THRESHOLD, minValue=0.0, maxValue=0.99))
         self.addParameter(QgsProcessingParameterEnum(
             self.DEVICE, "Device", options=list(DEVICE_CHOICES), defaultValue=0))
+        self.addParameter(QgsProcessingParameterEnum(
+            self.METHOD, "Method", options=METHOD_OPTIONS, defaultValue=0))
         advanced = [
             QgsProcessingParameterString(self.CLIP_MODEL, "CLIP model (open_clip name or config .json)",
                                          defaultValue=DEFAULT_CLIP_MODEL),
@@ -166,6 +200,25 @@ class OpenVocabSegmentationAlgorithm(QgsProcessingAlgorithm):
                                          type=_number_type_double(), defaultValue=0.0, minValue=0.0),
             QgsProcessingParameterNumber(self.MIN_AREA, "Minimum polygon area (m²)",
                                          type=_number_type_double(), defaultValue=0.0, minValue=0.0),
+            QgsProcessingParameterEnum(self.DINO_MODEL, "DINO model (DR-Seg)",
+                                       options=list(DINO_MODEL_CHOICES),
+                                       defaultValue=DINO_MODEL_CHOICES.index(DEFAULT_DINO_MODEL)),
+            QgsProcessingParameterString(self.DINO_WEIGHTS, "DINO weights (checkpoint file or "
+                                         "catalog name; empty: the downloaded default)",
+                                         optional=True),
+            QgsProcessingParameterNumber(self.SEMANTIC_RATIO, "DR-Seg semantic ratio (share of CLIP "
+                                         "channels kept as they are)", type=_number_type_double(),
+                                         defaultValue=DEFAULT_SEMANTIC_RATIO, minValue=0.0,
+                                         maxValue=1.0),
+            QgsProcessingParameterNumber(self.GRAPH_K, "DR-Seg graph k (neighbours per patch)",
+                                         type=_number_type_integer(), defaultValue=DEFAULT_GRAPH_K,
+                                         minValue=1, maxValue=256),
+            QgsProcessingParameterBoolean(self.DECOUPLE, "DR-Seg: decouple semantic and structural "
+                                          "channels", defaultValue=True),
+            QgsProcessingParameterBoolean(self.RECTIFY, "DR-Seg: rectify structure over the DINO "
+                                          "graph", defaultValue=True),
+            QgsProcessingParameterBoolean(self.FUSION, "DR-Seg: uncertainty-guided fusion",
+                                          defaultValue=True),
         ]
         for parameter in advanced:
             parameter.setFlags(parameter.flags() | _advanced_flag())
@@ -179,6 +232,8 @@ class OpenVocabSegmentationAlgorithm(QgsProcessingAlgorithm):
         raster.setSupportsNonFileBasedOutput(False)
         self.addParameter(raster)
         self.addOutput(QgsProcessingOutputNumber(self.POLYGONS, "Number of polygons"))
+        self.addOutput(QgsProcessingOutputString(self.USED_METHOD, "Method used (drseg or clip)"))
+        self.addOutput(QgsProcessingOutputString(self.NOTE, "Note on the method"))
 
     # -- running --------------------------------------------------------------------------------
     def prepareAlgorithm(self, parameters, context, feedback):  # noqa: N802
@@ -220,6 +275,7 @@ class OpenVocabSegmentationAlgorithm(QgsProcessingAlgorithm):
         if parameters.get(self.OUTPUT_RASTER) not in (None, ""):
             out_raster = self.parameterAsOutputLayer(parameters, self.OUTPUT_RASTER, context) or None
 
+        method, dino_model, dino_weights, self._note = self._method(parameters, context)
         request = segment.SegmentationRequest(
             raster=source, classes=text, out_vector=out_vector, out_raster=out_raster, bands=bands,
             extent=extent, resolution=resolution,
@@ -228,6 +284,12 @@ class OpenVocabSegmentationAlgorithm(QgsProcessingAlgorithm):
             or DEFAULT_CLIP_MODEL,
             clip_weights=self.parameterAsString(parameters, self.CLIP_WEIGHTS, context).strip()
             or DEFAULT_CLIP_WEIGHTS,
+            method=method, dino_model=dino_model, dino_weights=dino_weights,
+            semantic_ratio=self.parameterAsDouble(parameters, self.SEMANTIC_RATIO, context),
+            graph_k=self.parameterAsInt(parameters, self.GRAPH_K, context),
+            decouple=self.parameterAsBoolean(parameters, self.DECOUPLE, context),
+            rectify=self.parameterAsBoolean(parameters, self.RECTIFY, context),
+            fusion=self.parameterAsBoolean(parameters, self.FUSION, context),
             device=DEVICE_CHOICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
             simplify=self.parameterAsDouble(parameters, self.SIMPLIFY, context),
             min_area=self.parameterAsDouble(parameters, self.MIN_AREA, context),
@@ -235,6 +297,30 @@ class OpenVocabSegmentationAlgorithm(QgsProcessingAlgorithm):
         self._destinations = {"vector": dest, "raster": out_raster}
         self._classes = classes
         return request
+
+    def dino_cache_dir(self) -> Optional[str]:
+        return None  # DRSEG_CACHE_DIR, else the platform's model cache
+
+    def _method(self, parameters, context):
+        """-> (method for the engine, DINO model, DINO checkpoint file or None, note).
+
+        'auto' is decided here, where the DINO weights are looked up, so the log can say why
+        plain dense CLIP was used; 'drseg' without DINO weights is an error before anything runs.
+        """
+        method = METHOD_CHOICES[self.parameterAsEnum(parameters, self.METHOD, context)]
+        dino_model = DINO_MODEL_CHOICES[self.parameterAsEnum(parameters, self.DINO_MODEL, context)]
+        if method == "clip":
+            return "clip", dino_model, None, ""
+        weights = self.parameterAsString(parameters, self.DINO_WEIGHTS, context).strip() or None
+        path = find_dino_weights(dino_model, weights, self.dino_cache_dir())
+        if path is not None:
+            return "drseg", dino_model, path, ""
+        if method == "drseg":
+            raise InputError(f"DR-Seg needs DINO weights for {dino_model} and none are set up: "
+                             f"{dino_help(dino_model)}, or choose the Dense CLIP method")
+        return "clip", dino_model, None, (
+            f"Plain dense CLIP: no DINO weights are set up for {dino_model}, so DR-Seg's structure "
+            f"rectification was skipped. For DR-Seg, {dino_help(dino_model)}")
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         """Worker thread: run the engine; no GUI, layer or project access here."""
@@ -261,14 +347,19 @@ class OpenVocabSegmentationAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(str(exc)) from None
 
         t = result.timings
-        feedback.pushInfo(f"{result.width}×{result.height} px on {result.device}: "
+        note = result.note or self._note
+        if note:
+            feedback.pushWarning(note)
+        feedback.pushInfo(f"{result.width}×{result.height} px, {method_label(result.method)} on "
+                          f"{result.device}: "
                           f"{result.polygon_count} polygons (read {t.read:.1f} s, model "
                           f"{t.model:.1f} s, stitch {t.stitch:.1f} s, vectorize {t.vectorize:.1f} s)")
         for name, pixels in result.class_pixels.items():
             feedback.pushInfo(f"  {name}: {pixels} px")
         return {self.OUTPUT: self._destinations["vector"],
                 self.OUTPUT_RASTER: result.raster_path,
-                self.POLYGONS: result.polygon_count}
+                self.POLYGONS: result.polygon_count,
+                self.USED_METHOD: result.method, self.NOTE: note}
 
     def postProcessAlgorithm(self, context, feedback):  # noqa: N802
         """Main thread, after a successful run: style the outputs Processing will load."""

@@ -146,8 +146,8 @@ def tiny_clip(tmp_path_factory) -> str:
 
 
 @pytest.fixture
-def drseg_provider(qgis_processing):
-    """The DR-Seg Processing provider, registered for the test."""
+def drseg_provider(qgis_processing, isolated_settings):
+    """The DR-Seg Processing provider, registered for the test (with an empty model cache)."""
     from drseg.processing.provider import DrSegProvider
 
     registry = QgsApplication.processingRegistry()
@@ -159,3 +159,56 @@ def drseg_provider(qgis_processing):
     assert registry.addProvider(provider)
     yield provider
     registry.removeProvider(provider)
+
+
+@pytest.fixture
+def isolated_settings(monkeypatch, tmp_path_factory):
+    """An empty model cache and no settings file: the dock and Processing see a fresh install
+    (no DINO weights). Returns the cache folder (not created)."""
+    folder = tmp_path_factory.mktemp("drseg_home")
+    monkeypatch.setenv("DRSEG_CACHE_DIR", str(folder / "models"))
+    monkeypatch.setenv("DRSEG_CONFIG", str(folder / "settings.json"))
+    return folder / "models"
+
+
+def put_in_cache(cache_dir, catalog_name: str, content: bytes = b"not really weights") -> str:
+    """Place a file where the model cache keeps `catalog_name` (as if it had been downloaded)."""
+    from drseg.core.catalog import get_model
+
+    os.makedirs(str(cache_dir), exist_ok=True)
+    path = os.path.join(str(cache_dir), get_model(catalog_name).file)
+    with open(path, "wb") as handle:
+        handle.write(content)
+    return path
+
+
+class FakeModels:
+    """Stands in for core.segment.build_scorer: records each request and returns a ColourScorer,
+    deciding the method like the engine does ('auto': DR-Seg when DINO weights were given).
+    `note` is the engine note it reports."""
+
+    def __init__(self, note: str = ""):
+        self.requests = []
+        self.note = note
+
+    def __call__(self, request, monitor):
+        self.requests.append(request)
+        scorer = ColourScorer()
+        scorer.device = "cpu"
+        method = request.method
+        if method == "auto":
+            method = "drseg" if request.dino_weights else "clip"
+        if method == "drseg" and not request.dino_weights:
+            from drseg.core.errors import InputError
+
+            raise InputError("DR-Seg needs DINO weights (fake engine)")
+        return scorer, method, self.note
+
+
+@pytest.fixture
+def fake_models(monkeypatch):
+    from drseg.core import segment
+
+    fake = FakeModels()
+    monkeypatch.setattr(segment, "build_scorer", fake)
+    return fake

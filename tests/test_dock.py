@@ -4,7 +4,8 @@ from __future__ import annotations
 import os
 
 import pytest
-from conftest_qgis import files_under, raster_layer, tiny_clip, wait_for, write_raster  # noqa: F401
+from conftest_qgis import (fake_models, files_under, isolated_settings, put_in_cache,  # noqa: F401
+                           raster_layer, tiny_clip, wait_for, write_raster)
 from qgis.core import (Qgis, QgsApplication, QgsCategorizedSymbolRenderer, QgsCoordinateReferenceSystem,
                        QgsPalettedRasterRenderer, QgsRasterLayer, QgsRectangle)
 
@@ -13,7 +14,7 @@ from drseg.ui.dock import AREA_CANVAS, DrSegDock
 
 
 @pytest.fixture
-def dock(qgis_iface, qgis_new_project):
+def dock(qgis_iface, qgis_new_project, isolated_settings):
     qgis_iface.messageBar().clear_messages()
     widget = DrSegDock(qgis_iface)
     yield widget
@@ -201,3 +202,172 @@ def test_cancel_button_stops_the_run_without_layers_or_files(dock, qgis_iface, q
     assert files_under(tmp_path) == before
     assert any("cancelled" in m for m in messages(qgis_iface, Qgis.MessageLevel.Info))
     assert dock.run_button.isEnabled()
+
+
+# -- method: DR-Seg or dense CLIP -----------------------------------------------------------------
+
+def run_and_wait(dock):
+    finished = []
+    dock.runFinished.connect(finished.append)
+    task = dock.run()
+    assert task is not None, dock.status_label.text()
+    assert wait_for(lambda: finished, 60), "the run did not finish"
+    assert finished[0].succeeded, finished[0].error
+    return finished[0]
+
+
+def test_without_dino_weights_dense_clip_is_preselected_with_a_note(dock, isolated_settings):
+    assert dock.method() == "clip"
+    assert dock.method_note.isVisibleTo(dock)
+    note = dock.method_note.text()
+    assert "No DINO weights are set up for dino_vitb8" in note and "dense CLIP" in note
+    assert "dino-vit-b8" in note and "Download models" in note
+    assert not dock.drseg_group.isEnabled()  # DR-Seg's options do not apply to dense CLIP
+
+    put_in_cache(isolated_settings, "dino-vit-b8")  # "downloaded" meanwhile
+    dock.refresh_dino_state()                       # (also done whenever the dock is shown)
+    assert dock.method() == "drseg" and dock.drseg_group.isEnabled()
+    assert not dock.method_note.isVisibleTo(dock)
+    assert dock.dino_path == str(isolated_settings / "dino_vitbase8_pretrain.pth")
+
+
+def test_a_method_the_user_picked_is_kept(dock, isolated_settings):
+    put_in_cache(isolated_settings, "dino-vit-b8")
+    dock.refresh_dino_state()
+    assert dock.method() == "drseg"
+    index = dock.method_combo.findData("clip")
+    dock.method_combo.setCurrentIndex(index)
+    dock.method_combo.activated.emit(index)  # what a user's pick sends
+    dock.refresh_dino_state()
+    assert dock.method() == "clip" and not dock.method_note.isVisibleTo(dock)
+
+
+def test_dino_model_change_moves_the_catalog_default_along(dock, isolated_settings):
+    put_in_cache(isolated_settings, "dinov2-vit-s14")
+    dock.dino_weights_widget.setFilePath("dino-vit-b8")
+    dock.dino_model_combo.setCurrentText("dinov2_vits14")
+    assert dock.dino_weights_widget.filePath() == "dinov2-vit-s14"
+    assert dock.method() == "drseg"
+    assert dock.dino_path.endswith("dinov2_vits14_pretrain.pth")
+
+
+def test_drseg_options_reach_the_engine(dock, qgis_iface, qgis_new_project, tmp_path, tiny_clip,
+                                        fake_models):
+    fill_form(dock, qgis_new_project, tmp_path, tiny_clip)
+    weights = tmp_path / "my_dino.pth"
+    weights.write_bytes(b"a checkpoint")
+    dock.dino_model_combo.setCurrentText("dino_vits8")
+    dock.dino_weights_widget.setFilePath(str(weights))
+    assert dock.method() == "drseg"  # weights given: DR-Seg is the default
+    dock.semantic_ratio_spin.setValue(0.45)
+    dock.graph_k_spin.setValue(5)
+    dock.rectify_check.setChecked(False)
+
+    run_and_wait(dock)
+
+    (request,) = fake_models.requests
+    assert request.method == "drseg" and request.dino_model == "dino_vits8"
+    assert request.dino_weights == str(weights)
+    assert request.semantic_ratio == pytest.approx(0.45) and request.graph_k == 5
+    assert (request.decouple, request.rectify, request.fusion) == (True, False, True)
+    (success,) = messages(qgis_iface, Qgis.MessageLevel.Success)
+    assert ", DR-Seg on cpu in " in success and "Note" not in success and "CLIP" not in success
+
+
+def test_dense_clip_fallback_is_reported_with_its_note(dock, qgis_iface, qgis_new_project, tmp_path,
+                                                       tiny_clip, fake_models):
+    fill_form(dock, qgis_new_project, tmp_path, tiny_clip)
+    assert dock.method() == "clip"
+
+    task = run_and_wait(dock)
+
+    (request,) = fake_models.requests
+    assert request.method == "clip" and request.dino_weights is None
+    (success,) = messages(qgis_iface, Qgis.MessageLevel.Success)
+    assert ", dense CLIP on cpu in " in success
+    assert success.endswith("Plain dense CLIP: no DINO weights are set up for dino_vitb8, so "
+                            "DR-Seg's structure rectification was skipped")
+    assert task.fallback_note in dock.status_label.text()
+
+
+def test_the_engines_own_note_is_shown(dock, qgis_iface, qgis_new_project, tmp_path, tiny_clip,
+                                       fake_models):
+    fill_form(dock, qgis_new_project, tmp_path, tiny_clip)
+    fake_models.note = "Windows were batched one at a time"
+    index = dock.method_combo.findData("clip")
+    dock.method_combo.setCurrentIndex(index)
+    dock.method_combo.activated.emit(index)  # chosen by the user: no fallback note of our own
+    run_and_wait(dock)
+    (success,) = messages(qgis_iface, Qgis.MessageLevel.Success)
+    assert ", dense CLIP on cpu in " in success
+    assert "Windows were batched one at a time" in success and "no DINO weights" not in success
+
+
+def test_drseg_without_dino_weights_is_refused_with_advice(dock, qgis_iface, qgis_new_project,
+                                                           tmp_path, tiny_clip, fake_models):
+    fill_form(dock, qgis_new_project, tmp_path, tiny_clip)
+    index = dock.method_combo.findData("drseg")
+    dock.method_combo.setCurrentIndex(index)
+    dock.method_combo.activated.emit(index)
+    assert "DR-Seg cannot run" in dock.method_note.text() and dock.method_note.isVisibleTo(dock)
+
+    assert dock.run() is None
+
+    (error,) = messages(qgis_iface, Qgis.MessageLevel.Critical)
+    assert "DR-Seg needs DINO weights" in error and "dino-vit-b8" in error
+    assert "Dense CLIP" in error
+    assert fake_models.requests == [] and not dock.is_running()
+    # A named checkpoint that is not downloaded says which one.
+    dock.dino_weights_widget.setFilePath("rs-dino-vit-b8")
+    assert dock.run() is None
+    error = messages(qgis_iface, Qgis.MessageLevel.Critical)[-1]
+    assert "'rs-dino-vit-b8' are not downloaded" in error
+    dock.dino_weights_widget.setFilePath(str(tmp_path / "gone.pth"))
+    assert dock.run() is None
+    assert "gone.pth' does not exist" in messages(qgis_iface, Qgis.MessageLevel.Critical)[-1]
+
+
+# -- finding DINO weights without torch ------------------------------------------------------------
+
+def test_find_dino_weights_agrees_with_the_engine(isolated_settings, tmp_path):
+    from drseg.core.errors import DrSegError
+    from drseg.core.model_cache import resolve_dino_weights
+    from drseg.ui.engine import find_dino_weights
+
+    own = tmp_path / "own.pth"
+    own.write_bytes(b"x")
+
+    def both(model, weights):
+        answers = []
+        for find in (find_dino_weights, resolve_dino_weights):
+            try:
+                answers.append(find(model, weights))
+            except DrSegError as exc:
+                answers.append(type(exc).__name__)
+        return answers
+
+    assert both("dino_vitb8", None) == [None, None]
+    assert both("dino_vitb8", str(own)) == [str(own), str(own)]
+    assert both("dino_vitb8", "rs-dino-vit-b8") == ["ModelError", "ModelError"]
+    assert both("dino_vitb8", "no-such-model") == ["InputError", "InputError"]
+    assert both("vit_huge", None) == ["InputError", "InputError"]
+    cached = put_in_cache(isolated_settings, "dino-vit-b8")
+    assert both("dino_vitb8", None) == [cached, cached]
+    assert both("dino_vitb8", "dino-vit-b8") == [cached, cached]
+    rs = put_in_cache(isolated_settings, "rs-dino-vit-b8")
+    assert both("dino_vitb8", "rs-dino-vit-b8") == [rs, rs]
+    # A download record whose size disagrees with the file: not usable (the engine agrees).
+    with open(cached + ".verified.json", "w") as handle:
+        handle.write('{"size": 12345}')
+    assert both("dino_vitb8", None) == [None, None]
+
+
+def test_find_dino_weights_looks_in_the_given_cache_and_refuses_other_families(tmp_path):
+    from drseg.core.errors import InputError
+    from drseg.ui.engine import find_dino_weights
+
+    path = put_in_cache(tmp_path / "cache", "dinov2-vit-b14")
+    assert find_dino_weights("dinov2_vitb14", "", str(tmp_path / "cache")) == path
+    assert find_dino_weights("dinov2_vitb14", "", str(tmp_path / "elsewhere")) is None
+    with pytest.raises(InputError, match="SAM model, not DINO"):
+        find_dino_weights("dino_vitb8", "sam-vit-b", str(tmp_path / "cache"))

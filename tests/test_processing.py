@@ -5,8 +5,8 @@ import sys
 
 import pytest
 import rasterio
-from conftest_qgis import (drseg_provider, files_under, run_algorithm, tiny_clip,  # noqa: F401
-                           write_raster)
+from conftest_qgis import (drseg_provider, fake_models, files_under, isolated_settings,  # noqa: F401
+                           put_in_cache, run_algorithm, tiny_clip, write_raster)
 from qgis.core import (QgsApplication, QgsCoordinateReferenceSystem, QgsCoordinateTransform,
                        QgsProcessingContext, QgsProcessingException, QgsProcessingFeedback,
                        QgsProcessingModelAlgorithm, QgsProcessingModelChildAlgorithm,
@@ -189,3 +189,92 @@ def test_toolbox_run_loads_outputs_styled_by_class(drseg_provider, tiny_clip, tm
     palette = layers[out_raster].renderer()
     assert isinstance(palette, QgsPalettedRasterRenderer)
     assert [c.label for c in palette.classes()] == ["background", "building", "water"]
+
+
+# -- method: DR-Seg or dense CLIP -----------------------------------------------------------------
+
+def test_drseg_parameters_are_registered_with_compatible_defaults(drseg_provider):
+    from drseg.core.segment import SegmentationRequest
+
+    alg = QgsApplication.processingRegistry().algorithmById(ALG)
+    engine = SegmentationRequest(raster="", classes="")
+    method = alg.parameterDefinition("METHOD")
+    assert method.defaultValue() == 0 and method.options()[0].startswith("Auto")
+    assert len(method.options()) == 3
+    assert not method.flags() & method.Flag.FlagAdvanced
+    dino = alg.parameterDefinition("DINO_MODEL")
+    assert dino.options() == ["dino_vits8", "dino_vitb8", "dinov2_vits14", "dinov2_vitb14"]
+    assert dino.options()[dino.defaultValue()] == engine.dino_model
+    assert alg.parameterDefinition("DINO_WEIGHTS").flags() & method.Flag.FlagOptional
+    assert alg.parameterDefinition("SEMANTIC_RATIO").defaultValue() == engine.semantic_ratio
+    assert alg.parameterDefinition("GRAPH_K").defaultValue() == engine.graph_k
+    for name in ("DECOUPLE", "RECTIFY", "FUSION"):
+        assert alg.parameterDefinition(name).defaultValue() is True
+    for name in ("DINO_MODEL", "DINO_WEIGHTS", "SEMANTIC_RATIO", "GRAPH_K", "DECOUPLE", "RECTIFY",
+                 "FUSION"):
+        assert alg.parameterDefinition(name).flags() & method.Flag.FlagAdvanced, name
+    assert {"USED_METHOD", "NOTE"} <= {o.name() for o in alg.outputDefinitions()}
+
+
+def test_drseg_options_reach_the_engine(drseg_provider, tiny_clip, tmp_path, fake_models,
+                                        isolated_settings):
+    raster = write_raster(tmp_path / "scene.tif")
+    weights = tmp_path / "dino.pth"
+    weights.write_bytes(b"a checkpoint")
+    result = run_algorithm(ALG, params(raster, tiny_clip, tmp_path, METHOD=1, DINO_MODEL=2,
+                                        DINO_WEIGHTS=str(weights), SEMANTIC_RATIO=0.6, GRAPH_K=4,
+                                        DECOUPLE=False, FUSION=False))
+    (request,) = fake_models.requests
+    assert request.method == "drseg" and request.dino_model == "dinov2_vits14"
+    assert request.dino_weights == str(weights)
+    assert request.semantic_ratio == pytest.approx(0.6) and request.graph_k == 4
+    assert (request.decouple, request.rectify, request.fusion) == (False, True, False)
+    assert result["USED_METHOD"] == "drseg" and result["NOTE"] == ""
+
+
+def test_auto_takes_drseg_with_downloaded_dino_weights(drseg_provider, tiny_clip, tmp_path,
+                                                       fake_models, isolated_settings):
+    cached = put_in_cache(isolated_settings, "dino-vit-b8")
+    raster = write_raster(tmp_path / "scene.tif")
+    result = run_algorithm(ALG, params(raster, tiny_clip, tmp_path))  # METHOD left at Auto
+    (request,) = fake_models.requests
+    assert request.method == "drseg" and request.dino_weights == cached
+    assert (request.semantic_ratio, request.graph_k) == (0.3, 8)
+    assert result["USED_METHOD"] == "drseg"
+
+
+def test_auto_without_dino_weights_falls_back_to_dense_clip_with_a_note(drseg_provider, tiny_clip,
+                                                                       tmp_path, fake_models,
+                                                                       isolated_settings):
+    raster = write_raster(tmp_path / "scene.tif")
+    feedback = QgsProcessingFeedback()
+    result = run_algorithm(ALG, params(raster, tiny_clip, tmp_path), feedback=feedback)
+    (request,) = fake_models.requests
+    assert request.method == "clip" and request.dino_weights is None
+    assert result["USED_METHOD"] == "clip"
+    assert result["NOTE"].startswith("Plain dense CLIP: no DINO weights are set up for dino_vitb8")
+    assert "dino-vit-b8" in result["NOTE"]
+    assert result["NOTE"] in feedback.textLog() and "dense CLIP on cpu" in feedback.textLog()
+
+
+def test_engine_note_is_passed_on(drseg_provider, tiny_clip, tmp_path, fake_models,
+                                  isolated_settings):
+    fake_models.note = "something the engine wants said"
+    raster = write_raster(tmp_path / "scene.tif")
+    feedback = QgsProcessingFeedback()
+    result = run_algorithm(ALG, params(raster, tiny_clip, tmp_path, METHOD=2), feedback=feedback)
+    assert fake_models.requests[0].method == "clip"
+    assert result["NOTE"] == "something the engine wants said"
+    assert "something the engine wants said" in feedback.textLog()
+
+
+def test_drseg_without_dino_weights_is_a_clear_error(drseg_provider, tiny_clip, tmp_path,
+                                                     fake_models, isolated_settings):
+    raster = write_raster(tmp_path / "scene.tif")
+    log = run_failing(params(raster, tiny_clip, tmp_path, METHOD=1))
+    assert "DR-Seg needs DINO weights for dino_vitb8" in log and "Dense CLIP" in log
+    assert "Traceback" not in log
+    log = run_failing(params(raster, tiny_clip, tmp_path, DINO_WEIGHTS="rs-dino-vit-b8"))
+    assert "'rs-dino-vit-b8' are not downloaded" in log
+    assert fake_models.requests == []
+    assert files_under(tmp_path) == ["scene.tif"]

@@ -14,8 +14,8 @@ import textwrap
 from unittest import mock
 
 import pytest
-from conftest_qgis import (REPO_ROOT, files_under, raster_layer, tiny_clip,  # noqa: F401
-                           wait_for, write_raster, write_tiny_clip_config)
+from conftest_qgis import (REPO_ROOT, files_under, isolated_settings, raster_layer,  # noqa: F401
+                           tiny_clip, wait_for, write_raster, write_tiny_clip_config)
 from qgis.core import QgsApplication
 
 try:
@@ -52,10 +52,22 @@ def test_plugin_defaults_match_the_engine():
     assert engine.DEVICE_CHOICES == device.DEVICE_CHOICES
     assert engine.DEFAULT_CLIP_MODEL == clip_models.DEFAULT_CLIP_MODEL
     assert engine.DEFAULT_CLIP_WEIGHTS == clip_models.DEFAULT_CLIP_WEIGHTS
+    from drseg.core import model_cache, settings
+
+    request = segment.SegmentationRequest(raster="", classes="")
+    assert engine.DINO_DEFAULT_WEIGHTS == model_cache.DINO_MODELS
+    assert set(engine.DINO_MODEL_CHOICES) == set(settings.DINO_MODELS)
+    assert engine.DEFAULT_DINO_MODEL == request.dino_model
+    assert engine.DEFAULT_SEMANTIC_RATIO == request.semantic_ratio
+    assert engine.DEFAULT_GRAPH_K == request.graph_k
+    assert set(engine.METHOD_LABELS) >= {"drseg", "clip"}
+    from drseg.core import download
+
+    assert engine.RECORD_SUFFIX == download.RECORD_SUFFIX
 
 
 @pytest.fixture
-def spied_iface(qgis_iface):
+def spied_iface(qgis_iface, isolated_settings):
     names = ("addToolBarIcon", "removeToolBarIcon", "addPluginToMenu", "removePluginMenu",
              "addDockWidget", "removeDockWidget")
     with mock.patch.multiple(qgis_iface, **{name: mock.DEFAULT for name in names}):

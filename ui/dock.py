@@ -17,12 +17,14 @@ from qgis.gui import (QgsCollapsibleGroupBox, QgsDoubleSpinBox, QgsFileWidget,
 from qgis.PyQt.QtCore import pyqtSignal
 from qgis.PyQt.QtWidgets import (QCheckBox, QComboBox, QDockWidget, QFormLayout, QHBoxLayout,
                                  QLabel, QPlainTextEdit, QProgressBar, QPushButton, QScrollArea,
-                                 QVBoxLayout, QWidget)
+                                 QSpinBox, QVBoxLayout, QWidget)
 
 from ..core.classes import parse_classes
-from ..core.errors import InputError
-from .engine import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_THRESHOLD, MissingDependencies,
-                     load_engine)
+from ..core.errors import DrSegError, InputError
+from .engine import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DINO_MODEL, DEFAULT_GRAPH_K,
+                     DEFAULT_SEMANTIC_RATIO, DEFAULT_THRESHOLD, DINO_DEFAULT_WEIGHTS,
+                     DINO_MODEL_CHOICES, MissingDependencies, dino_help, find_dino_weights,
+                     load_engine, method_label)
 from .layers import add_result_layers, default_output_path
 from .sources import extent_in_layer_crs, layer_crs_check, raster_source
 from .task import SegmentationTask
@@ -32,6 +34,8 @@ CLASS_PLACEHOLDER = "building,roof; road,street; tree,forest; water"
 AREA_LAYER, AREA_CANVAS = "layer", "canvas"
 CLIP_MODEL_CHOICES = ("ViT-B-16", "ViT-B-32", "ViT-L-14")
 DEVICE_LABELS = (("auto", "Auto (GPU if available)"), ("cpu", "CPU"), ("cuda", "CUDA GPU"))
+METHOD_DRSEG, METHOD_CLIP = "drseg", "clip"
+METHOD_ITEMS = ((METHOD_DRSEG, "DR-Seg (CLIP + DINO)"), (METHOD_CLIP, "Dense CLIP"))
 
 # Tasks whose dock went away (plugin unloaded) stay referenced here until QGIS is done with them.
 _DETACHED_TASKS: List[SegmentationTask] = []
@@ -58,8 +62,13 @@ class DrSegDock(QDockWidget):
         self._tasks: List[SegmentationTask] = []
         self._started_at = {}
         self.last_layers = (None, None)
+        self.scorer = None            # an engine window scorer to use instead of loading models
+        self.dino_path: Optional[str] = None   # the DINO checkpoint DR-Seg would use now
+        self.dino_problem = ""        # why there is none, for the note and the error
+        self._method_chosen = False   # the user picked a method: stop choosing it for them
         self._build()
         self._layer_changed(self.layer_combo.currentLayer())
+        self.refresh_dino_state()
         self._update_buttons()
 
     # -- widgets --------------------------------------------------------------------------------
@@ -125,6 +134,21 @@ class DrSegDock(QDockWidget):
                                        "become background")
         form.addRow("Threshold", self.threshold_spin)
 
+        self.method_combo = QComboBox(body)
+        for value, label in METHOD_ITEMS:
+            self.method_combo.addItem(label, value)
+        self.method_combo.setToolTip("DR-Seg sharpens dense CLIP's class map with DINO's image "
+                                     "structure (needs DINO weights); dense CLIP alone is faster "
+                                     "and blurrier at boundaries")
+        self.method_combo.activated.connect(self._method_picked)
+        self.method_combo.currentIndexChanged.connect(self._update_method_widgets)
+        form.addRow("Method", self.method_combo)
+        self.method_note = QLabel("", body)
+        self.method_note.setObjectName("drsegMethodNote")
+        self.method_note.setWordWrap(True)
+        self.method_note.setVisible(False)
+        form.addRow(self.method_note)
+
         self.output_widget = QgsFileWidget(body)
         self.output_widget.setStorageMode(QgsFileWidget.StorageMode.SaveFile)
         self.output_widget.setFilter("GeoPackage (*.gpkg)")
@@ -158,6 +182,21 @@ class DrSegDock(QDockWidget):
         self.clip_weights_widget.setToolTip("open_clip pretrained tag (e.g. 'openai', downloaded on "
                                             "first use) or a local checkpoint file")
         adv.addRow("CLIP weights", self.clip_weights_widget)
+        self.dino_model_combo = QComboBox(advanced)
+        self.dino_model_combo.addItems(DINO_MODEL_CHOICES)
+        self.dino_model_combo.setCurrentText(DEFAULT_DINO_MODEL)
+        self.dino_model_combo.setToolTip("DINO backbone whose features guide DR-Seg's rectification")
+        self.dino_model_combo.currentIndexChanged.connect(self._dino_model_changed)
+        adv.addRow("DINO model", self.dino_model_combo)
+        self.dino_weights_widget = QgsFileWidget(advanced)
+        self.dino_weights_widget.setStorageMode(QgsFileWidget.StorageMode.GetFile)
+        self.dino_weights_widget.setFilter("Checkpoints (*.pth *.pt *.bin *.safetensors *.ckpt);;"
+                                           "All files (*)")
+        self.dino_weights_widget.setToolTip("A DINO checkpoint file, or a catalog name such as "
+                                            "'rs-dino-vit-b8' (downloaded in the settings); empty: "
+                                            "the catalog default of the DINO model")
+        self.dino_weights_widget.fileChanged.connect(lambda _path: self.refresh_dino_state())
+        adv.addRow("DINO weights", self.dino_weights_widget)
         self.simplify_spin = QgsDoubleSpinBox(advanced)
         self.simplify_spin.setRange(0.0, 100.0)
         self.simplify_spin.setSuffix(" px")
@@ -167,6 +206,38 @@ class DrSegDock(QDockWidget):
         self.min_area_spin.setSuffix(" m²")
         adv.addRow("Minimum area", self.min_area_spin)
         outer.addWidget(advanced)
+
+        modules = QgsCollapsibleGroupBox("DR-Seg modules", body)
+        modules.setCollapsed(True)
+        self.drseg_group = modules
+        mod = QFormLayout(modules)
+        self.semantic_ratio_spin = QgsDoubleSpinBox(modules)
+        self.semantic_ratio_spin.setRange(0.0, 1.0)
+        self.semantic_ratio_spin.setDecimals(2)
+        self.semantic_ratio_spin.setSingleStep(0.05)
+        self.semantic_ratio_spin.setValue(DEFAULT_SEMANTIC_RATIO)
+        self.semantic_ratio_spin.setClearValue(DEFAULT_SEMANTIC_RATIO)
+        self.semantic_ratio_spin.setToolTip("Share of CLIP's feature channels kept as semantic "
+                                            "(untouched); the rest is rectified with DINO (ρ)")
+        mod.addRow("Semantic ratio", self.semantic_ratio_spin)
+        self.graph_k_spin = QSpinBox(modules)
+        self.graph_k_spin.setRange(1, 64)
+        self.graph_k_spin.setValue(DEFAULT_GRAPH_K)
+        self.graph_k_spin.setToolTip("Neighbours of each image patch in the DINO similarity graph")
+        mod.addRow("Graph k", self.graph_k_spin)
+        self.decouple_check = QCheckBox("Decouple channels", modules)
+        self.decouple_check.setToolTip("Rectify only CLIP's structure channels and keep its "
+                                       "semantic channels as they are (off: rectify all channels)")
+        self.rectify_check = QCheckBox("Graph rectification", modules)
+        self.rectify_check.setToolTip("Propagate the structure channels over the DINO "
+                                      "nearest-neighbour graph of the image patches")
+        self.fusion_check = QCheckBox("Uncertainty fusion", modules)
+        self.fusion_check.setToolTip("Per pixel, weight plain and rectified CLIP by how sure each "
+                                     "is (off: the rectified branch alone)")
+        for check in (self.decouple_check, self.rectify_check, self.fusion_check):
+            check.setChecked(True)
+            mod.addRow(check)
+        outer.addWidget(modules)
 
         buttons = QHBoxLayout()
         self.run_button = QPushButton("Run", body)
@@ -211,6 +282,60 @@ class DrSegDock(QDockWidget):
         if count >= 3:
             return 1, 2, 3
         return 1, -1, -1
+
+    # -- method ---------------------------------------------------------------------------------
+    def method(self) -> str:
+        return self.method_combo.currentData()
+
+    def set_method(self, method: str) -> None:
+        self.method_combo.setCurrentIndex(self.method_combo.findData(method))
+
+    def _method_picked(self, _index: int) -> None:
+        self._method_chosen = True  # a user's choice stays, whatever the DINO weights do
+        self.refresh_dino_state()
+
+    def _dino_model_changed(self, _index: int) -> None:
+        # The catalog default of the previous model follows the model; a user's file stays.
+        text = self.dino_weights_widget.filePath().strip()
+        if text.lower() in {name.lower() for name in DINO_DEFAULT_WEIGHTS.values()}:
+            self.dino_weights_widget.setFilePath(DINO_DEFAULT_WEIGHTS[self.dino_model_combo.currentText()])
+        self.refresh_dino_state()
+
+    def dino_cache_dir(self) -> Optional[str]:
+        return None  # DRSEG_CACHE_DIR, else the platform's model cache
+
+    def refresh_dino_state(self) -> None:
+        """Find the DINO weights now (a few file checks, no torch); pick the method unless the
+        user has; say in the note why DR-Seg cannot run."""
+        model = self.dino_model_combo.currentText()
+        try:
+            self.dino_path = find_dino_weights(model, self.dino_weights_widget.filePath(),
+                                               self.dino_cache_dir())
+            self.dino_problem = "" if self.dino_path else f"No DINO weights are set up for {model}"
+        except DrSegError as exc:
+            self.dino_path, self.dino_problem = None, str(exc).rstrip(".")
+        if not self._method_chosen:
+            self.set_method(METHOD_DRSEG if self.dino_path else METHOD_CLIP)
+        self._update_method_widgets()
+
+    def _update_method_widgets(self, *_args) -> None:
+        drseg = self.method() == METHOD_DRSEG
+        self.drseg_group.setEnabled(drseg)
+        note = ""
+        if self.dino_path is None and drseg:
+            note = (f"⚠ DR-Seg cannot run: {self.dino_problem}. To use it, "
+                    f"{dino_help(self.dino_model_combo.currentText())}; or choose Dense CLIP.")
+        elif self.dino_path is None:
+            note = (f"{self.dino_problem}, so plain dense CLIP is used (blurrier boundaries). "
+                    f"For DR-Seg, {dino_help(self.dino_model_combo.currentText())}.")
+        self.method_note.setText(note)
+        self.method_note.setVisible(bool(note))
+        self.method_combo.setToolTip(f"DINO weights: {self.dino_path}" if self.dino_path else
+                                     "DR-Seg needs DINO weights; dense CLIP does not")
+
+    def showEvent(self, event):  # noqa: N802 (Qt's name)
+        self.refresh_dino_state()  # weights may have been downloaded meanwhile
+        super().showEvent(event)
 
     # -- state ----------------------------------------------------------------------------------
     def is_running(self) -> bool:
@@ -288,12 +413,25 @@ class DrSegDock(QDockWidget):
         vector, raster = self.output_paths(layer)
         clip_model = self.clip_model_combo.currentText().strip() or DEFAULT_CLIP_MODEL
         clip_weights = self.clip_weights_widget.filePath().strip() or DEFAULT_CLIP_WEIGHTS
+        method, dino_model = self.method(), self.dino_model_combo.currentText()
+        dino_weights = None
+        if method == METHOD_DRSEG:
+            self.refresh_dino_state()
+            if self.dino_path is None:
+                raise InputError(f"DR-Seg needs DINO weights: {self.dino_problem}. "
+                                 f"{dino_help(dino_model).capitalize()}, or choose the Dense CLIP "
+                                 "method")
+            dino_weights = self.dino_path
         segment = load_engine()  # last: the cheap checks above need no torch
         table = os.path.splitext(os.path.basename(vector))[0]
         return segment.SegmentationRequest(
             raster=source, classes=text, out_vector=vector, out_raster=raster, bands=bands,
             extent=extent, resolution=self.resolution_spin.value() or None,
             threshold=self.threshold_spin.value(), clip_model=clip_model, clip_weights=clip_weights,
+            method=method, dino_model=dino_model, dino_weights=dino_weights,
+            semantic_ratio=self.semantic_ratio_spin.value(), graph_k=self.graph_k_spin.value(),
+            decouple=self.decouple_check.isChecked(), rectify=self.rectify_check.isChecked(),
+            fusion=self.fusion_check.isChecked(),
             device=self.device_combo.currentData(), simplify=self.simplify_spin.value(),
             min_area=self.min_area_spin.value(),
             layer_name=table)
@@ -311,10 +449,11 @@ class DrSegDock(QDockWidget):
             self.status_label.setText(str(exc))
             return None
         layer = self.layer_combo.currentLayer()
-        task = SegmentationTask(request, self._task_finished,
+        task = SegmentationTask(request, self._task_finished, scorer=self.scorer,
                                 description=f"DR-Seg: segmenting {layer.name()}")
         task.group_name = f"DR-Seg: {layer.name()} {time.strftime('%H:%M:%S')}"
         task.display_name = ", ".join(spec.name for spec in parse_classes(request.classes))
+        task.fallback_note = self.fallback_note()
         task.progressChanged.connect(self._progress)
         task.stepMessage.connect(self.status_label.setText)
         self._tasks.append(task)
@@ -350,8 +489,12 @@ class DrSegDock(QDockWidget):
             except RuntimeError as exc:
                 self._message(Qgis.MessageLevel.Critical, str(exc))
             else:
-                text = (f"{result.polygon_count} polygons, {result.width}×{result.height} px "
-                        f"on {result.device} in {seconds:.1f} s")
+                text = (f"{result.polygon_count} polygons, {result.width}×{result.height} px, "
+                        f"{method_label(result.method)} on {result.device} in {seconds:.1f} s")
+                note = getattr(result, "note", "") or getattr(task, "fallback_note", "")
+                note = note.strip().rstrip(".")
+                if note:
+                    text += f". {note}"
                 self.progress_bar.setValue(100)
                 self.status_label.setText(f"Done: {text}")
                 self._message(Qgis.MessageLevel.Success, f"Segmentation done: {text}")
@@ -365,6 +508,13 @@ class DrSegDock(QDockWidget):
             detail = " (details in the log, tab DR-Seg)" if task.error_detail else ""
             self._message(Qgis.MessageLevel.Critical, f"{task.error}{detail}")
         self.runFinished.emit(task)
+
+    def fallback_note(self) -> str:
+        """Why this run uses plain dense CLIP, when that was not the user's choice ('' otherwise)."""
+        if self.method() != METHOD_CLIP or self.dino_path is not None or self._method_chosen:
+            return ""
+        problem = self.dino_problem[:1].lower() + self.dino_problem[1:]
+        return f"Plain dense CLIP: {problem}, so DR-Seg's structure rectification was skipped"
 
     def shutdown(self) -> None:
         """Cancel running tasks and detach them from this widget (plugin unload, QGIS exit)."""
