@@ -313,7 +313,7 @@ def test_tiny_models_end_to_end_cached_second_query_and_refine(tmp_path, tiny_mo
         session.refine(result)
 
 
-def test_localizer_maps_are_clip_similarity_minus_generic(tiny_models):
+def test_localizer_maps_are_clip_similarity_minus_generic(tiny_models, monkeypatch):
     _, clip, _ = tiny_models
     settings = LocalizerSettings(clip_long_side=None, generic_prompts=("background", "land"))
     localizer = Localizer(clip, settings)
@@ -345,6 +345,14 @@ def test_localizer_maps_are_clip_similarity_minus_generic(tiny_models):
     assert activation.shape == (224, 224) and activation.dtype == np.float32
     assert activation.min() == 0.0 and activation.max() == pytest.approx(1.0)
     assert np.all(activation[:, :20] == 0.0)             # nodata is never the target
+    # every phrase a new expression needs goes through the text tower in one batch
+    batches = []
+    encode_text = clip.model.encode_text
+    monkeypatch.setattr(clip.model, "encode_text", lambda t: batches.append(len(t)) or encode_text(t))
+    texts_before = localizer.text_encodes
+    localizer.localize(features, parse_expression("the small ship near the harbour"))
+    new_phrases = localizer.text_encodes - texts_before
+    assert new_phrases >= 4 and batches == [new_phrases * len(settings.templates)]
     masks = [np.zeros((224, 224), bool), np.zeros((224, 224), bool)]
     masks[0][50:90, 60:120] = True
     masks[1][150:200, 30:60] = True
@@ -442,3 +450,36 @@ def test_refer_command(tmp_path, monkeypatch, capsys):
     assert cli.main(["refer", path, "-e", "something", "--out", str(tmp_path / "m.gpkg")]) == 2
     assert "No target found" in capsys.readouterr().err
     assert not (tmp_path / "m.gpkg").exists()
+
+
+def test_sessions_sharing_one_predictor_never_use_each_others_embedding():
+    predictor, localizer = stub_models()
+    north_only = pond_scene()
+    north_only[160:220, 120:200] = FIELD
+    a = ReferringSession(pond_scene(), predictor, localizer)
+    b = ReferringSession(north_only, predictor, localizer)
+    first = a.query("the pond")[0]
+    assert b.query("the pond")[0].mask[50, 70]
+    again = a.query("the pond")[0]                      # a's image is set again, not b's
+    np.testing.assert_array_equal(again.mask, first.mask)
+    assert first.mask[190, 150] and not first.mask[50, 70]
+    assert predictor.set_calls == 3 and a.sam_encoder_calls == 2 and localizer.encodes == 2
+    with pytest.raises(InputError, match="H×W×3"):
+        ReferringSession(np.zeros((10, 10)), predictor, localizer)
+
+
+def test_large_areas_are_read_at_a_reduced_working_size(tmp_path):
+    path = write_raster(tmp_path / "ponds.tif", pond_scene().transpose(2, 0, 1))
+    predictor, localizer = stub_models()
+    out = tmp_path / "small.gpkg"
+    result = run_referring(ReferringRequest(path, ["the pond north of the road"], str(out),
+                                            max_size=120), sam=predictor, clip=localizer)
+    assert (result.width, result.height, result.tiles) == (120, 120, 1)
+    assert result.resolution_m == pytest.approx(2 * PIXEL)
+    assert predictor.image.shape == (120, 120, 3)
+    (row,) = read_gpkg(out)[3]
+    # bilinear resampling mixes the edge pixels' colour, so the stub's region is the pond less
+    # its 1-m rim: in place, not shifted
+    north = pixel_box(40, 30, 100, 80)
+    assert row["geometry"].within(north) and north.within(row["geometry"].buffer(1.0, join_style=2))
+    assert row["area_m2"] == pytest.approx(28 * 23)

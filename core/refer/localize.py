@@ -27,7 +27,7 @@ expression on an area costs a few small matrix products (and crop encodings of i
 """
 from __future__ import annotations
 
-import math
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -41,11 +41,10 @@ from ..sliding import bilinear_matrix, blend_ramp, window_starts
 from .parse import NounPhrase, ParsedExpression
 from .sam_frames import normalize_activation
 
-GENERIC_PROMPTS = ("a satellite image", "an aerial photograph", "the ground", "background",
-                   "land", "a texture")
-# Short remote-sensing templates: an expression reads naturally in each of them.
-REFER_TEMPLATES = ("a satellite image of {}.", "an aerial photo of {}.",
-                   "a remote sensing image of {}.", "{}.")
+GENERIC_PROMPTS = ("a satellite image", "the ground", "background", "land")
+# Short remote-sensing templates: an expression reads naturally in each of them. Few, because
+# the text tower runs once per template and phrase (ViT-B: about 10 GFLOP each).
+REFER_TEMPLATES = ("a satellite image of {}.", "an aerial photo of {}.")
 
 
 @dataclass(frozen=True)
@@ -112,36 +111,63 @@ class Localizer:
         self.crop_encodes = 0
         self.text_encodes = 0
         self._texts: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+        self._text_lock = threading.RLock()      # sessions on other threads share the cache
         self._resize: Dict[Tuple[int, int], torch.Tensor] = {}
 
     # -- text -------------------------------------------------------------------------------
+    def encode_phrases(self, phrases: Sequence[str]) -> None:
+        """Encode the phrases not cached yet, all templates of all of them in one batch."""
+        with self._text_lock:
+            self._encode_missing(phrases)
+
     @torch.no_grad()
-    def text_embedding(self, text: str) -> torch.Tensor:
-        """(D,) normalised mean over the templates of normalised embeddings; cached."""
-        if text in self._texts:
-            self._texts.move_to_end(text)
-            return self._texts[text]
-        model, device = self.clip.model, self.clip.device
-        prompts = [t.format(text) for t in self.settings.templates]
-        tokens = self.clip.tokenizer(prompts).to(device)
-        emb = F.normalize(model.encode_text(tokens).float(), dim=-1)
-        vector = F.normalize(emb.mean(dim=0), dim=-1)
-        self.text_encodes += 1
-        self._texts[text] = vector
+    def _encode_missing(self, phrases: Sequence[str]) -> None:
+        missing = list(dict.fromkeys(p for p in phrases if p not in self._texts))
+        if not missing:
+            return
+        templates = self.settings.templates
+        prompts = [t.format(text) for text in missing for t in templates]
+        tokens = self.clip.tokenizer(prompts).to(self.clip.device)
+        emb = F.normalize(self.clip.model.encode_text(tokens).float(), dim=-1)
+        emb = emb.reshape(len(missing), len(templates), -1)
+        for text, vectors in zip(missing, emb):
+            self._texts[text] = F.normalize(vectors.mean(dim=0), dim=-1)
+        self.text_encodes += len(missing)
         while len(self._texts) > 512:
             self._texts.popitem(last=False)
-        return vector
+
+    def text_embedding(self, text: str) -> torch.Tensor:
+        """(D,) normalised mean over the templates of normalised embeddings; cached."""
+        with self._text_lock:
+            self._encode_missing([text])
+            self._texts.move_to_end(text)
+            return self._texts[text]
 
     def query_embedding(self, phrases: Sequence[str]) -> torch.Tensor:
         """(D,) mean of the phrases' embeddings, normalised (one concept)."""
         if not phrases:
             raise InputError("Nothing to localise: the phrase is empty.")
+        self.encode_phrases(phrases)
         return F.normalize(torch.stack([self.text_embedding(p) for p in phrases]).mean(0), dim=0)
 
     def generic_embedding(self) -> torch.Tensor:
         """(D,) plain mean of the generic prompts' embeddings (not renormalised: its map is the
         mean of their maps)."""
-        return torch.stack([self.text_embedding(p) for p in self.settings.generic_prompts]).mean(0)
+        generic = self.settings.generic_prompts
+        self.encode_phrases(generic)
+        return torch.stack([self.text_embedding(p) for p in generic]).mean(0)
+
+    def prefetch(self, parsed: ParsedExpression) -> None:
+        """Encode every phrase an expression needs (expression, target, references, generic
+        prompts) in one text-tower batch."""
+        s = self.settings
+        phrases = [parsed.text.strip()] if parsed.text.strip() else []
+        phrases += target_phrases(parsed.target, s.max_synonyms) + list(s.generic_prompts)
+        for relation in parsed.relations:
+            for phrase in (relation.reference, relation.second):
+                if phrase is not None:
+                    phrases += target_phrases(phrase, s.max_synonyms)
+        self.encode_phrases(phrases)
 
     # -- image ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -240,6 +266,7 @@ class Localizer:
     def localize(self, features: AreaFeatures, parsed: ParsedExpression) -> np.ndarray:
         """(H, W) float32 activation in [0, 1] of the expression's target (module doc)."""
         w = float(np.clip(self.settings.expression_weight, 0.0, 1.0))
+        self.prefetch(parsed)
         target = self._grid_normalised(
             self.phrase_map(features, target_phrases(parsed.target, self.settings.max_synonyms)),
             features)
@@ -320,15 +347,21 @@ def context_crop(image: np.ndarray, mask: np.ndarray, context: float = 0.5, min_
     cy, cx = (y0 + y1) / 2.0, (x0 + x1) / 2.0
     top = int(round(min(max(cy - side / 2.0, 0), max(h - side, 0))))
     left = int(round(min(max(cx - side / 2.0, 0), max(w - side, 0))))
-    crop = image[top:top + side, left:left + side].astype(np.float32)
+    crop = image[top:top + side, left:left + side]
     inside = mask[top:top + side, left:left + side]
+    # resize first (a crop may be the whole area), then fade with the resized mask
+    t = torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1))).float()[None]
+    m = torch.from_numpy(np.ascontiguousarray(inside)).float()[None, None]
+    if t.shape[-2:] != (size, size):
+        shrink = t.shape[-1] > size or t.shape[-2] > size
+        t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False,
+                          antialias=shrink)
+        m = F.interpolate(m, size=(size, size), mode="bilinear", align_corners=False,
+                          antialias=shrink)
     if dim_outside > 0:
-        mean = np.asarray(CLIP_MEAN, np.float32)
-        faded = crop * (1.0 - dim_outside) + mean * dim_outside
-        crop = np.where(inside[..., None], crop, faded)
-    t = torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1)))[None]
-    shrink = t.shape[-1] > size or t.shape[-2] > size
-    t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink)
+        mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+        faded = t * (1.0 - dim_outside) + mean * dim_outside
+        t = m * t + (1.0 - m) * faded
     return t[0].clamp(0, 255).round().to(torch.uint8).numpy().transpose(1, 2, 0)
 
 

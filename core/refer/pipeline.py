@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, Hashable, List, Optional, Tuple, Union
@@ -205,11 +206,18 @@ class ReferringSession:
         return self._features
 
     def _sam_embedding(self, timings: Optional[QueryTimings] = None) -> None:
-        if not self._sam_ready:
+        # A predictor object handed in may be shared by several sessions: re-set its image when
+        # another session used it last (a SamPredictor made here belongs to this session only).
+        owner = getattr(self.predictor, "_drseg_session", None)
+        if not self._sam_ready or owner is None or owner() is not self:
             started = time.perf_counter()
             self.predictor.set_image(self.image)
             self.sam_encoder_calls += 1
             self._sam_ready = True
+            try:
+                self.predictor._drseg_session = weakref.ref(self)
+            except AttributeError:          # a predictor with __slots__: assume it is ours
+                pass
             if timings is not None:
                 timings.sam_encode += time.perf_counter() - started
 

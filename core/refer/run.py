@@ -329,8 +329,10 @@ def run_referring(request: ReferringRequest, progress=None, cancelled=None, sam=
                 continue
             any_valid = True
             last_session = session
+            where = f" (tile {t_index + 1}/{len(tiles)})" if tiled else ""
+            if not session.encoded:
+                monitor.report(step / steps, f"Encoding the area{where}")
             for expression in results:
-                where = f" (tile {t_index + 1}/{len(tiles)})" if tiled else ""
                 monitor.report(step / steps, f"'{expression.expression}'{where}")
                 tick = time.perf_counter()
                 found = session.query(expression.expression, local_only=tiled)

@@ -1,0 +1,106 @@
+"""First-query and cached-query times of referring segmentation at real model size.
+
+    .venv/bin/python benchmarks/bench_refer.py                     # CPU, 1024² area
+    .venv/bin/python benchmarks/bench_refer.py --size 768 --device cuda
+
+SAM ViT-B (segment_anything's registry architecture) and open_clip ViT-B-16 with random weights:
+the compute is that of the real models, the masks are not (random SAM masks are speckled, so the
+vectorize column is pessimistic). The first expression on the area runs both image encoders; the
+next ones reuse the session's SAM embedding and CLIP features. Printed per expression: total and
+the split CLIP encode / SAM encode / prompting+decoding+selection (maps, prompts, SAM decoder,
+CLIP region scores, selection) / vectorize, plus the prompting part's own split.
+"""
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+EXPRESSIONS = ["the largest pond north of the road", "the white building", "the pond",
+               "all the storage tanks"]
+
+
+def synthetic_scene(path, size):
+    """A field with a road, two ponds, buildings and round tanks, 0.5 m pixels, UTM."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    rng = np.random.default_rng(0)
+    image = np.empty((size, size, 3), np.uint8)
+    image[:] = (215, 205, 150)
+    image += rng.integers(0, 20, image.shape, dtype=np.uint8)
+    s = size / 1024
+    image[int(500 * s):int(540 * s), :] = (245, 245, 245)
+    image[int(150 * s):int(350 * s), int(100 * s):int(400 * s)] = (30, 90, 200)
+    image[int(650 * s):int(800 * s), int(600 * s):int(900 * s)] = (30, 90, 200)
+    image[int(100 * s):int(250 * s), int(600 * s):int(750 * s)] = (230, 230, 230)
+    yy, xx = np.mgrid[:size, :size]
+    for cx, cy in ((200, 800), (300, 850), (400, 800)):
+        image[(yy - cy * s) ** 2 + (xx - cx * s) ** 2 < (40 * s) ** 2] = (190, 190, 200)
+    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8",
+                       crs="EPSG:32633", transform=from_origin(500000, 4100000, 0.5, 0.5)) as dst:
+        dst.write(image.transpose(2, 0, 1))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=1024, help="area side, px (working size)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--sam-model", default="vit_b")
+    parser.add_argument("--clip-model", default="ViT-B-16")
+    parser.add_argument("--expressions", nargs="+", default=EXPRESSIONS)
+    args = parser.parse_args(argv)
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
+    import torch
+
+    from drseg.core.clip_models import load_clip
+    from drseg.core.dense_clip import DenseClip
+    from drseg.core.device import resolve_device
+    from drseg.core.refer.run import ReferringRequest, run_referring
+    from drseg.core.sam_models import load_sam
+
+    device = resolve_device(args.device)
+    torch.manual_seed(0)
+    started = time.perf_counter()
+    sam = load_sam(args.sam_model, "random", device)
+    model, tokenizer = load_clip(args.clip_model, "random", device)
+    clip = DenseClip(model, tokenizer, device)
+    print(f"models built in {time.perf_counter() - started:.1f}s on {device} "
+          f"({torch.get_num_threads()} threads); SAM {args.sam_model}, CLIP {args.clip_model}, "
+          "random weights")
+
+    with tempfile.TemporaryDirectory() as work:
+        raster = os.path.join(work, "scene.tif")
+        synthetic_scene(raster, args.size)
+        rows = []
+        for index, expression in enumerate(args.expressions):
+            request = ReferringRequest(raster, [expression], os.path.join(work, f"out{index}.gpkg"),
+                                       max_size=args.size, device=str(device))
+            result = run_referring(request, sam=sam, clip=clip)
+            item = result.expressions[0]
+            q = result.session.last_timings
+            rows.append((expression, item.timing, q, item.polygon_count))
+        print(f"area {result.width}×{result.height} px, {result.tiles} tile(s)\n")
+        header = (f"{'expression':38s} {'kind':6s} {'total':>7s} {'CLIP enc':>8s} {'SAM enc':>8s} "
+                  f"{'prompt+dec+sel':>14s} {'vectorize':>9s}   prompting split: maps / "
+                  "decode / region / select, candidates")
+        print(header)
+        print("-" * len(header))
+        for expression, t, q, count in rows:
+            print(f"{expression[:38]:38s} {'cached' if t.cached else 'first':6s} {t.total:7.2f} "
+                  f"{t.clip_encode:8.2f} {t.sam_encode:8.2f} {t.prompting:14.2f} "
+                  f"{t.vectorize:9.2f}   {q.localize:.2f} / {q.decode:.2f} / {q.region:.2f} / "
+                  f"{q.select:.2f}, {q.candidates}")
+        first = rows[0][1].total
+        cached = [t.total for _, t, _, _ in rows[1:]]
+        if cached:
+            print(f"\nfirst query {first:.2f}s; cached queries {min(cached):.2f}-{max(cached):.2f}s "
+                  f"(mean {np.mean(cached):.2f}s)")
+
+
+if __name__ == "__main__":
+    main()
