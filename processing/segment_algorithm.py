@@ -125,6 +125,7 @@ class OpenVocabSegmentationAlgorithm(QgsProcessingAlgorithm):
         self._destinations = {}
         self._classes = []
         self._note = ""
+        self._settings = None
 
     # -- identity -------------------------------------------------------------------------------
     def name(self) -> str:
@@ -158,10 +159,11 @@ class OpenVocabSegmentationAlgorithm(QgsProcessingAlgorithm):
             "structure seen by a DINO model (needs DINO weights); <i>Dense CLIP</i> is CLIP alone; "
             "<i>Auto</i> (default) takes DR-Seg when DINO weights are set up and says so in the log "
             "when it falls back to dense CLIP. <b>DINO weights</b>: a checkpoint file or a catalog "
-            "name (e.g. rs-dino-vit-b8); empty: the catalog checkpoint of the DINO model, when it "
-            "has been downloaded (DR-Seg settings › Download models…, or <i>python -m drseg models "
-            "download dino-vit-b8</i>). <b>Semantic ratio</b>, <b>Graph k</b> and the three module "
-            "switches tune DR-Seg (advanced)."
+            "name (e.g. rs-dino-vit-b8); empty: the DINO weights of the DR-Seg settings when they are "
+            "for this DINO model, else its catalog checkpoint, once downloaded (DR-Seg settings › "
+            "Download models…, or <i>python -m drseg models download dino-vit-b8</i>). <b>Semantic ratio</b>, <b>Graph k</b> and the three module "
+            "switches tune DR-Seg (advanced).<br><br>Tiling (window, stride, batch) and the model "
+            "cache folder come from the DR-Seg settings (Plugins › DR-Seg › DR-Seg settings…)."
             "<br><br><b>CLIP weights</b>: an open_clip pretrained tag (e.g. 'openai', downloaded on "
             "first use) or a local checkpoint file; <b>CLIP model</b>: an open_clip architecture "
             "name or a model config .json. Needs the Python packages torch, torchvision and "
@@ -238,6 +240,11 @@ class OpenVocabSegmentationAlgorithm(QgsProcessingAlgorithm):
     # -- running --------------------------------------------------------------------------------
     def prepareAlgorithm(self, parameters, context, feedback):  # noqa: N802
         """Main thread: validate, resolve layer and outputs, import the engine."""
+        from ..core.settings import load_settings_or_defaults
+
+        self._settings, problem = load_settings_or_defaults()
+        if problem:
+            feedback.pushWarning(problem + " — the default settings are used")
         try:
             self._request = self._build_request(parameters, context)
         except (DrSegError, MissingDependencies) as exc:
@@ -290,6 +297,8 @@ class OpenVocabSegmentationAlgorithm(QgsProcessingAlgorithm):
             decouple=self.parameterAsBoolean(parameters, self.DECOUPLE, context),
             rectify=self.parameterAsBoolean(parameters, self.RECTIFY, context),
             fusion=self.parameterAsBoolean(parameters, self.FUSION, context),
+            window=self._settings.window, stride=self._settings.stride,
+            block=self._settings.block, batch_size=self._settings.batch_size,
             device=DEVICE_CHOICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
             simplify=self.parameterAsDouble(parameters, self.SIMPLIFY, context),
             min_area=self.parameterAsDouble(parameters, self.MIN_AREA, context),
@@ -299,7 +308,7 @@ class OpenVocabSegmentationAlgorithm(QgsProcessingAlgorithm):
         return request
 
     def dino_cache_dir(self) -> Optional[str]:
-        return None  # DRSEG_CACHE_DIR, else the platform's model cache
+        return self._settings.effective_cache_dir()  # DRSEG_CACHE_DIR wins over the setting
 
     def _method(self, parameters, context):
         """-> (method for the engine, DINO model, DINO checkpoint file or None, note).
@@ -312,6 +321,8 @@ class OpenVocabSegmentationAlgorithm(QgsProcessingAlgorithm):
         if method == "clip":
             return "clip", dino_model, None, ""
         weights = self.parameterAsString(parameters, self.DINO_WEIGHTS, context).strip() or None
+        if weights is None and self._settings.dino_model == dino_model:
+            weights = self._settings.dino_weights.strip() or None  # the settings' choice
         path = find_dino_weights(dino_model, weights, self.dino_cache_dir())
         if path is not None:
             return "drseg", dino_model, path, ""

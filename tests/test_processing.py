@@ -278,3 +278,28 @@ def test_drseg_without_dino_weights_is_a_clear_error(drseg_provider, tiny_clip, 
     assert "'rs-dino-vit-b8' are not downloaded" in log
     assert fake_models.requests == []
     assert files_under(tmp_path) == ["scene.tif"]
+
+
+def test_tiling_and_the_model_cache_come_from_the_settings(drseg_provider, tiny_clip, tmp_path,
+                                                           fake_models, isolated_settings,
+                                                           monkeypatch):
+    import json
+    import os
+
+    from conftest_qgis import put_in_cache
+
+    monkeypatch.delenv("DRSEG_CACHE_DIR")
+    cached = put_in_cache(tmp_path / "cache", "rs-dino-vit-b8")
+    with open(os.environ["DRSEG_CONFIG"], "w") as handle:
+        json.dump({"cache_dir": str(tmp_path / "cache"), "window": 160, "stride": 96, "block": 256,
+                   "batch_size": 3, "dino_model": "dino_vitb8", "dino_weights": "rs-dino-vit-b8"},
+                  handle)
+    raster = write_raster(tmp_path / "scene.tif")
+    run_algorithm(ALG, params(raster, tiny_clip, tmp_path))
+    (request,) = fake_models.requests
+    assert (request.window, request.stride, request.block, request.batch_size) == (160, 96, 256, 3)
+    assert request.method == "drseg" and request.dino_weights == cached  # the settings' DINO
+    # Another DINO model than the settings': its own catalog default, not downloaded here.
+    result = run_algorithm(ALG, params(raster, tiny_clip, tmp_path, DINO_MODEL=0,
+                                        OUTPUT=str(tmp_path / "b.gpkg")))
+    assert fake_models.requests[-1].method == "clip" and "dino_vits8" in result["NOTE"]

@@ -16,7 +16,7 @@ from unittest import mock
 import pytest
 from conftest_qgis import (REPO_ROOT, files_under, isolated_settings, raster_layer,  # noqa: F401
                            tiny_clip, wait_for, write_raster, write_tiny_clip_config)
-from qgis.core import QgsApplication
+from qgis.core import Qgis, QgsApplication
 
 try:
     from qgis.PyQt.QtGui import QAction
@@ -67,11 +67,25 @@ def test_plugin_defaults_match_the_engine():
 
 
 @pytest.fixture
-def spied_iface(qgis_iface, isolated_settings):
+def spied_iface(qgis_iface, isolated_settings, monkeypatch, tmp_path):
+    """pytest-qgis's iface with the plugin-facing calls recorded; an empty settings file, model
+    cache and packages folder; the start-up check's state reset."""
+    from drseg.core import dependencies
+    from drseg.ui import integration
+
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setenv(dependencies.PACKAGES_ENV, str(tmp_path / "packages"))
+    monkeypatch.setattr(integration, "_warning_widget", None)
+    monkeypatch.setattr(integration, "_open_dialogs", {})
+    bar = qgis_iface.messageBar()
+    bar.clearWidgets()
+    bar.clear_messages()
     names = ("addToolBarIcon", "removeToolBarIcon", "addPluginToMenu", "removePluginMenu",
              "addDockWidget", "removeDockWidget")
     with mock.patch.multiple(qgis_iface, **{name: mock.DEFAULT for name in names}):
         yield qgis_iface
+    integration.close_dialogs()
+    bar.clearWidgets()
 
 
 def test_init_gui_toggle_dock_and_unload(spied_iface, qgis_processing, qgis_new_project):
@@ -82,7 +96,10 @@ def test_init_gui_toggle_dock_and_unload(spied_iface, qgis_processing, qgis_new_
     try:
         action = spied_iface.addToolBarIcon.call_args.args[0]
         assert isinstance(action, QAction) and not action.icon().isNull()
-        assert spied_iface.addPluginToMenu.call_args.args == ("&DR-Seg", action)
+        settings_action = plugin.settings_action
+        assert [c.args for c in spied_iface.addPluginToMenu.call_args_list] == [
+            ("&DR-Seg", action), ("&DR-Seg", settings_action)]
+        assert settings_action.text() == "DR-Seg settings…"
         assert registry.providerById("drseg") is plugin.provider
         assert registry.algorithmById("drseg:openvocabsegmentation") is not None
         assert plugin.dock is None  # built on first use only
@@ -105,9 +122,11 @@ def test_init_gui_toggle_dock_and_unload(spied_iface, qgis_processing, qgis_new_
         spied_iface.mainWindow().hide()
     assert registry.providerById("drseg") is None
     spied_iface.removeToolBarIcon.assert_called_once_with(action)
-    spied_iface.removePluginMenu.assert_called_once_with("&DR-Seg", action)
+    assert [c.args for c in spied_iface.removePluginMenu.call_args_list] == [
+        ("&DR-Seg", settings_action), ("&DR-Seg", action)]
     spied_iface.removeDockWidget.assert_called_once_with(dock)
     assert plugin.dock is None and plugin.action is None and plugin.provider is None
+    assert plugin.settings_action is None
 
 
 def test_unload_during_a_run_cancels_it_and_adds_nothing(spied_iface, qgis_processing,
@@ -188,6 +207,174 @@ def test_plugin_loads_and_explains_when_torch_is_missing(tmp_path):
     title, message = report["errors"][0]
     assert title == "DR-Seg"
     assert "pip install" in message and "torch" in message and "open_clip_torch" in message
+
+
+# -- settings and dependencies ------------------------------------------------------------------
+
+def install_buttons(bar):
+    from qgis.PyQt.QtWidgets import QPushButton
+
+    return [b for item in bar.items() for b in item.findChildren(QPushButton, "drsegInstallButton")]
+
+
+def test_missing_packages_are_offered_for_install_and_the_plugin_still_loads(
+        spied_iface, qgis_processing, qgis_new_project, monkeypatch):
+    from drseg.ui import integration
+    from drseg.ui.dependencies_dialog import DependenciesDialog
+
+    monkeypatch.setitem(sys.modules, "timm", None)  # as if timm were not installed
+    plugin = drseg.classFactory(spied_iface)
+    plugin.initGui()
+    try:
+        assert plugin.missing_packages == ["timm"]
+        bar = spied_iface.messageBar()
+        (item,) = bar.items()
+        assert "timm" in item.text() and "The plugin is loaded" in item.text()
+        assert QgsApplication.processingRegistry().algorithmById("drseg:openvocabsegmentation")
+        plugin.action.trigger()
+        assert plugin.dock is not None and not plugin.dock.isHidden()
+        (button,) = install_buttons(bar)
+        button.click()
+        dialog = integration._open_dialogs["dependencies"]
+        assert isinstance(dialog, DependenciesDialog) and dialog.isVisible()
+        assert not dialog.isModal()  # QGIS stays usable
+        assert [r.package for r in dialog.plan.requirements] == ["timm"]
+    finally:
+        plugin.unload()
+    assert spied_iface.messageBar().items() == []      # no 'Install…' button left behind
+    assert integration._open_dialogs == {}
+
+
+def test_a_failing_dependency_check_never_stops_the_plugin(spied_iface, qgis_processing,
+                                                           qgis_new_project, monkeypatch):
+    from drseg.ui import integration
+
+    def broken(_iface):
+        raise RuntimeError("the check itself is broken")
+
+    monkeypatch.setattr(integration, "check_dependencies_on_start", broken)
+    logged = []
+    log = QgsApplication.messageLog()
+    log.messageReceived.connect(lambda text, tag, level: logged.append((tag, text)))
+    plugin = drseg.classFactory(spied_iface)
+    plugin.initGui()
+    try:
+        assert plugin.action is not None and plugin.settings_action is not None
+        assert QgsApplication.processingRegistry().providerById("drseg") is plugin.provider
+        plugin.action.trigger()
+        assert plugin.dock is not None
+    finally:
+        plugin.unload()
+    texts = [text for tag, text in logged if tag == "DR-Seg"]
+    assert any("dependency check failed" in t and "the check itself is broken" in t for t in texts)
+
+
+def write_settings(path, **values):
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(values, handle)
+
+
+def test_dock_takes_models_device_and_tiling_from_the_settings(qgis_iface, qgis_new_project,
+                                                               isolated_settings, monkeypatch,
+                                                               tmp_path, tiny_clip):
+    from conftest_qgis import put_in_cache
+
+    from drseg.ui.dock import DrSegDock
+
+    cache = tmp_path / "cache"
+    monkeypatch.delenv("DRSEG_CACHE_DIR")  # the settings' cache folder counts now
+    dino = put_in_cache(cache, "dinov2-vit-s14")
+    clip_file = tmp_path / "clip.pt"
+    clip_file.write_bytes(b"weights")
+    write_settings(os.environ["DRSEG_CONFIG"], cache_dir=str(cache), clip_model=tiny_clip,
+                   clip_weights=str(clip_file), dino_model="dinov2_vits14",
+                   dino_weights="dinov2-vit-s14", device="cpu", window=320, stride=160,
+                   block=1024, batch_size=2)
+    layer = raster_layer(write_raster(tmp_path / "scene.tif"))
+    qgis_new_project.addMapLayer(layer)
+    dock = DrSegDock(qgis_iface)
+    try:
+        assert dock.clip_model_combo.currentText() == tiny_clip
+        assert dock.clip_weights_widget.filePath() == str(clip_file)
+        assert dock.dino_model_combo.currentText() == "dinov2_vits14"
+        assert dock.device_combo.currentData() == "cpu"
+        assert (dock.window_spin.value(), dock.stride_spin.value()) == (320, 160)
+        assert dock.method() == "drseg" and dock.dino_path == dino
+        dock.layer_combo.setLayer(layer)
+        dock.classes_edit.setPlainText("water")
+        dock.output_widget.setFilePath(str(tmp_path / "out.gpkg"))
+        request = dock.build_request()
+        assert (request.clip_model, request.clip_weights) == (tiny_clip, str(clip_file))
+        assert (request.method, request.dino_model, request.dino_weights) == (
+            "drseg", "dinov2_vits14", dino)
+        assert (request.device, request.window, request.stride, request.block,
+                request.batch_size) == ("cpu", 320, 160, 1024, 2)
+        dock.stride_spin.setValue(400)
+        assert dock.run() is None
+        assert "stride (400 px) must not be larger than the window (320 px)" in \
+            qgis_iface.messageBar().get_messages(Qgis.MessageLevel.Critical)[-1]
+    finally:
+        dock.shutdown()
+        dock.deleteLater()
+
+
+def test_a_broken_settings_file_gives_the_defaults_and_says_so(qgis_iface, isolated_settings):
+    from drseg.core.settings import Settings
+    from drseg.ui.dock import DrSegDock
+
+    qgis_iface.messageBar().clear_messages()
+    write_settings(os.environ["DRSEG_CONFIG"], window=10, device="tpu")
+    dock = DrSegDock(qgis_iface)
+    try:
+        defaults = Settings()
+        assert (dock.window_spin.value(), dock.stride_spin.value()) == (defaults.window,
+                                                                        defaults.stride)
+        assert dock.device_combo.currentData() == "auto"
+        warning = qgis_iface.messageBar().get_messages(Qgis.MessageLevel.Warning)[-1]
+        assert "invalid values" in warning and "Unknown device 'tpu'" in warning
+        assert "the defaults are used" in dock.status_label.text()
+    finally:
+        dock.shutdown()
+        dock.deleteLater()
+
+
+def test_settings_from_the_menu_or_the_dock_reach_the_open_dock(spied_iface, qgis_processing,
+                                                                qgis_new_project,
+                                                                isolated_settings):
+    from qgis.PyQt.QtWidgets import QDialogButtonBox
+
+    from conftest_qgis import put_in_cache
+
+    from drseg.ui import integration
+    from drseg.ui.settings_dialog import SettingsDialog
+
+    plugin = drseg.classFactory(spied_iface)
+    plugin.initGui()
+    try:
+        plugin.action.trigger()
+        dock = plugin.dock
+        assert dock.method() == "clip" and dock.window_spin.value() == 224
+        plugin.settings_action.trigger()
+        dialog = integration._open_dialogs["settings"]
+        assert isinstance(dialog, SettingsDialog) and dialog.isVisible() and not dialog.isModal()
+        dock.settings_button.click()                   # the dock's button: the same dialog
+        assert integration._open_dialogs["settings"] is dialog
+        # A DINO download finishing in the dialog: the dock notices and offers DR-Seg.
+        put_in_cache(isolated_settings, "dino-vit-b8")
+        dialog.transferFinished.emit(None)
+        assert dock.method() == "drseg"
+        dialog.window_spin.setValue(448)
+        dialog.stride_spin.setValue(224)
+        dialog.device_combo.setCurrentIndex(dialog.device_combo.findData("cpu"))
+        dialog.button_box.button(QDialogButtonBox.StandardButton.Save).click()
+        assert (dock.window_spin.value(), dock.stride_spin.value()) == (448, 224)
+        assert dock.device_combo.currentData() == "cpu"
+        assert json.loads(open(os.environ["DRSEG_CONFIG"]).read())["window"] == 448
+        plugin.settings_action.trigger()               # a new dialog after the first closed
+        assert integration._open_dialogs["settings"] is not dialog
+    finally:
+        plugin.unload()
+    assert integration._open_dialogs == {}
 
 
 # -- qgis_process -------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from qgis.PyQt.QtWidgets import (QCheckBox, QComboBox, QDockWidget, QFormLayout,
 
 from ..core.classes import parse_classes
 from ..core.errors import DrSegError, InputError
+from ..core.settings import LIMITS, Settings, load_settings_or_defaults
 from .engine import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DINO_MODEL, DEFAULT_GRAPH_K,
                      DEFAULT_SEMANTIC_RATIO, DEFAULT_THRESHOLD, DINO_DEFAULT_WEIGHTS,
                      DINO_MODEL_CHOICES, MissingDependencies, dino_help, find_dino_weights,
@@ -33,7 +34,8 @@ TITLE = "DR-Seg"
 CLASS_PLACEHOLDER = "building,roof; road,street; tree,forest; water"
 AREA_LAYER, AREA_CANVAS = "layer", "canvas"
 CLIP_MODEL_CHOICES = ("ViT-B-16", "ViT-B-32", "ViT-L-14")
-DEVICE_LABELS = (("auto", "Auto (GPU if available)"), ("cpu", "CPU"), ("cuda", "CUDA GPU"))
+DEVICE_LABELS = (("auto", "Auto (GPU if available)"), ("cpu", "CPU"), ("cuda", "CUDA GPU"),
+                 ("mps", "Apple GPU (MPS)"))
 METHOD_DRSEG, METHOD_CLIP = "drseg", "clip"
 METHOD_ITEMS = ((METHOD_DRSEG, "DR-Seg (CLIP + DINO)"), (METHOD_CLIP, "Dense CLIP"))
 
@@ -54,6 +56,7 @@ class DrSegDock(QDockWidget):
 
     runStarted = pyqtSignal(object)    # the SegmentationTask
     runFinished = pyqtSignal(object)   # the SegmentationTask, after layers were added / errors shown
+    settingsRequested = pyqtSignal()   # the 'Settings…' button: the plugin opens the dialog
 
     def __init__(self, iface, parent=None):
         super().__init__(TITLE, parent)
@@ -66,10 +69,14 @@ class DrSegDock(QDockWidget):
         self.dino_path: Optional[str] = None   # the DINO checkpoint DR-Seg would use now
         self.dino_problem = ""        # why there is none, for the note and the error
         self._method_chosen = False   # the user picked a method: stop choosing it for them
+        self.settings, self.settings_problem = load_settings_or_defaults()
         self._build()
         self._layer_changed(self.layer_combo.currentLayer())
-        self.refresh_dino_state()
+        self.apply_settings(self.settings)
         self._update_buttons()
+        if self.settings_problem:
+            self.status_label.setText(self.settings_problem + " — the defaults are used")
+            self._message(Qgis.MessageLevel.Warning, self.settings_problem + " — the defaults are used")
 
     # -- widgets --------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -197,6 +204,17 @@ class DrSegDock(QDockWidget):
                                             "the catalog default of the DINO model")
         self.dino_weights_widget.fileChanged.connect(lambda _path: self.refresh_dino_state())
         adv.addRow("DINO weights", self.dino_weights_widget)
+        self.window_spin = QSpinBox(advanced)
+        self.window_spin.setRange(*LIMITS["window"])
+        self.window_spin.setSuffix(" px")
+        self.window_spin.setToolTip("Size of the square windows the models see, in working pixels")
+        adv.addRow("Window", self.window_spin)
+        self.stride_spin = QSpinBox(advanced)
+        self.stride_spin.setRange(*LIMITS["stride"])
+        self.stride_spin.setSuffix(" px")
+        self.stride_spin.setToolTip("Step between windows; smaller than the window, windows "
+                                    "overlap and are blended (no seams)")
+        adv.addRow("Stride", self.stride_spin)
         self.simplify_spin = QgsDoubleSpinBox(advanced)
         self.simplify_spin.setRange(0.0, 100.0)
         self.simplify_spin.setSuffix(" px")
@@ -205,6 +223,11 @@ class DrSegDock(QDockWidget):
         self.min_area_spin.setRange(0.0, 1e9)
         self.min_area_spin.setSuffix(" m²")
         adv.addRow("Minimum area", self.min_area_spin)
+        self.settings_button = QPushButton("Settings and model downloads…", advanced)
+        self.settings_button.setToolTip("Default models, device, tiling, model cache; download "
+                                        "CLIP, DINO and SAM weights")
+        self.settings_button.clicked.connect(self.settingsRequested.emit)
+        adv.addRow(self.settings_button)
         outer.addWidget(advanced)
 
         modules = QgsCollapsibleGroupBox("DR-Seg modules", body)
@@ -302,7 +325,28 @@ class DrSegDock(QDockWidget):
         self.refresh_dino_state()
 
     def dino_cache_dir(self) -> Optional[str]:
-        return None  # DRSEG_CACHE_DIR, else the platform's model cache
+        return self.settings.effective_cache_dir()  # DRSEG_CACHE_DIR wins over the setting
+
+    # -- settings -------------------------------------------------------------------------------
+    def apply_settings(self, settings: Settings) -> None:
+        """Take the shared settings (core/settings.py) as the form's models, device and tiling."""
+        self.settings = settings
+        self.clip_model_combo.setCurrentText(settings.clip_model)
+        self.clip_weights_widget.setFilePath(settings.clip_weights)
+        self.dino_model_combo.blockSignals(True)  # the weights below belong to this model
+        index = self.dino_model_combo.findText(settings.dino_model)
+        self.dino_model_combo.setCurrentIndex(max(index, 0))
+        self.dino_model_combo.blockSignals(False)
+        self.dino_weights_widget.setFilePath(settings.dino_weights)
+        device = settings.device.strip().lower()
+        index = self.device_combo.findData(device)
+        if index < 0:  # 'cuda:1' and the like
+            self.device_combo.addItem(device, device)
+            index = self.device_combo.count() - 1
+        self.device_combo.setCurrentIndex(index)
+        self.window_spin.setValue(settings.window)
+        self.stride_spin.setValue(settings.stride)
+        self.refresh_dino_state()
 
     def refresh_dino_state(self) -> None:
         """Find the DINO weights now (a few file checks, no torch); pick the method unless the
@@ -411,6 +455,10 @@ class DrSegDock(QDockWidget):
         bands = self.selected_bands()
         extent = self.selected_extent(layer)
         vector, raster = self.output_paths(layer)
+        window, stride = self.window_spin.value(), self.stride_spin.value()
+        if stride > window:
+            raise InputError(f"The stride ({stride} px) must not be larger than the window "
+                             f"({window} px): windows would leave gaps")
         clip_model = self.clip_model_combo.currentText().strip() or DEFAULT_CLIP_MODEL
         clip_weights = self.clip_weights_widget.filePath().strip() or DEFAULT_CLIP_WEIGHTS
         method, dino_model = self.method(), self.dino_model_combo.currentText()
@@ -432,7 +480,9 @@ class DrSegDock(QDockWidget):
             semantic_ratio=self.semantic_ratio_spin.value(), graph_k=self.graph_k_spin.value(),
             decouple=self.decouple_check.isChecked(), rectify=self.rectify_check.isChecked(),
             fusion=self.fusion_check.isChecked(),
-            device=self.device_combo.currentData(), simplify=self.simplify_spin.value(),
+            device=self.device_combo.currentData(), window=window, stride=stride,
+            block=self.settings.block, batch_size=self.settings.batch_size,
+            simplify=self.simplify_spin.value(),
             min_area=self.min_area_spin.value(),
             layer_name=table)
 
@@ -496,8 +546,15 @@ class DrSegDock(QDockWidget):
                 if note:
                     text += f". {note}"
                 self.progress_bar.setValue(100)
-                self.status_label.setText(f"Done: {text}")
+                reason = getattr(result, "device_reason", "")
+                self.status_label.setText(f"Done: {text}" + (f"\nDevice: {reason}" if reason else ""))
                 self._message(Qgis.MessageLevel.Success, f"Segmentation done: {text}")
+                warnings = list(getattr(result, "warnings", None) or [])
+                if warnings:
+                    self._message(Qgis.MessageLevel.Warning,
+                                  f"GPU memory was short: the window batch was reduced "
+                                  f"{len(warnings)}× ({warnings[-1]}); a smaller batch size in "
+                                  "the settings avoids the retries")
         elif task.was_cancelled:
             self.progress_bar.setValue(0)
             self.status_label.setText("Cancelled; nothing was written")
