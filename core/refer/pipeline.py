@@ -59,7 +59,7 @@ class ReferringSettings:
     weights: SelectionWeights = field(default_factory=SelectionWeights)
 
 
-@dataclass
+@dataclass(eq=False)
 class ReferringResult:
     """One object an expression refers to, in the session's area pixels.
 

@@ -33,7 +33,6 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 import rasterio
 import shapely
-from rasterio.coords import BoundingBox
 from rasterio.windows import Window
 from shapely.strtree import STRtree
 
@@ -46,7 +45,7 @@ from ..sliding import window_starts
 from ..vectorize import AreaMeter
 from .parse import ParsedExpression, parse_expression
 from .pipeline import (SESSIONS, QueryTimings, ReferringResult, ReferringSession,
-                       ReferringSettings, mask_to_geometry)
+                       ReferringSettings)
 from .select import SelectionWeights
 
 DEFAULT_MAX_SIZE = 1024
@@ -105,7 +104,7 @@ class ExpressionTiming:
         self.cached &= t.cached
 
 
-@dataclass
+@dataclass(eq=False)
 class ExpressionResult:
     expression: str
     parsed: ParsedExpression
@@ -117,7 +116,7 @@ class ExpressionResult:
     geometries: List[object] = field(default_factory=list)         # shapely, raster CRS
 
 
-@dataclass
+@dataclass(eq=False)
 class ReferringRunResult:
     vector_path: str
     layer_name: str
@@ -332,7 +331,7 @@ def run_referring(request: ReferringRequest, progress=None, cancelled=None, sam=
             where = f" (tile {t_index + 1}/{len(tiles)})" if tiled else ""
             if not session.encoded:
                 monitor.report(step / steps, f"Encoding the area{where}")
-            for expression in results:
+            for e_index, expression in enumerate(results):
                 monitor.report(step / steps, f"'{expression.expression}'{where}")
                 tick = time.perf_counter()
                 found = session.query(expression.expression, local_only=tiled)
@@ -343,7 +342,7 @@ def run_referring(request: ReferringRequest, progress=None, cancelled=None, sam=
                     geometry = session.to_geometry(item)
                     if geometry is None:
                         continue
-                    pieces[results.index(expression)].append((geometry, item.score))
+                    pieces[e_index].append((geometry, item.score))
                     if not tiled:
                         expression.results.append(item)
                 elapsed = time.perf_counter() - tick
