@@ -11,7 +11,7 @@ from typing import Callable, Hashable
 
 from .device import resolve_device
 
-MAX_MODELS = 3
+MAX_MODELS = 4  # CLIP, DINO and SAM together, plus one more
 _lock = threading.RLock()
 _models: "OrderedDict[Hashable, object]" = OrderedDict()
 
