@@ -24,9 +24,11 @@ class DrSegProvider(QgsProcessingProvider):
         return QIcon(ICON_PATH)
 
     def loadAlgorithms(self) -> None:  # noqa: N802
+        from .score_algorithm import ScoreClassificationAlgorithm
         from .segment_algorithm import OpenVocabSegmentationAlgorithm
 
         self.addAlgorithm(OpenVocabSegmentationAlgorithm())
+        self.addAlgorithm(ScoreClassificationAlgorithm())
 
     # The engine writes GeoPackages and GeoTIFFs only.
     def supportedOutputVectorLayerExtensions(self):  # noqa: N802

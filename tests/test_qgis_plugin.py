@@ -102,6 +102,7 @@ def test_init_gui_toggle_dock_and_unload(spied_iface, qgis_processing, qgis_new_
         assert settings_action.text() == "DR-Seg settings…"
         assert registry.providerById("drseg") is plugin.provider
         assert registry.algorithmById("drseg:openvocabsegmentation") is not None
+        assert registry.algorithmById("drseg:scoreclassification") is not None
         assert plugin.dock is None  # built on first use only
 
         action.trigger()
@@ -418,6 +419,7 @@ def qgis_profile(tmp_path_factory):
 def test_qgis_process_lists_the_algorithm_and_reports_bad_input(qgis_profile, tmp_path):
     listed = qgis_process(qgis_profile, "list")
     assert "drseg:openvocabsegmentation" in listed.stdout, listed.stdout + listed.stderr
+    assert "drseg:scoreclassification" in listed.stdout
     raster = write_raster(tmp_path / "scene.tif")
     failed = qgis_process(qgis_profile, "run", "drseg:openvocabsegmentation", "--",
                           f"INPUT={raster}", "CLASSES= ; ", f"OUTPUT={tmp_path / 'out.gpkg'}")
