@@ -8,17 +8,8 @@ import argparse
 import sys
 from typing import List, Optional
 
+from .core.console import ProgressBar, extent_argument
 from .core.errors import DrSegError, RunCancelled
-
-
-def _extent(text: str):
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        values = []
-    if len(values) != 4:
-        raise argparse.ArgumentTypeError("extent must be xmin,ymin,xmax,ymax")
-    return values
 
 
 def add_segment_parser(subparsers) -> None:
@@ -52,7 +43,7 @@ def add_segment_parser(subparsers) -> None:
     p.add_argument("--no-fusion", action="store_true",
                    help="use the rectified branch alone instead of uncertainty-guided fusion")
     p.add_argument("--bands", help="band numbers, 1 (grey) or 3 (RGB), e.g. 4,3,2; default: RGB")
-    p.add_argument("--extent", type=_extent, help="xmin,ymin,xmax,ymax in the raster's CRS")
+    p.add_argument("--extent", type=extent_argument, help="xmin,ymin,xmax,ymax in the raster's CRS")
     p.add_argument("--resolution", type=float, help="working pixel size in metres (default: native)")
     p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
                    help="pixels whose top class probability is below this become background")
@@ -93,31 +84,6 @@ def run_segment_command(args) -> int:
         if path:
             print(f"wrote {path}")
     return 0
-
-
-class ProgressBar:
-    """tqdm bar fed by the engine's (fraction, message) callback."""
-
-    def __init__(self, quiet: bool = False):
-        self._quiet = quiet
-        self._bar = None
-
-    def __enter__(self):
-        return self
-
-    def update(self, fraction: float, message: str) -> None:
-        if self._bar is None and not self._quiet:  # created on first progress, not before errors
-            from tqdm import tqdm
-            self._bar = tqdm(total=100, unit="%", file=sys.stderr,
-                             bar_format="{l_bar}{bar}| {elapsed}<{remaining}")
-        if self._bar is not None:
-            self._bar.set_description_str(message[:40])
-            self._bar.n = round(fraction * 100, 1)
-            self._bar.refresh()
-
-    def __exit__(self, *exc):
-        if self._bar is not None:
-            self._bar.close()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from urllib.parse import urlparse
 from typing import Optional, Tuple
 
 import torch
 
 from .checkpoints import load_into, load_state_dict
+from .download import ensure_cached, server_reachable
 from .errors import InputError, ModelError
 
 DEFAULT_CLIP_MODEL = "ViT-B-16"
@@ -53,7 +53,8 @@ def load_clip(model_name: str = DEFAULT_CLIP_MODEL, weights: Optional[str] = DEF
                                          and "-" not in m[6:]))
         path = weights
         if entry is not None:
-            path = _catalog_file(entry, cache_dir, progress)
+            path = ensure_cached(entry, "CLIP weights", "--clip-weights", "CLIP weights",
+                                 cache_dir, progress)
         elif not is_file and weights != RANDOM_WEIGHTS:
             # Fetch (or find in the cache) before building: an offline failure should be quick.
             path = _download_pretrained(model_name, weights)
@@ -76,23 +77,6 @@ def catalog_entry(model_name: str, weights: str):
         if candidate in entries:
             return entries[candidate]
     return None
-
-
-def _catalog_file(entry, cache_dir, progress) -> str:
-    from .download import cached_path, download, source_url
-
-    path = cached_path(entry, cache_dir)
-    if path:
-        return path
-    url = source_url(entry)
-    parts = urlparse(url)
-    host = parts.hostname or ""
-    if host and not _reachable(host, parts.port or (80 if parts.scheme == "http" else 443)):
-        raise ModelError(f"The CLIP weights '{entry.name}' are not in the model cache and {host} "
-                         f"cannot be reached (no network?). Download {url} on a connected machine, "
-                         f"then run `python -m drseg models import {entry.name} FILE`, or pass the "
-                         "file with --clip-weights PATH (QGIS: the 'CLIP weights' field)")
-    return download(entry, cache_dir, progress=progress)
 
 
 def _model_from_config_file(path: str):
@@ -125,8 +109,9 @@ def _download_pretrained(model_name: str, tag: str) -> str:
     try:
         path = _cached_hub_file(hub)
         if path is None:
-            host = urlparse(config["url"]).hostname if config.get("url") and not hub else "huggingface.co"
-            if not _reachable(host):
+            url = config["url"] if config.get("url") and not hub else "https://huggingface.co"
+            host = urlparse(url).hostname
+            if not server_reachable(url):
                 raise ModelError(f"Cannot reach {host} to download the CLIP weights {model_name}/{tag} "
                                  f"(no network?). {advice}")
             path = download_pretrained(config)
@@ -155,12 +140,3 @@ def _cached_hub_file(hub: str) -> Optional[str]:
         if isinstance(found, str) and os.path.isfile(found):
             return found
     return None
-
-
-def _reachable(host: str, port: int = 443, timeout: float = 5.0) -> bool:
-    """A quick check, so an offline machine gets the message at once rather than after retries."""
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-        return True
-    except OSError:
-        return False

@@ -640,3 +640,40 @@ def _write_part_info(part: str, url: str, headers) -> None:
             json.dump(info, handle)
     except OSError:
         pass
+
+
+def server_reachable(url: str, timeout: float = 5.0) -> bool:
+    """A quick TCP check of `url`'s server, so an offline machine gets its message at once rather
+    than after a client's retries. file:// and other host-less URLs count as reachable."""
+    import socket
+
+    parts = urllib.parse.urlparse(url)
+    if not parts.hostname:
+        return True
+    port = parts.port or (80 if parts.scheme == "http" else 443)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def ensure_cached(entry: ModelEntry, what: str, option: str, field: str,
+                  cache_dir: Optional[str] = None, progress: Optional[ProgressFn] = None) -> str:
+    """The verified cached file of a catalog entry, downloading it first when its server can be
+    reached; otherwise a ModelError saying how to get the file here by hand.
+
+    what: 'CLIP weights'; option: the CLI flag ('--clip-weights'); field: the QGIS field name.
+    """
+    path = cached_path(entry, cache_dir)
+    if path:
+        return path
+    url = source_url(entry)
+    if not server_reachable(url):
+        raise ModelError(
+            f"The {what} '{entry.name}' ({entry.size_text()}) are not in the model cache and "
+            f"{_host(url)} cannot be reached (no network?). On a connected machine run "
+            f"`python -m drseg models download {entry.name}`, or download {url} and run "
+            f"`python -m drseg models import {entry.name} FILE`, or pass the file with "
+            f"{option} PATH (QGIS: the '{field}' field)")
+    return download(entry, cache_dir, progress=progress)

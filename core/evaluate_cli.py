@@ -17,6 +17,7 @@ import argparse
 import sys
 from typing import Callable, Optional
 
+from .console import ProgressBar
 from .errors import InputError
 
 PredictorFactory = Callable[[str, object, argparse.Namespace], Callable]
@@ -94,30 +95,6 @@ def add_evaluate_parser(subparsers, engine_options: Optional[Callable] = None):
     return parser
 
 
-class _Progress:
-    """A tqdm bar on stderr, created on the first update."""
-
-    def __init__(self, quiet: bool):
-        self.quiet = quiet
-        self.bar = None
-
-    def __call__(self, fraction: float, message: str) -> None:
-        if self.quiet:
-            return
-        if self.bar is None:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=100, unit="%", file=sys.stderr, leave=False,
-                            bar_format="{l_bar}{bar}| {elapsed}<{remaining}")
-        self.bar.set_description_str(message[:40])
-        self.bar.n = round(100 * fraction, 1)
-        self.bar.refresh()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def _predict_fn(task: str, dataset, args):
     factory = get_predictor_factory()
     if factory is None:
@@ -150,7 +127,7 @@ def run_evaluate_command(args) -> int:
         raise InputError(f"{dataset.name} is a{' referring' if other == 'refer' else 'n OVSS'} "
                          f"benchmark; use 'evaluate {other}'")
     predict_fn = None if args.predictions else _predict_fn(task, dataset, args)
-    progress = _Progress(getattr(args, "quiet", False))
+    progress = ProgressBar(getattr(args, "quiet", False), leave=False)
     try:
         if task == "ovss":
             report = evaluate_ovss(dataset, predict_fn=predict_fn,

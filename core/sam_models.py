@@ -16,13 +16,12 @@ weights: a checkpoint file (.pth state dict or .safetensors), a catalog name ('s
 from __future__ import annotations
 
 import os
-import socket
 from typing import Callable, Dict, Optional, Union
-from urllib.parse import urlparse
 
 import torch
 
 from .checkpoints import load_into, load_state_dict
+from .download import ensure_cached
 from .errors import InputError, ModelError
 
 SAM_TYPES = ("vit_b", "vit_l", "vit_h")
@@ -88,7 +87,8 @@ def resolve_sam_weights(model_type: Optional[str], weights: Optional[str],
     if model_type is not None and entry.architecture != model_type:
         raise InputError(f"The SAM weights '{entry.name}' are for {entry.architecture}, not "
                          f"{model_type}; choose --sam-model {entry.architecture} or other weights")
-    return entry.architecture, _catalog_file(entry, cache_dir, progress)
+    return entry.architecture, ensure_cached(entry, "SAM weights", "--sam-weights", "SAM weights",
+                                             cache_dir, progress)
 
 
 def _catalog_entry(model_type: Optional[str], weights: Optional[str]):
@@ -108,34 +108,6 @@ def _catalog_entry(model_type: Optional[str], weights: Optional[str]):
         raise ModelError(f"SAM weights file not found: '{weights}'")
     raise InputError(f"'{weights}' is neither a SAM weights file nor a catalog name "
                      f"({', '.join(sorted(entries))})")
-
-
-def _catalog_file(entry, cache_dir, progress) -> str:
-    from . import download as dl
-
-    path = dl.cached_path(entry, cache_dir)
-    if path:
-        return path
-    url = dl.source_url(entry)
-    parts = urlparse(url)
-    host = parts.hostname or ""
-    if host and not _reachable(host, parts.port or (80 if parts.scheme == "http" else 443)):
-        raise ModelError(
-            f"The SAM weights '{entry.name}' ({entry.size_text()}) are not in the model cache and "
-            f"{host} cannot be reached (no network?). On a connected machine run `python -m drseg "
-            f"models download {entry.name}`, or download {url} and run `python -m drseg models "
-            f"import {entry.name} FILE`, or pass the file with --sam-weights PATH "
-            "(QGIS: the 'SAM weights' field)")
-    return dl.download(entry, cache_dir, progress=progress)
-
-
-def _reachable(host: str, port: int = 443, timeout: float = 5.0) -> bool:
-    """A quick check, so an offline machine gets the message at once rather than after retries."""
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
 
 
 def sam_model(model_type: Optional[str] = DEFAULT_SAM_TYPE, weights: Optional[str] = None,

@@ -116,11 +116,13 @@ def _block_regions(labels, scores, window, dataset):
         yield Region(int(value), geometry, float(score_sums[i + 1]), int(counts[i + 1])), touches
 
 
-def _dissolve(pieces: List[Region]) -> List[Region]:
-    """Join pieces of one class that share an edge (not just a corner: 4-connectivity)."""
-    geoms = [p.geometry for p in pieces]
-    tree = STRtree(geoms)
-    parent = list(range(len(pieces)))
+def connected_groups(geoms: Sequence, predicate: str = "touches") -> List[List[int]]:
+    """Indices of `geoms` grouped by chains of pieces sharing more than a corner point.
+
+    predicate: the STRtree query that finds candidate pairs ('touches' for pieces that only
+    meet at their boundaries, 'intersects' when they may overlap too).
+    """
+    parent = list(range(len(geoms)))
 
     def root(i):
         while parent[i] != i:
@@ -128,15 +130,24 @@ def _dissolve(pieces: List[Region]) -> List[Region]:
             i = parent[i]
         return i
 
-    left, right = tree.query(geoms, predicate="touches")
-    for a, b in zip(left, right):
-        if a < b and root(a) != root(b) and geoms[a].intersection(geoms[b]).length > 0:
-            parent[root(a)] = root(b)
+    if len(geoms) > 1:
+        left, right = STRtree(geoms).query(geoms, predicate=predicate)
+        for a, b in zip(left, right):
+            if a < b and root(a) != root(b):
+                shared = geoms[a].intersection(geoms[b])
+                if shared.length > 0 or shared.area > 0:  # an edge or an overlap, not a corner
+                    parent[root(a)] = root(b)
     groups: Dict[int, List[int]] = {}
-    for i in range(len(pieces)):
+    for i in range(len(geoms)):
         groups.setdefault(root(i), []).append(i)
+    return list(groups.values())
+
+
+def _dissolve(pieces: List[Region]) -> List[Region]:
+    """Join pieces of one class that share an edge (4-connectivity: a corner does not join)."""
+    geoms = [p.geometry for p in pieces]
     merged = []
-    for members in groups.values():
+    for members in connected_groups(geoms):
         geometry = shapely.union_all([geoms[i] for i in members]) if len(members) > 1 else geoms[members[0]]
         merged.append(Region(pieces[members[0]].class_index, geometry,
                              sum(pieces[i].score_sum for i in members),

@@ -121,15 +121,17 @@ def test_unknown_model_and_offline_weights_are_clear_errors(monkeypatch, tmp_pat
     with pytest.raises(InputError, match="neither a file nor a pretrained tag"):
         load_clip("ViT-B-16", "no-such-tag")
     monkeypatch.setattr(clip_models, "_cached_hub_file", lambda hub: None)
-    monkeypatch.setattr(clip_models, "_reachable", lambda host, port=443, timeout=5.0: False)
+    from drseg.core import download
+    monkeypatch.setattr(clip_models, "server_reachable", lambda url, timeout=5.0: False)
+    monkeypatch.setattr(download, "server_reachable", lambda url, timeout=5.0: False)
     # 'openai' for ViT-B-16 is a catalog model: the message names the URL and the import command.
-    with pytest.raises(ModelError, match="'clip-vit-b-16-openai' are not in the model cache .*"
+    with pytest.raises(ModelError, match="'clip-vit-b-16-openai' .* are not in the model cache .*"
                                          "vit_base_patch16_clip_224.openai.*models import"):
         load_clip("ViT-B-16", "openai")
     # Other open_clip tags go through open_clip's own download.
     with pytest.raises(ModelError, match="Cannot reach huggingface.co .*ViT-B-16/laion2b_s34b_b88k"):
         load_clip("ViT-B-16", "laion2b_s34b_b88k")
-    monkeypatch.setattr(clip_models, "_reachable", lambda host, port=443, timeout=5.0: True)
+    monkeypatch.setattr(clip_models, "server_reachable", lambda url, timeout=5.0: True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ModelError, match="Could not download the CLIP weights ViT-B-16/laion2b_s34b_b88k"):
         load_clip("ViT-B-16", "laion2b_s34b_b88k")

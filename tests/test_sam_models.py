@@ -118,7 +118,7 @@ def test_truncated_and_code_running_files_are_refused(tmp_path, trained, capsys)
 
 def test_catalog_name_not_cached_and_offline_says_what_to_download(tmp_path, monkeypatch):
     monkeypatch.setenv(download.CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.setattr(sam_models, "_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(download, "server_reachable", lambda *a, **k: False)
     built = []
     monkeypatch.setattr(sam_models, "sam_architectures",
                         lambda: {t: lambda: built.append(1) for t in ("vit_b", "vit_l")})

@@ -10,15 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-
-def _extent(text: str):
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        values = []
-    if len(values) != 4:
-        raise argparse.ArgumentTypeError("extent must be xmin,ymin,xmax,ymax")
-    return values
+from ..console import ProgressBar, extent_argument
 
 
 def add_refer_parser(subparsers) -> argparse.ArgumentParser:
@@ -44,7 +36,7 @@ def add_refer_parser(subparsers) -> argparse.ArgumentParser:
                    help="open_clip pretrained tag, catalog name or checkpoint file")
     p.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     p.add_argument("--bands", help="band numbers, 1 (grey) or 3 (RGB), e.g. 4,3,2; default: RGB")
-    p.add_argument("--extent", type=_extent, help="xmin,ymin,xmax,ymax in the raster's CRS")
+    p.add_argument("--extent", type=extent_argument, help="xmin,ymin,xmax,ymax in the raster's CRS")
     p.add_argument("--resolution", type=float,
                    help="working pixel size in metres (default: native, reduced so the long "
                         "side is at most --max-size)")
@@ -71,7 +63,7 @@ def run_refer_command(args) -> int:
         bands=parse_bands(args.bands), sam_model=args.sam_model, sam_weights=args.sam_weights,
         clip_model=args.clip_model, clip_weights=args.clip_weights, device=args.device,
         threshold=args.threshold, tile_size=args.tile_size, simplify=args.simplify)
-    with _ProgressBar(args.quiet) as bar:
+    with ProgressBar(args.quiet) as bar:
         result = run_referring(request, progress=bar.update)
     print(f"{result.width}×{result.height} px ({result.resolution_m:.3g} m/px) in {result.tiles} "
           f"tile(s) on {result.device}; models ready in {result.model_seconds:.1f}s")
@@ -86,29 +78,4 @@ def run_refer_command(args) -> int:
     print(f"wrote {result.vector_path}")
     return 0
 
-
-class _ProgressBar:
-    """tqdm bar fed by the engine's (fraction, message) callback; created on first progress."""
-
-    def __init__(self, quiet: bool = False):
-        self._quiet = quiet
-        self._bar = None
-
-    def __enter__(self):
-        return self
-
-    def update(self, fraction: float, message: str) -> None:
-        if self._bar is None and not self._quiet:
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=100, unit="%", file=sys.stderr,
-                             bar_format="{l_bar}{bar}| {elapsed}<{remaining}")
-        if self._bar is not None:
-            self._bar.set_description_str(message[:40])
-            self._bar.n = round(fraction * 100, 1)
-            self._bar.refresh()
-
-    def __exit__(self, *exc):
-        if self._bar is not None:
-            self._bar.close()
 

@@ -34,7 +34,6 @@ import numpy as np
 import rasterio
 import shapely
 from rasterio.windows import Window
-from shapely.strtree import STRtree
 
 from ..errors import InputError
 from ..gpkg import PolygonLayerWriter
@@ -42,7 +41,7 @@ from ..outputs import WorkDir, check_destination, publish
 from ..progress import RunMonitor
 from ..raster_io import RasterReader, metres_per_pixel
 from ..sliding import window_starts
-from ..vectorize import AreaMeter
+from ..vectorize import AreaMeter, connected_groups
 from .parse import ParsedExpression, parse_expression
 from .pipeline import (SESSIONS, QueryTimings, ReferringResult, ReferringSession,
                        ReferringSettings)
@@ -434,25 +433,8 @@ def merge_pieces(pieces: Sequence[Tuple[object, float]]) -> List[Tuple[object, f
     if len(pieces) <= 1:
         return list(pieces)
     geoms = [g for g, _ in pieces]
-    parent = list(range(len(pieces)))
-
-    def root(i):
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    left, right = STRtree(geoms).query(geoms, predicate="intersects")
-    for a, b in zip(left, right):
-        if a < b and root(a) != root(b):
-            shared = geoms[a].intersection(geoms[b])
-            if shared.area > 0 or shared.length > 0:
-                parent[root(a)] = root(b)
-    groups = {}
-    for i in range(len(pieces)):
-        groups.setdefault(root(i), []).append(i)
     merged = []
-    for members in groups.values():
+    for members in connected_groups(geoms, predicate="intersects"):
         geometry = (geoms[members[0]] if len(members) == 1
                     else shapely.union_all([geoms[i] for i in members]))
         if not geometry.is_valid:
