@@ -1,0 +1,285 @@
+"""`drseg:referringsegmentation`: referring segmentation as a Processing algorithm (toolbox, batch,
+modeler, qgis_process).
+
+One expression per line of EXPRESSION; every expression's object(s) go into one GeoPackage layer
+with fields expression, score and area_m2, in the raster's CRS. prepareAlgorithm() (main thread)
+reads the layer and parameters, checks every expression's parse and imports the engine;
+processAlgorithm() (worker thread) only runs the engine: no GUI, no project access. Models are
+shared between runs through core.model_cache and areas through the engine's session cache, both
+lock-protected, so batch runs on one area skip its encoders after the first.
+"""
+from __future__ import annotations
+
+import os
+from typing import List, Optional
+
+from qgis.core import (Qgis, QgsCoordinateReferenceSystem, QgsProcessing, QgsProcessingAlgorithm,
+                       QgsProcessingException, QgsProcessingLayerPostProcessorInterface,
+                       QgsProcessingOutputNumber, QgsProcessingParameterDefinition,
+                       QgsProcessingParameterEnum, QgsProcessingParameterExtent,
+                       QgsProcessingParameterNumber, QgsProcessingParameterRasterLayer,
+                       QgsProcessingParameterString, QgsProcessingParameterVectorDestination,
+                       QgsVectorLayer)
+
+from ..core.errors import DrSegError, RunCancelled
+from ..ui.engine import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEVICE_CHOICES, MissingDependencies
+
+SAM_MODEL_CHOICES = ("vit_b", "vit_l", "vit_h")        # core.sam_models.SAM_TYPES
+DEFAULT_MAX_SIZE = 1024                                # core.refer.run.DEFAULT_MAX_SIZE
+
+
+def _double():
+    new = getattr(Qgis, "ProcessingNumberParameterType", None)
+    return new.Double if new is not None else QgsProcessingParameterNumber.Type.Double
+
+
+def _integer():
+    new = getattr(Qgis, "ProcessingNumberParameterType", None)
+    return new.Integer if new is not None else QgsProcessingParameterNumber.Type.Integer
+
+
+def _advanced():
+    new = getattr(Qgis, "ProcessingParameterFlag", None)
+    return new.Advanced if new is not None else QgsProcessingParameterDefinition.Flag.FlagAdvanced
+
+
+def _polygons():
+    new = getattr(Qgis, "ProcessingSourceType", None)
+    return new.VectorPolygon if new is not None else QgsProcessing.SourceType.TypeVectorPolygon
+
+
+def split_expressions(text: str) -> List[str]:
+    """One expression per non-empty line."""
+    return [line.strip() for line in (text or "").splitlines() if line.strip()]
+
+
+# Post-processors must outlive the run that creates them; QGIS only keeps a C++ pointer.
+_POST_PROCESSORS: List["_StyleByExpression"] = []
+
+
+class _StyleByExpression(QgsProcessingLayerPostProcessorInterface):
+    """Styles the output layer by expression when Processing loads it (main thread)."""
+
+    def __init__(self, expressions: List[str]):
+        super().__init__()
+        self.expressions = list(expressions)
+
+    def postProcessLayer(self, layer, context, feedback):  # noqa: N802
+        from ..ui.refer_task import referring_renderer
+
+        if isinstance(layer, QgsVectorLayer):
+            layer.setRenderer(referring_renderer(self.expressions))
+            layer.triggerRepaint()
+
+    @classmethod
+    def keep(cls, instance: "_StyleByExpression") -> "_StyleByExpression":
+        _POST_PROCESSORS.append(instance)
+        del _POST_PROCESSORS[:-64]
+        return instance
+
+
+class ReferringSegmentationAlgorithm(QgsProcessingAlgorithm):
+    INPUT = "INPUT"
+    EXPRESSION = "EXPRESSION"
+    EXTENT = "EXTENT"
+    SAM_MODEL = "SAM_MODEL"
+    SAM_WEIGHTS = "SAM_WEIGHTS"
+    CLIP_MODEL = "CLIP_MODEL"
+    CLIP_WEIGHTS = "CLIP_WEIGHTS"
+    DEVICE = "DEVICE"
+    BANDS = "BANDS"
+    RESOLUTION = "RESOLUTION"
+    MAX_SIZE = "MAX_SIZE"
+    THRESHOLD = "THRESHOLD"
+    OUTPUT = "OUTPUT"
+    POLYGONS = "POLYGONS"
+
+    def __init__(self):
+        super().__init__()
+        self._request = None
+        self._destination: Optional[str] = None
+        self._expressions: List[str] = []
+
+    # -- identity -------------------------------------------------------------------------------
+    def name(self) -> str:
+        return "referringsegmentation"
+
+    def displayName(self) -> str:  # noqa: N802
+        return "Referring segmentation (objects described in words)"
+
+    def group(self) -> str:
+        return "Segmentation"
+
+    def groupId(self) -> str:  # noqa: N802
+        return "segmentation"
+
+    def tags(self) -> List[str]:
+        return ["segmentation", "referring", "expression", "sam", "segment anything", "clip",
+                "text", "object", "drseg", "ai"]
+
+    def shortHelpString(self) -> str:  # noqa: N802
+        return (
+            "Finds the object(s) each <b>Expression</b> describes and writes them as polygons: "
+            "<i>the largest pond north of the road</i>, <i>all the storage tanks</i>, <i>the second "
+            "building from the left</i>. One expression per line; all of them go into one layer "
+            "with fields expression, score and area_m2, in the raster's CRS. An expression whose "
+            "object is not recognised (no target) stops the run before it starts."
+            "<br><br><b>Extent</b>: only this area (reprojected to the raster's CRS); empty: the "
+            "whole raster. The area is read with its longest side at most <b>Working size</b> "
+            "pixels (0: the native resolution, tiled), or at <b>Resolution</b> metres per pixel "
+            "when given. Later expressions on the same area reuse its encoding."
+            "<br><br><b>SAM model</b>/<b>SAM weights</b>: Segment Anything's architecture and a "
+            "checkpoint file or catalog name (e.g. sam-vit-b); empty: the DR-Seg settings' SAM "
+            "weights when they are for this model, else its catalog checkpoint (DR-Seg settings › "
+            "Download models…, or <i>python -m drseg models download sam-vit-b</i>). "
+            "<b>CLIP model</b>/<b>CLIP weights</b>: as for open-vocabulary segmentation. Needs "
+            "torch, torchvision, open_clip_torch and segment-anything.")
+
+    def createInstance(self):  # noqa: N802
+        return ReferringSegmentationAlgorithm()
+
+    # -- parameters -----------------------------------------------------------------------------
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Input raster"))
+        self.addParameter(QgsProcessingParameterString(
+            self.EXPRESSION, "Expression(s), one per line (e.g. the largest pond north of the road)",
+            multiLine=True))
+        self.addParameter(QgsProcessingParameterExtent(
+            self.EXTENT, "Extent (empty: whole raster)", optional=True))
+        self.addParameter(QgsProcessingParameterEnum(
+            self.SAM_MODEL, "SAM model", options=list(SAM_MODEL_CHOICES), defaultValue=0))
+        self.addParameter(QgsProcessingParameterString(
+            self.SAM_WEIGHTS, "SAM weights (checkpoint file or catalog name; empty: default)",
+            optional=True))
+        self.addParameter(QgsProcessingParameterString(
+            self.CLIP_MODEL, "CLIP model (open_clip name or config .json)",
+            defaultValue=DEFAULT_CLIP_MODEL))
+        self.addParameter(QgsProcessingParameterString(
+            self.CLIP_WEIGHTS, "CLIP weights (pretrained tag, catalog name or checkpoint file)",
+            defaultValue=DEFAULT_CLIP_WEIGHTS))
+        self.addParameter(QgsProcessingParameterEnum(
+            self.DEVICE, "Device", options=list(DEVICE_CHOICES), defaultValue=0))
+        advanced = [
+            QgsProcessingParameterString(self.BANDS, "Bands (1 or 3 band numbers, e.g. 1,2,3; "
+                                         "empty: RGB)", optional=True),
+            QgsProcessingParameterNumber(self.RESOLUTION, "Working resolution, metres per pixel "
+                                         "(empty: see working size)", type=_double(),
+                                         optional=True, minValue=0.0),
+            QgsProcessingParameterNumber(self.MAX_SIZE, "Working size: longest side in pixels "
+                                         "(0: native resolution, tiled)", type=_integer(),
+                                         defaultValue=DEFAULT_MAX_SIZE, minValue=0),
+            QgsProcessingParameterNumber(self.THRESHOLD, "Drop results scoring below",
+                                         type=_double(), defaultValue=0.0, minValue=0.0,
+                                         maxValue=0.99),
+        ]
+        for parameter in advanced:
+            parameter.setFlags(parameter.flags() | _advanced())
+            self.addParameter(parameter)
+        output = QgsProcessingParameterVectorDestination(self.OUTPUT, "Referred objects (GeoPackage)",
+                                                         type=_polygons())
+        output.setSupportsNonFileBasedOutput(False)
+        self.addParameter(output)
+        self.addOutput(QgsProcessingOutputNumber(self.POLYGONS, "Number of polygons"))
+
+    # -- running --------------------------------------------------------------------------------
+    def prepareAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        """Main thread: validate, resolve layer and output, parse, import the engine."""
+        try:
+            self._request = self._build_request(parameters, context, feedback)
+        except (DrSegError, MissingDependencies) as exc:
+            raise QgsProcessingException(str(exc)) from None
+        return True
+
+    def _build_request(self, parameters, context, feedback):
+        from ..core.settings import load_settings_or_defaults
+        from ..ui.refer_task import load_refer_engine
+        from ..ui.sources import extent_in_layer_crs, layer_crs_check, raster_source
+        from .segment_algorithm import gpkg_destination
+
+        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        source = raster_source(layer)
+        layer_crs_check(layer)
+        expressions = split_expressions(self.parameterAsString(parameters, self.EXPRESSION, context))
+        run = load_refer_engine()
+        run.parse_expressions(expressions)   # none, or one without a target: the engine's message
+        from ..core.raster_io import parse_bands
+
+        bands = parse_bands(self.parameterAsString(parameters, self.BANDS, context))
+        extent = None
+        if parameters.get(self.EXTENT) not in (None, ""):
+            rect = self.parameterAsExtent(parameters, self.EXTENT, context)
+            if not rect.isNull():
+                crs = self.parameterAsExtentCrs(parameters, self.EXTENT, context)
+                if not crs.isValid():
+                    crs = QgsCoordinateReferenceSystem(layer.crs())
+                extent = extent_in_layer_crs(rect, crs, layer, context.project())
+        resolution = None
+        if parameters.get(self.RESOLUTION) not in (None, ""):
+            resolution = self.parameterAsDouble(parameters, self.RESOLUTION, context) or None
+
+        sam_model = SAM_MODEL_CHOICES[self.parameterAsEnum(parameters, self.SAM_MODEL, context)]
+        sam_weights = self.parameterAsString(parameters, self.SAM_WEIGHTS, context).strip() or None
+        if sam_weights is None:
+            settings, problem = load_settings_or_defaults()
+            if problem:
+                feedback.pushWarning(problem + " — the default settings are used")
+            if settings.sam_model == sam_model:
+                sam_weights = settings.sam_weights.strip() or None
+
+        dest = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
+        out_vector, table = gpkg_destination(dest)
+        self._destination = dest
+        self._expressions = expressions
+        return run.ReferringRequest(
+            raster=source, expressions=expressions, out_vector=out_vector, extent=extent,
+            resolution=resolution,
+            max_size=self.parameterAsInt(parameters, self.MAX_SIZE, context) or None,
+            bands=bands, sam_model=sam_model, sam_weights=sam_weights,
+            clip_model=self.parameterAsString(parameters, self.CLIP_MODEL, context).strip()
+            or DEFAULT_CLIP_MODEL,
+            clip_weights=self.parameterAsString(parameters, self.CLIP_WEIGHTS, context).strip()
+            or DEFAULT_CLIP_WEIGHTS,
+            device=DEVICE_CHOICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
+            threshold=self.parameterAsDouble(parameters, self.THRESHOLD, context),
+            layer_name=table or os.path.splitext(os.path.basename(out_vector))[0] or "referring")
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        """Worker thread: run the engine; no GUI, layer or project access here."""
+        if self._request is None:  # prepareAlgorithm always runs first; be safe anyway
+            raise QgsProcessingException("The algorithm was not prepared")
+        from ..core.refer.run import run_referring
+
+        last = {"message": None}
+
+        def progress(fraction: float, message: str) -> None:
+            feedback.setProgress(100.0 * fraction)
+            if message and message != last["message"]:
+                last["message"] = message
+                feedback.setProgressText(message)
+
+        try:
+            result = run_referring(self._request, progress=progress, cancelled=feedback.isCanceled)
+        except RunCancelled:
+            raise QgsProcessingException("Run cancelled; no output was written") from None
+        except DrSegError as exc:
+            raise QgsProcessingException(str(exc)) from None
+
+        feedback.pushInfo(f"{result.width}×{result.height} px ({result.resolution_m:.3g} m/px) in "
+                          f"{result.tiles} tile(s) on {result.device}; models ready in "
+                          f"{result.model_seconds:.1f} s")
+        for item in result.expressions:
+            t = item.timing
+            found = (f"{item.polygon_count} polygon(s), best score {max(item.scores):.3f}"
+                     if item.scores else "nothing found")
+            kind = "cached" if t.cached else "first"
+            feedback.pushInfo(f"  '{item.expression}': {found}; {t.total:.2f} s {kind} (CLIP "
+                              f"encode {t.clip_encode:.2f} s, SAM encode {t.sam_encode:.2f} s)")
+        return {self.OUTPUT: self._destination, self.POLYGONS: result.polygon_count}
+
+    def postProcessAlgorithm(self, context, feedback):  # noqa: N802
+        """Main thread, after a successful run: style the output if Processing loads it."""
+        dest = self._destination
+        if dest and context.willLoadLayerOnCompletion(dest):
+            details = context.layerToLoadOnCompletionDetails(dest)
+            details.setPostProcessor(_StyleByExpression.keep(_StyleByExpression(self._expressions)))
+        return {}

@@ -1,0 +1,563 @@
+"""The dock's "Referring" mode: type what you mean ("the largest pond north of the road"), press
+Enter, get the object(s) as a layer; then refine the result with clicks on the map.
+
+The panel owns what is specific to referring (expression and its history, area, SAM model and
+weights, working size, Run/Cancel, progress, the click tool) and takes what the dock already has
+(device, CLIP model and weights, bands of its layer) from a callable returning
+`ReferringOptions`, so the dock embeds it in a few lines:
+
+    self.refer_panel = ReferringPanel(self.iface, lambda: options_from_dock(self), self)
+
+Everything is validated on the main thread before a `ReferringTask` starts; mistakes show as a
+message-bar error at once. The panel keeps references to its running tasks.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Callable, List, Optional
+
+from qgis.core import (Qgis, QgsApplication, QgsCoordinateReferenceSystem, QgsGeometry,
+                       QgsMapLayerProxyModel, QgsProject, QgsRasterLayer, QgsRectangle,
+                       QgsSettings, QgsWkbTypes)
+from qgis.gui import QgsFileWidget, QgsMapLayerComboBox, QgsMapToolExtent, QgsRubberBand
+from qgis.PyQt.QtCore import Qt, pyqtSignal
+from qgis.PyQt.QtGui import QColor
+from qgis.PyQt.QtWidgets import (QComboBox, QFormLayout, QHBoxLayout, QLabel, QProgressBar,
+                                 QPushButton, QSizePolicy, QSpinBox, QToolButton, QVBoxLayout,
+                                 QWidget)
+
+from ..core.errors import DrSegError, InputError
+from .click_tool import ReferringClickTool, target_from_run
+from .engine import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, MissingDependencies
+from .refer_task import ReferringTask, add_referring_layer, layer_title, load_refer_engine
+from .sources import extent_in_layer_crs, layer_crs_check, raster_source
+
+try:
+    from qgis.PyQt.QtGui import QAction  # Qt6 (QGIS 4)
+except ImportError:
+    from qgis.PyQt.QtWidgets import QAction  # Qt5 (QGIS 3)
+
+TITLE = "DR-Seg referring"
+EXPRESSION_PLACEHOLDER = "the largest pond north of the road"
+AREA_CANVAS, AREA_DRAWN, AREA_LAYER = "canvas", "drawn", "layer"
+SAM_MODEL_CHOICES = ("vit_b", "vit_l", "vit_h")          # core.sam_models.SAM_TYPES
+SAM_CATALOG = {"vit_b": "sam-vit-b", "vit_l": "sam-vit-l", "vit_h": "sam-vit-h"}
+DEFAULT_MAX_SIZE = 1024                                  # core.refer.run.DEFAULT_MAX_SIZE
+HISTORY_SIZE = 20
+
+# Tasks whose panel went away (plugin unloaded) stay referenced here until QGIS is done with them.
+_DETACHED_TASKS: List[ReferringTask] = []
+
+
+@dataclass
+class ReferringOptions:
+    """What the panel takes from its host (the dock): None/empty fields use the defaults.
+    `layer`: the host's raster layer (the panel starts with it and uses `bands` only for it)."""
+
+    layer: Optional[QgsRasterLayer] = None
+    device: str = "auto"
+    clip_model: str = DEFAULT_CLIP_MODEL
+    clip_weights: str = DEFAULT_CLIP_WEIGHTS
+    bands: Optional[List[int]] = None
+    sam_model: Optional[str] = None
+    sam_weights: Optional[str] = None
+
+
+def options_from_dock(dock) -> ReferringOptions:
+    """The dock's common choices (layer, bands, device, CLIP model/weights, SAM from its settings)."""
+    options = ReferringOptions()
+    combo = getattr(dock, "layer_combo", None)
+    options.layer = combo.currentLayer() if combo is not None else None
+    try:
+        options.bands = dock.selected_bands()
+    except Exception:       # no layer, or bands not chosen: the engine's RGB default
+        options.bands = None
+    device = getattr(dock, "device_combo", None)
+    if device is not None and device.currentData():
+        options.device = device.currentData()
+    model = getattr(dock, "clip_model_combo", None)
+    if model is not None and model.currentText().strip():
+        options.clip_model = model.currentText().strip()
+    weights = getattr(dock, "clip_weights_widget", None)
+    if weights is not None and weights.filePath().strip():
+        options.clip_weights = weights.filePath().strip()
+    settings = getattr(dock, "settings", None)
+    options.sam_model = getattr(settings, "sam_model", None)
+    options.sam_weights = getattr(settings, "sam_weights", None)
+    return options
+
+
+def raster_layer_filter():
+    layer_filter = getattr(Qgis, "LayerFilter", None)
+    if layer_filter is not None:
+        return layer_filter.RasterLayer
+    return QgsMapLayerProxyModel.Filter.RasterLayer
+
+
+def referring_output_path(layer_name: str, folder: str) -> str:
+    """`folder/<layer>_referring.gpkg`, numbered so that no existing file is replaced."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in layer_name).strip("._") or "raster"
+    base = os.path.join(folder, f"{safe}_referring")
+    path, number = base + ".gpkg", 1
+    while os.path.exists(path):
+        path = f"{base}_{number}.gpkg"
+        number += 1
+    return path
+
+
+class ExpressionBox(QComboBox):
+    """Editable combo box (typed text + history) that emits `entered` once per Enter.
+
+    (QLineEdit.returnPressed fires twice in an editable QComboBox: the line edit ignores the key,
+    the combo box receives it and hands it to the line edit again.)"""
+
+    entered = pyqtSignal()
+
+    def keyPressEvent(self, event):  # noqa: N802 (Qt's name)
+        if event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter):
+            event.accept()
+            self.entered.emit()
+            return
+        super().keyPressEvent(event)
+
+
+class ReferringPanel(QWidget):
+    """The Referring mode. `iface`: the QGIS interface; `options`: returns ReferringOptions."""
+
+    runStarted = pyqtSignal(object)     # the ReferringTask
+    runFinished = pyqtSignal(object)    # the ReferringTask, after its layer was added / errors shown
+
+    HISTORY_KEY = "drseg/referring/history"
+
+    def __init__(self, iface, options: Optional[Callable[[], ReferringOptions]] = None,
+                 parent=None):
+        super().__init__(parent)
+        self.setObjectName("DrSegReferringPanel")
+        self.iface = iface
+        self.options = options or ReferringOptions
+        self.sam = None               # SAM model or stand-in to use instead of loading one (tests)
+        self.clip = None              # dense CLIP or localizer likewise
+        self._tasks: List[ReferringTask] = []
+        self._started_at = {}
+        self.last_layer = None
+        self.last_task: Optional[ReferringTask] = None
+        self.drawn_extent = None      # (QgsRectangle, its CRS) from the Draw tool
+        self._previous_tool = None
+        canvas = self.canvas()
+        self.click_tool = ReferringClickTool(canvas) if canvas is not None else None
+        self.extent_tool = QgsMapToolExtent(canvas) if canvas is not None else None
+        self.area_band = None
+        self._build()
+        first = self._options()
+        if first.layer is not None:
+            self.layer_combo.setLayer(first.layer)
+        self.sam_model_combo.setCurrentText(first.sam_model if first.sam_model in SAM_MODEL_CHOICES
+                                            else SAM_MODEL_CHOICES[0])
+        self.sam_weights_widget.setFilePath(first.sam_weights or "")
+        self.load_history()
+        self._update_buttons()
+
+    # -- widgets --------------------------------------------------------------------------------
+    def canvas(self):
+        try:
+            return self.iface.mapCanvas() if self.iface is not None else None
+        except Exception:
+            return None
+
+    def _build(self) -> None:
+        outer = QVBoxLayout(self)
+        form = QFormLayout()
+        outer.addLayout(form)
+
+        self.layer_combo = QgsMapLayerComboBox(self)
+        self.layer_combo.setFilters(raster_layer_filter())
+        form.addRow("Raster layer", self.layer_combo)
+
+        self.expression_combo = ExpressionBox(self)
+        self.expression_combo.setEditable(True)
+        self.expression_combo.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
+        self.expression_combo.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        self.expression_combo.lineEdit().setPlaceholderText(EXPRESSION_PLACEHOLDER)
+        self.expression_combo.lineEdit().setClearButtonEnabled(True)
+        self.expression_combo.entered.connect(self.run)
+        self.expression_combo.setToolTip(
+            "What to find, in words: 'the largest pond north of the road', 'all the storage "
+            "tanks', 'the second building from the left'. Enter runs it; the list holds your "
+            "recent expressions")
+        form.addRow("Expression", self.expression_combo)
+
+        area = QHBoxLayout()
+        self.area_combo = QComboBox(self)
+        self.area_combo.addItem("Current map canvas extent", AREA_CANVAS)
+        self.area_combo.addItem("Drawn rectangle", AREA_DRAWN)
+        self.area_combo.addItem("Whole layer", AREA_LAYER)
+        self.area_combo.setToolTip("Where to look. The area is read at a working size (below); "
+                                   "later expressions on the same area reuse its encoding")
+        self.area_combo.currentIndexChanged.connect(self._area_changed)
+        area.addWidget(self.area_combo, 1)
+        self.draw_button = QToolButton(self)
+        self.draw_button.setText("Draw…")
+        self.draw_button.setToolTip("Drag a rectangle on the map to search only there")
+        self.draw_button.clicked.connect(self.start_drawing)
+        self.draw_button.setEnabled(self.extent_tool is not None)
+        area.addWidget(self.draw_button)
+        form.addRow("Area", area)
+
+        self.sam_model_combo = QComboBox(self)
+        self.sam_model_combo.addItems(SAM_MODEL_CHOICES)
+        self.sam_model_combo.setToolTip("Segment Anything architecture: vit_b is the fastest, "
+                                        "vit_h the most precise")
+        self.sam_model_combo.currentTextChanged.connect(self._sam_model_changed)
+        form.addRow("SAM model", self.sam_model_combo)
+        self.sam_weights_widget = QgsFileWidget(self)
+        self.sam_weights_widget.setStorageMode(QgsFileWidget.StorageMode.GetFile)
+        self.sam_weights_widget.setFilter("Checkpoints (*.pth *.pt *.bin *.safetensors);;All files (*)")
+        self.sam_weights_widget.lineEdit().setPlaceholderText("[Catalog checkpoint of the model]")
+        self.sam_weights_widget.setToolTip("A SAM checkpoint file, or a catalog name such as "
+                                           "'sam-vit-b' (DR-Seg settings › Download models…); "
+                                           "empty: the catalog checkpoint of the SAM model")
+        form.addRow("SAM weights", self.sam_weights_widget)
+
+        self.max_size_spin = QSpinBox(self)
+        self.max_size_spin.setRange(64, 8192)
+        self.max_size_spin.setSingleStep(128)
+        self.max_size_spin.setValue(DEFAULT_MAX_SIZE)
+        self.max_size_spin.setSuffix(" px")
+        self.max_size_spin.setToolTip("Longest side of the area as the models see it. Up to 1024 "
+                                      "the area is one tile and can be refined with clicks; "
+                                      "larger areas are tiled")
+        form.addRow("Working size", self.max_size_spin)
+
+        buttons = QHBoxLayout()
+        self.run_button = QPushButton("Run", self)
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button = QPushButton("Cancel", self)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.refine_action = QAction("Refine with clicks", self)
+        self.refine_action.setObjectName("drsegReferringRefine")
+        self.refine_action.setCheckable(True)
+        self.refine_action.setToolTip("Left click: part of the object; right click: not part of "
+                                      "it; Esc: done. Refines the last result with SAM")
+        self.refine_action.triggered.connect(self.set_refining)  # a user's click only
+        self.refine_button = QToolButton(self)
+        self.refine_button.setDefaultAction(self.refine_action)
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        buttons.addWidget(self.refine_button)
+        outer.addLayout(buttons)
+        if self.click_tool is not None:
+            self.click_tool.setAction(self.refine_action)
+            self.click_tool.message.connect(self._message)
+            self.click_tool.refined.connect(self._refined)
+        if self.extent_tool is not None:
+            self.extent_tool.extentChanged.connect(self.set_drawn_extent)
+
+        self.progress_bar = QProgressBar(self)
+        self.progress_bar.setRange(0, 100)
+        self.progress_bar.setValue(0)
+        outer.addWidget(self.progress_bar)
+        self.status_label = QLabel("", self)
+        self.status_label.setWordWrap(True)
+        outer.addWidget(self.status_label)
+        outer.addStretch(1)
+
+    # -- expression and history -----------------------------------------------------------------
+    def expression(self) -> str:
+        return " ".join(self.expression_combo.currentText().split())
+
+    def history(self) -> List[str]:
+        return [self.expression_combo.itemText(i) for i in range(self.expression_combo.count())]
+
+    def load_history(self) -> List[str]:
+        raw = QgsSettings().value(self.HISTORY_KEY, "[]")
+        try:
+            items = json.loads(raw) if isinstance(raw, str) else list(raw or [])
+        except ValueError:
+            items = []
+        items = [str(i) for i in items if isinstance(i, str) and i.strip()][:HISTORY_SIZE]
+        self._show_history(items)
+        return items
+
+    def remember(self, text: str) -> None:
+        """Put `text` first in the history (no duplicates, at most HISTORY_SIZE), and save it."""
+        items = [text] + [item for item in self.history() if item != text]
+        items = items[:HISTORY_SIZE]
+        QgsSettings().setValue(self.HISTORY_KEY, json.dumps(items))
+        self._show_history(items)
+
+    def _show_history(self, items: List[str]) -> None:
+        current = self.expression_combo.currentText()
+        self.expression_combo.blockSignals(True)
+        self.expression_combo.clear()
+        self.expression_combo.addItems(items)
+        self.expression_combo.setCurrentIndex(-1)
+        self.expression_combo.setEditText(current)
+        self.expression_combo.blockSignals(False)
+
+    def _sam_model_changed(self, model: str) -> None:
+        # A catalog default of another model follows the model; a user's file stays.
+        text = self.sam_weights_widget.filePath().strip().lower()
+        if text in SAM_CATALOG.values() and model in SAM_CATALOG:
+            self.sam_weights_widget.setFilePath(SAM_CATALOG[model])
+
+    # -- area -----------------------------------------------------------------------------------
+    def area(self) -> str:
+        return self.area_combo.currentData()
+
+    def start_drawing(self) -> None:
+        canvas = self.canvas()
+        if canvas is None or self.extent_tool is None:
+            return
+        if canvas.mapTool() is not self.extent_tool:
+            self._previous_tool = canvas.mapTool()
+        canvas.setMapTool(self.extent_tool)
+        self.status_label.setText("Drag a rectangle on the map")
+
+    def set_drawn_extent(self, rect: QgsRectangle, crs: Optional[QgsCoordinateReferenceSystem] = None
+                         ) -> None:
+        """The Draw tool's rectangle (canvas CRS unless `crs` is given) becomes the area."""
+        if rect is None or rect.isEmpty() or rect.width() <= 0 or rect.height() <= 0:
+            return
+        canvas = self.canvas()
+        if crs is None:
+            crs = (canvas.mapSettings().destinationCrs() if canvas is not None
+                   else QgsCoordinateReferenceSystem())
+        self.drawn_extent = (QgsRectangle(rect), QgsCoordinateReferenceSystem(crs))
+        self.area_combo.setCurrentIndex(self.area_combo.findData(AREA_DRAWN))
+        self._show_drawn_extent()
+        if canvas is not None and self.extent_tool is not None and canvas.mapTool() is self.extent_tool:
+            if self._previous_tool is not None:
+                canvas.setMapTool(self._previous_tool)
+            else:
+                canvas.unsetMapTool(self.extent_tool)
+        self._previous_tool = None
+        self.status_label.setText("Area: the drawn rectangle")
+
+    def _show_drawn_extent(self) -> None:
+        canvas = self.canvas()
+        if canvas is None:
+            return
+        if self.area_band is None:
+            self.area_band = QgsRubberBand(canvas, QgsWkbTypes.GeometryType.PolygonGeometry)
+            self.area_band.setColor(QColor(255, 140, 0, 200))
+            self.area_band.setFillColor(QColor(255, 140, 0, 25))
+            self.area_band.setWidth(2)
+        self.area_band.reset(QgsWkbTypes.GeometryType.PolygonGeometry)
+        if self.drawn_extent is not None and self.area() == AREA_DRAWN:
+            rect, crs = self.drawn_extent
+            self.area_band.setToGeometry(QgsGeometry.fromRect(rect), crs)
+
+    def _area_changed(self, _index: int) -> None:
+        if self.area_band is not None:
+            self._show_drawn_extent()
+
+    def selected_extent(self, layer) -> Optional[tuple]:
+        area = self.area()
+        if area == AREA_LAYER:
+            return None
+        if area == AREA_DRAWN:
+            if self.drawn_extent is None:
+                raise InputError("Draw a rectangle on the map first (Draw…), or choose another area")
+            rect, crs = self.drawn_extent
+            return extent_in_layer_crs(rect, crs, layer)
+        canvas = self.canvas()
+        if canvas is None:
+            raise InputError("There is no map canvas: choose 'Whole layer' as the area")
+        return extent_in_layer_crs(canvas.extent(), canvas.mapSettings().destinationCrs(), layer)
+
+    # -- request --------------------------------------------------------------------------------
+    def _options(self) -> ReferringOptions:
+        try:
+            return self.options() or ReferringOptions()
+        except Exception:           # the host is being built or torn down
+            return ReferringOptions()
+
+    def current_layer(self):
+        return self.layer_combo.currentLayer()
+
+    def output_folder(self) -> str:
+        """The project's folder when the project is saved and writable, else a temporary folder."""
+        home = QgsProject.instance().homePath()
+        if home and os.path.isdir(home) and os.access(home, os.W_OK):
+            return home
+        folder = os.path.join(tempfile.gettempdir(), "drseg")
+        os.makedirs(folder, exist_ok=True)
+        return folder
+
+    def build_request(self):
+        """Validate the form -> ReferringRequest. Raises DrSegError or MissingDependencies."""
+        layer = self.current_layer()
+        source = raster_source(layer)
+        layer_crs_check(layer)
+        text = self.expression()
+        if not text:
+            raise InputError(f"Type an expression, e.g. '{EXPRESSION_PLACEHOLDER}'")
+        extent = self.selected_extent(layer)
+        options = self._options()
+        run = load_refer_engine()          # last: the cheap checks above need no torch
+        run.parse_expressions([text])      # 'no target found' before anything starts
+        return run.ReferringRequest(
+            raster=source, expressions=[text],
+            out_vector=referring_output_path(layer.name(), self.output_folder()),
+            extent=extent, max_size=self.max_size_spin.value(),
+            bands=options.bands if options.layer is layer else None,
+            sam_model=self.sam_model_combo.currentText(),
+            sam_weights=self.sam_weights_widget.filePath().strip() or None,
+            clip_model=options.clip_model or DEFAULT_CLIP_MODEL,
+            clip_weights=options.clip_weights or DEFAULT_CLIP_WEIGHTS,
+            device=options.device or "auto")
+
+    # -- running --------------------------------------------------------------------------------
+    def is_running(self) -> bool:
+        return bool(self._tasks)
+
+    def run(self) -> Optional[ReferringTask]:
+        """Validate and start a run; None (with a message-bar error) when the form is not valid."""
+        if self._tasks:
+            self._message(Qgis.MessageLevel.Warning, "A referring run is already in progress")
+            return None
+        try:
+            request = self.build_request()
+        except (DrSegError, MissingDependencies) as exc:
+            self._message(Qgis.MessageLevel.Critical, str(exc))
+            self.status_label.setText(str(exc))
+            return None
+        layer = self.current_layer()
+        text = request.expressions[0]
+        self.remember(text)
+        task = ReferringTask(request, self._task_finished, sam=self.sam, clip=self.clip,
+                             description=f"DR-Seg: '{layer_title([text], 40)}' in {layer.name()}")
+        task.raster_crs = QgsCoordinateReferenceSystem(layer.crs())
+        task.progressChanged.connect(self._progress)
+        task.stepMessage.connect(self.status_label.setText)
+        self._tasks.append(task)
+        self._started_at[id(task)] = time.monotonic()
+        self.progress_bar.setValue(0)
+        self.status_label.setText("Starting…")
+        self._update_buttons()
+        QgsApplication.taskManager().addTask(task)
+        self.runStarted.emit(task)
+        return task
+
+    def cancel(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            self.status_label.setText("Cancelling…")
+
+    def _progress(self, value: float) -> None:
+        self.progress_bar.setValue(int(round(value)))
+
+    def _task_finished(self, task: ReferringTask) -> None:
+        """Main thread: add the layer of a successful run and make it the clicks' target."""
+        if task in self._tasks:
+            self._tasks.remove(task)
+        seconds = time.monotonic() - self._started_at.pop(id(task), time.monotonic())
+        if task.succeeded:
+            try:
+                layer = add_referring_layer(task.result)
+            except RuntimeError as exc:
+                self._message(Qgis.MessageLevel.Critical, str(exc))
+            else:
+                self.last_layer, self.last_task = layer, task
+                target, why = target_from_run(task, layer, task.raster_crs)
+                if self.click_tool is not None:
+                    self.click_tool.set_target(target)
+                self.progress_bar.setValue(100)
+                report = self.report(task.result, seconds)
+                found = task.result.polygon_count > 0
+                self._message(Qgis.MessageLevel.Success if found else Qgis.MessageLevel.Warning,
+                              report)
+                note = ("Refine it: 'Refine with clicks'" if target is not None
+                        else f"Refining with clicks is not available: {why}")
+                self.status_label.setText(f"Done: {report}\n{note}")
+        elif task.was_cancelled:
+            self.progress_bar.setValue(0)
+            self.status_label.setText("Cancelled; nothing was written")
+            self._message(Qgis.MessageLevel.Info, "Referring run cancelled; no layer or file "
+                                                  "was created")
+        else:
+            self.progress_bar.setValue(0)
+            self.status_label.setText(task.error or "Failed")
+            detail = " (details in the log, tab DR-Seg)" if task.error_detail else ""
+            self._message(Qgis.MessageLevel.Critical, f"{task.error}{detail}")
+        self._update_buttons()
+        self.runFinished.emit(task)
+
+    @staticmethod
+    def report(result, seconds: float) -> str:
+        """One line per expression: what was found, its time and whether the cache served it."""
+        lines = []
+        for item in result.expressions:
+            t = item.timing
+            found = (f"{item.polygon_count} polygon(s), best score {max(item.scores):.2f}"
+                     if item.scores else "nothing found")
+            source = ("cached: the area's encoders were skipped" if t.cached
+                      else "first query on this area: SAM and CLIP encoded it")
+            lines.append(f"'{item.expression}': {found}; {t.total:.2f} s ({source})")
+        return "; ".join(lines) + f" [{result.width}×{result.height} px on {result.device}, " \
+                                  f"{seconds:.1f} s in all]"
+
+    # -- refinement -----------------------------------------------------------------------------
+    def set_refining(self, on: bool) -> None:
+        """Switch the click tool on (the refine button) or off."""
+        canvas = self.canvas()
+        if canvas is None or self.click_tool is None:
+            return
+        if on and canvas.mapTool() is not self.click_tool:
+            if self.click_tool.target is None:
+                self._message(Qgis.MessageLevel.Info, "Run a referring query first; its result "
+                                                      "is what the clicks refine")
+            canvas.setMapTool(self.click_tool)
+        elif not on and canvas.mapTool() is self.click_tool:
+            canvas.unsetMapTool(self.click_tool)
+
+    def _refined(self, task) -> None:
+        area = f"{task.area_m2:.0f} m²" if task.geometry is not None else "empty"
+        clicks = int(len(task.refined.labels)) if task.refined.labels is not None else 0
+        self.status_label.setText(f"Refined '{task.refined.expression}': {area} "
+                                  f"({clicks} prompt points so far)")
+
+    # -- state ----------------------------------------------------------------------------------
+    def _update_buttons(self) -> None:
+        self.run_button.setEnabled(not self._tasks)
+        self.cancel_button.setEnabled(bool(self._tasks))
+
+    def _message(self, level, text: str) -> None:
+        bar = self.iface.messageBar() if self.iface is not None else None
+        if bar is None:
+            return
+        if level == Qgis.MessageLevel.Critical:
+            bar.pushCritical(TITLE, text)
+        elif level == Qgis.MessageLevel.Success:
+            bar.pushSuccess(TITLE, text)
+        elif level == Qgis.MessageLevel.Warning:
+            bar.pushWarning(TITLE, text)
+        else:
+            bar.pushInfo(TITLE, text)
+
+    def shutdown(self) -> None:
+        """Cancel running tasks, end the map tools, drop markers (plugin unload, QGIS exit)."""
+        for task in self._tasks:
+            task.on_finished = _forget_task
+            _DETACHED_TASKS.append(task)
+            task.cancel()
+        self._tasks = []
+        canvas = self.canvas()
+        for tool in (self.click_tool, self.extent_tool):
+            if canvas is not None and tool is not None and canvas.mapTool() is tool:
+                canvas.unsetMapTool(tool)
+        if self.click_tool is not None:
+            self.click_tool.set_target(None)
+        if self.area_band is not None and canvas is not None:
+            canvas.scene().removeItem(self.area_band)
+            self.area_band = None
+
+
+def _forget_task(task: ReferringTask) -> None:
+    if task in _DETACHED_TASKS:
+        _DETACHED_TASKS.remove(task)
