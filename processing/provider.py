@@ -24,11 +24,13 @@ class DrSegProvider(QgsProcessingProvider):
         return QIcon(ICON_PATH)
 
     def loadAlgorithms(self) -> None:  # noqa: N802
+        from .refer_algorithm import ReferringSegmentationAlgorithm
         from .score_algorithm import ScoreClassificationAlgorithm
         from .segment_algorithm import OpenVocabSegmentationAlgorithm
 
         self.addAlgorithm(OpenVocabSegmentationAlgorithm())
         self.addAlgorithm(ScoreClassificationAlgorithm())
+        self.addAlgorithm(ReferringSegmentationAlgorithm())
 
     # The engine writes GeoPackages and GeoTIFFs only.
     def supportedOutputVectorLayerExtensions(self):  # noqa: N802
