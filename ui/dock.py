@@ -17,7 +17,7 @@ from qgis.gui import (QgsCollapsibleGroupBox, QgsDoubleSpinBox, QgsFileWidget,
 from qgis.PyQt.QtCore import pyqtSignal
 from qgis.PyQt.QtWidgets import (QCheckBox, QComboBox, QDockWidget, QFormLayout, QHBoxLayout,
                                  QLabel, QPlainTextEdit, QProgressBar, QPushButton, QScrollArea,
-                                 QSpinBox, QVBoxLayout, QWidget)
+                                 QSpinBox, QTabWidget, QVBoxLayout, QWidget)
 
 from ..core.classes import parse_classes
 from ..core.errors import DrSegError, InputError
@@ -27,6 +27,7 @@ from .engine import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DINO_MODE
                      DINO_MODEL_CHOICES, MissingDependencies, dino_help, find_dino_weights,
                      load_engine, method_label)
 from .layers import add_result_layers, default_output_path
+from .refer_panel import ReferringPanel, options_from_dock
 from .sources import extent_in_layer_crs, layer_crs_check, raster_source
 from .task import SegmentationTask
 
@@ -283,7 +284,13 @@ class DrSegDock(QDockWidget):
         scroll = QScrollArea(self)
         scroll.setWidgetResizable(True)
         scroll.setWidget(body)
-        self.setWidget(scroll)
+        # Two modes: "Classes" (the form above) and "Referring" (ui/refer_panel.py, issue 4).
+        self.refer_panel = ReferringPanel(self.iface, lambda: options_from_dock(self), self)
+        self.layer_combo.layerChanged.connect(self.refer_panel.layer_combo.setLayer)
+        self.modes = QTabWidget(self)
+        self.modes.addTab(scroll, "Classes")
+        self.modes.addTab(self.refer_panel, "Referring")
+        self.setWidget(self.modes)
 
     def _layer_changed(self, layer) -> None:
         for combo in self.band_combos:
@@ -580,6 +587,7 @@ class DrSegDock(QDockWidget):
             _DETACHED_TASKS.append(task)
             task.cancel()
         self._tasks = []
+        self.refer_panel.shutdown()
 
 
 def _forget_task(task: SegmentationTask) -> None:
