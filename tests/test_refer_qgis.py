@@ -478,3 +478,37 @@ def test_processing_runs_inside_a_model(drseg_provider, fake_load, tmp_path):
     assert result["refer:objects"] == out
     (row,) = features(QgsVectorLayer(out, "", "ogr"))
     assert row["expression"] == "the largest pond" and row["geometry"].equals(SOUTH)
+
+
+# --------------------------------------------------------------------------------------------
+# In the dock
+
+
+def test_the_dock_has_a_referring_mode_fed_by_its_form(qgis_iface, qgis_new_project,
+                                                        isolated_settings, ponds, tmp_path):
+    from drseg.ui.dock import DrSegDock
+
+    dock = DrSegDock(qgis_iface)
+    try:
+        tabs = dock.modes
+        assert [tabs.tabText(i) for i in range(tabs.count())] == ["Classes", "Referring"]
+        panel = tabs.widget(1)
+        assert panel is dock.refer_panel and isinstance(panel, ReferringPanel)
+        other = raster_layer(write_array(tmp_path / "other.tif", pond_scene().transpose(2, 0, 1)),
+                             "other")
+        qgis_new_project.addMapLayer(other)
+        dock.layer_combo.setLayer(other)                  # the dock's layer choice is followed
+        assert panel.current_layer() is other
+        dock.device_combo.setCurrentIndex(dock.device_combo.findData("cpu"))
+        dock.clip_model_combo.setCurrentText("ViT-B-32")
+        dock.clip_weights_widget.setFilePath("laion2b")
+        panel.area_combo.setCurrentIndex(panel.area_combo.findData(AREA_LAYER))
+        panel.expression_combo.setEditText("the pond")
+        request = panel.build_request()
+        assert (request.device, request.clip_model, request.clip_weights) == ("cpu", "ViT-B-32",
+                                                                               "laion2b")
+        assert request.bands == [1, 2, 3] and request.raster == str(tmp_path / "other.tif")
+        assert (request.sam_model, request.sam_weights) == ("vit_b", "sam-vit-b")   # settings
+    finally:
+        dock.shutdown()
+        dock.deleteLater()
