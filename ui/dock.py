@@ -164,7 +164,8 @@ class DrSegDock(QDockWidget):
         self.output_widget.lineEdit().setPlaceholderText("[Automatic: project or temporary folder]")
         form.addRow("Polygons", self.output_widget)
 
-        self.raster_check = QCheckBox("Also write a class raster (GeoTIFF)", body)
+        self.raster_check = QCheckBox("Also write a class raster", body)
+        self.raster_check.setToolTip("A GeoTIFF on the input's grid: 0 background, 1..K classes")
         self.raster_widget = QgsFileWidget(body)
         self.raster_widget.setStorageMode(QgsFileWidget.StorageMode.SaveFile)
         self.raster_widget.setFilter("GeoTIFF (*.tif *.tiff)")
@@ -224,7 +225,7 @@ class DrSegDock(QDockWidget):
         self.min_area_spin.setRange(0.0, 1e9)
         self.min_area_spin.setSuffix(" m²")
         adv.addRow("Minimum area", self.min_area_spin)
-        self.settings_button = QPushButton("Settings and model downloads…", advanced)
+        self.settings_button = QPushButton("Settings and downloads…", advanced)
         self.settings_button.setToolTip("Default models, device, tiling, model cache; download "
                                         "CLIP, DINO and SAM weights")
         self.settings_button.clicked.connect(self.settingsRequested.emit)
@@ -280,6 +281,10 @@ class DrSegDock(QDockWidget):
         self.status_label.setWordWrap(True)
         outer.addWidget(self.status_label)
         outer.addStretch(1)
+
+        for combo in body.findChildren(QComboBox):  # long entries must not widen the dock
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(2 if combo in self.band_combos else 8)
 
         scroll = QScrollArea(self)
         scroll.setWidgetResizable(True)
