@@ -243,7 +243,7 @@ class OpenVocabSegmentationAlgorithm(QgsProcessingAlgorithm):
         from ..core.settings import load_settings_or_defaults
 
         self._settings, problem = load_settings_or_defaults()
-        if problem:
+        if problem and feedback is not None:
             feedback.pushWarning(problem + " — the default settings are used")
         try:
             self._request = self._build_request(parameters, context)
