@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import socket
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -52,26 +51,33 @@ _CHUNK = 1 << 20
 
 def default_cache_dir() -> str:
     """The platform's per-user cache folder for DR-Seg models."""
-    home = os.path.expanduser("~")
-    if sys.platform.startswith("win"):
-        base = os.environ.get("LOCALAPPDATA") or os.path.join(home, "AppData", "Local")
-        return os.path.join(base, "drseg", "models")
-    if sys.platform == "darwin":
-        return os.path.join(home, "Library", "Caches", "drseg", "models")
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(home, ".cache")
-    return os.path.join(base, "drseg", "models")
+    from .settings import default_cache_dir as platform_default
+
+    return platform_default()
+
+
+def _saved_setting(name: str) -> str:
+    """A value from the settings file the dock and the settings page write (\"\" if unset)."""
+    from .settings import load_settings_or_defaults
+
+    settings, _ = load_settings_or_defaults()
+    return str(getattr(settings, name, "") or "").strip()
 
 
 def resolve_cache_dir(setting: Optional[str] = None) -> str:
-    """`DRSEG_CACHE_DIR` if set, else the setting (e.g. from the plugin's settings page), else the
-    platform default. The folder is not created here."""
-    chosen = os.environ.get(CACHE_ENV, "").strip() or (str(setting).strip() if setting else "")
+    """`DRSEG_CACHE_DIR` if set, else the given setting, else the saved settings' cache folder
+    (so the CLI, Processing and the dock share one cache), else the platform default. The folder
+    is not created here."""
+    chosen = (os.environ.get(CACHE_ENV, "").strip() or (str(setting).strip() if setting else "")
+              or _saved_setting("cache_dir"))
     return os.path.abspath(os.path.expanduser(chosen)) if chosen else default_cache_dir()
 
 
 def resolve_mirror(setting: Optional[str] = None) -> Optional[str]:
-    """`DRSEG_MODEL_MIRROR` if set, else the setting, else None (use each model's own URL)."""
-    chosen = os.environ.get(MIRROR_ENV, "").strip() or (str(setting).strip() if setting else "")
+    """`DRSEG_MODEL_MIRROR` if set, else the given setting, else the saved settings' mirror, else
+    None (use each model's own URL)."""
+    chosen = (os.environ.get(MIRROR_ENV, "").strip() or (str(setting).strip() if setting else "")
+              or _saved_setting("mirror_url"))
     if not chosen:
         return None
     if not chosen.lower().startswith(("http://", "https://", "file://")):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 
 import numpy as np
 import pytest
@@ -11,6 +12,8 @@ import rasterio
 from rasterio.transform import from_origin
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# The user's own DR-Seg settings file (cache folder, mirror, models) must not change test results.
+os.environ["DRSEG_CONFIG"] = os.path.join(tempfile.mkdtemp(prefix="drseg-test-config-"), "settings.json")
 
 # Colours of the synthetic scene's classes; the oracle recognises a class by its colour.
 SCENE_COLOURS = {"building": (200, 60, 50), "road": (245, 245, 245), "water": (30, 90, 200),

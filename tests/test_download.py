@@ -441,3 +441,21 @@ def test_cli_reports_server_error_with_exit_code_2(server, cache, monkeypatch, c
     monkeypatch.setattr(dl, "get_model", lambda name: entry)
     assert models_cli.main(["models", "download", "tiny-model", "--cache-dir", cache, "--quiet"]) == 2
     assert "HTTP 500" in capsys.readouterr().err
+
+
+def test_cache_and_mirror_follow_the_saved_settings_unless_the_environment_says(tmp_path, monkeypatch):
+    """The CLI and Processing use the folder and mirror chosen on the settings page."""
+    from drseg.core.download import resolve_cache_dir, resolve_mirror
+    from drseg.core.settings import Settings, save_settings
+
+    config = tmp_path / "settings.json"
+    save_settings(Settings(cache_dir=str(tmp_path / "models"), mirror_url="http://127.0.0.1:9/m"),
+                  str(config))
+    monkeypatch.setenv("DRSEG_CONFIG", str(config))
+    monkeypatch.delenv("DRSEG_CACHE_DIR", raising=False)
+    monkeypatch.delenv("DRSEG_MODEL_MIRROR", raising=False)
+    assert resolve_cache_dir() == str(tmp_path / "models")
+    assert resolve_mirror() == "http://127.0.0.1:9/m"
+    assert resolve_cache_dir(str(tmp_path / "given")) == str(tmp_path / "given")
+    monkeypatch.setenv("DRSEG_CACHE_DIR", str(tmp_path / "env"))
+    assert resolve_cache_dir() == str(tmp_path / "env")
