@@ -27,8 +27,8 @@ from qgis.gui import QgsMapMouseEvent
 from qgis.PyQt.QtCore import QEvent, QPoint, Qt
 from qgis.PyQt.QtGui import QKeyEvent
 from qgis.PyQt.QtTest import QTest
-from test_refer_pipeline import (ORIGIN, PIXEL, ColourLocalizer, ColourPredictor, label_components,
-                                 pixel_box, pond_scene)
+from test_refer_pipeline import (ORIGIN, PIXEL, ColourLocalizer, ColourPredictor,  # noqa: F401
+                                 label_components, pixel_box, pond_scene, tiny_models)
 
 from drseg.core.colors import class_colour
 from drseg.core.refer.pipeline import SESSIONS
@@ -373,6 +373,38 @@ def test_the_tool_needs_a_result_and_a_layer(panel, qgis_iface, qgis_new_project
     assert not panel.click_tool.add_click(raster_point(70, 55), True)
     assert "was removed" in messages(qgis_iface, Qgis.MessageLevel.Warning)[-1]
     assert panel.sam.calls[-1]["multimask"]              # no refinement ran
+
+
+def test_real_tiny_models_in_the_task_and_the_refinement(panel, ponds, tiny_models):
+    """segment_anything and open_clip of the real architectures (random weights) in the worker
+    threads: the layer is written in the raster's CRS; a click decodes on the cached embedding."""
+    sam, clip, calls = tiny_models
+    panel.sam, panel.clip = sam, clip
+    encoded = calls["sam"]
+    task = run_by_typing(panel, "the pond")
+    assert calls["sam"] == encoded + 1
+    layer = panel.last_layer
+    assert layer.crs().authid() == "EPSG:32633" and layer.featureCount() <= 1
+    raster = shapely.box(ORIGIN[0], ORIGIN[1] - 240 * PIXEL, ORIGIN[0] + 240 * PIXEL, ORIGIN[1])
+    assert all(row["geometry"].within(raster) for row in features(layer))
+    refined = []
+    panel.click_tool.refined.connect(refined.append)
+    panel.refine_action.trigger()
+    assert panel.click_tool.add_click(raster_point(70, 55), True)
+    assert wait_for(lambda: refined, 30)
+    session = task.result.session
+    assert session.refinements == 1 and calls["sam"] == encoded + 1   # the decoder only
+    (done,) = refined
+    assert done.refined.points[-1].tolist() == [70.0, 55.0] and done.refined.labels[-1] == 1
+    rows = features(layer)
+    if done.geometry is None:
+        assert rows == []
+    else:
+        (row,) = rows
+        # random weights leave thousands of specks: compare exactly rather than topologically
+        expected = shapely.MultiPolygon(shapely.get_parts(done.geometry))
+        assert shapely.normalize(row["geometry"]).equals_exact(shapely.normalize(expected), 1e-6)
+        assert row["area_m2"] == pytest.approx(done.refined.pixels * PIXEL ** 2, abs=0.01)
 
 
 # --------------------------------------------------------------------------------------------
