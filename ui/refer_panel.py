@@ -192,7 +192,7 @@ class ReferringPanel(QWidget):
 
         area = QHBoxLayout()
         self.area_combo = QComboBox(self)
-        self.area_combo.addItem("Current map canvas extent", AREA_CANVAS)
+        self.area_combo.addItem("Map canvas extent", AREA_CANVAS)
         self.area_combo.addItem("Drawn rectangle", AREA_DRAWN)
         self.area_combo.addItem("Whole layer", AREA_LAYER)
         self.area_combo.setToolTip("Where to look. The area is read at a working size (below); "
@@ -237,7 +237,7 @@ class ReferringPanel(QWidget):
         self.run_button.clicked.connect(self.run)
         self.cancel_button = QPushButton("Cancel", self)
         self.cancel_button.clicked.connect(self.cancel)
-        self.refine_action = QAction("Refine with clicks", self)
+        self.refine_action = QAction("Refine…", self)
         self.refine_action.setObjectName("drsegReferringRefine")
         self.refine_action.setCheckable(True)
         self.refine_action.setToolTip("Left click: part of the object; right click: not part of "
@@ -264,6 +264,9 @@ class ReferringPanel(QWidget):
         self.status_label.setWordWrap(True)
         outer.addWidget(self.status_label)
         outer.addStretch(1)
+        for combo in self.findChildren(QComboBox):  # long entries must not widen the dock
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(8)
 
     # -- expression and history -----------------------------------------------------------------
     def expression(self) -> str:
@@ -472,7 +475,7 @@ class ReferringPanel(QWidget):
                 found = task.result.polygon_count > 0
                 self._message(Qgis.MessageLevel.Success if found else Qgis.MessageLevel.Warning,
                               report)
-                note = ("Refine it: 'Refine with clicks'" if target is not None
+                note = ("Refine it with clicks on the map: 'Refine…'" if target is not None
                         else f"Refining with clicks is not available: {why}")
                 self.status_label.setText(f"Done: {report}\n{note}")
         elif task.was_cancelled:
