@@ -231,6 +231,12 @@ def test_area_choices_reach_the_request(panel, qgis_iface, ponds):
     panel.sam_weights_widget.setFilePath("/data/my_sam.pth")
     panel.sam_model_combo.setCurrentText("vit_l")
     assert panel.build_request().sam_weights == "/data/my_sam.pth"
+    # Saved settings (the settings dialog) become the form's SAM choice.
+    from drseg.core.settings import Settings
+
+    panel.apply_settings(Settings(sam_model="vit_l", sam_weights="/data/other_sam_l.pth"))
+    request = panel.build_request()
+    assert (request.sam_model, request.sam_weights) == ("vit_l", "/data/other_sam_l.pth")
 
 
 def test_history_is_most_recent_first_without_repeats_and_kept_across_panels(

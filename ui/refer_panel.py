@@ -155,9 +155,7 @@ class ReferringPanel(QWidget):
         first = self._options()
         if first.layer is not None:
             self.layer_combo.setLayer(first.layer)
-        self.sam_model_combo.setCurrentText(first.sam_model if first.sam_model in SAM_MODEL_CHOICES
-                                            else SAM_MODEL_CHOICES[0])
-        self.sam_weights_widget.setFilePath(first.sam_weights or "")
+        self.apply_settings(first)
         self.load_history()
         self._update_buttons()
 
@@ -300,6 +298,14 @@ class ReferringPanel(QWidget):
         self.expression_combo.setCurrentIndex(-1)
         self.expression_combo.setEditText(current)
         self.expression_combo.blockSignals(False)
+
+    def apply_settings(self, settings) -> None:
+        """Take the shared settings' SAM model and weights (core/settings.py) as the form's."""
+        if getattr(settings, "sam_model", None) in SAM_MODEL_CHOICES:
+            self.sam_model_combo.blockSignals(True)   # the weights below belong to this model
+            self.sam_model_combo.setCurrentText(settings.sam_model)
+            self.sam_model_combo.blockSignals(False)
+        self.sam_weights_widget.setFilePath(getattr(settings, "sam_weights", "") or "")
 
     def _sam_model_changed(self, model: str) -> None:
         # A catalog default of another model follows the model; a user's file stays.
