@@ -359,6 +359,7 @@ class DrSegDock(QDockWidget):
         self.window_spin.setValue(settings.window)
         self.stride_spin.setValue(settings.stride)
         self.refresh_dino_state()
+        self.refer_panel.apply_settings(settings)  # SAM model and weights
 
     def refresh_dino_state(self) -> None:
         """Find the DINO weights now (a few file checks, no torch); pick the method unless the
