@@ -5,7 +5,7 @@ Benchmark tiles are small, so holding one in memory is fine; rasters go through 
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import torch

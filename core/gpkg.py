@@ -1,7 +1,7 @@
 """Writing polygon layers to GeoPackage with GDAL/OGR (the GDAL that QGIS itself uses)."""
 from __future__ import annotations
 
-from typing import Iterable, Optional, Sequence
+from typing import Optional, Sequence
 
 import shapely
 from osgeo import ogr, osr

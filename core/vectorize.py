@@ -7,9 +7,8 @@ counts added), so the result equals polygonising the whole raster at once.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Dict, Iterator, List, Sequence
 
 import numpy as np
 import rasterio

@@ -464,7 +464,7 @@ class DrSegDock(QDockWidget):
         source = raster_source(layer)
         layer_crs_check(layer)
         text = self.classes_edit.toPlainText().strip()
-        classes = parse_classes(text)
+        parse_classes(text)  # an empty or duplicated prompt stops here, before any task
         bands = self.selected_bands()
         extent = self.selected_extent(layer)
         vector, raster = self.output_paths(layer)

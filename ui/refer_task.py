@@ -12,19 +12,15 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import time
-import traceback
 from typing import Callable, Optional, Sequence
 
-from qgis.core import (QgsCategorizedSymbolRenderer, QgsFillSymbol, QgsMessageLog, QgsProject,
-                       QgsRendererCategory, QgsTask, QgsVectorLayer)
-from qgis.PyQt.QtCore import pyqtSignal
+from qgis.core import (QgsCategorizedSymbolRenderer, QgsFillSymbol, QgsProject,
+                       QgsRendererCategory, QgsVectorLayer)
 
 from ..core.colors import class_colour
-from ..core.errors import DrSegError, RunCancelled
 from .engine import MissingDependencies, dependency_message, load_engine
+from .task import EngineTask
 
-LOG_TAG = "DR-Seg"
 REFER_GROUP = "DR-Seg referring"
 FILL_ALPHA = 90           # the imagery stays visible under the highlight
 OUTLINE_WIDTH_MM = 0.6
@@ -49,72 +45,7 @@ def load_refer_engine():
     return run
 
 
-class _EngineTask(QgsTask):
-    """What the two tasks share: error capture in run(), a once-only callback in finished()."""
-
-    stepMessage = pyqtSignal(str)   # the engine's progress messages, delivered queued
-
-    def __init__(self, description: str, on_finished: Optional[Callable] = None):
-        super().__init__(description, QgsTask.Flag.CanCancel)
-        self.on_finished = on_finished
-        self.error: Optional[str] = None
-        self.error_detail: Optional[str] = None
-        self.was_cancelled = False
-        self.seconds = 0.0
-        self._last_message = ""
-        self._finished_called = False
-        self._done = False
-
-    def _work(self) -> None:            # worker thread; sets the result attributes
-        raise NotImplementedError
-
-    def run(self) -> bool:  # noqa: D401 (QGIS's name)
-        started = time.perf_counter()
-        try:
-            self._work()
-            self._done = True
-            return True
-        except RunCancelled:
-            self.was_cancelled = True
-            return False
-        except (DrSegError, MissingDependencies) as exc:
-            self.error = str(exc)
-            return False
-        except Exception as exc:  # a bug or an environment problem: details go to the log
-            if self.isCanceled():
-                self.was_cancelled = True
-                return False
-            self.error = f"{self.failure_prefix}: {type(exc).__name__}: {exc}"
-            self.error_detail = traceback.format_exc()
-            return False
-        finally:
-            self.seconds = time.perf_counter() - started
-
-    failure_prefix = "DR-Seg failed"
-
-    def _progress(self, fraction: float, message: str) -> None:
-        self.setProgress(100.0 * fraction)
-        if message and message != self._last_message:
-            self._last_message = message
-            self.stepMessage.emit(message)
-
-    def finished(self, ok: bool) -> None:  # noqa: D401 (QGIS's name); main thread
-        if self._finished_called:
-            return
-        self._finished_called = True
-        if not ok and (self.isCanceled() or self.was_cancelled) and self.error is None:
-            self.was_cancelled = True
-        if self.error_detail:
-            QgsMessageLog.logMessage(f"{self.error}\n{self.error_detail}", LOG_TAG)
-        if self.on_finished is not None:
-            self.on_finished(self)
-
-    @property
-    def succeeded(self) -> bool:
-        return self._done and not self.was_cancelled and self.error is None
-
-
-class ReferringTask(_EngineTask):
+class ReferringTask(EngineTask):
     """Runs `run_referring(request)` in the background.
 
     After the callback: `result` (ReferringRunResult) and `session` (the area's session, None for
@@ -145,7 +76,7 @@ class ReferringTask(_EngineTask):
         self.session = self.result.session
 
 
-class RefineTask(_EngineTask):
+class RefineTask(EngineTask):
     """Re-runs SAM's decoder on a session's cached embedding with clicks (area pixel (x, y)).
 
     After the callback: `refined` (ReferringResult carrying every click so far), `geometry`

@@ -20,7 +20,74 @@ from .engine import MissingDependencies, load_engine
 LOG_TAG = "DR-Seg"
 
 
-class SegmentationTask(QgsTask):
+class EngineTask(QgsTask):
+    """A cancellable engine call in a worker thread: `_work()` runs there and sets the result;
+    errors are captured for the user (DrSegError) or the log (anything else); `finished()` hands
+    the task once to `on_finished` on the main thread."""
+
+    stepMessage = pyqtSignal(str)   # the engine's progress messages, delivered queued
+
+    def __init__(self, description: str, on_finished: Optional[Callable] = None):
+        super().__init__(description, QgsTask.Flag.CanCancel)
+        self.on_finished = on_finished
+        self.error: Optional[str] = None
+        self.error_detail: Optional[str] = None
+        self.was_cancelled = False
+        self.seconds = 0.0
+        self._last_message = ""
+        self._finished_called = False
+        self._done = False
+
+    def _work(self) -> None:            # worker thread; sets the result attributes
+        raise NotImplementedError
+
+    def run(self) -> bool:  # noqa: D401 (QGIS's name)
+        started = time.perf_counter()
+        try:
+            self._work()
+            self._done = True
+            return True
+        except RunCancelled:
+            self.was_cancelled = True
+            return False
+        except (DrSegError, MissingDependencies) as exc:
+            self.error = str(exc)
+            return False
+        except Exception as exc:  # a bug or an environment problem: details go to the log
+            if self.isCanceled():
+                self.was_cancelled = True
+                return False
+            self.error = f"{self.failure_prefix}: {type(exc).__name__}: {exc}"
+            self.error_detail = traceback.format_exc()
+            return False
+        finally:
+            self.seconds = time.perf_counter() - started
+
+    failure_prefix = "DR-Seg failed"
+
+    def _progress(self, fraction: float, message: str) -> None:
+        self.setProgress(100.0 * fraction)
+        if message and message != self._last_message:
+            self._last_message = message
+            self.stepMessage.emit(message)
+
+    def finished(self, ok: bool) -> None:  # noqa: D401 (QGIS's name); main thread
+        if self._finished_called:
+            return
+        self._finished_called = True
+        if not ok and (self.isCanceled() or self.was_cancelled) and self.error is None:
+            self.was_cancelled = True
+        if self.error_detail:
+            QgsMessageLog.logMessage(f"{self.error}\n{self.error_detail}", LOG_TAG)
+        if self.on_finished is not None:
+            self.on_finished(self)
+
+    @property
+    def succeeded(self) -> bool:
+        return self._done and not self.was_cancelled and self.error is None
+
+
+class SegmentationTask(EngineTask):
     """Runs `core.segment.run_segmentation(request)` in the background.
 
     After the callback: `result` (SegmentationResult) on success; `error` (a user-facing message)
@@ -30,66 +97,16 @@ class SegmentationTask(QgsTask):
     scorer: an engine window scorer to use instead of loading CLIP (tests, or a preloaded model).
     """
 
-    # (fraction 0..1, message) from the engine; emitted in the worker thread, delivered queued.
-    stepMessage = pyqtSignal(str)
+    failure_prefix = "Segmentation failed"
 
     def __init__(self, request, on_finished: Optional[Callable[["SegmentationTask"], None]] = None,
                  scorer=None, description: Optional[str] = None):
-        super().__init__(description or f"DR-Seg: {request.layer_name}", QgsTask.Flag.CanCancel)
+        super().__init__(description or f"DR-Seg: {request.layer_name}", on_finished)
         self.request = request
         self.scorer = scorer
         self.result = None
-        self.error: Optional[str] = None
-        self.error_detail: Optional[str] = None
-        self.was_cancelled = False
-        self.seconds = 0.0
-        self.on_finished = on_finished  # called with the task on the main thread
-        self._last_message = ""
-        self._finished_called = False
 
-    # -- worker thread ------------------------------------------------------------------------
-    def run(self) -> bool:  # noqa: D401 (QGIS's name)
-        started = time.perf_counter()
-        try:
-            segment = load_engine()
-            self.result = segment.run_segmentation(self.request, scorer=self.scorer,
-                                                   progress=self._progress,
-                                                   cancelled=self.isCanceled)
-            return True
-        except RunCancelled:
-            self.was_cancelled = True
-            return False
-        except (DrSegError, MissingDependencies) as exc:
-            self.error = str(exc)
-            return False
-        except Exception as exc:  # a bug or an environment problem: keep the details for the log
-            if self.isCanceled():
-                self.was_cancelled = True
-                return False
-            self.error = f"Segmentation failed: {type(exc).__name__}: {exc}"
-            self.error_detail = traceback.format_exc()
-            return False
-        finally:
-            self.seconds = time.perf_counter() - started
-
-    def _progress(self, fraction: float, message: str) -> None:
-        self.setProgress(100.0 * fraction)
-        if message and message != self._last_message:
-            self._last_message = message
-            self.stepMessage.emit(message)
-
-    # -- main thread --------------------------------------------------------------------------
-    def finished(self, ok: bool) -> None:  # noqa: D401 (QGIS's name)
-        if self._finished_called:
-            return
-        self._finished_called = True
-        if not ok and self.isCanceled():
-            self.was_cancelled = True
-        if self.error_detail:
-            QgsMessageLog.logMessage(f"{self.error}\n{self.error_detail}", LOG_TAG)
-        if self.on_finished is not None:
-            self.on_finished(self)
-
-    @property
-    def succeeded(self) -> bool:
-        return self.result is not None and not self.was_cancelled and self.error is None
+    def _work(self) -> None:
+        segment = load_engine()
+        self.result = segment.run_segmentation(self.request, scorer=self.scorer,
+                                               progress=self._progress, cancelled=self.isCanceled)

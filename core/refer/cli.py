@@ -8,7 +8,6 @@ runs both image encoders, the next ones reuse them.
 from __future__ import annotations
 
 import argparse
-import sys
 
 from ..console import ProgressBar, extent_argument
 
