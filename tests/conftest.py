@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 
 import numpy as np
@@ -16,6 +17,37 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ["DRSEG_CONFIG"] = os.path.join(tempfile.mkdtemp(prefix="drseg-test-config-"), "settings.json")
 
 # Colours of the synthetic scene's classes; the oracle recognises a class by its colour.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def unshadow_qgis_processing() -> None:
+    """Let `import processing` find QGIS's Processing plugin, not this repository's `processing/`.
+
+    When the repository root gets onto sys.path (`python -m pytest` without -P, or pytest's own
+    path handling), our plugin's `processing/` package (imported by QGIS as
+    `<plugin>.processing`, never top level) hides QGIS's `processing`. `drseg` itself is
+    importable through its editable install.
+    """
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != REPO_ROOT]
+    module = sys.modules.get("processing")
+    location = os.path.abspath(getattr(module, "__file__", None) or os.curdir) if module else ""
+    if location.startswith(REPO_ROOT + os.sep):
+        for name in [n for n in sys.modules if n == "processing" or n.startswith("processing.")]:
+            del sys.modules[name]
+
+
+unshadow_qgis_processing()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def qgis_processing_not_shadowed():
+    """Again before the first test: pytest imports the repository root's `__init__.py` as a test
+    package when the first test is set up and, when the folder's name is not a Python identifier
+    (a clone in 'drseg-main'), puts the root itself on sys.path. Autouse session fixtures run
+    before pytest-qgis's `qgis_processing`, which imports QGIS's processing."""
+    unshadow_qgis_processing()
+
+
 SCENE_COLOURS = {"building": (200, 60, 50), "road": (245, 245, 245), "water": (30, 90, 200),
                  "tree": (40, 140, 50)}
 

@@ -17,22 +17,7 @@ import rasterio
 from qgis.core import QgsApplication, QgsRasterLayer
 from rasterio.transform import from_origin
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def unshadow_qgis_processing() -> None:
-    """Let `import processing` find QGIS's Processing plugin, not this repository's `processing/`.
-
-    `python -m pytest` started in the repository root puts the root on sys.path, and there our
-    plugin's `processing/` package (imported by QGIS as `<plugin>.processing`, never top level)
-    hides QGIS's `processing`. `drseg` itself is importable through its editable install.
-    """
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != REPO_ROOT]
-    module = sys.modules.get("processing")
-    location = os.path.abspath(getattr(module, "__file__", None) or os.curdir) if module else ""
-    if location.startswith(REPO_ROOT + os.sep):
-        for name in [n for n in sys.modules if n == "processing" or n.startswith("processing.")]:
-            del sys.modules[name]
+from conftest import REPO_ROOT, unshadow_qgis_processing  # noqa: F401 (REPO_ROOT is re-exported)
 
 
 unshadow_qgis_processing()
