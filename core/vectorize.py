@@ -74,7 +74,7 @@ def vectorize(class_path: str, score_path: str, monitor=None, simplify: float = 
         pending: Dict[int, List[Region]] = {}
         for index, window in enumerate(blocks):
             if monitor is not None:
-                monitor.report(index / (len(blocks) + 1), "Vectorizing")
+                monitor.report(index / len(blocks), "Vectorizing")
             labels = classes_ds.read(1, window=window)
             scores = score_ds.read(1, window=window)
             for region, touches_seam in _block_regions(labels, scores, window, classes_ds):
@@ -82,10 +82,24 @@ def vectorize(class_path: str, score_path: str, monitor=None, simplify: float = 
                     pending.setdefault(region.class_index, []).append(region)
                 else:
                     yield from _finish([region], area_meter, tolerance, min_area_m2)
-        if monitor is not None:
-            monitor.report(len(blocks) / (len(blocks) + 1), "Joining polygons across blocks")
-        for class_index, pieces in pending.items():
-            yield from _finish(_dissolve(pieces), area_meter, tolerance, min_area_m2)
+            row_end = index + 1 == len(blocks) or blocks[index + 1].row_off != window.row_off
+            if row_end:
+                # A row of blocks is complete: pieces that cannot reach the rows below are final,
+                # so what is kept aside stays bounded by one row of blocks, not the raster.
+                bottom = int(window.row_off + window.height)
+                seam_y = transform.f + transform.e * bottom if bottom < classes_ds.height else None
+                for class_index in list(pending):
+                    joined = _dissolve(pending[class_index])
+                    below = [r for r in joined if seam_y is not None and _reaches(r, seam_y, transform)]
+                    done = [r for r in joined if r not in below]
+                    pending[class_index] = below
+                    yield from _finish(done, area_meter, tolerance, min_area_m2)
+
+
+def _reaches(region: Region, seam_y: float, transform) -> bool:
+    """Does the region touch the horizontal seam at map y `seam_y` (the next row's top)?"""
+    minx, miny, maxx, maxy = region.geometry.bounds
+    return (miny <= seam_y) if transform.e < 0 else (maxy >= seam_y)
 
 
 def _block_regions(labels, scores, window, dataset):

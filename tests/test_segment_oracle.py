@@ -234,3 +234,28 @@ def test_extent_outside_the_raster_is_a_clear_error(scene, tmp_path):
     path, _ = scene
     with pytest.raises(InputError, match="does not overlap"):
         run(path, tmp_path, extent=(0, 0, 10, 10))
+
+
+def test_polygons_do_not_depend_on_the_vectorizing_block(scene, tmp_path):
+    """Regions cut by block seams (both directions) are joined again, with their scores."""
+    from drseg.core.vectorize import vectorize
+
+    path, _ = scene
+    result = run(path, tmp_path, out_vector=None)
+    with rasterio.open(result.raster_path) as src:
+        profile = src.profile
+        scores = (src.read(1) % 7 / 7.0).astype("float32")  # any per-pixel score will do
+    profile.update(dtype="float32", nodata=None)
+    score_path = str(tmp_path / "score.tif")
+    with rasterio.open(score_path, "w", **profile) as dst:
+        dst.write(scores[None])
+
+    def regions(block):
+        found = sorted((r.class_index, round(r.area_m2, 6), round(r.score, 9), r.pixels)
+                       for r in vectorize(result.raster_path, score_path, block=block))
+        return found
+
+    whole = regions(4096)
+    assert regions(64) == whole
+    assert regions(97) == whole
+    assert len(whole) >= 5
