@@ -70,6 +70,7 @@ class DenseClip:
         self._std = torch.tensor(CLIP_STD, device=device).view(1, 3, 1, 1)
         self._pos_cache: Dict[Tuple[int, int], torch.Tensor] = {}
         self.text_features: Optional[torch.Tensor] = None
+        self._text_cache: Dict[str, torch.Tensor] = {}
         self.forward_calls = 0
 
     # -- text ---------------------------------------------------------------------------------
@@ -85,7 +86,12 @@ class DenseClip:
         return torch.stack(features)
 
     def set_queries(self, queries: Sequence[str]) -> None:
-        self.text_features = self.encode_texts(queries)
+        """Text embeddings for this run; each query is encoded once per model (80 templates of a
+        ViT text tower cost seconds per query on a CPU) and reused by later runs."""
+        missing = [q for q in dict.fromkeys(queries) if q not in self._text_cache]
+        if missing:
+            self._text_cache.update(zip(missing, self.encode_texts(missing)))
+        self.text_features = torch.stack([self._text_cache[q] for q in queries])
 
     # -- image --------------------------------------------------------------------------------
     def _positional_embedding(self, grid_h: int, grid_w: int) -> torch.Tensor:

@@ -116,8 +116,8 @@ class SlidingWindowSegmenter:
         self.width, self.height = grid.width, grid.height
         self._xs = window_starts(self.width, self.window, self.stride)
         self._ys = window_starts(self.height, self.window, self.stride)
-        self._ramp = torch.from_numpy(blend_ramp(self.window))
-        self._resize: Dict[int, torch.Tensor] = {}
+        self._ramp = blend_ramp(self.window)
+        self._resize: Dict[int, np.ndarray] = {}
         self._cache: Dict[Tuple[int, int], Optional[np.ndarray]] = {}
         owner = list(self.query_owner)
         self.num_classes = max(owner) + 1
@@ -149,35 +149,36 @@ class SlidingWindowSegmenter:
 
         self._score_missing(image, valid, x0, y0, xs, ys)
 
+        # Dozens of small products per block: numpy, so they do not wait on torch's thread pool
+        # (which stalls when QGIS or other processes share the cores).
         started = time.perf_counter()
         accumulated = None
-        weight_sum = torch.zeros((bh, bw))
+        weight_sum = np.zeros((bh, bw), np.float32)
         for y in ys:
             for x in xs:
                 logits = self._cache.get((y, x))
                 if logits is None:
                     continue
-                logits = torch.from_numpy(logits)
                 # Overlap of this window with the block, in window coordinates.
                 ry0, ry1 = max(by, y) - y, min(by + bh, y + self.window, self.height) - y
                 rx0, rx1 = max(bx, x) - x, min(bx + bw, x + self.window, self.width) - x
                 wy, wx = self._ramp[ry0:ry1], self._ramp[rx0:rx1]
                 resize_y = self._resize_matrix(logits.shape[1])[ry0:ry1] * wy[:, None]
                 resize_x = self._resize_matrix(logits.shape[2])[rx0:rx1] * wx[:, None]
-                part = torch.matmul(torch.matmul(resize_y, logits), resize_x.T)  # weighted, resized
+                part = np.matmul(np.matmul(resize_y, logits), resize_x.T)  # weighted, resized
                 if accumulated is None:
-                    accumulated = torch.zeros((part.shape[0], bh, bw))
+                    accumulated = np.zeros((part.shape[0], bh, bw), np.float32)
                 oy, ox = y + ry0 - by, x + rx0 - bx
                 accumulated[:, oy:oy + ry1 - ry0, ox:ox + rx1 - rx0] += part
-                weight_sum[oy:oy + ry1 - ry0, ox:ox + rx1 - rx0] += torch.outer(wy, wx)
-        block_valid = torch.from_numpy(valid[by - y0:by - y0 + bh, bx - x0:bx - x0 + bw].copy())
+                weight_sum[oy:oy + ry1 - ry0, ox:ox + rx1 - rx0] += np.outer(wy, wx)
+        block_valid = valid[by - y0:by - y0 + bh, bx - x0:bx - x0 + bw]
         result = self._classify(accumulated, weight_sum, block_valid, block)
         self.timings.stitch += time.perf_counter() - started
         return result
 
-    def _resize_matrix(self, tokens: int) -> torch.Tensor:
+    def _resize_matrix(self, tokens: int) -> np.ndarray:
         if tokens not in self._resize:
-            self._resize[tokens] = torch.from_numpy(bilinear_matrix(self.window, tokens))
+            self._resize[tokens] = bilinear_matrix(self.window, tokens)
         return self._resize[tokens]
 
     def _score_missing(self, image, valid, x0, y0, xs, ys) -> None:
@@ -225,7 +226,7 @@ class SlidingWindowSegmenter:
         if accumulated is None:
             probs = np.zeros((self.num_classes, bh, bw), np.float32) if self.keep_probabilities else None
             return BlockResult(block, classes, score, probs)
-        logits = accumulated / weight_sum.clamp(min=1e-12)
+        logits = torch.from_numpy(accumulated / np.maximum(weight_sum, 1e-12))
         query_probs = torch.softmax(self.scorer.logit_scale * logits, dim=0)
         # A class is as likely as its most likely synonym.
         class_probs = torch.stack([query_probs[queries].amax(dim=0) for queries in self._synonyms])
@@ -233,7 +234,7 @@ class SlidingWindowSegmenter:
         label = (arg + 1).to(torch.uint8)
         label[top < self.threshold] = 0
         valid = valid & (weight_sum > 0)
-        classes = np.where(valid.numpy(), label.numpy(), np.uint8(255)).astype(np.uint8)
-        score = np.where(valid.numpy(), top.numpy(), 0.0).astype(np.float32)
-        probs = class_probs.numpy() * valid.numpy() if self.keep_probabilities else None
+        classes = np.where(valid, label.numpy(), np.uint8(255)).astype(np.uint8)
+        score = np.where(valid, top.numpy(), 0.0).astype(np.float32)
+        probs = class_probs.numpy() * valid if self.keep_probabilities else None
         return BlockResult(block, classes, score, probs)

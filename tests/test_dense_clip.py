@@ -236,3 +236,16 @@ def test_drseg_without_dino_weights(tmp_path, tiny_clip, monkeypatch):
     assert result.method == "clip" and "no DINO weights" in result.note
     with pytest.raises(ModelError, match="not in the model cache"):
         run_segmentation(SegmentationRequest(method="drseg", dino_weights="dino-vit-s8", **request))
+
+
+def test_text_embeddings_are_encoded_once_per_query(tiny_clip):
+    clip = dense(tiny_clip)
+    encoded = []
+    real = clip.encode_texts
+    clip.encode_texts = lambda names: (encoded.append(list(names)), real(names))[1]
+    clip.set_queries(["water", "road"])
+    first = clip.text_features.clone()
+    clip.set_queries(["road", "building", "water"])
+    assert encoded == [["water", "road"], ["building"]]
+    assert torch.equal(clip.text_features[0], first[1]) and torch.equal(clip.text_features[2], first[0])
+    assert torch.allclose(clip.text_features[1], real(["building"])[0])
