@@ -501,10 +501,8 @@ def _out_paths(out_dir: Union[str, Path], dataset: str, split: str) -> Dict[str,
             "samples_csv": out / f"{stem}_samples.csv"}
 
 
-def write_ovss_outputs(report: OvssReport, out_dir: Union[str, Path],
-                       json_path: Optional[Union[str, Path]] = None,
-                       use_matplotlib: Optional[bool] = None) -> Dict[str, str]:
-    """Results JSON, per-class CSV, confusion CSV and PNG in `out_dir`; metrics JSON at `json_path`."""
+def _write_results(report, out_dir, json_path):
+    """What both kinds of report write: the metrics JSON (when asked for) and the full results."""
     paths = _out_paths(out_dir, report.dataset, report.split)
     written = {}
     if json_path:
@@ -513,6 +511,14 @@ def write_ovss_outputs(report: OvssReport, out_dir: Union[str, Path],
         json.dump(report.to_dict(), handle, indent=2, allow_nan=False)
         handle.write("\n")
     written["results"] = str(paths["results"])
+    return paths, written
+
+
+def write_ovss_outputs(report: OvssReport, out_dir: Union[str, Path],
+                       json_path: Optional[Union[str, Path]] = None,
+                       use_matplotlib: Optional[bool] = None) -> Dict[str, str]:
+    """Results JSON, per-class CSV, confusion CSV and PNG in `out_dir`; metrics JSON at `json_path`."""
+    paths, written = _write_results(report, out_dir, json_path)
     written["csv"] = write_ovss_csv(report, paths["csv"])
     written["confusion_csv"] = write_confusion_csv(report, paths["confusion_csv"])
     matrix = report.confusion
@@ -531,14 +537,7 @@ def write_refer_outputs(report: ReferReport, out_dir: Union[str, Path],
                         json_path: Optional[Union[str, Path]] = None,
                         use_matplotlib: Optional[bool] = None) -> Dict[str, str]:
     """Results JSON, metrics CSV, per-sample CSV and a target/background confusion PNG."""
-    paths = _out_paths(out_dir, report.dataset, report.split)
-    written = {}
-    if json_path:
-        written["json"] = write_metrics_json(report.metrics, json_path)
-    with open(paths["results"], "w", encoding="utf-8") as handle:
-        json.dump(report.to_dict(), handle, indent=2, allow_nan=False)
-        handle.write("\n")
-    written["results"] = str(paths["results"])
+    paths, written = _write_results(report, out_dir, json_path)
     with open(paths["csv"], "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["metric", "value"])
