@@ -97,29 +97,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_optional_commands(subparsers) -> None:
     """Sub-commands living beside the engine modules they drive."""
-    try:
-        from .core.models_cli import add_models_parser, run_models_command
-    except ImportError:
-        pass
-    else:
-        add_models_parser(subparsers)
-        subparsers.choices["models"].set_defaults(run=run_models_command)
-    try:
-        from .core.refer.cli import add_refer_parser, run_refer_command
-    except ImportError:
-        pass
-    else:
-        add_refer_parser(subparsers)
-        subparsers.choices["refer"].set_defaults(run=run_refer_command)
-    try:
-        from .core.array_segment import engine_options
-        from .core.evaluate_cli import add_evaluate_parser, run_evaluate_command
-    except ImportError:
-        pass
-    else:
-        register_evaluation_engine()
-        add_evaluate_parser(subparsers, engine_options=engine_options)
-        subparsers.choices["evaluate"].set_defaults(run=run_evaluate_command)
+    from .core.array_segment import engine_options
+    from .core.evaluate_cli import add_evaluate_parser, run_evaluate_command
+    from .core.models_cli import add_models_parser, run_models_command
+    from .core.refer.cli import add_refer_parser, run_refer_command
+
+    add_models_parser(subparsers)
+    subparsers.choices["models"].set_defaults(run=run_models_command)
+    add_refer_parser(subparsers)
+    subparsers.choices["refer"].set_defaults(run=run_refer_command)
+    register_evaluation_engine()
+    add_evaluate_parser(subparsers, engine_options=engine_options)
+    subparsers.choices["evaluate"].set_defaults(run=run_evaluate_command)
 
 
 def register_evaluation_engine() -> None:
