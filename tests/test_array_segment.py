@@ -66,3 +66,43 @@ def test_evaluate_ovss_runs_the_engine_on_a_loveda_layout(tmp_path, monkeypatch,
     for name in ("background", "building", "road", "water"):
         assert result["per_class"][name] >= 90.0, name
     assert result["aAcc"] >= 95.0
+
+
+def test_evaluate_refer_runs_the_referring_engine(tmp_path, monkeypatch):
+    """`evaluate refer` without --predictions: SAM and CLIP stand-ins of known answer (those of
+    the referring pipeline tests) select the right pond, so every score is 100 %."""
+    import rasterio
+    from drseg.cli import main
+    from drseg.core import sam_models
+    from drseg.core.refer import localize
+    from test_refer_pipeline import ColourLocalizer, ColourPredictor, pond_scene
+
+    root = tmp_path / "RefSegRS"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    image = pond_scene()
+    north, south = np.zeros(image.shape[:2], np.uint8), np.zeros(image.shape[:2], np.uint8)
+    north[30:80, 40:100] = 255
+    south[160:220, 120:200] = 255
+    cases = {"1": ("the pond north of the road", north), "2": ("the largest pond", south)}
+    for key, (_, mask) in cases.items():
+        with rasterio.open(root / "images" / f"{key}.tif", "w", driver="GTiff", width=240, height=240,
+                           count=3, dtype="uint8") as dst:
+            dst.write(image.transpose(2, 0, 1))
+        with rasterio.open(root / "masks" / f"{key}.tif", "w", driver="GTiff", width=240, height=240,
+                           count=1, dtype="uint8") as dst:
+            dst.write(mask[None])
+    (root / "output_phrase_test.txt").write_text(
+        "".join(f"{key} {text}\n" for key, (text, _) in cases.items()))
+    predictor = ColourPredictor()
+    monkeypatch.setattr(sam_models, "sam_model", lambda *a, **k: predictor)
+    monkeypatch.setattr(localize, "Localizer", lambda clip: ColourLocalizer())
+    from drseg.core import model_cache
+    monkeypatch.setattr(model_cache, "dense_clip_scorer", lambda *a, **k: object())
+    out = tmp_path / "refer.json"
+    code = main(["evaluate", "refer", "--dataset", "RefSegRS", "--root", str(root), "--json", str(out),
+                 "--quiet"])
+    assert code == 0
+    metrics = json.loads(out.read_text())
+    assert metrics["gIoU"] == 100.0 and metrics["cIoU"] == 100.0 and metrics["Pr@0.9"] == 100.0
+    assert predictor.set_calls == 2  # one SAM embedding per image
