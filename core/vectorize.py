@@ -71,35 +71,85 @@ def vectorize(class_path: str, score_path: str, monitor=None, simplify: float = 
         area_meter = AreaMeter(classes_ds.crs, classes_ds.bounds)
         tolerance = simplify * (abs(transform.a) + abs(transform.e)) / 2.0
         blocks = block_windows(classes_ds.width, classes_ds.height, block)
-        pending: Dict[int, List[Region]] = {}
+        seams = SeamJoiner()
         for index, window in enumerate(blocks):
             if monitor is not None:
                 monitor.report(index / len(blocks), "Vectorizing")
             labels = classes_ds.read(1, window=window)
             scores = score_ds.read(1, window=window)
-            for region, touches_seam in _block_regions(labels, scores, window, classes_ds):
+            for region, touches_seam, touches_bottom in _block_regions(labels, scores, window,
+                                                                        classes_ds):
                 if touches_seam:
-                    pending.setdefault(region.class_index, []).append(region)
+                    seams.add(region, touches_bottom)
                 else:
                     yield from _finish([region], area_meter, tolerance, min_area_m2)
-            row_end = index + 1 == len(blocks) or blocks[index + 1].row_off != window.row_off
-            if row_end:
-                # A row of blocks is complete: pieces that cannot reach the rows below are final,
-                # so what is kept aside stays bounded by one row of blocks, not the raster.
-                bottom = int(window.row_off + window.height)
-                seam_y = transform.f + transform.e * bottom if bottom < classes_ds.height else None
-                for class_index in list(pending):
-                    joined = _dissolve(pending[class_index])
-                    below = [r for r in joined if seam_y is not None and _reaches(r, seam_y, transform)]
-                    done = [r for r in joined if r not in below]
-                    pending[class_index] = below
-                    yield from _finish(done, area_meter, tolerance, min_area_m2)
+            if index + 1 == len(blocks) or blocks[index + 1].row_off != window.row_off:
+                yield from _finish(seams.end_row(), area_meter, tolerance, min_area_m2)
 
 
-def _reaches(region: Region, seam_y: float, transform) -> bool:
-    """Does the region touch the horizontal seam at map y `seam_y` (the next row's top)?"""
-    minx, miny, maxx, maxy = region.geometry.bounds
-    return (miny <= seam_y) if transform.e < 0 else (maxy >= seam_y)
+class SeamJoiner:
+    """Joins pieces cut by block seams, one row of blocks at a time.
+
+    At the end of a row, the row's pieces are matched (shared edge, same class) with each other
+    and with the previous row's pieces on the seam between the rows, so each comparison involves
+    two rows at most. Pieces are kept in a union-find; a group is final once none of its pieces
+    reaches the next row, and is then dissolved with one union."""
+
+    def __init__(self):
+        self.pending: Dict[int, Region] = {}   # pieces of groups that may still grow
+        self.parent: Dict[int, int] = {}
+        self.row: List[int] = []               # this row's pieces
+        self.reaching: List[int] = []          # previous row's pieces on its bottom seam
+        self.bottom: set = set()               # this row's pieces on its bottom seam
+        self._next_key = 0
+
+    def add(self, region: Region, touches_bottom: bool) -> None:
+        key = self._next_key
+        self._next_key += 1
+        self.pending[key] = region
+        self.parent[key] = key
+        self.row.append(key)
+        if touches_bottom:
+            self.bottom.add(key)
+
+    def _root(self, key: int) -> int:
+        while self.parent[key] != key:
+            self.parent[key] = self.parent[self.parent[key]]
+            key = self.parent[key]
+        return key
+
+    def end_row(self) -> List[Region]:
+        by_class: Dict[int, List[int]] = {}
+        for key in self.row + self.reaching:
+            by_class.setdefault(self.pending[key].class_index, []).append(key)
+        for keys in by_class.values():  # pieces of different classes never join
+            if len(keys) < 2:
+                continue
+            geoms = [self.pending[k].geometry for k in keys]
+            left, right = STRtree(geoms).query(geoms, predicate="touches")
+            for a, b in zip(left, right):
+                ka, kb = keys[a], keys[b]
+                if (a < b and self._root(ka) != self._root(kb)
+                        and geoms[a].intersection(geoms[b]).length > 0):  # an edge, not a corner
+                    self.parent[self._root(ka)] = self._root(kb)
+        open_roots = {self._root(k) for k in self.bottom}
+        groups: Dict[int, List[int]] = {}
+        for key in self.pending:
+            root = self._root(key)
+            if root not in open_roots:
+                groups.setdefault(root, []).append(key)
+        finished = []
+        for members in groups.values():
+            pieces = [self.pending.pop(k) for k in members]
+            geometry = (pieces[0].geometry if len(pieces) == 1
+                        else shapely.union_all([p.geometry for p in pieces]))
+            finished.append(Region(pieces[0].class_index, geometry,
+                                   sum(p.score_sum for p in pieces), sum(p.pixels for p in pieces)))
+        # Union-find entries of finished groups are no longer needed.
+        self.parent = {k: self._root(k) for k in self.pending}
+        self.reaching = sorted(self.bottom)
+        self.row, self.bottom = [], set()
+        return finished
 
 
 def _block_regions(labels, scores, window, dataset):
@@ -123,10 +173,12 @@ def _block_regions(labels, scores, window, dataset):
     for i, (geom, value) in enumerate(shapes):
         pixel_shape = shape(geom)
         minx, miny, maxx, maxy = pixel_shape.bounds
+        bottom = inner_bottom and maxy >= height
         touches = ((inner_left and minx <= 0) or (inner_top and miny <= 0)
-                   or (inner_right and maxx >= width) or (inner_bottom and maxy >= height))
+                   or (inner_right and maxx >= width) or bottom)
         geometry = shapely.affinity.affine_transform(pixel_shape, coeffs)
-        yield Region(int(value), geometry, float(score_sums[i + 1]), int(counts[i + 1])), touches
+        yield (Region(int(value), geometry, float(score_sums[i + 1]), int(counts[i + 1])),
+               touches, bottom)
 
 
 def connected_groups(geoms: Sequence, predicate: str = "touches") -> List[List[int]]:
@@ -154,18 +206,6 @@ def connected_groups(geoms: Sequence, predicate: str = "touches") -> List[List[i
     for i in range(len(geoms)):
         groups.setdefault(root(i), []).append(i)
     return list(groups.values())
-
-
-def _dissolve(pieces: List[Region]) -> List[Region]:
-    """Join pieces of one class that share an edge (4-connectivity: a corner does not join)."""
-    geoms = [p.geometry for p in pieces]
-    merged = []
-    for members in connected_groups(geoms):
-        geometry = shapely.union_all([geoms[i] for i in members]) if len(members) > 1 else geoms[members[0]]
-        merged.append(Region(pieces[members[0]].class_index, geometry,
-                             sum(pieces[i].score_sum for i in members),
-                             sum(pieces[i].pixels for i in members)))
-    return merged
 
 
 def _finish(regions, area_meter: AreaMeter, tolerance: float, min_area_m2: float):
