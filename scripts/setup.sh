@@ -13,13 +13,15 @@ for mod in qgis.core rasterio osgeo.ogr; do
 done
 command -v Xvfb >/dev/null || need_apt=1
 command -v geos-config >/dev/null || need_apt=1
+# shapely is compiled against the system GEOS below: it needs Python's headers.
+[ -f "$(/usr/bin/python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h" ] || need_apt=1
 if [ "$need_apt" = 1 ]; then
   echo "== installing QGIS, GDAL and rasterio from Debian"
   sudo_cmd=""
   [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
   $sudo_cmd apt-get update -q
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -q --no-install-recommends \
-    python3-qgis qgis-providers qgis xvfb python3-venv python3-rasterio libgeos-dev
+    python3-qgis qgis-providers qgis xvfb python3-venv python3-rasterio libgeos-dev python3-dev
 fi
 
 if [ ! -x .venv/bin/python ]; then
