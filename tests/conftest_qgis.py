@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import threading
 import time
 
@@ -17,17 +16,11 @@ import rasterio
 from qgis.core import QgsApplication, QgsRasterLayer
 from rasterio.transform import from_origin
 
-from conftest import REPO_ROOT, unshadow_qgis_processing  # noqa: F401 (REPO_ROOT is re-exported)
+from conftest import REPO_ROOT, TINY_CLIP_CONFIG, unshadow_qgis_processing  # noqa: F401 (re-exported)
 
 
 unshadow_qgis_processing()
 
-# A real open_clip ViT, tiny: builds in a fraction of a second, runs with random weights.
-TINY_CLIP_CONFIG = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
 UTM = "EPSG:32633"
 ORIGIN = (500000.0, 6000000.0)
 

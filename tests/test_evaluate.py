@@ -8,11 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
 from PIL import Image
-from rasterio.transform import from_origin
 
 from drseg.cli import main as drseg_main
+from test_datasets import tif  # the same GeoTIFF writer
 from drseg.core.datasets import get_dataset
 from drseg.core.errors import InputError
 from drseg.core.evaluate import (confusion_image_pillow, engine_to_dataset_labels,
@@ -28,17 +27,6 @@ def png(path, array):
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.asarray(array, np.uint8)).save(path)
     return str(path)
-
-
-def tif(path, array):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    array = np.asarray(array, np.uint8)
-    data = array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
-    with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1],
-                       count=data.shape[0], dtype="uint8", crs="EPSG:32632",
-                       transform=from_origin(0.0, 100.0, 1.0, 1.0)) as dst:
-        dst.write(data)
 
 
 # LoveDA, converted layout: raw 0 = no-data, raw k = class k-1.

@@ -25,7 +25,7 @@ from ..core.settings import LIMITS, Settings, load_settings_or_defaults
 from .engine import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DINO_MODEL, DEFAULT_GRAPH_K,
                      DEFAULT_SEMANTIC_RATIO, DEFAULT_THRESHOLD, DINO_DEFAULT_WEIGHTS,
                      DINO_MODEL_CHOICES, MissingDependencies, dino_help, find_dino_weights,
-                     load_engine, method_label)
+                     load_engine, method_label, select_device)
 from .layers import add_result_layers, default_output_path
 from .refer_panel import ReferringPanel, options_from_dock
 from .sources import extent_in_layer_crs, layer_crs_check, raster_source
@@ -350,12 +350,7 @@ class DrSegDock(QDockWidget):
         self.dino_model_combo.setCurrentIndex(max(index, 0))
         self.dino_model_combo.blockSignals(False)
         self.dino_weights_widget.setFilePath(settings.dino_weights)
-        device = settings.device.strip().lower()
-        index = self.device_combo.findData(device)
-        if index < 0:  # 'cuda:1' and the like
-            self.device_combo.addItem(device, device)
-            index = self.device_combo.count() - 1
-        self.device_combo.setCurrentIndex(index)
+        select_device(self.device_combo, settings.device)
         self.window_spin.setValue(settings.window)
         self.stride_spin.setValue(settings.stride)
         self.refresh_dino_state()

@@ -165,3 +165,14 @@ def dino_help(dino_model: str) -> str:
     name = DINO_DEFAULT_WEIGHTS.get(dino_model, "a DINO checkpoint")
     return (f"download '{name}' (DR-Seg settings › Download models…) or choose a checkpoint "
             "file as DINO weights")
+
+
+def select_device(combo, device: str) -> None:
+    """Select `device` in a device combo box (items carry the device name as data), adding it
+    when it is not listed ('cuda:1' and the like)."""
+    device = (device or "auto").strip().lower()
+    index = combo.findData(device)
+    if index < 0:
+        combo.addItem(device, device)
+        index = combo.count() - 1
+    combo.setCurrentIndex(index)

@@ -24,6 +24,7 @@ from ..core import settings as core_settings
 from ..core.catalog import list_models
 from ..core.errors import DrSegError, InputError, RunCancelled
 from ..core.settings import Settings
+from .engine import select_device
 
 DEVICE_LABELS = (("auto", "Auto: CUDA GPU, else Apple GPU, else CPU"), ("cpu", "CPU"),
                  ("cuda", "CUDA GPU"), ("mps", "Apple GPU (MPS)"))
@@ -290,12 +291,7 @@ class SettingsDialog(QDialog):
                              (self.sam_model_combo, settings.sam_model),
                              (self.sam_weights_combo, settings.sam_weights)):
             _set_combo_text(combo, value)
-        device = settings.device.strip().lower()
-        index = self.device_combo.findData(device)
-        if index < 0:  # 'cuda:1' and the like
-            self.device_combo.addItem(device, device)
-            index = self.device_combo.count() - 1
-        self.device_combo.setCurrentIndex(index)
+        select_device(self.device_combo, settings.device)
         self.window_spin.setValue(settings.window)
         self.stride_spin.setValue(settings.stride)
         self.block_spin.setValue(settings.block)
