@@ -16,6 +16,7 @@ def add_segment_parser(subparsers) -> None:
     from .core.device import DEVICE_CHOICES
     from .core.model_cache import DINO_MODELS
     from .core.segment import DEFAULT_THRESHOLD
+    from .core.sliding import BLENDS, DEFAULT_BLEND
 
     p = subparsers.add_parser("segment", help="open-vocabulary segmentation of a raster into classes",
                               description="Segment RASTER into the classes typed with --classes and "
@@ -25,6 +26,9 @@ def add_segment_parser(subparsers) -> None:
                    help="classes separated by ';', synonyms by ',', e.g. 'building,roof;road;water'")
     p.add_argument("--out", help="output GeoPackage of polygons (.gpkg)")
     p.add_argument("--raster-out", help="output class-index GeoTIFF (.tif)")
+    p.add_argument("--probabilities-out", metavar="FILE.tif",
+                   help="output per-class probabilities before the threshold (float32 GeoTIFF, "
+                        "one band per class, named after it)")
     p.add_argument("--clip-model", default="ViT-B-16", help="open_clip model name or JSON config")
     p.add_argument("--clip-weights", default="openai",
                    help="open_clip pretrained tag (downloaded on first use) or checkpoint file")
@@ -51,6 +55,9 @@ def add_segment_parser(subparsers) -> None:
     p.add_argument("--min-area", type=float, default=0.0, help="drop polygons smaller than this, m²")
     p.add_argument("--window", type=int, default=224, help="sliding window, working pixels")
     p.add_argument("--stride", type=int, default=112, help="sliding window stride, working pixels")
+    p.add_argument("--blend", default=DEFAULT_BLEND, choices=BLENDS,
+                   help="how overlapping windows combine: smooth (sin² weights, default) or mean "
+                        "(every window pixel counts once, as the benchmark protocol does)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run_segment_command)
 
@@ -59,10 +66,12 @@ def run_segment_command(args) -> int:
     from .core.raster_io import parse_bands
     from .core.segment import SegmentationRequest, run_segmentation
 
-    if not args.out and not args.raster_out:
-        raise DrSegError("Give an output: --out result.gpkg and/or --raster-out classes.tif")
+    if not args.out and not args.raster_out and not args.probabilities_out:
+        raise DrSegError("Give an output: --out result.gpkg, --raster-out classes.tif and/or "
+                         "--probabilities-out probabilities.tif")
     request = SegmentationRequest(
         raster=args.raster, classes=args.classes, out_vector=args.out, out_raster=args.raster_out,
+        out_probabilities=args.probabilities_out, blend=args.blend,
         bands=parse_bands(args.bands), extent=args.extent, resolution=args.resolution,
         threshold=args.threshold, clip_model=args.clip_model, clip_weights=args.clip_weights,
         device=args.device, window=args.window, stride=args.stride, simplify=args.simplify,
@@ -80,7 +89,7 @@ def run_segment_command(args) -> int:
           f"vectorize {t.vectorize:.1f}s")
     for name, pixels in result.class_pixels.items():
         print(f"  {name}: {pixels} px")
-    for path in (result.vector_path, result.raster_path):
+    for path in (result.vector_path, result.raster_path, result.probabilities_path):
         if path:
             print(f"wrote {path}")
     return 0
