@@ -16,7 +16,7 @@ def add_segment_parser(subparsers) -> None:
     from .core.device import DEVICE_CHOICES
     from .core.model_cache import DINO_MODELS
     from .core.segment import DEFAULT_THRESHOLD
-    from .core.sliding import BLENDS, DEFAULT_BLEND
+    from .core.protocol import BLENDS, DEFAULT_BLEND
 
     p = subparsers.add_parser("segment", help="open-vocabulary segmentation of a raster into classes",
                               description="Segment RASTER into the classes typed with --classes and "

@@ -21,13 +21,9 @@ from rasterio.transform import Affine
 
 from .classes import flatten_queries, parse_classes
 from .cv_resize import imrescale
+from .protocol import PROTOCOL_BLEND, PROTOCOL_LONG_SIDE, PROTOCOL_STRIDE, PROTOCOL_WINDOW
 from .raster_io import Grid
 from .sliding import SlidingWindowSegmenter, class_probabilities, label_classes, synonym_groups
-
-PROTOCOL_LONG_SIDE = 448
-PROTOCOL_WINDOW = 224
-PROTOCOL_STRIDE = 112
-PROTOCOL_BLEND = "mean"
 
 
 class ArrayReader:
@@ -93,8 +89,9 @@ def engine_options(parser, task: str) -> None:
         parser.add_argument("--sam-model", default="vit_b", choices=["vit_b", "vit_l", "vit_h"])
         parser.add_argument("--sam-weights", help="SAM checkpoint file or catalog name")
     else:
-        parser.add_argument("--long-side", type=int, default=PROTOCOL_LONG_SIDE,
-                            help="benchmark images are resized to this long side (0: keep the size)")
+        parser.add_argument("--long-side", type=int,
+                            help="resize images to this long side (0: keep the size); default: "
+                                 "the data set's protocol (448)")
 
 
 def ovss_predictor_factory(task: str, dataset, args):
@@ -108,14 +105,21 @@ def ovss_predictor_factory(task: str, dataset, args):
     if task == "refer":
         return refer_predictor(args)
     scorer = dense_clip_scorer(args.clip_model, args.clip_weights, args.device)
+    protocol = dataset.protocol
+    long_side = protocol["long_side"] if args.long_side is None else args.long_side
+    window, stride, blend = protocol["window"], protocol["stride"], protocol["blend"]
 
     def predict(image_path: str) -> np.ndarray:
         with Image.open(image_path) as img:
             image = np.asarray(img.convert("RGB"))
         class_map = segment_array(image, dataset.prompt, scorer, threshold=dataset.threshold,
-                                  long_side=args.long_side or None)
+                                  long_side=long_side or None, window=window, stride=stride,
+                                  blend=blend)
         return engine_to_dataset_labels(class_map, dataset.background_index, dataset.num_classes)
 
+    predict.settings = {"long_side": long_side, "window": window, "stride": stride, "blend": blend,
+                        "prob_thd": dataset.threshold, "clip_model": args.clip_model,
+                        "clip_weights": args.clip_weights}
     return predict
 
 

@@ -41,6 +41,9 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Un
 import numpy as np
 
 from .errors import InputError
+from .metrics import REFER_METRIC_DEFINITIONS
+from .protocol import (BLENDS, PROTOCOL_BLEND, PROTOCOL_LONG_SIDE, PROTOCOL_STEPS, PROTOCOL_STRIDE,
+                       PROTOCOL_WINDOW)
 
 IGNORE_INDEX = 255
 DATA_DIR = Path(__file__).resolve().parent / "data" / "datasets"
@@ -381,6 +384,7 @@ class OvssDataset:
         self.ignore_index: int = IGNORE_INDEX
         self.threshold: float = float(spec["prob_thd"])
         self.json_path: str = spec.get("_path", "")
+        self.protocol: Dict = ovss_protocol(spec)
         self.decoder = decoder
         self.samples = samples
         self.warnings = list(warnings_ or [])
@@ -412,6 +416,40 @@ class OvssDataset:
                 f"{len(self)} samples)")
 
 
+def ovss_protocol(spec: dict) -> Dict:
+    """The evaluation protocol pinned for an OVSS data set: its JSON's class texts (synonyms after
+    commas), background handling, threshold and "protocol" geometry, plus the fixed steps."""
+    pinned = spec.get("protocol") or {}
+    return {
+        "source": pinned.get("source", ""),
+        "class_texts": list(spec["classes"]),
+        "background_index": spec["background_index"],
+        "background": pinned.get("background", ""),
+        "prob_thd": float(spec["prob_thd"]),
+        "long_side": pinned.get("long_side", PROTOCOL_LONG_SIDE),
+        "window": pinned.get("window", PROTOCOL_WINDOW),
+        "stride": pinned.get("stride", PROTOCOL_STRIDE),
+        "blend": pinned.get("blend", PROTOCOL_BLEND),
+        "steps": list(PROTOCOL_STEPS),
+    }
+
+
+def _check_protocol(where: str, pinned) -> None:
+    if pinned is None:
+        return
+    if not isinstance(pinned, dict):
+        raise InputError(f"{where}: \"protocol\" must be an object")
+    for key in ("long_side", "window", "stride"):
+        value = pinned.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "long_side" else 1):
+            raise InputError(f"{where}: protocol \"{key}\" must be a whole number of pixels, "
+                             f"got {value!r}")
+    if pinned.get("stride", 1) > pinned.get("window", PROTOCOL_WINDOW):
+        raise InputError(f"{where}: protocol \"stride\" must not exceed its \"window\"")
+    if pinned.get("blend", PROTOCOL_BLEND) not in BLENDS:
+        raise InputError(f"{where}: protocol \"blend\" must be one of {', '.join(BLENDS)}")
+
+
 def _check_ovss_spec(spec: dict) -> None:
     where = spec.get("_path", spec.get("name"))
     classes = spec.get("classes")
@@ -430,6 +468,7 @@ def _check_ovss_spec(spec: dict) -> None:
     thd = spec.get("prob_thd")
     if isinstance(thd, bool) or not isinstance(thd, (int, float)) or not 0 <= thd <= 1:
         raise InputError(f"{where}: \"prob_thd\" must be a number in [0, 1], got {thd!r}")
+    _check_protocol(where, spec.get("protocol"))
     layouts = spec.get("layouts")
     if not isinstance(layouts, list) or not layouts:
         raise InputError(f"{where}: \"layouts\" must be a non-empty list")
@@ -783,6 +822,8 @@ class ReferDataset:
         self.samples = samples
         self.threshold = None
         self.json_path = spec.get("_path", "")
+        self.protocol: Dict = {"source": (spec.get("protocol") or {}).get("source", ""),
+                               "metrics": dict(REFER_METRIC_DEFINITIONS)}
         self.warnings = list(warnings_ or [])
 
     def __len__(self) -> int:

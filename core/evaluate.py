@@ -30,7 +30,8 @@ import numpy as np
 
 from .datasets import IGNORE_INDEX, OvssDataset, ReferDataset, binary_mask, describe_unexpected, read_array
 from .errors import InputError
-from .metrics import ConfusionMatrix, ReferAccumulator, ovss_metrics, per_class_accuracy
+from .metrics import (REFER_METRIC_DEFINITIONS, ConfusionMatrix, ReferAccumulator, ovss_metrics,
+                      per_class_accuracy)
 from .progress import RunMonitor
 
 PREDICTION_EXTS = (".png", ".tif", ".tiff", ".bmp", ".jpg")
@@ -84,11 +85,13 @@ class ReferReport:
     per_sample: List[Dict]
     pixel_confusion: np.ndarray          # 2 x 2, rows ground truth (background, target)
     warnings: List[str] = field(default_factory=list)
+    protocol: Dict = field(default_factory=dict)
 
     def to_dict(self) -> Dict:
         return {
             "dataset": self.dataset, "split": self.split, "source": self.source,
             "samples": self.samples, "metrics": _clean(self.metrics),
+            "metric_definitions": dict(REFER_METRIC_DEFINITIONS), "protocol": _clean(self.protocol),
             "pixel_confusion": self.pixel_confusion.tolist(), "warnings": list(self.warnings),
             "per_sample": _clean(self.per_sample),
         }
@@ -195,8 +198,12 @@ def _ovss_prediction(folder: Path, sample, ambiguous_stems: set) -> Path:
 def evaluate_ovss(dataset: OvssDataset, predict_fn: Optional[Callable] = None,
                   predictions_dir: Optional[Union[str, Path]] = None, limit: Optional[int] = None,
                   progress: Optional[Callable[[float, str], None]] = None,
-                  cancelled: Optional[Callable[[], bool]] = None) -> OvssReport:
-    """Confusion-matrix mIoU / mACC / aAcc / per-class IoU over the split (or its first `limit`)."""
+                  cancelled: Optional[Callable[[], bool]] = None,
+                  engine: Optional[Dict] = None) -> OvssReport:
+    """Confusion-matrix mIoU / mACC / aAcc / per-class IoU over the split (or its first `limit`).
+
+    The report carries the data set's pinned protocol and, when the engine ran, `engine`: the
+    settings it actually used (they differ from the protocol only when asked to)."""
     if getattr(dataset, "task", None) != "ovss":
         raise InputError(f"{getattr(dataset, 'name', dataset)} is not an OVSS data set")
     folder = _check_sources(predict_fn, predictions_dir)
@@ -244,7 +251,9 @@ def evaluate_ovss(dataset: OvssDataset, predict_fn: Optional[Callable] = None,
         confusion=confusion.matrix.copy(), unassigned=confusion.unassigned.copy(),
         warnings=warnings_,
         settings={"background_index": dataset.background_index, "prob_thd": dataset.threshold,
-                  "ignore_index": IGNORE_INDEX, "class_texts": list(dataset.class_texts)})
+                  "ignore_index": IGNORE_INDEX, "class_texts": list(dataset.class_texts),
+                  "protocol": dict(getattr(dataset, "protocol", {}) or {}),
+                  **({"engine": dict(engine)} if engine else {})})
 
 
 def _refer_prediction(folder: Path, sample) -> Path:
@@ -301,7 +310,8 @@ def evaluate_refer(dataset: ReferDataset, predict_fn: Optional[Callable] = None,
     return ReferReport(dataset=dataset.name, split=dataset.split,
                        source=f"predictions: {folder}" if folder is not None else "engine",
                        samples=total, metrics=acc.compute(), per_sample=rows,
-                       pixel_confusion=acc.pixel_confusion.copy(), warnings=warnings_)
+                       pixel_confusion=acc.pixel_confusion.copy(), warnings=warnings_,
+                       protocol=dict(getattr(dataset, "protocol", {}) or {}))
 
 
 # ------------------------------------------------------------------------------------------
@@ -324,7 +334,26 @@ def format_ovss_table(report: OvssReport) -> str:
                      f"{_fmt(report.per_class_acc[name])}")
     m = report.metrics
     lines.append(f"mIoU {_fmt(m['mIoU'], 0)}  mACC {_fmt(m['mACC'], 0)}  aAcc {_fmt(m['aAcc'], 0)}")
+    lines.extend(protocol_lines(report.settings))
     return "\n".join(lines)
+
+
+def protocol_lines(settings: Dict) -> List[str]:
+    """The protocol in two or three lines under the table (the results JSON holds all of it)."""
+    protocol = settings.get("protocol") or {}
+    if not protocol:
+        return []
+    lines = [f"protocol: long side {protocol.get('long_side') or 'kept'}, windows "
+             f"{protocol.get('window')}/{protocol.get('stride')} ({protocol.get('blend')} blend), "
+             f"prob_thd {protocol.get('prob_thd')}, background index "
+             f"{protocol.get('background_index')}"]
+    engine = settings.get("engine") or {}
+    changed = {k: v for k, v in engine.items() if k in protocol and protocol[k] != v}
+    if changed:
+        lines.append("engine deviated from it: " + ", ".join(f"{k} {v}" for k, v in changed.items()))
+    if protocol.get("source"):
+        lines.append(f"protocol source: {protocol['source']}")
+    return lines
 
 
 def format_refer_table(report: ReferReport) -> str:
@@ -333,7 +362,7 @@ def format_refer_table(report: ReferReport) -> str:
         f"{report.dataset} {report.split}, {report.samples} samples, {report.source}",
         "  ".join(k.rjust(7) for k in keys),
         "  ".join(_fmt(report.metrics[k]) for k in keys),
-    ])
+    ] + [f"{name}: {text}" for name, text in REFER_METRIC_DEFINITIONS.items()])
 
 
 # ------------------------------------------------------------------------------------------

@@ -132,7 +132,7 @@ def run_evaluate_command(args) -> int:
         if task == "ovss":
             report = evaluate_ovss(dataset, predict_fn=predict_fn,
                                    predictions_dir=args.predictions, limit=args.limit,
-                                   progress=progress)
+                                   progress=progress, engine=getattr(predict_fn, "settings", None))
         else:
             report = evaluate_refer(dataset, predict_fn=predict_fn,
                                     predictions_dir=args.predictions, limit=args.limit,

@@ -22,7 +22,8 @@ from .gpkg import PolygonLayerWriter
 from .outputs import ClassRasterWriter, FloatRasterWriter, WorkDir, check_destination, publish
 from .progress import RunMonitor
 from .raster_io import RasterReader
-from .sliding import BLENDS, DEFAULT_BLEND, SlidingWindowSegmenter, Timings
+from .protocol import BLENDS, DEFAULT_BLEND
+from .sliding import SlidingWindowSegmenter, Timings
 from .style import categorized_qml
 from .vectorize import vectorize
 

@@ -24,10 +24,9 @@ import torch
 from rasterio.windows import Window
 
 from .device import run_with_oom_retry
+from .protocol import BLENDS, DEFAULT_BLEND
 
 BLEND_FLOOR = 1e-3  # keeps raster-edge pixels, covered by one window's rim only, weighted
-BLENDS = ("smooth", "mean")
-DEFAULT_BLEND = "smooth"
 
 
 def window_starts(length: int, window: int, stride: int) -> List[int]:

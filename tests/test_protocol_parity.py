@@ -263,3 +263,65 @@ def test_segment_blend_mean_writes_the_protocols_probabilities(tiny, tmp_path):
     MEASURED["segment --blend mean, 150x200 raster"] = difference
     print(f"\nsegment --blend mean: max abs difference {difference:.2e}")
     assert difference <= TOLERANCE
+
+
+# -- the protocol pinned per data set and written into every report -------------------------------
+
+def test_every_ovss_data_set_pins_its_protocol():
+    from drseg.core.datasets import dataset_spec, list_datasets, ovss_protocol
+
+    names = list_datasets("ovss")
+    assert len(names) == 8
+    for name in names:
+        protocol = ovss_protocol(dataset_spec(name))
+        assert (protocol["long_side"], protocol["window"], protocol["stride"], protocol["blend"]) \
+            == (448, 224, 112, "mean"), name
+        assert protocol["source"].startswith("SegEarth-OV") and protocol["background"], name
+        assert 0 < protocol["prob_thd"] < 1 and protocol["class_texts"], name
+
+
+def test_evaluate_reports_the_protocol_and_the_engine_settings(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from drseg.cli import main
+    from drseg.core import model_cache
+
+    root = tmp_path / "LoveDA"
+    images, masks = root / "Val" / "Urban" / "images_png", root / "Val" / "Urban" / "masks_png"
+    images.mkdir(parents=True)
+    masks.mkdir(parents=True)
+    Image.fromarray(np.zeros((64, 96, 3), np.uint8)).save(images / "0.png")
+    Image.fromarray(np.ones((64, 96), np.uint8)).save(masks / "0.png")
+    class FlatScorer(StepScorer):
+        def score_windows(self, images):
+            b, _, h, w = images.shape
+            return np.zeros((b, len(self.queries), -(-h // 16), -(-w // 16)), np.float32)
+
+    monkeypatch.setattr(model_cache, "dense_clip_scorer", lambda *a, **k: FlatScorer())
+    for extra, long_side in (([], 448), (["--long-side", "0"], 0)):
+        out = tmp_path / f"run{long_side}"
+        assert main(["evaluate", "ovss", "--dataset", "loveda", "--root", str(root), "--out",
+                     str(out), "--quiet"] + extra) == 0
+        settings = json.loads((out / "LoveDA_val_results.json").read_text())["settings"]
+        assert settings["protocol"]["long_side"] == 448 and settings["protocol"]["blend"] == "mean"
+        assert settings["protocol"]["class_texts"][1] == "building,roof,house"
+        assert settings["protocol"]["source"].startswith("SegEarth-OV")
+        assert settings["engine"]["long_side"] == long_side and settings["engine"]["blend"] == "mean"
+
+
+def test_refer_reports_both_iou_conventions_with_their_definitions(tmp_path):
+    from drseg.core.evaluate import ReferReport, format_refer_table
+    from drseg.core.metrics import ReferAccumulator
+
+    acc = ReferAccumulator()
+    acc.add(1, 2)          # IoU 0.5
+    acc.add(3, 3)          # IoU 1.0
+    metrics = acc.compute()
+    assert metrics["gIoU"] == pytest.approx(75.0)      # (0.5 + 1.0) / 2
+    assert metrics["cIoU"] == pytest.approx(80.0)      # (1 + 3) / (2 + 3)
+    report = ReferReport("RefSegRS", "test", "engine", 2, metrics, [], np.zeros((2, 2), int),
+                         protocol={"source": "x"})
+    data = report.to_dict()
+    assert "mean" in data["metric_definitions"]["gIoU"] and "cumulative" in data["metric_definitions"]["cIoU"]
+    table = format_refer_table(report)
+    assert "gIoU: mean over samples" in table and "cIoU: cumulative intersection" in table
