@@ -26,7 +26,8 @@ except ImportError:
 import drseg
 
 QGIS_PROCESS = shutil.which("qgis_process.bin") or "/usr/bin/qgis_process.bin"
-PLUGIN_FILES = ("__init__.py", "plugin.py", "metadata.txt", "core", "ui", "processing", "resources")
+PLUGIN_FILES = ("__init__.py", "plugin.py", "metadata.txt", "core", "qgis_bridge", "ui", "processing",
+                "resources")
 
 
 def test_metadata_declares_what_qgis_needs():
@@ -46,7 +47,7 @@ def test_metadata_declares_what_qgis_needs():
 
 def test_plugin_defaults_match_the_engine():
     from drseg.core import clip_models, device, segment
-    from drseg.ui import engine
+    from drseg.qgis_bridge import engine
 
     assert engine.DEFAULT_THRESHOLD == segment.DEFAULT_THRESHOLD
     assert engine.DEVICE_CHOICES == device.DEVICE_CHOICES
@@ -151,14 +152,14 @@ def test_unload_during_a_run_cancels_it_and_adds_nothing(spied_iface, qgis_proce
     task.taskCompleted.connect(lambda: finished.append("completed"))
 
     plugin.unload()
+    from drseg.qgis_bridge import tasks as bridge_tasks
 
+    assert task.on_finished is None  # detached: calls nobody back
     assert wait_for(lambda: finished, 60)
     assert finished == ["terminated"]
     assert list(qgis_new_project.mapLayers()) == [layer.id()]
     assert files_under(tmp_path) == before
-    from drseg.ui import dock as dock_module
-
-    assert wait_for(lambda: not dock_module._DETACHED_TASKS, 5)
+    assert wait_for(lambda: task not in bridge_tasks.running(), 5)
 
 
 def test_plugin_loads_and_explains_when_torch_is_missing(tmp_path):
@@ -464,7 +465,7 @@ def test_torch_import_survives_a_process_with_system_llvm(tmp_path):
     llvm = sorted(glob.glob("/usr/lib/x86_64-linux-gnu/libLLVM-*.so.1"))
     if not llvm:
         pytest.skip("no system libLLVM to reproduce the clash with")
-    script = ("from drseg.ui.engine import load_engine; load_engine(); import sys, torchvision; "
+    script = ("from drseg.qgis_bridge.engine import load_engine; load_engine(); import sys, torchvision; "
               "print('ok', sys.modules.get('triton'))")
     env = dict(os.environ, LD_PRELOAD=llvm[-1])
     env.pop("DRSEG_ALLOW_TRITON", None)

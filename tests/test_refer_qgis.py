@@ -32,8 +32,9 @@ from test_refer_pipeline import (ORIGIN, PIXEL, ColourLocalizer, ColourPredictor
 
 from drseg.core.colors import class_colour
 from drseg.core.refer.pipeline import SESSIONS
-from drseg.ui.refer_panel import AREA_DRAWN, AREA_LAYER, HISTORY_SIZE, ReferringOptions, ReferringPanel
-from drseg.ui.refer_task import REFER_GROUP
+from drseg.qgis_bridge.results import REFER_GROUP
+from drseg.ui.choices import SharedChoices
+from drseg.ui.refer_panel import AREA_DRAWN, AREA_LAYER, HISTORY_SIZE, ReferringPanel
 
 ALG = "drseg:referringsegmentation"
 NORTH, SOUTH = pixel_box(40, 30, 100, 80), pixel_box(120, 160, 200, 220)   # the two ponds
@@ -103,7 +104,7 @@ def ponds(tmp_path, qgis_new_project):
 @pytest.fixture
 def panel(qgis_iface, qgis_new_project, isolated_settings, ponds, tmp_path, monkeypatch):
     qgis_iface.messageBar().clear_messages()
-    widget = ReferringPanel(qgis_iface, lambda: ReferringOptions(device="cpu"))
+    widget = ReferringPanel(qgis_iface, SharedChoices(device="cpu"))
     widget.sam, widget.clip = ClickPredictor(), ColourLocalizer()
     monkeypatch.setattr(widget, "output_folder", lambda: str(tmp_path))
     widget.layer_combo.setLayer(ponds)

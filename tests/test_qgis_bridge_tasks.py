@@ -8,8 +8,8 @@ from qgis.core import (QgsApplication, QgsCategorizedSymbolRenderer, QgsPaletted
                        QgsTask, QgsWkbTypes)
 
 from drseg.core.colors import class_colour
-from drseg.ui.layers import add_result_layers
-from drseg.ui.task import SegmentationTask
+from drseg.qgis_bridge.results import add_result_layers
+from drseg.qgis_bridge.tasks import SegmentationTask
 
 
 def make_request(tmp_path, raster, **kwargs):
