@@ -48,7 +48,7 @@ def no_geometry():
     return new.NoGeometry if new is not None else QgsWkbTypes.Type.NoGeometry
 
 
-# -- outputs -------------------------------------------------------------------------------------
+# -- outputs ------------------------------------------------------------------------------------
 
 def gpkg_destination(dest: str):
     """A vector destination -> (GeoPackage file, table name or None).
@@ -88,7 +88,7 @@ class StyleOnLoad(QgsProcessingLayerPostProcessorInterface):
         return instance
 
 
-# -- errors --------------------------------------------------------------------------------------
+# -- errors -------------------------------------------------------------------------------------
 
 @contextmanager
 def engine_errors(cancelled: str = CANCELLED):
@@ -103,9 +103,25 @@ def engine_errors(cancelled: str = CANCELLED):
 
 
 class DrSegAlgorithm(QgsProcessingAlgorithm):
-    """Base of the DR-Seg algorithms: group, instance creation and the shared parameter readers."""
+    """Base of the DR-Seg algorithms: identity from class attributes, instance creation and the
+    shared parameter readers. A subclass sets NAME, DISPLAY_NAME, TAGS and HELP (and GROUP,
+    GROUP_ID when not a segmentation algorithm)."""
 
+    NAME = DISPLAY_NAME = HELP = ""
+    TAGS: List[str] = []
     GROUP, GROUP_ID = "Segmentation", "segmentation"
+
+    def name(self) -> str:
+        return self.NAME
+
+    def displayName(self) -> str:  # noqa: N802
+        return self.DISPLAY_NAME
+
+    def tags(self) -> List[str]:
+        return list(self.TAGS)
+
+    def shortHelpString(self) -> str:  # noqa: N802
+        return self.HELP
 
     def group(self) -> str:
         return self.GROUP
@@ -121,7 +137,7 @@ class DrSegAlgorithm(QgsProcessingAlgorithm):
             parameter.setFlags(parameter.flags() | advanced_flag())
             self.addParameter(parameter)
 
-    # -- reading parameters (main thread) ------------------------------------------------------
+    # -- reading parameters (main thread) -------------------------------------------------------
     def extent_of(self, parameters, name: str, context, layer) -> Optional[tuple]:
         """The optional extent parameter `name` as (xmin, ymin, xmax, ymax) in `layer`'s CRS,
         clipped to the layer; None when not given. An extent without a CRS is in the layer's."""
@@ -142,7 +158,7 @@ class DrSegAlgorithm(QgsProcessingAlgorithm):
             return None
         return self.parameterAsDouble(parameters, name, context) or None
 
-    # -- running (worker thread) ---------------------------------------------------------------
+    # -- running (worker thread) ----------------------------------------------------------------
     @staticmethod
     def engine_progress(feedback, steps: bool = True) -> Callable[[float, str], None]:
         """The engine's progress(fraction, message) as the feedback's progress and, with `steps`,
@@ -157,7 +173,7 @@ class DrSegAlgorithm(QgsProcessingAlgorithm):
 
         return progress
 
-    # -- after the run (main thread) -----------------------------------------------------------
+    # -- after the run (main thread) ------------------------------------------------------------
     @staticmethod
     def style_on_load(context, destination: Optional[str], style: Callable, layer_type: type) -> None:
         """Have `style(layer)` applied to `destination` if Processing loads it."""

@@ -46,40 +46,33 @@ class ReferringSegmentationAlgorithm(DrSegAlgorithm):
     OUTPUT = "OUTPUT"
     POLYGONS = "POLYGONS"
 
+    # -- identity -------------------------------------------------------------------------------
+    NAME = "referringsegmentation"
+    DISPLAY_NAME = "Referring segmentation (objects described in words)"
+    TAGS = ["segmentation", "referring", "expression", "sam", "segment anything", "clip",
+            "text", "object", "drseg", "ai"]
+    HELP = (
+        "Finds the object(s) each <b>Expression</b> describes and writes them as polygons: "
+        "<i>the largest pond north of the road</i>, <i>all the storage tanks</i>, <i>the second "
+        "building from the left</i>. One expression per line; all of them go into one layer "
+        "with fields expression, score and area_m2, in the raster's CRS. An expression whose "
+        "object is not recognised (no target) stops the run before it starts."
+        "<br><br><b>Extent</b>: only this area (reprojected to the raster's CRS); empty: the "
+        "whole raster. The area is read with its longest side at most <b>Working size</b> "
+        "pixels (0: the native resolution, tiled), or at <b>Resolution</b> metres per pixel "
+        "when given. Later expressions on the same area reuse its encoding."
+        "<br><br><b>SAM model</b>/<b>SAM weights</b>: Segment Anything's architecture and a "
+        "checkpoint file or catalog name (e.g. sam-vit-b); empty: the DR-Seg settings' SAM "
+        "weights when they are for this model, else its catalog checkpoint (DR-Seg settings › "
+        "Download models…, or <i>python -m drseg models download sam-vit-b</i>). "
+        "<b>CLIP model</b>/<b>CLIP weights</b>: as for open-vocabulary segmentation. Needs "
+        "torch, torchvision, open_clip_torch and segment-anything.")
+
     def __init__(self):
         super().__init__()
         self._request = None
         self._destination: Optional[str] = None
         self._expressions: List[str] = []
-
-    # -- identity -------------------------------------------------------------------------------
-    def name(self) -> str:
-        return "referringsegmentation"
-
-    def displayName(self) -> str:  # noqa: N802
-        return "Referring segmentation (objects described in words)"
-
-    def tags(self) -> List[str]:
-        return ["segmentation", "referring", "expression", "sam", "segment anything", "clip",
-                "text", "object", "drseg", "ai"]
-
-    def shortHelpString(self) -> str:  # noqa: N802
-        return (
-            "Finds the object(s) each <b>Expression</b> describes and writes them as polygons: "
-            "<i>the largest pond north of the road</i>, <i>all the storage tanks</i>, <i>the second "
-            "building from the left</i>. One expression per line; all of them go into one layer "
-            "with fields expression, score and area_m2, in the raster's CRS. An expression whose "
-            "object is not recognised (no target) stops the run before it starts."
-            "<br><br><b>Extent</b>: only this area (reprojected to the raster's CRS); empty: the "
-            "whole raster. The area is read with its longest side at most <b>Working size</b> "
-            "pixels (0: the native resolution, tiled), or at <b>Resolution</b> metres per pixel "
-            "when given. Later expressions on the same area reuse its encoding."
-            "<br><br><b>SAM model</b>/<b>SAM weights</b>: Segment Anything's architecture and a "
-            "checkpoint file or catalog name (e.g. sam-vit-b); empty: the DR-Seg settings' SAM "
-            "weights when they are for this model, else its catalog checkpoint (DR-Seg settings › "
-            "Download models…, or <i>python -m drseg models download sam-vit-b</i>). "
-            "<b>CLIP model</b>/<b>CLIP weights</b>: as for open-vocabulary segmentation. Needs "
-            "torch, torchvision, open_clip_torch and segment-anything.")
 
     # -- parameters -----------------------------------------------------------------------------
     def initAlgorithm(self, config=None):  # noqa: N802

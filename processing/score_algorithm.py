@@ -9,7 +9,6 @@ core/score_raster.py, which reads both sides block by block on the prediction's 
 from __future__ import annotations
 
 import json
-from typing import List
 
 from qgis.core import (QgsCoordinateReferenceSystem, QgsFeature, QgsFeatureRequest,
                        QgsFeatureSink, QgsField, QgsFields, QgsGeometry, QgsProcessingException,
@@ -61,41 +60,34 @@ class ScoreClassificationAlgorithm(DrSegAlgorithm):
     SCORED_PIXELS = "SCORED_PIXELS"
     GROUP, GROUP_ID = "Evaluation", "evaluation"
 
+    # -- identity -------------------------------------------------------------------------------
+    NAME = "scoreclassification"
+    DISPLAY_NAME = "Score a classification against a reference (IoU per class)"
+    TAGS = ["accuracy", "iou", "miou", "evaluation", "confusion", "validation", "ground truth",
+            "reference", "segmentation", "drseg"]
+    HELP = (
+        "Compares a <b>predicted class raster</b> (e.g. the class raster of DR-Seg's "
+        "segmentation) with a <b>reference</b> over an area, as segmentation papers do: one "
+        "confusion matrix over all pixels; per class IoU = TP / (reference + predicted − TP) "
+        "and accuracy = TP / reference pixels; mIoU and mACC are their means over classes "
+        "(background included; a class in neither raster is left out), aAcc the share of "
+        "pixels classified right."
+        "<br><br>The comparison runs on the prediction's grid, block by block. A reference "
+        "raster in another CRS or resolution is warped onto it (nearest neighbour). Reference "
+        "polygons are reprojected and rasterized (a pixel is inside when its centre is); "
+        "<b>Class field</b> holds a class name or id; pixels outside every polygon are "
+        "background or not scored (<b>Outside the polygons</b>)."
+        "<br><br>Classes are the prediction's: the class names DR-Seg stores in its class "
+        "rasters (0 is background) or, for other rasters, their pixel values. Reference names "
+        "match case-insensitively (synonyms are not considered). Reference labels with no "
+        "predicted class, reference nodata, the <b>Ignore value</b> and pixels where the "
+        "prediction has nodata are not scored; the log says how many of each."
+        "<br><br>Output: a table with one row per class (class_id, class, iou and accuracy in "
+        "%, true_pos, ref_pixels, pred_pixels) and the numbers mIoU, mACC, aAcc (%).")
+
     def __init__(self):
         super().__init__()
         self._job = None
-
-    # -- identity -------------------------------------------------------------------------------
-    def name(self) -> str:
-        return "scoreclassification"
-
-    def displayName(self) -> str:  # noqa: N802
-        return "Score a classification against a reference (IoU per class)"
-
-    def tags(self) -> List[str]:
-        return ["accuracy", "iou", "miou", "evaluation", "confusion", "validation", "ground truth",
-                "reference", "segmentation", "drseg"]
-
-    def shortHelpString(self) -> str:  # noqa: N802
-        return (
-            "Compares a <b>predicted class raster</b> (e.g. the class raster of DR-Seg's "
-            "segmentation) with a <b>reference</b> over an area, as segmentation papers do: one "
-            "confusion matrix over all pixels; per class IoU = TP / (reference + predicted − TP) "
-            "and accuracy = TP / reference pixels; mIoU and mACC are their means over classes "
-            "(background included; a class in neither raster is left out), aAcc the share of "
-            "pixels classified right."
-            "<br><br>The comparison runs on the prediction's grid, block by block. A reference "
-            "raster in another CRS or resolution is warped onto it (nearest neighbour). Reference "
-            "polygons are reprojected and rasterized (a pixel is inside when its centre is); "
-            "<b>Class field</b> holds a class name or id; pixels outside every polygon are "
-            "background or not scored (<b>Outside the polygons</b>)."
-            "<br><br>Classes are the prediction's: the class names DR-Seg stores in its class "
-            "rasters (0 is background) or, for other rasters, their pixel values. Reference names "
-            "match case-insensitively (synonyms are not considered). Reference labels with no "
-            "predicted class, reference nodata, the <b>Ignore value</b> and pixels where the "
-            "prediction has nodata are not scored; the log says how many of each."
-            "<br><br>Output: a table with one row per class (class_id, class, iou and accuracy in "
-            "%, true_pos, ref_pixels, pred_pixels) and the numbers mIoU, mACC, aAcc (%).")
 
     # -- parameters -----------------------------------------------------------------------------
     def initAlgorithm(self, config=None):  # noqa: N802

@@ -8,7 +8,7 @@ are shared between runs through core.model_cache, which is lock-protected.
 from __future__ import annotations
 
 import os
-from typing import List, Optional
+from typing import Optional
 
 from qgis.core import (QgsProcessingException, QgsProcessingOutputNumber, QgsProcessingOutputString,
                        QgsProcessingParameterBoolean, QgsProcessingParameterEnum,
@@ -57,6 +57,35 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
     USED_METHOD = "USED_METHOD"
     NOTE = "NOTE"
 
+    # -- identity -------------------------------------------------------------------------------
+    NAME = "openvocabsegmentation"
+    DISPLAY_NAME = "Open-vocabulary segmentation (classes from text)"
+    TAGS = ["segmentation", "classification", "clip", "open vocabulary", "text", "landcover",
+            "drseg", "ai"]
+    HELP = (
+        "Every pixel of the raster gets one of the classes typed in <b>Classes</b>, or "
+        "background when no class is likely enough (<b>Threshold</b>). Classes are separated by "
+        "';', synonyms of one class by ',': <i>building,roof; road,street; tree,forest; water</i>."
+        "<br><br><b>Polygons</b>: a GeoPackage with fields class, class_id, score (mean "
+        "probability) and area_m2, in the raster's CRS. <b>Class raster</b> (optional): a GeoTIFF "
+        "on the same grid as the input (0 background, 1..K classes, 255 nodata)."
+        "<br><br><b>Bands</b>: one (grey) or three (RGB) band numbers, e.g. 4,3,2; empty picks "
+        "the RGB bands. <b>Extent</b>: only this area (reprojected to the raster's CRS). "
+        "<b>Resolution</b>: working pixel size in metres; empty or 0 keeps the native one."
+        "<br><br><b>Method</b>: <i>DR-Seg</i> sharpens dense CLIP's class map with the image "
+        "structure seen by a DINO model (needs DINO weights); <i>Dense CLIP</i> is CLIP alone; "
+        "<i>Auto</i> (default) takes DR-Seg when DINO weights are set up and says so in the log "
+        "when it falls back to dense CLIP. <b>DINO weights</b>: a checkpoint file or a catalog "
+        "name (e.g. rs-dino-vit-b8); empty: the DINO weights of the DR-Seg settings when they are "
+        "for this DINO model, else its catalog checkpoint, once downloaded (DR-Seg settings › "
+        "Download models…, or <i>python -m drseg models download dino-vit-b8</i>). <b>Semantic ratio</b>, <b>Graph k</b> and the three module "
+        "switches tune DR-Seg (advanced).<br><br>Tiling (window, stride, batch) and the model "
+        "cache folder come from the DR-Seg settings (Plugins › DR-Seg › DR-Seg settings…)."
+        "<br><br><b>CLIP weights</b>: an open_clip pretrained tag (e.g. 'openai', downloaded on "
+        "first use) or a local checkpoint file; <b>CLIP model</b>: an open_clip architecture "
+        "name or a model config .json. Needs the Python packages torch, torchvision and "
+        "open_clip_torch (DR-Seg also timm).")
+
     def __init__(self):
         super().__init__()
         self._request = None
@@ -64,42 +93,6 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
         self._classes = []
         self._note = ""
         self._settings = None
-
-    # -- identity -------------------------------------------------------------------------------
-    def name(self) -> str:
-        return "openvocabsegmentation"
-
-    def displayName(self) -> str:  # noqa: N802
-        return "Open-vocabulary segmentation (classes from text)"
-
-    def tags(self) -> List[str]:
-        return ["segmentation", "classification", "clip", "open vocabulary", "text", "landcover",
-                "drseg", "ai"]
-
-    def shortHelpString(self) -> str:  # noqa: N802
-        return (
-            "Every pixel of the raster gets one of the classes typed in <b>Classes</b>, or "
-            "background when no class is likely enough (<b>Threshold</b>). Classes are separated by "
-            "';', synonyms of one class by ',': <i>building,roof; road,street; tree,forest; water</i>."
-            "<br><br><b>Polygons</b>: a GeoPackage with fields class, class_id, score (mean "
-            "probability) and area_m2, in the raster's CRS. <b>Class raster</b> (optional): a GeoTIFF "
-            "on the same grid as the input (0 background, 1..K classes, 255 nodata)."
-            "<br><br><b>Bands</b>: one (grey) or three (RGB) band numbers, e.g. 4,3,2; empty picks "
-            "the RGB bands. <b>Extent</b>: only this area (reprojected to the raster's CRS). "
-            "<b>Resolution</b>: working pixel size in metres; empty or 0 keeps the native one."
-            "<br><br><b>Method</b>: <i>DR-Seg</i> sharpens dense CLIP's class map with the image "
-            "structure seen by a DINO model (needs DINO weights); <i>Dense CLIP</i> is CLIP alone; "
-            "<i>Auto</i> (default) takes DR-Seg when DINO weights are set up and says so in the log "
-            "when it falls back to dense CLIP. <b>DINO weights</b>: a checkpoint file or a catalog "
-            "name (e.g. rs-dino-vit-b8); empty: the DINO weights of the DR-Seg settings when they are "
-            "for this DINO model, else its catalog checkpoint, once downloaded (DR-Seg settings › "
-            "Download models…, or <i>python -m drseg models download dino-vit-b8</i>). <b>Semantic ratio</b>, <b>Graph k</b> and the three module "
-            "switches tune DR-Seg (advanced).<br><br>Tiling (window, stride, batch) and the model "
-            "cache folder come from the DR-Seg settings (Plugins › DR-Seg › DR-Seg settings…)."
-            "<br><br><b>CLIP weights</b>: an open_clip pretrained tag (e.g. 'openai', downloaded on "
-            "first use) or a local checkpoint file; <b>CLIP model</b>: an open_clip architecture "
-            "name or a model config .json. Needs the Python packages torch, torchvision and "
-            "open_clip_torch (DR-Seg also timm).")
 
     # -- parameters -----------------------------------------------------------------------------
     def initAlgorithm(self, config=None):  # noqa: N802

@@ -473,13 +473,9 @@ class DrSegDock(QDockWidget):
     # -- running --------------------------------------------------------------------------------
     def run(self) -> Optional[SegmentationTask]:
         """Validate and start a run; None (with a message-bar error) when the form is not valid."""
-        if self.controls.is_running():
-            self._message(Qgis.MessageLevel.Warning, "A run is already in progress")
-            return None
-        try:
-            request = self.build_request()
-        except (InputError, MissingDependencies) as exc:
-            self.controls.refuse(str(exc))
+        request = self.controls.checked_request(self.build_request, "A run is already in progress",
+                                                (InputError, MissingDependencies))
+        if request is None:
             return None
         layer = self.layer_combo.currentLayer()
         task = SegmentationTask(request, self._task_finished, scorer=self.scorer,

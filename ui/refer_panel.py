@@ -335,13 +335,10 @@ class ReferringPanel(QWidget):
 
     def run(self) -> Optional[ReferringTask]:
         """Validate and start a run; None (with a message-bar error) when the form is not valid."""
-        if self.controls.is_running():
-            self._message(Qgis.MessageLevel.Warning, "A referring run is already in progress")
-            return None
-        try:
-            request = self.build_request()
-        except (DrSegError, MissingDependencies) as exc:
-            self.controls.refuse(str(exc))
+        request = self.controls.checked_request(self.build_request,
+                                                "A referring run is already in progress",
+                                                (DrSegError, MissingDependencies))
+        if request is None:
             return None
         layer = self.current_layer()
         text = request.expressions[0]

@@ -3,7 +3,7 @@ runs one task at a time (the dock's Classes form and its Referring panel)."""
 from __future__ import annotations
 
 import time
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Sequence, Tuple
 
 from qgis.core import Qgis
 from qgis.PyQt.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton
@@ -62,10 +62,19 @@ class RunControls:
     def message(self, level, text: str) -> None:
         push_message(self.iface, self.title, level, text)
 
-    def refuse(self, text: str) -> None:
-        """The form is not valid: say why in the message bar and the status line."""
-        self.message(Qgis.MessageLevel.Critical, text)
-        self.status_label.setText(text)
+    def checked_request(self, build: Callable, busy_text: str, errors: Tuple[type, ...]):
+        """`build()`'s request, or None when a task of the form still runs (`busy_text` as a
+        warning) or the form is not valid (one of `errors`: its message, in the bar and the
+        status line)."""
+        if self.tasks:
+            self.message(Qgis.MessageLevel.Warning, busy_text)
+            return None
+        try:
+            return build()
+        except errors as exc:
+            self.message(Qgis.MessageLevel.Critical, str(exc))
+            self.status_label.setText(str(exc))
+            return None
 
     def set_progress(self, value: float) -> None:
         self.progress_bar.setValue(int(round(value)))
