@@ -65,6 +65,12 @@ def test_plugin_defaults_match_the_engine():
     from drseg.core import download
 
     assert engine.RECORD_SUFFIX == download.RECORD_SUFFIX
+    from drseg.core import sam_models
+    from drseg.core.refer import run
+
+    assert engine.SAM_DEFAULT_WEIGHTS == sam_models.CATALOG_FOR_TYPE
+    assert engine.SAM_MODEL_CHOICES == sam_models.SAM_TYPES
+    assert engine.DEFAULT_MAX_SIZE == run.DEFAULT_MAX_SIZE
 
 
 @pytest.fixture
