@@ -14,8 +14,9 @@ import textwrap
 from unittest import mock
 
 import pytest
-from conftest_qgis import (REPO_ROOT, files_under, isolated_settings, raster_layer,  # noqa: F401
-                           tiny_clip, wait_for, write_raster, write_tiny_clip_config)
+from conftest_qgis import (REPO_ROOT, files_under, install_buttons, isolated_settings,  # noqa: F401
+                           plugin_iface, raster_layer, tiny_clip, wait_for, write_raster,
+                           write_tiny_clip_config)
 from qgis.core import Qgis, QgsApplication
 
 try:
@@ -74,25 +75,13 @@ def test_plugin_defaults_match_the_engine():
 
 
 @pytest.fixture
-def spied_iface(qgis_iface, isolated_settings, monkeypatch, tmp_path):
-    """pytest-qgis's iface with the plugin-facing calls recorded; an empty settings file, model
-    cache and packages folder; the start-up check's state reset."""
-    from drseg.core import dependencies
-    from drseg.ui import integration
-
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    monkeypatch.setenv(dependencies.PACKAGES_ENV, str(tmp_path / "packages"))
-    monkeypatch.setattr(integration, "_warning_widget", None)
-    monkeypatch.setattr(integration, "_open_dialogs", {})
-    bar = qgis_iface.messageBar()
-    bar.clearWidgets()
-    bar.clear_messages()
+def spied_iface(plugin_iface, isolated_settings):
+    """plugin_iface with the plugin-facing calls recorded; an empty settings file and model
+    cache."""
     names = ("addToolBarIcon", "removeToolBarIcon", "addPluginToMenu", "removePluginMenu",
              "addDockWidget", "removeDockWidget")
-    with mock.patch.multiple(qgis_iface, **{name: mock.DEFAULT for name in names}):
-        yield qgis_iface
-    integration.close_dialogs()
-    bar.clearWidgets()
+    with mock.patch.multiple(plugin_iface, **{name: mock.DEFAULT for name in names}):
+        yield plugin_iface
 
 
 def test_init_gui_toggle_dock_and_unload(spied_iface, qgis_processing, qgis_new_project):
@@ -218,12 +207,6 @@ def test_plugin_loads_and_explains_when_torch_is_missing(tmp_path):
 
 
 # -- settings and dependencies ------------------------------------------------------------------
-
-def install_buttons(bar):
-    from qgis.PyQt.QtWidgets import QPushButton
-
-    return [b for item in bar.items() for b in item.findChildren(QPushButton, "drsegInstallButton")]
-
 
 def test_missing_packages_are_offered_for_install_and_the_plugin_still_loads(
         spied_iface, qgis_processing, qgis_new_project, monkeypatch):
