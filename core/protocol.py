@@ -6,6 +6,8 @@ these, per data set from core/data/datasets/*.json ("protocol"), and writes them
 from __future__ import annotations
 
 BLENDS = ("smooth", "mean")       # sin² weights / count map
+BLEND_LABELS = {"smooth": "Smooth (sin² weights, no seams)",
+                "mean": "Mean (count map, as the benchmark protocol)"}
 DEFAULT_BLEND = "smooth"          # the product's: no visible window seams
 PROTOCOL_BLEND = "mean"           # the benchmark's: plain average of overlapping windows
 PROTOCOL_LONG_SIDE = 448
