@@ -5,7 +5,7 @@ One expression per line of EXPRESSION; every expression's object(s) go into one 
 with fields expression, score and area_m2, in the raster's CRS. prepareAlgorithm() (main thread)
 reads the layer and parameters, checks every expression's parse and imports the engine;
 processAlgorithm() (worker thread) only runs the engine: no GUI, no project access. Models are
-shared between runs through core.model_cache and areas through the engine's session cache, both
+shared between runs through core.models.shared and areas through the engine's session cache, both
 lock-protected, so batch runs on one area skip its encoders after the first.
 """
 from __future__ import annotations
@@ -22,9 +22,8 @@ from qgis.core import (Qgis, QgsCoordinateReferenceSystem, QgsProcessing, QgsPro
                        QgsVectorLayer)
 
 from ..core.errors import DrSegError, RunCancelled
-from ..ui.engine import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEVICE_CHOICES, MissingDependencies
-
-SAM_MODEL_CHOICES = ("vit_b", "vit_l", "vit_h")        # core.sam_models.SAM_TYPES
+from ..core.models.registry import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEVICE_CHOICES, SAM_MODELS
+from ..ui.engine import MissingDependencies
 DEFAULT_MAX_SIZE = 1024                                # core.refer.run.DEFAULT_MAX_SIZE
 
 
@@ -147,7 +146,7 @@ class ReferringSegmentationAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterExtent(
             self.EXTENT, "Extent (empty: whole raster)", optional=True))
         self.addParameter(QgsProcessingParameterEnum(
-            self.SAM_MODEL, "SAM model", options=list(SAM_MODEL_CHOICES), defaultValue=0))
+            self.SAM_MODEL, "SAM model", options=list(SAM_MODELS), defaultValue=0))
         self.addParameter(QgsProcessingParameterString(
             self.SAM_WEIGHTS, "SAM weights (checkpoint file or catalog name; empty: default)",
             optional=True))
@@ -217,7 +216,7 @@ class ReferringSegmentationAlgorithm(QgsProcessingAlgorithm):
         if parameters.get(self.RESOLUTION) not in (None, ""):
             resolution = self.parameterAsDouble(parameters, self.RESOLUTION, context) or None
 
-        sam_model = SAM_MODEL_CHOICES[self.parameterAsEnum(parameters, self.SAM_MODEL, context)]
+        sam_model = SAM_MODELS[self.parameterAsEnum(parameters, self.SAM_MODEL, context)]
         sam_weights = self.parameterAsString(parameters, self.SAM_WEIGHTS, context).strip() or None
         if sam_weights is None:
             settings, problem = load_settings_or_defaults()

@@ -51,6 +51,10 @@ def qgis_processing_not_shadowed():
 SCENE_COLOURS = {"building": (200, 60, 50), "road": (245, 245, 245), "water": (30, 90, 200),
                  "tree": (40, 140, 50)}
 
+# Tiny widths of the real DINO definitions (same timm model, patch size and token layout), passed
+# to make_dino / load_dino_checkpoint as dims.
+TINY_DINO_DIMS = dict(embed_dim=32, depth=2, num_heads=2)
+
 TINY_CLIP_CONFIG = {
     "embed_dim": 32,
     "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},

@@ -151,7 +151,7 @@ def isolated_settings(monkeypatch, tmp_path_factory):
 
 def put_in_cache(cache_dir, catalog_name: str, content: bytes = b"not really weights") -> str:
     """Place a file where the model cache keeps `catalog_name` (as if it had been downloaded)."""
-    from drseg.core.catalog import get_model
+    from drseg.core.models.catalog import get_model
 
     os.makedirs(str(cache_dir), exist_ok=True)
     path = os.path.join(str(cache_dir), get_model(catalog_name).file)

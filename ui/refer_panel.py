@@ -32,7 +32,9 @@ from qgis.PyQt.QtWidgets import (QComboBox, QFormLayout, QHBoxLayout, QLabel, QP
 
 from ..core.errors import DrSegError, InputError
 from .click_tool import ReferringClickTool, target_from_run
-from .engine import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, MissingDependencies
+from ..core.models.registry import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DEVICE,
+                                    SAM_CATALOG, SAM_MODELS)
+from .engine import MissingDependencies
 from .refer_task import ReferringTask, add_referring_layer, layer_title, load_refer_engine
 from .sources import extent_in_layer_crs, layer_crs_check, raster_source
 
@@ -44,8 +46,6 @@ except ImportError:
 TITLE = "DR-Seg referring"
 EXPRESSION_PLACEHOLDER = "the largest pond north of the road"
 AREA_CANVAS, AREA_DRAWN, AREA_LAYER = "canvas", "drawn", "layer"
-SAM_MODEL_CHOICES = ("vit_b", "vit_l", "vit_h")          # core.sam_models.SAM_TYPES
-SAM_CATALOG = {"vit_b": "sam-vit-b", "vit_l": "sam-vit-l", "vit_h": "sam-vit-h"}
 DEFAULT_MAX_SIZE = 1024                                  # core.refer.run.DEFAULT_MAX_SIZE
 HISTORY_SIZE = 20
 
@@ -59,7 +59,7 @@ class ReferringOptions:
     `layer`: the host's raster layer (the panel starts with it and uses `bands` only for it)."""
 
     layer: Optional[QgsRasterLayer] = None
-    device: str = "auto"
+    device: str = DEFAULT_DEVICE
     clip_model: str = DEFAULT_CLIP_MODEL
     clip_weights: str = DEFAULT_CLIP_WEIGHTS
     bands: Optional[List[int]] = None
@@ -206,7 +206,7 @@ class ReferringPanel(QWidget):
         form.addRow("Area", area)
 
         self.sam_model_combo = QComboBox(self)
-        self.sam_model_combo.addItems(SAM_MODEL_CHOICES)
+        self.sam_model_combo.addItems(SAM_MODELS)
         self.sam_model_combo.setToolTip("Segment Anything architecture: vit_b is the fastest, "
                                         "vit_h the most precise")
         self.sam_model_combo.currentTextChanged.connect(self._sam_model_changed)
@@ -301,7 +301,7 @@ class ReferringPanel(QWidget):
 
     def apply_settings(self, settings) -> None:
         """Take the shared settings' SAM model and weights (core/settings.py) as the form's."""
-        if getattr(settings, "sam_model", None) in SAM_MODEL_CHOICES:
+        if getattr(settings, "sam_model", None) in SAM_MODELS:
             self.sam_model_combo.blockSignals(True)   # the weights below belong to this model
             self.sam_model_combo.setCurrentText(settings.sam_model)
             self.sam_model_combo.blockSignals(False)

@@ -37,6 +37,7 @@ from rasterio.windows import Window
 
 from ..errors import InputError
 from ..gpkg import PolygonLayerWriter
+from ..models.registry import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DEVICE, DEFAULT_SAM_MODEL
 from ..outputs import WorkDir, check_destination, publish
 from ..progress import RunMonitor
 from ..raster_io import RasterReader, metres_per_pixel
@@ -69,11 +70,11 @@ class ReferringRequest:
     resolution: Optional[float] = None         # working pixel size, metres; None: see max_size
     max_size: Optional[int] = DEFAULT_MAX_SIZE  # long side cap without resolution; None: native
     bands: Optional[Sequence[int]] = None
-    sam_model: str = "vit_b"
+    sam_model: str = DEFAULT_SAM_MODEL
     sam_weights: Optional[str] = None          # file, catalog name, None: the catalog's for sam_model
-    clip_model: str = "ViT-B-16"
-    clip_weights: str = "openai"
-    device: str = "auto"
+    clip_model: str = DEFAULT_CLIP_MODEL
+    clip_weights: str = DEFAULT_CLIP_WEIGHTS
+    device: str = DEFAULT_DEVICE
     threshold: float = 0.0                     # results scoring below this are dropped
     tile_size: int = DEFAULT_TILE_SIZE
     tile_overlap: int = DEFAULT_TILE_OVERLAP
@@ -219,16 +220,21 @@ def load_models(request: ReferringRequest, sam=None, clip=None, monitor: Optiona
                                     + (f" of {total / 2 ** 20:.0f} MB" if total else " MB"))
         return report
 
+    cache_dir = None
+    if sam is None or clip is None:
+        from ..models.download import resolve_cache_dir
+
+        cache_dir = resolve_cache_dir()  # once for both models
     if sam is None:
-        from ..sam_models import sam_model
+        from ..models.shared import sam_model
 
         sam = sam_model(request.sam_model, request.sam_weights, str(device),
-                        download_progress=downloading("SAM"))
+                        download_progress=downloading("SAM"), cache_dir=cache_dir)
     if clip is None:
-        from ..model_cache import dense_clip_scorer
+        from ..models.shared import dense_clip_scorer
 
         clip = dense_clip_scorer(request.clip_model, request.clip_weights, str(device),
-                                 download_progress=downloading("CLIP"))
+                                 download_progress=downloading("CLIP"), cache_dir=cache_dir)
     return sam, localizer_for(clip), str(device)
 
 
