@@ -144,3 +144,14 @@ def tiny_clip_config(tmp_path):
 def iou(a, b):
     union = np.logical_or(a, b).sum()
     return np.logical_and(a, b).sum() / union if union else 1.0
+
+
+def put_in_cache(cache_dir, catalog_name: str, content: bytes = b"not really weights") -> str:
+    """Place a file where the model cache keeps `catalog_name` (as if it had been downloaded)."""
+    from drseg.core.models.catalog import get_model
+
+    os.makedirs(str(cache_dir), exist_ok=True)
+    path = os.path.join(str(cache_dir), get_model(catalog_name).file)
+    with open(path, "wb") as handle:
+        handle.write(content)
+    return path

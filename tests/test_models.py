@@ -10,19 +10,12 @@ import threading
 
 import pytest
 
+from conftest import put_in_cache
 from drseg.core.errors import DrSegError, InputError, ModelError
 from drseg.core.models import registry
 from drseg.core.models.cache import ModelCache
 from drseg.core.models.catalog import get_model
 from drseg.core.models.dino import load_dino, resolve_dino_weights
-
-
-def _put_in_cache(cache_dir, catalog_name: str, content: bytes = b"not really weights") -> str:
-    os.makedirs(str(cache_dir), exist_ok=True)
-    path = os.path.join(str(cache_dir), get_model(catalog_name).file)
-    with open(path, "wb") as handle:
-        handle.write(content)
-    return path
 
 
 # -- imports without torch --------------------------------------------------------------------
@@ -107,10 +100,10 @@ def test_resolve_dino_weights_finds_files_catalog_names_and_the_downloaded_defau
     assert answer("dino_vitb8", "no-such-model") == "InputError"
     assert answer("dino_vitb8", str(tmp_path / "gone.pth")) == "InputError"
     assert answer("vit_huge", None) == "InputError"
-    cached = _put_in_cache(cache_dir, "dino-vit-b8")
+    cached = put_in_cache(cache_dir, "dino-vit-b8")
     assert answer("dino_vitb8", None) == cached
     assert answer("dino_vitb8", "dino-vit-b8") == cached
-    rs = _put_in_cache(cache_dir, "rs-dino-vit-b8")
+    rs = put_in_cache(cache_dir, "rs-dino-vit-b8")
     assert answer("dino_vitb8", "rs-dino-vit-b8") == rs
     # A download record whose size disagrees with the file: not usable.
     with open(cached + ".verified.json", "w") as handle:
@@ -119,7 +112,7 @@ def test_resolve_dino_weights_finds_files_catalog_names_and_the_downloaded_defau
 
 
 def test_resolve_dino_weights_looks_in_the_given_cache_and_refuses_other_families(tmp_path):
-    path = _put_in_cache(tmp_path / "cache", "dinov2-vit-b14")
+    path = put_in_cache(tmp_path / "cache", "dinov2-vit-b14")
     assert resolve_dino_weights("dinov2_vitb14", "", str(tmp_path / "cache")) == path
     assert resolve_dino_weights("dinov2_vitb14", "", str(tmp_path / "elsewhere")) is None
     with pytest.raises(InputError, match="SAM model, not DINO"):
