@@ -22,9 +22,9 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Dict, List, Mapping, Optional, Tuple
 
 from .errors import InputError
-from .models.registry import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DEVICE, DEFAULT_DINO_MODEL, DEFAULT_DINO_WEIGHTS,
-                              DEFAULT_SAM_MODEL, DEFAULT_SAM_WEIGHTS, DEVICE_NAMES, DINO_MODELS,
-                              SAM_MODELS)
+from .models.registry import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DEVICE,
+                              DEFAULT_DINO_MODEL, DEFAULT_DINO_WEIGHTS, DEFAULT_SAM_MODEL,
+                              DEFAULT_SAM_WEIGHTS, DEVICE_NAMES, DINO_MODELS, SAM_MODELS)
 
 CONFIG_ENV = "DRSEG_CONFIG"
 CACHE_ENV = "DRSEG_CACHE_DIR"

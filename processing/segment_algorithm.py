@@ -165,7 +165,8 @@ class OpenVocabSegmentationAlgorithm(QgsProcessingAlgorithm):
             "Download models…, or <i>python -m drseg models download dino-vit-b8</i>). <b>Semantic ratio</b>, <b>Graph k</b> and the three module "
             "switches tune DR-Seg (advanced).<br><br>Tiling (window, stride, batch) and the model "
             "cache folder come from the DR-Seg settings (Plugins › DR-Seg › DR-Seg settings…)."
-            f"<br><br><b>CLIP weights</b>: an open_clip pretrained tag (e.g. '{DEFAULT_CLIP_WEIGHTS}', downloaded on "
+            f"<br><br><b>CLIP weights</b>: an open_clip pretrained tag (e.g. '{DEFAULT_CLIP_WEIGHTS}', "
+            "downloaded on "
             "first use) or a local checkpoint file; <b>CLIP model</b>: an open_clip architecture "
             "name or a model config .json. Needs the Python packages torch, torchvision and "
             "open_clip_torch (DR-Seg also timm).")

@@ -11,7 +11,8 @@ Supported names (`core.models.registry.DINO_MODELS`) and the release formats the
   dicts with layer scale (``blocks.N.ls1.gamma``), a 37x37+1 ``pos_embed`` (518 px) and a
   ``mask_token`` (dropped); checkpoints with chunked blocks (``blocks.0.N.``) are flattened.
 
-Any `module.` prefix is stripped; a `state_dict`/`model` wrapper is unwrapped (core/models/checkpoints.py).
+Any `module.` prefix is stripped; a `state_dict`/`model` wrapper is unwrapped
+(core/models/checkpoints.py).
 Positional embeddings are resampled (bicubic) when a checkpoint was trained at another size, and
 interpolated per input at run time (timm ``dynamic_img_size``), so any tile size works.
 """

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Union
 
 from ..errors import ModelError, RunCancelled
-from ..settings import CACHE_ENV, MIRROR_ENV, default_cache_dir  # noqa: F401 (default_cache_dir: for callers)
+from ..settings import CACHE_ENV, MIRROR_ENV, default_cache_dir  # noqa: F401 (for callers)
 from ..settings import resolve as resolve_setting
 from . import formats
 from .catalog import ModelEntry, get_model
