@@ -150,6 +150,35 @@ def isolated_settings(monkeypatch, tmp_path_factory):
     return folder / "models"
 
 
+@pytest.fixture
+def plugin_iface(qgis_iface, monkeypatch, tmp_path):
+    """pytest-qgis's iface with an empty message bar, an empty plugin packages folder
+    (tmp_path/pkgs) on a sys.path restored afterwards, and the start-up check's state reset; the
+    plugin's dialogs are closed afterwards."""
+    import sys
+
+    from drseg.core import dependencies
+    from drseg.ui import integration
+
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setenv(dependencies.PACKAGES_ENV, str(tmp_path / "pkgs"))
+    monkeypatch.setattr(integration, "_warning_widget", None)
+    monkeypatch.setattr(integration, "_open_dialogs", {})
+    bar = qgis_iface.messageBar()
+    bar.clearWidgets()
+    bar.clear_messages()
+    yield qgis_iface
+    integration.close_dialogs()
+    bar.clearWidgets()
+
+
+def install_buttons(bar) -> list:
+    """The 'Install…' buttons of the missing-packages warnings in a message bar."""
+    from qgis.PyQt.QtWidgets import QPushButton
+
+    return [b for item in bar.items() for b in item.findChildren(QPushButton, "drsegInstallButton")]
+
+
 class FakeModels:
     """Stands in for core.segment.build_scorer: records each request and returns a ColourScorer,
     deciding the method like the engine does ('auto': DR-Seg when DINO weights were given).

@@ -1,9 +1,10 @@
-"""Lazy access to the engine, so the plugin loads (and shows a clear message) without torch.
+"""The engine gate: lazy access to the engine, so the plugin loads (and shows a clear message)
+without torch, and the dependency check the dock, the dialogs and Processing share.
 
 Nothing here imports torch, open_clip or QGIS. Model names and defaults come from the torch-free
-`core.models.registry`; the few run defaults below mirror `core.segment` (a test keeps them equal),
-because Processing parameters and the dock are built at QGIS start-up, when importing the engine
-would be slow or, on a machine without torch, fail.
+`core.models.registry`; the few run defaults below mirror `core.segment` and `core.refer` (a test
+keeps them equal), because Processing parameters and the dock are built at QGIS start-up, when
+importing the engine would be slow or, on a machine without torch, fail.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import List
 DEFAULT_THRESHOLD = 0.3            # core.segment.DEFAULT_THRESHOLD
 DEFAULT_SEMANTIC_RATIO = 0.3       # core.segment.SegmentationRequest.semantic_ratio
 DEFAULT_GRAPH_K = 8                # core.segment.SegmentationRequest.graph_k
+DEFAULT_MAX_SIZE = 1024            # core.refer.request.DEFAULT_MAX_SIZE
 
 # Segmentation methods: the engine's SegmentationRequest.method values and their names for users.
 METHOD_LABELS = {"drseg": "DR-Seg", "clip": "dense CLIP", "custom": "custom scorer"}
@@ -89,16 +91,33 @@ def load_engine():
     return segment
 
 
+def load_refer_engine():
+    """Main thread: import the referring engine (torch, open_clip, segment_anything) and return
+    `core.refer.run`, or raise MissingDependencies with an install hint. Call it before starting a
+    task, so the first, slow import of torch never happens in a worker thread."""
+    load_engine()
+    try:
+        found = importlib.util.find_spec("segment_anything") is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise MissingDependencies(dependency_message(["segment-anything"]))
+    try:
+        importlib.import_module("segment_anything")
+        from ..core.refer import run
+    except ImportError as exc:
+        raise MissingDependencies(dependency_message([], f"{type(exc).__name__}: {exc}")) from None
+    return run
+
+
+def prepare_packages() -> List[str]:
+    """Put the plugin-owned packages folder (pip --target) on sys.path, before any engine import;
+    -> the pip names of the packages that are still missing (nothing is imported)."""
+    from ..core import dependencies
+
+    dependencies.add_packages_dir_to_path()
+    return [requirement.package for requirement in dependencies.find_missing()]
+
+
 def method_label(method: str) -> str:
     return METHOD_LABELS.get(method, method)
-
-
-def select_device(combo, device: str) -> None:
-    """Select `device` in a device combo box (items carry the device name as data), adding it
-    when it is not listed ('cuda:1' and the like)."""
-    device = (device or "auto").strip().lower()
-    index = combo.findData(device)
-    if index < 0:
-        combo.addItem(device, device)
-        index = combo.count() - 1
-    combo.setCurrentIndex(index)
