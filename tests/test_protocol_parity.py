@@ -19,7 +19,7 @@ from conftest import TINY_CLIP_CONFIG, write_raster
 from test_research_baseline import load_baseline
 from drseg.core.array_segment import segment_array_probabilities
 from drseg.core.classes import flatten_queries, parse_classes
-from drseg.core.clip_models import load_clip
+from drseg.core.models.clip import load_clip
 from drseg.core.dense_clip import DenseClip, interpolate_positional_embedding
 from drseg.core.sliding import SlidingWindowSegmenter, centred_pad
 
@@ -237,7 +237,7 @@ def test_segment_blend_mean_writes_the_protocols_probabilities(tiny, tmp_path):
     """`segment --blend mean --probabilities-out` on a raster smaller than a window: the product
     gives the protocol's probabilities at native size, one named float32 band per class."""
     from drseg.cli import main
-    from drseg.core import model_cache
+    from drseg.core.models import cache as model_cache
 
     clip, owner, config = tiny
     image = textured_image(150, 200, seed=9)
@@ -284,7 +284,7 @@ def test_evaluate_reports_the_protocol_and_the_engine_settings(tmp_path, monkeyp
     from PIL import Image
 
     from drseg.cli import main
-    from drseg.core import model_cache
+    from drseg.core.models import shared
 
     root = tmp_path / "LoveDA"
     images, masks = root / "Val" / "Urban" / "images_png", root / "Val" / "Urban" / "masks_png"
@@ -297,7 +297,7 @@ def test_evaluate_reports_the_protocol_and_the_engine_settings(tmp_path, monkeyp
             b, _, h, w = images.shape
             return np.zeros((b, len(self.queries), -(-h // 16), -(-w // 16)), np.float32)
 
-    monkeypatch.setattr(model_cache, "dense_clip_scorer", lambda *a, **k: FlatScorer())
+    monkeypatch.setattr(shared, "dense_clip_scorer", lambda *a, **k: FlatScorer())
     for extra, long_side in (([], 448), (["--long-side", "0"], 0)):
         out = tmp_path / f"run{long_side}"
         assert main(["evaluate", "ovss", "--dataset", "loveda", "--root", str(root), "--out",

@@ -8,8 +8,9 @@ import torch
 from open_clip.transformer import QuickGELU
 
 from conftest import TINY_CLIP_CONFIG
-from drseg.core import catalog, clip_models, download
-from drseg.core.clip_models import catalog_entry, load_clip
+from drseg.core.models import catalog, download
+from drseg.core.models import clip as clip_models
+from drseg.core.models.clip import catalog_entry, load_clip
 from drseg.core.errors import ModelError
 
 
