@@ -1,5 +1,5 @@
 """Score a predicted class raster against a reference over an area: per-class IoU and accuracy,
-mIoU, mACC and aAcc (core/metrics.py's confusion matrix, the protocol papers use).
+mIoU, mACC and aAcc (core/evaluation/metrics.py's confusion matrix, the protocol papers use).
 
 The prediction's grid is the grid of the comparison. Both sides are read block by block, never
 whole: a reference raster is warped onto the prediction's grid (nearest neighbour, in the
@@ -28,12 +28,12 @@ from rasterio import features, windows
 from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 
-from .errors import InputError, RunCancelled
-from .metrics import ConfusionMatrix
+from ..errors import InputError, RunCancelled
+from .metrics import IGNORE_INDEX, ConfusionMatrix
 
 IGNORE = -1                # reference code of a pixel that is not scored
 _UNMATCHED_BASE = -2       # reference codes -2, -3, ...: the k-th label without a predicted class
-DEFAULT_IGNORE_VALUE = 255
+DEFAULT_IGNORE_VALUE = IGNORE_INDEX
 BLOCK = 1024
 MATCH_AUTO, MATCH_NAME, MATCH_ID = "auto", "name", "id"
 UNCOVERED_BACKGROUND, UNCOVERED_IGNORE = "background", "ignore"

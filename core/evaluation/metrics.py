@@ -20,9 +20,9 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
-DEFAULT_IGNORE_INDEX = 255
+IGNORE_INDEX = 255  # ground-truth value of a pixel that is not scored (mmseg's)
 PRECISION_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 _CHUNK = 1 << 22  # pixels per bincount pass, so a 6000x6000 tile never needs a 288 MB index array
 
@@ -51,7 +51,7 @@ def _same_shape(gt: np.ndarray, pred: np.ndarray, what: str) -> None:
 class ConfusionMatrix:
     """Accumulates a (ground truth x prediction) pixel count matrix over many images."""
 
-    def __init__(self, num_classes: int, ignore_index: int = DEFAULT_IGNORE_INDEX):
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX):
         if num_classes < 1:
             raise InputError(f"A confusion matrix needs at least one class, got {num_classes}")
         self.num_classes = int(num_classes)
