@@ -1,4 +1,5 @@
-"""core/evaluation/datasets/: benchmark readers on tiny data sets written here in each released and converted layout.
+"""core/evaluation/datasets/: benchmark readers on tiny data sets written here in each released
+and converted layout.
 
 Every expected label below is decoded by hand from the dataset's documented encoding
 (e.g. LoveDA raw 0 = no-data, 1..7 = classes 0..6; Potsdam white = impervious surface).

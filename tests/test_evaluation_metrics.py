@@ -1,4 +1,5 @@
-"""core/evaluation/metrics.py: metrics checked against numbers worked out by hand in the comments."""
+"""core/evaluation/metrics.py: metrics checked against numbers worked out by hand in the
+comments."""
 import numpy as np
 import pytest
 

@@ -1,5 +1,5 @@
-"""core/evaluation/writers.py and rendering.py: the files an OVSS evaluation writes, and the heat map,
-for the hand-worked benchmark of test_evaluation_loops.py."""
+"""core/evaluation/writers.py and rendering.py: the files an OVSS evaluation writes, and the heat
+map, for the hand-worked benchmark of test_evaluation_loops.py."""
 import csv
 import json
 from pathlib import Path

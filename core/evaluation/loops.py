@@ -21,7 +21,8 @@ import numpy as np
 
 from ..errors import InputError
 from ..progress import RunMonitor
-from .datasets import IGNORE_INDEX, OvssDataset, ReferDataset, binary_mask, describe_unexpected, read_array
+from .datasets import (IGNORE_INDEX, OvssDataset, ReferDataset, binary_mask, describe_unexpected,
+                       read_array)
 from .metrics import ConfusionMatrix, ReferAccumulator, ovss_metrics, per_class_accuracy
 from .predictors import OvssPredictor, ReferPredictor
 from .reports import OvssReport, ReferReport
@@ -49,6 +50,18 @@ def _limited(samples: Sequence, limit: Optional[int]) -> Sequence:
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise InputError(f"--limit must be a positive number of samples, got {limit!r}")
     return samples[:limit]
+
+
+def _prepare(dataset, task: str, predict_fn, predictions_dir, limit):
+    """(folder of saved predictions or None, the samples to score), after checking the inputs."""
+    if getattr(dataset, "task", None) != task:
+        kind = "an OVSS" if task == "ovss" else "a referring"
+        raise InputError(f"{getattr(dataset, 'name', dataset)} is not {kind} data set")
+    folder = _check_sources(predict_fn, predictions_dir)
+    samples = _limited(dataset.samples, limit)
+    if not samples:
+        raise InputError(f"{dataset.name} split '{dataset.split}' has no samples")
+    return folder, samples
 
 
 def _as_class_map(pred, what: str) -> np.ndarray:
@@ -99,12 +112,7 @@ def evaluate_ovss(dataset: OvssDataset, predict_fn: Optional[OvssPredictor] = No
                   progress: Optional[Callable[[float, str], None]] = None,
                   cancelled: Optional[Callable[[], bool]] = None) -> OvssReport:
     """Confusion-matrix mIoU / mACC / aAcc / per-class IoU over the split (or its first `limit`)."""
-    if getattr(dataset, "task", None) != "ovss":
-        raise InputError(f"{getattr(dataset, 'name', dataset)} is not an OVSS data set")
-    folder = _check_sources(predict_fn, predictions_dir)
-    samples = _limited(dataset.samples, limit)
-    if not samples:
-        raise InputError(f"{dataset.name} split '{dataset.split}' has no samples")
+    folder, samples = _prepare(dataset, "ovss", predict_fn, predictions_dir, limit)
     ambiguous = {stem for stem, n in Counter(Path(s.label_relpath).stem
                                              for s in dataset.samples).items() if n > 1}
     monitor = RunMonitor(progress, cancelled)
@@ -168,12 +176,7 @@ def evaluate_refer(dataset: ReferDataset, predict_fn: Optional[ReferPredictor] =
                    cancelled: Optional[Callable[[], bool]] = None,
                    empty_iou: float = 0.0) -> ReferReport:
     """gIoU / cIoU / Pr@0.5..0.9 over the split (or its first `limit` samples)."""
-    if getattr(dataset, "task", None) != "refer":
-        raise InputError(f"{getattr(dataset, 'name', dataset)} is not a referring data set")
-    folder = _check_sources(predict_fn, predictions_dir)
-    samples = _limited(dataset.samples, limit)
-    if not samples:
-        raise InputError(f"{dataset.name} split '{dataset.split}' has no samples")
+    folder, samples = _prepare(dataset, "refer", predict_fn, predictions_dir, limit)
     monitor = RunMonitor(progress, cancelled)
     acc = ReferAccumulator(empty_iou=empty_iou)
     rows: List[Dict] = []

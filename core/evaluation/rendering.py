@@ -1,4 +1,5 @@
-"""Confusion matrices as PNG heat maps: matplotlib's object API when it is installed, else Pillow."""
+"""Confusion matrices as PNG heat maps: matplotlib's object API when it is installed, else
+Pillow."""
 from __future__ import annotations
 
 from pathlib import Path
