@@ -33,7 +33,7 @@ class WindowReader(Protocol):
 
 
 class WindowScorer(Protocol):
-    """Scores square windows against text queries (dense_clip.DenseClip, drseg.rectify.DrSegScorer)."""
+    """Scores square windows against text queries (DenseClip, drseg.rectify.DrSegScorer)."""
 
     logit_scale: float  # multiplies the logits before the softmax over queries
 
