@@ -31,7 +31,7 @@ from test_refer_pipeline import (ORIGIN, PIXEL, ColourLocalizer, ColourPredictor
                                  label_components, pixel_box, pond_scene, tiny_models)
 
 from drseg.core.colors import class_colour
-from drseg.core.refer.pipeline import SESSIONS
+from drseg.core.refer.sessions import SESSIONS
 from drseg.ui.refer_panel import AREA_DRAWN, AREA_LAYER, HISTORY_SIZE, ReferringOptions, ReferringPanel
 from drseg.ui.refer_task import REFER_GROUP
 
