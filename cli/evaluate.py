@@ -63,13 +63,14 @@ def add_parser(subparsers, predictor_factory: Optional[PredictorFactory] = None)
 
 def _engine_options(parser, task: str) -> None:
     """The engine's models and options (read only when the engine runs)."""
-    from ..core.sam_models import SAM_TYPES
+    from ..core.models.registry import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DEVICE,
+                                        DEFAULT_SAM_MODEL, SAM_MODELS)
 
-    parser.add_argument("--clip-model", default="ViT-B-16")
-    parser.add_argument("--clip-weights", default="openai")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL)
+    parser.add_argument("--clip-weights", default=DEFAULT_CLIP_WEIGHTS)
+    parser.add_argument("--device", default=DEFAULT_DEVICE)
     if task == "refer":
-        parser.add_argument("--sam-model", default="vit_b", choices=SAM_TYPES)
+        parser.add_argument("--sam-model", default=DEFAULT_SAM_MODEL, choices=list(SAM_MODELS))
         parser.add_argument("--sam-weights", help="SAM checkpoint file or catalog name")
     else:
         parser.add_argument("--long-side", type=int, default=448,

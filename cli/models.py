@@ -5,9 +5,10 @@ import argparse
 import json
 import sys
 
-from ..core import download as dl
-from ..core.catalog import FAMILIES, get_model, list_models
 from ..core.errors import InputError
+from ..core.models import download as dl
+from ..core.models.catalog import get_model, list_models
+from ..core.models.registry import FAMILIES
 from .exit_codes import EXIT_FAILED, EXIT_OK
 from .progress import ProgressBar
 

@@ -83,7 +83,7 @@ def ovss_predictor(dataset, settings: EngineSettings) -> OvssPredictor:
     """predict(image_path) -> the data set's class indices (the benchmark protocol of
     core/array_segment.py, prompted with the data set's class texts and threshold)."""
     from ..array_segment import segment_array
-    from ..model_cache import dense_clip_scorer
+    from ..models.shared import dense_clip_scorer
 
     scorer = dense_clip_scorer(settings.clip_model, settings.clip_weights, settings.device)
 
@@ -101,10 +101,9 @@ def refer_predictor(settings: EngineSettings) -> ReferPredictor:
 
     One ReferringSession per image (its SAM embedding and CLIP features), reused while the data
     set's expressions for the same image follow each other."""
-    from ..model_cache import dense_clip_scorer
+    from ..models.shared import dense_clip_scorer, sam_model
     from ..refer.localize import Localizer
     from ..refer.pipeline import ReferringSession
-    from ..sam_models import sam_model
 
     sam = sam_model(settings.sam_model, settings.sam_weights, settings.device)
     localizer = Localizer(dense_clip_scorer(settings.clip_model, settings.clip_weights,
