@@ -8,6 +8,7 @@ crop) smaller than a window is scored at its own size, padded after normalisatio
 core/sliding.py).
 
 Benchmark tiles are small, so holding one in memory is fine; rasters go through core/segment.py.
+core/evaluation/predictors.py wraps this as the benchmark predictor.
 """
 from __future__ import annotations
 
@@ -78,78 +79,3 @@ def segment_array(image: np.ndarray, classes, scorer, threshold: float = 0.0,
     """(H, W, 3) uint8 -> class map (H, W) uint8: 0 background (below threshold), 1..K classes."""
     return segment_array_probabilities(image, classes, scorer, threshold, long_side, window,
                                        stride, blend).labels
-
-
-def engine_options(parser, task: str) -> None:
-    """The engine's options on `python -m drseg evaluate ...`."""
-    from .models.registry import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DEVICE,
-                                  DEFAULT_SAM_MODEL, SAM_MODELS)
-
-    parser.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL)
-    parser.add_argument("--clip-weights", default=DEFAULT_CLIP_WEIGHTS)
-    parser.add_argument("--device", default=DEFAULT_DEVICE)
-    if task == "refer":
-        parser.add_argument("--sam-model", default=DEFAULT_SAM_MODEL, choices=list(SAM_MODELS))
-        parser.add_argument("--sam-weights", help="SAM checkpoint file or catalog name")
-    else:
-        parser.add_argument("--long-side", type=int,
-                            help="resize images to this long side (0: keep the size); default: "
-                                 "the data set's protocol (448)")
-
-
-def ovss_predictor_factory(task: str, dataset, args):
-    """predict_fn(image_path) -> the data set's class indices, for core.evaluate."""
-    from PIL import Image
-
-    from .errors import InputError
-    from .evaluate import engine_to_dataset_labels
-    from .models.shared import dense_clip_scorer
-
-    if task == "refer":
-        return refer_predictor(args)
-    scorer = dense_clip_scorer(args.clip_model, args.clip_weights, args.device)
-    protocol = dataset.protocol
-    long_side = protocol["long_side"] if args.long_side is None else args.long_side
-    window, stride, blend = protocol["window"], protocol["stride"], protocol["blend"]
-
-    def predict(image_path: str) -> np.ndarray:
-        with Image.open(image_path) as img:
-            image = np.asarray(img.convert("RGB"))
-        class_map = segment_array(image, dataset.prompt, scorer, threshold=dataset.threshold,
-                                  long_side=long_side or None, window=window, stride=stride,
-                                  blend=blend)
-        return engine_to_dataset_labels(class_map, dataset.background_index, dataset.num_classes)
-
-    predict.settings = {"long_side": long_side, "window": window, "stride": stride, "blend": blend,
-                        "prob_thd": dataset.threshold, "clip_model": args.clip_model,
-                        "clip_weights": args.clip_weights}
-    return predict
-
-
-def refer_predictor(args):
-    """predict_fn(image_path, expression) -> mask of every object the expression refers to.
-
-    One ReferringSession per image (its SAM embedding and CLIP features), reused while the data
-    set's expressions for the same image follow each other."""
-    from PIL import Image
-
-    from .models.shared import dense_clip_scorer, sam_model
-    from .refer.localize import Localizer
-    from .refer.pipeline import ReferringSession
-
-    sam = sam_model(args.sam_model, args.sam_weights, args.device)
-    localizer = Localizer(dense_clip_scorer(args.clip_model, args.clip_weights, args.device))
-    current = {}
-
-    def predict(image_path: str, expression: str) -> np.ndarray:
-        if current.get("path") != image_path:
-            with Image.open(image_path) as img:
-                image = np.asarray(img.convert("RGB"))
-            current.update(path=image_path, session=ReferringSession(image, sam, localizer))
-        session = current["session"]
-        mask = np.zeros((session.height, session.width), bool)
-        for result in session.query(expression):
-            mask |= result.mask
-        return mask
-
-    return predict

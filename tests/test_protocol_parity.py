@@ -268,7 +268,8 @@ def test_segment_blend_mean_writes_the_protocols_probabilities(tiny, tmp_path):
 # -- the protocol pinned per data set and written into every report -------------------------------
 
 def test_every_ovss_data_set_pins_its_protocol():
-    from drseg.core.datasets import dataset_spec, list_datasets, ovss_protocol
+    from drseg.core.evaluation.datasets import dataset_spec, list_datasets
+    from drseg.core.evaluation.datasets.ovss import ovss_protocol
 
     names = list_datasets("ovss")
     assert len(names) == 8
@@ -310,8 +311,8 @@ def test_evaluate_reports_the_protocol_and_the_engine_settings(tmp_path, monkeyp
 
 
 def test_refer_reports_both_iou_conventions_with_their_definitions(tmp_path):
-    from drseg.core.evaluate import ReferReport, format_refer_table
-    from drseg.core.metrics import ReferAccumulator
+    from drseg.core.evaluation.metrics import ReferAccumulator
+    from drseg.core.evaluation.reports import ReferReport, format_refer_table
 
     acc = ReferAccumulator()
     acc.add(1, 2)          # IoU 0.5

@@ -1,22 +1,17 @@
-"""Command line: `python -m drseg segment RASTER --classes "building;water" --out result.gpkg`.
-
-Exit codes: 0 success, 2 bad input or missing weights (one-line message), 130 cancelled.
-"""
+"""`python -m drseg segment RASTER --classes "building;water" --out result.gpkg`: open-vocabulary
+segmentation of a raster into polygons and/or a class raster."""
 from __future__ import annotations
 
-import argparse
-import sys
-from typing import List, Optional
-
-from .core.console import ProgressBar, extent_argument
-from .core.errors import DrSegError, RunCancelled
+from ..core.errors import DrSegError
+from .arguments import extent_argument
+from .progress import ProgressBar
 
 
-def add_segment_parser(subparsers) -> None:
-    from .core.models.registry import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DEVICE,
-                                       DEFAULT_DINO_MODEL, DEVICE_CHOICES, DINO_MODEL_CHOICES)
-    from .core.segment import DEFAULT_THRESHOLD
-    from .core.protocol import BLENDS, DEFAULT_BLEND
+def add_parser(subparsers) -> None:
+    from ..core.models.registry import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DEVICE,
+                                        DEFAULT_DINO_MODEL, DEVICE_CHOICES, DINO_MODEL_CHOICES)
+    from ..core.segment import DEFAULT_THRESHOLD
+    from ..core.protocol import BLENDS, DEFAULT_BLEND
 
     p = subparsers.add_parser("segment", help="open-vocabulary segmentation of a raster into classes",
                               description="Segment RASTER into the classes typed with --classes and "
@@ -63,8 +58,8 @@ def add_segment_parser(subparsers) -> None:
 
 
 def run_segment_command(args) -> int:
-    from .core.raster_io import parse_bands
-    from .core.segment import SegmentationRequest, run_segmentation
+    from ..core.raster_io import parse_bands
+    from ..core.segment import SegmentationRequest, run_segmentation
 
     if not args.out and not args.raster_out and not args.probabilities_out:
         raise DrSegError("Give an output: --out result.gpkg, --raster-out classes.tif and/or "
@@ -93,50 +88,3 @@ def run_segment_command(args) -> int:
         if path:
             print(f"wrote {path}")
     return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m drseg",
-                                     description="DR-Seg: segment remote sensing rasters from text")
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    add_segment_parser(subparsers)
-    _add_optional_commands(subparsers)
-    return parser
-
-
-def _add_optional_commands(subparsers) -> None:
-    """Sub-commands living beside the engine modules they drive."""
-    from .core.array_segment import engine_options
-    from .core.evaluate_cli import add_evaluate_parser, run_evaluate_command
-    from .core.models_cli import add_models_parser, run_models_command
-    from .core.refer.cli import add_refer_parser, run_refer_command
-
-    add_models_parser(subparsers)
-    subparsers.choices["models"].set_defaults(run=run_models_command)
-    add_refer_parser(subparsers)
-    subparsers.choices["refer"].set_defaults(run=run_refer_command)
-    register_evaluation_engine()
-    add_evaluate_parser(subparsers, engine_options=engine_options)
-    subparsers.choices["evaluate"].set_defaults(run=run_evaluate_command)
-
-
-def register_evaluation_engine() -> None:
-    """`evaluate` runs our engine unless the embedding program registered another one."""
-    from .core.array_segment import ovss_predictor_factory
-    from .core.evaluate_cli import get_predictor_factory, set_predictor_factory
-
-    if get_predictor_factory() is None:
-        set_predictor_factory(ovss_predictor_factory)
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return args.run(args)
-    except DrSegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (RunCancelled, KeyboardInterrupt):
-        print("cancelled", file=sys.stderr)
-        return 130

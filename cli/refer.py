@@ -1,7 +1,6 @@
 """`python -m drseg refer RASTER --expression TEXT [--expression TEXT ...] --out out.gpkg`.
 
-The main command line adds the command with `add_refer_parser(subparsers)` and runs it with
-`run_refer_command(args)`. Every expression goes into one GeoPackage layer (field `expression`);
+Every expression goes into one GeoPackage layer (field `expression`);
 the timings printed per expression show what the cache saves: the first expression on an area
 runs both image encoders, the next ones reuse them.
 """
@@ -9,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 
-from ..console import ProgressBar, extent_argument
+from .arguments import extent_argument
+from .progress import ProgressBar
 
 
-def add_refer_parser(subparsers) -> argparse.ArgumentParser:
-    from ..models.registry import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DEVICE,
-                                   DEFAULT_SAM_MODEL, DEVICE_CHOICES, SAM_MODELS)
-    from .run import DEFAULT_MAX_SIZE, DEFAULT_TILE_SIZE
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    from ..core.models.registry import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DEVICE,
+                                        DEFAULT_SAM_MODEL, DEVICE_CHOICES, SAM_MODELS)
+    from ..core.refer.run import DEFAULT_MAX_SIZE, DEFAULT_TILE_SIZE
 
     p = subparsers.add_parser(
         "refer", help="referring segmentation: the object(s) an expression names, as polygons",
@@ -53,8 +53,8 @@ def add_refer_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run_refer_command(args) -> int:
-    from ..raster_io import parse_bands
-    from .run import ReferringRequest, run_referring
+    from ..core.raster_io import parse_bands
+    from ..core.refer.run import ReferringRequest, run_referring
 
     request = ReferringRequest(
         raster=args.raster, expressions=list(args.expression), out_vector=args.out,
