@@ -3,15 +3,20 @@ segmentation of a raster into polygons and/or a class raster."""
 from __future__ import annotations
 
 from ..core.errors import DrSegError
-from .arguments import extent_argument
+from .arguments import SETTINGS_HELP, extent_argument, resolve_settings
+
+# Options that fall back on the saved settings when not given.
+SETTINGS = ("clip_model", "clip_weights", "device", "dino_model", "dino_weights", "window",
+            "stride", "block", "batch_size", "cache_dir")
 from .progress import ProgressBar
 
 
 def add_parser(subparsers) -> None:
     from ..core.models.registry import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DEVICE,
                                         DEFAULT_DINO_MODEL, DEVICE_CHOICES, DINO_MODEL_CHOICES)
-    from ..core.segment import DEFAULT_THRESHOLD
     from ..core.protocol import BLENDS, DEFAULT_BLEND
+    from ..core.segment import DEFAULT_THRESHOLD
+    from ..core.settings import Settings
 
     p = subparsers.add_parser("segment", help="open-vocabulary segmentation of a raster into classes",
                               description="Segment RASTER into the classes typed with --classes and "
@@ -24,16 +29,21 @@ def add_parser(subparsers) -> None:
     p.add_argument("--probabilities-out", metavar="FILE.tif",
                    help="output per-class probabilities before the threshold (float32 GeoTIFF, "
                         "one band per class, named after it)")
-    p.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL, help="open_clip model name or JSON config")
-    p.add_argument("--clip-weights", default=DEFAULT_CLIP_WEIGHTS,
-                   help="open_clip pretrained tag (downloaded on first use) or checkpoint file")
-    p.add_argument("--device", default=DEFAULT_DEVICE, choices=DEVICE_CHOICES)
+    p.add_argument("--clip-model", help="open_clip model name or JSON config"
+                   + SETTINGS_HELP.format(DEFAULT_CLIP_MODEL))
+    p.add_argument("--clip-weights",
+                   help="open_clip pretrained tag (downloaded on first use), catalog name or "
+                        "checkpoint file" + SETTINGS_HELP.format(DEFAULT_CLIP_WEIGHTS))
+    p.add_argument("--device", choices=DEVICE_CHOICES, help="device"
+                   + SETTINGS_HELP.format(DEFAULT_DEVICE))
     p.add_argument("--method", default="auto", choices=["auto", "drseg", "clip"],
                    help="drseg: dense CLIP rectified with DINO structure; clip: plain dense CLIP; "
                         "auto (default): drseg when DINO weights are set up")
-    p.add_argument("--dino-model", default=DEFAULT_DINO_MODEL, choices=sorted(DINO_MODEL_CHOICES))
-    p.add_argument("--dino-weights", help="DINO checkpoint file or catalog name "
-                                           "(default: the downloaded catalog checkpoint, if any)")
+    p.add_argument("--dino-model", choices=sorted(DINO_MODEL_CHOICES),
+                   help="DINO backbone" + SETTINGS_HELP.format(DEFAULT_DINO_MODEL))
+    p.add_argument("--dino-weights", help="DINO checkpoint file or catalog name (default: the "
+                                           "saved settings', else the downloaded catalog "
+                                           "checkpoint, if any)")
     p.add_argument("--semantic-ratio", type=float, default=0.3,
                    help="share of CLIP channels kept as semantic (DR-Seg ρ)")
     p.add_argument("--graph-k", type=int, default=8, help="neighbours per token in the DINO graph")
@@ -48,11 +58,15 @@ def add_parser(subparsers) -> None:
                    help="pixels whose top class probability is below this become background")
     p.add_argument("--simplify", type=float, default=0.0, help="polygon simplification, in pixels")
     p.add_argument("--min-area", type=float, default=0.0, help="drop polygons smaller than this, m²")
-    p.add_argument("--window", type=int, default=224, help="sliding window, working pixels")
-    p.add_argument("--stride", type=int, default=112, help="sliding window stride, working pixels")
+    p.add_argument("--window", type=int, help="sliding window, working pixels"
+                   + SETTINGS_HELP.format(Settings.window))
+    p.add_argument("--stride", type=int, help="sliding window stride, working pixels"
+                   + SETTINGS_HELP.format(Settings.stride))
     p.add_argument("--blend", default=DEFAULT_BLEND, choices=BLENDS,
                    help="how overlapping windows combine: smooth (sin² weights, default) or mean "
                         "(every window pixel counts once, as the benchmark protocol does)")
+    p.add_argument("--cache-dir", help="model cache folder (default: DRSEG_CACHE_DIR, else the "
+                                        "saved settings, else the platform's cache folder)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run_segment_command)
 
@@ -64,14 +78,17 @@ def run_segment_command(args) -> int:
     if not args.out and not args.raster_out and not args.probabilities_out:
         raise DrSegError("Give an output: --out result.gpkg, --raster-out classes.tif and/or "
                          "--probabilities-out probabilities.tif")
+    settings = resolve_settings(args, SETTINGS)
     request = SegmentationRequest(
         raster=args.raster, classes=args.classes, out_vector=args.out, out_raster=args.raster_out,
         out_probabilities=args.probabilities_out, blend=args.blend,
         bands=parse_bands(args.bands), extent=args.extent, resolution=args.resolution,
-        threshold=args.threshold, clip_model=args.clip_model, clip_weights=args.clip_weights,
-        device=args.device, window=args.window, stride=args.stride, simplify=args.simplify,
-        min_area=args.min_area, method=args.method, dino_model=args.dino_model,
-        dino_weights=args.dino_weights, semantic_ratio=args.semantic_ratio, graph_k=args.graph_k,
+        threshold=args.threshold, clip_model=settings["clip_model"],
+        clip_weights=settings["clip_weights"], device=settings["device"],
+        window=settings["window"], stride=settings["stride"], block=settings["block"],
+        batch_size=settings["batch_size"], cache_dir=settings["cache_dir"],
+        simplify=args.simplify, min_area=args.min_area, method=args.method,
+        dino_model=settings["dino_model"], dino_weights=settings.chosen("dino_weights"), semantic_ratio=args.semantic_ratio, graph_k=args.graph_k,
         decouple=not args.no_decouple, rectify=not args.no_rectify, fusion=not args.no_fusion)
     with ProgressBar(args.quiet) as bar:
         result = run_segmentation(request, progress=bar.update)
