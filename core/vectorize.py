@@ -98,8 +98,8 @@ class SeamJoiner:
     that touch across it (same class, side by side: 4-connectivity, as polygonising), joined in a
     union-find. Regions that touch no inner block edge are final at once; the others (pieces, in pixel coordinates) are kept aside
     until the end of a block row, when every group none of whose pieces lies on the row's bottom
-    seam can no longer grow: it is assembled once, by one union of its pieces, and its pieces and
-    union-find entries are dropped. So memory holds one row of blocks' pieces plus the groups
+    seam can no longer grow: it is assembled once from its pieces (`_assemble`), and its pieces
+    and union-find entries are dropped. So memory holds one row of blocks' pieces plus the groups
     still open, and no geometric predicate is evaluated."""
 
     def __init__(self, width: int, height: int):
@@ -204,8 +204,16 @@ class SeamJoiner:
 
 
 def _assemble(pieces: Sequence) -> object:
-    """One polygon from pieces of one region that share edges along block seams."""
-    return shapely.union_all(pieces)
+    """One polygon from the pieces of one region, which share edges along block seams.
+
+    A piece's holes lie strictly inside its block (a gap reaching the block's edge is outside
+    the piece there), so no other piece can fill them: only the outer rings are unioned, and
+    every hole is added back unchanged. That keeps the union (GEOS overlay, n·log n) to the
+    rings that can change."""
+    pieces = np.asarray(pieces, dtype=object)
+    joined = shapely.union_all(shapely.polygons(shapely.get_exterior_ring(pieces)))
+    holes = list(joined.interiors) + [ring for piece in pieces for ring in piece.interiors]
+    return shapely.Polygon(joined.exterior, holes)
 
 
 def connected_groups(geoms: Sequence, predicate: str = "touches") -> List[List[int]]:
