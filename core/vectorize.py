@@ -222,25 +222,15 @@ def connected_groups(geoms: Sequence, predicate: str = "touches") -> List[List[i
     predicate: the STRtree query that finds candidate pairs ('touches' for pieces that only
     meet at their boundaries, 'intersects' when they may overlap too).
     """
-    parent = list(range(len(geoms)))
-
-    def root(i):
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
+    groups = UnionFind(range(len(geoms)))
     if len(geoms) > 1:
         left, right = STRtree(geoms).query(geoms, predicate=predicate)
         for a, b in zip(left, right):
-            if a < b and root(a) != root(b):
+            if a < b and groups.find(a) != groups.find(b):
                 shared = geoms[a].intersection(geoms[b])
                 if shared.length > 0 or shared.area > 0:  # an edge or an overlap, not a corner
-                    parent[root(a)] = root(b)
-    groups: Dict[int, List[int]] = {}
-    for i in range(len(geoms)):
-        groups.setdefault(root(i), []).append(i)
-    return list(groups.values())
+                    groups.union(int(a), int(b))
+    return groups.groups()
 
 
 def _finish(regions, transform, area_meter: AreaMeter, tolerance: float, min_area_m2: float):
