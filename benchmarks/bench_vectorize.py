@@ -9,8 +9,8 @@ grid and the gravel cells that touch it (one connected region spanning the whole
 costliest case for joining pieces across blocks), buildings, water and forest in clusters of
 cells, and background fields. Class and score rasters are written block by block (tiled,
 deflate). Each size is vectorized in its own process with the engine's default block; the script
-prints wall and CPU time (the process's own: steadier on a shared machine), polygon count and
-peak RSS per size, then the least-squares exponents b of time ∝ Mpx^b.
+prints wall and CPU time (the process's own: steadier on a shared machine), polygon and output
+vertex counts and peak RSS per size, then the least-squares exponents b of time ∝ Mpx^b.
 """
 from __future__ import annotations
 
@@ -80,16 +80,19 @@ def write_rasters(folder: str, size: int, block: int = 1024):
 
 
 def worker(spec):
+    import shapely
+
     from drseg.core.vectorize import vectorize
 
     started, cpu_started = time.perf_counter(), time.process_time()
-    count, road_pixels = 0, 0
+    count, road_pixels, vertices = 0, 0, 0
     for region in vectorize(spec["classes"], spec["scores"], block=spec["block"]):
         count += 1
+        vertices += int(shapely.get_num_coordinates(region.geometry))
         if region.class_index == ROAD_CLASS:
             road_pixels = max(road_pixels, region.pixels)
     seconds = time.perf_counter() - started
-    return dict(seconds=seconds, cpu_s=time.process_time() - cpu_started, polygons=count, largest_road_px=road_pixels,
+    return dict(seconds=seconds, cpu_s=time.process_time() - cpu_started, vertices=vertices, polygons=count, largest_road_px=road_pixels,
                 peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
 
 
@@ -113,8 +116,8 @@ def main(argv=None):
         print(f"Vectorizing the road-grid scene, block {block} px, one process per size "
               f"(GDAL_CACHEMAX={GDAL_CACHE_MB} MB)")
         print(f"{'size':>7} {'Mpx':>6} {'seconds':>8} {'CPU s':>7} {'CPU s/Mpx':>9} {'polygons':>9} "
-              f"{'largest road px':>15} {'peak RSS MB':>11}", flush=True)
-        mpx, seconds, cpu = [], [], []
+              f"{'vertices':>10} {'largest road px':>15} {'peak RSS MB':>11}", flush=True)
+        mpx, seconds, cpu, vertices = [], [], [], []
         for size in sizes:
             classes, scores = write_rasters(folder, size)
             env = dict(os.environ, GDAL_CACHEMAX=str(GDAL_CACHE_MB))
@@ -129,14 +132,17 @@ def main(argv=None):
             mpx.append(m)
             seconds.append(r["seconds"])
             cpu.append(r["cpu_s"])
+            vertices.append(r["vertices"])
             print(f"{size:>6}² {m:>6.1f} {r['seconds']:>8.2f} {r['cpu_s']:>7.2f} {r['cpu_s'] / m:>9.3f} "
-                  f"{r['polygons']:>9} {r['largest_road_px']:>15} {r['peak_rss_mb']:>11.0f}",
+                  f"{r['polygons']:>9} {r['vertices']:>10} {r['largest_road_px']:>15} {r['peak_rss_mb']:>11.0f}",
                   flush=True)
             for path in (classes, scores):
                 os.remove(path)
         if len(mpx) > 1:
             print(f"over {sizes[0]}²..{sizes[-1]}²: CPU time ∝ Mpx^{fit_exponent(mpx, cpu):.2f}, "
-                  f"wall time ∝ Mpx^{fit_exponent(mpx, seconds):.2f} (goal ≤ 1.05)")
+                  f"wall time ∝ Mpx^{fit_exponent(mpx, seconds):.2f} (goal ≤ 1.05); CPU time ∝ "
+                  f"output vertices^{fit_exponent(vertices, cpu):.2f} (the scene's detail per "
+                  "Mpx is not quite constant)")
     return 0
 
 
