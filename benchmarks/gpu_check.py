@@ -233,8 +233,6 @@ class Check:
                                        "have the same class")
 
     def refer(self):
-        import torch
-
         sam, clip = self.sam(), self.clip()
         size = self.sizes["refer_size"]
         with tempfile.TemporaryDirectory(dir=self.work) as work:
@@ -247,9 +245,8 @@ class Check:
                            f"(SAM encode {first.sam_encode:.2f} s, CLIP encode "
                            f"{first.clip_encode:.2f} s), cached queries "
                            f"{min(cached):.2f}-{max(cached):.2f} s "
-                           f"(mean {np.mean(cached):.2f} s), "
-                           f"{'float16 autocast' if self.device.type == 'cuda' else 'float32'} "
-                           f"as the engine runs them, torch {torch.__version__}")
+                           f"(mean {np.mean(cached):.2f} s), in the precision the engine uses "
+                           f"on {self.device.type}")
 
     def sam3(self):
         import importlib.util
