@@ -141,8 +141,7 @@ def main(argv=None):
         if len(mpx) > 1:
             print(f"over {sizes[0]}²..{sizes[-1]}²: CPU time ∝ Mpx^{fit_exponent(mpx, cpu):.2f}, "
                   f"wall time ∝ Mpx^{fit_exponent(mpx, seconds):.2f} (goal ≤ 1.05); CPU time ∝ "
-                  f"output vertices^{fit_exponent(vertices, cpu):.2f} (the scene's detail per "
-                  "Mpx is not quite constant)")
+                  f"output vertices^{fit_exponent(vertices, cpu):.2f}")
     return 0
 
 
