@@ -46,6 +46,16 @@ FULL = dict(size=4096, refer_size=1024, budget_s=450, expressions=bench_refer.EX
 DRY = dict(size=320, refer_size=256, budget_s=50, expressions=bench_refer.EXPRESSIONS[:2])
 
 
+def tests_module(name):
+    """A module of tests/ (tiny architectures of the real models), for the dry run only."""
+    import importlib
+
+    folder = os.path.join(os.path.dirname(HERE), "tests")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    return importlib.import_module(name)
+
+
 class Check:
     def __init__(self, args):
         import torch
@@ -102,36 +112,34 @@ class Check:
     def clip(self):
         import torch
 
-        from drseg.core.clip_models import load_clip
         from drseg.core.dense_clip import DenseClip
+        from drseg.core.models.clip import load_clip
+        from drseg.core.models.registry import DEFAULT_CLIP_MODEL, RANDOM_WEIGHTS
 
         torch.manual_seed(0)
+        name = DEFAULT_CLIP_MODEL
         if self.dry:
-            sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
-            from conftest import TINY_CLIP_CONFIG
-
-            config = os.path.join(self.work, "tiny_clip.json")
-            with open(config, "w") as f:
-                json.dump(TINY_CLIP_CONFIG, f)
-            model, tokenizer = load_clip(config, "random", self.device)
-        else:
-            model, tokenizer = load_clip("ViT-B-16", "random", self.device)
+            name = os.path.join(self.work, "tiny_clip.json")
+            with open(name, "w") as f:
+                json.dump(tests_module("conftest").TINY_CLIP_CONFIG, f)
+        model, tokenizer = load_clip(name, RANDOM_WEIGHTS, self.device)
         return DenseClip(model, tokenizer, self.device, templates=["a photo of a {}."])
 
     def drseg(self, clip):
         from drseg.core.drseg.dino import make_dino
         from drseg.core.drseg.rectify import DrSegRectifier, DrSegScorer
+        from drseg.core.models.registry import DEFAULT_DINO_MODEL
 
-        dino = make_dino("dino_vitb8", tiny=self.dry).to(self.device).eval()
+        dims = tests_module("conftest").TINY_DINO_DIMS if self.dry else {}
+        dino = make_dino(DEFAULT_DINO_MODEL, **dims).to(self.device).eval()
         return DrSegScorer(clip, dino, DrSegRectifier())
 
     def sam(self):
         if self.dry:
-            sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
-            from test_sam_models import build_tiny_sam
-            return build_tiny_sam().to(self.device)
-        from drseg.core.sam_models import load_sam
-        return load_sam("vit_b", "random", self.device)
+            return tests_module("test_sam_models").build_tiny_sam().to(self.device)
+        from drseg.core.models.registry import DEFAULT_SAM_MODEL, RANDOM_WEIGHTS
+        from drseg.core.models.sam import load_sam
+        return load_sam(DEFAULT_SAM_MODEL, RANDOM_WEIGHTS, self.device)
 
     @contextlib.contextmanager
     def precision(self, scorer, mode):
