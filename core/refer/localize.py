@@ -17,13 +17,16 @@ kept (training-free dense CLIP, ``core/dense_clip.py``). Everything after that i
   valid area, mixes them (``expression_weight``), bilinearly resizes to the area's pixel size and
   normalises again: an H×W float32 map in [0, 1], higher = more likely the target.
 
-:meth:`Localizer.region_scores` scores candidate masks on context-aware crops: the mask's box,
-grown by ``context`` × its size and made square, with the pixels outside the mask dimmed toward
-CLIP's mean colour (kept as context, but weaker), through the standard CLIP image encoder, then
-the probability of the expression (and of the target) against the generic prompts: in [0, 1].
+:meth:`Localizer.region_scores` scores candidate masks: by default from the area's cached dense
+features (each mask's share of every patch token weights the normalised patch features; the
+normalised sum is the region's embedding: no encoder runs), or, with ``region_crops``, on
+context-aware crops (the mask's box grown by ``context`` × its size and made square, pixels
+outside the mask dimmed toward CLIP's mean colour) through the standard CLIP image encoder. Either
+embedding gives the probability of the expression (and of the target) against the generic
+prompts: in [0, 1].
 
 Text embeddings are cached per phrase and similarity maps per query and area, so the second
-expression on an area costs a few small matrix products (and crop encodings of its candidates).
+expression on an area costs a few small matrix products.
 """
 from __future__ import annotations
 
@@ -55,7 +58,9 @@ class LocalizerSettings:
     expression_weight: share of the expression map in the activation (the rest is the target
     noun's); context: crop margin around a mask's box, × the box size per side; min_crop: the
     smallest crop side, px; dim_outside: how much pixels outside the mask are faded (0 keeps
-    them, 1 removes them); region_logit_scale: CLIP's softmax temperature for region scores."""
+    them, 1 removes them); region_crops: score regions on crops through the CLIP encoder (one
+    ViT pass per candidate) instead of pooling the cached dense features;
+    region_logit_scale: CLIP's softmax temperature for region scores."""
 
     clip_long_side: Optional[int] = 448
     window: int = 224
@@ -68,6 +73,7 @@ class LocalizerSettings:
     context: float = 0.5
     min_crop: int = 32
     dim_outside: float = 0.5
+    region_crops: bool = False
     region_logit_scale: float = 100.0
     max_cached_maps: int = 48
 
@@ -291,10 +297,46 @@ class Localizer:
     # -- regions ------------------------------------------------------------------------------
     @torch.no_grad()
     def region_scores(self, image: np.ndarray, masks: Sequence[np.ndarray],
-                      parsed: ParsedExpression) -> List[float]:
-        """CLIP region similarity of each mask in [0, 1] (module doc); one encoder batch."""
+                      parsed: ParsedExpression,
+                      features: Optional[AreaFeatures] = None) -> List[float]:
+        """CLIP region similarity of each mask in [0, 1] (module doc). With the area's
+        ``features`` and ``settings.region_crops`` off: mask-pooled dense features, no encoder
+        run; otherwise one encoder batch of context crops."""
         if not len(masks):
             return []
+        if features is not None and not self.settings.region_crops:
+            return self._region_probabilities(self.pooled_embeddings(features, masks), parsed)
+        return self._region_probabilities(self.crop_embeddings(image, masks), parsed)
+
+    @torch.no_grad()
+    def pooled_embeddings(self, features: AreaFeatures, masks: Sequence[np.ndarray]
+                          ) -> torch.Tensor:
+        """(K, D) normalised region embeddings: each mask's share of every patch token (the mask
+        resampled, area-weighted, onto CLIP's resized canvas and pooled over each window's token
+        cells) weights the cached normalised patch features. A mask covering no token gets a
+        zero vector (similarity 0 to everything)."""
+        s = self.settings
+        ch, cw = features.clip_size
+        canvas_h, canvas_w = features.canvas
+        gh, gw = features.patches.shape[-2:]
+        cell = s.window // gh
+        patches = features.patches.float().cpu()
+        embeddings = []
+        for start in range(0, len(masks), 8):      # bounded memory: 8 area-sized float masks
+            chunk = torch.from_numpy(np.stack([np.asarray(m, np.float32)
+                                               for m in masks[start:start + 8]]))[:, None]
+            if chunk.shape[-2:] != (ch, cw):
+                chunk = F.interpolate(chunk, size=(ch, cw), mode="area")
+            canvas = torch.zeros((chunk.shape[0], 1, canvas_h, canvas_w))
+            canvas[:, :, :ch, :cw] = chunk
+            shares = torch.stack([F.avg_pool2d(canvas[:, :, y:y + s.window, x:x + s.window], cell)
+                                  for y, x in features.windows], dim=1)[:, :, 0]
+            embeddings.append(torch.einsum("knhw,ndhw->kd", shares, patches))
+        return F.normalize(torch.cat(embeddings), dim=-1)
+
+    @torch.no_grad()
+    def crop_embeddings(self, image: np.ndarray, masks: Sequence[np.ndarray]) -> torch.Tensor:
+        """(K, D) normalised CLIP image embeddings of the masks' context crops."""
         image = _hwc(image)
         s = self.settings
         crops = [context_crop(image, np.asarray(m, bool), s.context, s.min_crop, s.dim_outside,
@@ -306,14 +348,19 @@ class Localizer:
             batch = pixels[start:start + s.batch_size]
             features.append(F.normalize(model.encode_image(batch).float(), dim=-1))
         self.crop_encodes += 1
-        image_features = torch.cat(features)
+        return torch.cat(features)
+
+    def _region_probabilities(self, image_features: torch.Tensor, parsed: ParsedExpression
+                              ) -> List[float]:
+        """Probability of the expression (and of its target) against the generic prompts."""
+        s = self.settings
         positives = [self.query_embedding((parsed.text.strip(),)) if parsed.text.strip()
                      else None,
                      self.query_embedding(target_phrases(parsed.target, s.max_synonyms))]
         generic = torch.stack([self.text_embedding(p) for p in s.generic_prompts])
         generic_logits = s.region_logit_scale * image_features @ generic.to(image_features).T
         w = float(np.clip(s.expression_weight, 0.0, 1.0))
-        scores = torch.zeros(len(crops))
+        scores = torch.zeros(len(image_features))
         total = 0.0
         for weight, vector in ((w, positives[0]), (1.0 - w, positives[1])):
             if vector is None or weight <= 0:

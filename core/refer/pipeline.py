@@ -42,7 +42,8 @@ class ReferringSettings:
     that counts as the target region (points, box, dense prompt); max_instances: prompt sets for
     plural/ordered expressions; reference_threshold: the same for relation references;
     max_mask_fraction: candidates covering more of the valid area are background and dropped;
-    duplicate_iou: candidates this similar are scored once; region_scores: CLIP crops on/off."""
+    duplicate_iou: candidates this similar are scored once; region_scores: CLIP region scores
+    on/off (mask-pooled cached features by default, see ``LocalizerSettings.region_crops``)."""
 
     n_positive: int = 3
     n_negative: int = 2
@@ -91,7 +92,7 @@ class QueryTimings:
     sam_encode: float = 0.0
     localize: float = 0.0      # text encoding (cached per phrase) and activation maps
     decode: float = 0.0        # prompts and SAM decoding
-    region: float = 0.0        # CLIP region scores on candidate crops
+    region: float = 0.0        # CLIP region scores of the candidates
     select: float = 0.0
     total: float = 0.0
     candidates: int = 0
@@ -162,7 +163,7 @@ class ReferringSession:
     predictor-like object or a factory of one (see :func:`make_predictor`); localizer: a
     ``Localizer`` or any object with ``encode(image, valid)``, ``localize(features, parsed)``,
     ``phrase_activation(features, phrase)`` and optionally ``region_scores(image, masks,
-    parsed)``; valid: H×W bool (False = nodata; masks never cover it); transform/crs: the area's
+    parsed, features=...)``; valid: H×W bool (False = nodata; masks never cover it); transform/crs: the area's
     georeferencing (rasterio Affine and CRS) for :meth:`to_geometry` and :meth:`pixel_of`.
     """
 
@@ -268,7 +269,7 @@ class ReferringSession:
                 tick = time.perf_counter()
                 if self.settings.region_scores and hasattr(self.localizer, "region_scores"):
                     scores = self.localizer.region_scores(self.image, [c.mask for c in candidates],
-                                                          parsed)
+                                                          parsed, features=features)
                     if scores is not None:
                         for candidate, score in zip(candidates, scores):
                             candidate.clip_score = float(score)
