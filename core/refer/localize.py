@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from ..dense_clip import CLIP_MEAN, dense_logits, encode_prompts
+from ..disk_cache import USE_DEFAULT, model_fingerprint, resolve_cache
 from ..errors import InputError
 from ..sliding import bilinear_matrix, blend_ramp, window_starts
 from .parse import NounPhrase, ParsedExpression
@@ -92,6 +93,21 @@ class AreaFeatures:
     valid: Optional[np.ndarray] = None    # (H, W) bool: pixels with data
     maps: "OrderedDict[Tuple, np.ndarray]" = field(default_factory=OrderedDict)
 
+    def to_tensors(self) -> Dict[str, torch.Tensor]:
+        """What the disk cache stores (the maps are cheap to recompute)."""
+        return {"patches": self.patches, "cls": self.cls,
+                "geometry": torch.tensor([self.height, self.width, *self.clip_size, *self.canvas]),
+                "windows": torch.tensor(self.windows, dtype=torch.int64).reshape(-1, 2)}
+
+    @classmethod
+    def from_tensors(cls, tensors: Dict[str, torch.Tensor], valid: Optional[np.ndarray],
+                     device) -> "AreaFeatures":
+        height, width, ch, cw, canvas_h, canvas_w = (int(v) for v in tensors["geometry"])
+        windows = [(int(y), int(x)) for y, x in tensors["windows"].tolist()]
+        return cls(height, width, (ch, cw), (canvas_h, canvas_w), windows,
+                   tensors["patches"].to(device), tensors["cls"].to(device),
+                   None if valid is None else np.asarray(valid, bool))
+
 
 def target_phrases(target: NounPhrase, max_synonyms: int = 3) -> List[str]:
     """The phrases averaged into a noun's query: as written, then its first synonyms."""
@@ -111,9 +127,11 @@ class Localizer:
     (area encodings), ``crop_encodes`` (region-score batches), ``text_encodes`` (phrases).
     """
 
-    def __init__(self, clip, settings: Optional[LocalizerSettings] = None):
+    def __init__(self, clip, settings: Optional[LocalizerSettings] = None,
+                 disk_cache=USE_DEFAULT):
         self.clip = clip
         self.settings = settings or LocalizerSettings()
+        self._disk = disk_cache            # text embeddings on disk (core/disk_cache.py)
         self.image_encodes = 0
         self.crop_encodes = 0
         self.text_encodes = 0
@@ -127,14 +145,39 @@ class Localizer:
         with self._text_lock:
             self._encode_missing(phrases)
 
+    @property
+    def disk_cache(self):
+        self._disk = resolve_cache(self._disk)
+        return self._disk
+
+    def _text_key(self, phrase: str) -> Dict[str, object]:
+        return {"clip": model_fingerprint(self.clip.model),
+                "templates": list(self.settings.templates), "phrase": phrase}
+
+    def feature_key(self) -> Dict[str, object]:
+        """What an area's features depend on besides its pixels (the disk cache's key)."""
+        s = self.settings
+        return {"clip": model_fingerprint(self.clip.model),
+                "attention": getattr(self.clip, "attention", None),
+                "clip_long_side": s.clip_long_side, "window": s.window, "stride": s.stride}
+
     def _encode_missing(self, phrases: Sequence[str]) -> None:
         missing = list(dict.fromkeys(p for p in phrases if p not in self._texts))
+        disk = self.disk_cache if missing else None
+        if disk is not None:
+            for text in list(missing):
+                stored = disk.get("refer-text", self._text_key(text))
+                if stored is not None and "embedding" in stored:
+                    self._texts[text] = stored["embedding"].to(self.clip.device)
+                    missing.remove(text)
         if not missing:
             return
         embeddings = encode_prompts(self.clip.model, self.clip.tokenizer, self.clip.device,
                                     missing, self.settings.templates)
         for text, vector in zip(missing, embeddings):
             self._texts[text] = vector
+            if disk is not None:
+                disk.put("refer-text", self._text_key(text), {"embedding": vector})
         self.text_encodes += len(missing)
         while len(self._texts) > 512:
             self._texts.popitem(last=False)

@@ -29,6 +29,7 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
+from ..disk_cache import USE_DEFAULT, array_digest, model_fingerprint, resolve_cache
 from ..errors import InputError
 from .parse import ParsedExpression, parse_expression
 from .prompts import build_prompts, instance_prompts, threshold_region
@@ -168,7 +169,8 @@ class ReferringSession:
     """
 
     def __init__(self, image: np.ndarray, sam, localizer, *, valid: Optional[np.ndarray] = None,
-                 transform=None, crs=None, settings: Optional[ReferringSettings] = None):
+                 transform=None, crs=None, settings: Optional[ReferringSettings] = None,
+                 disk_cache=USE_DEFAULT, area_key=None):
         self.image = _as_hwc(image)
         self.height, self.width = self.image.shape[:2]
         if valid is None:
@@ -193,13 +195,59 @@ class ReferringSession:
         self._features = None
         self._sam_ready = False
         self._lock = threading.RLock()
+        # On-disk embeddings (core/disk_cache.py): keyed by the area (the raster's identity and
+        # window from sessions.py, else the pixels' hash) and the models.
+        self._disk = disk_cache
+        self._area_key = area_key
+        self.disk_loads = 0
+
+    @property
+    def area_key(self):
+        if self._area_key is None:
+            self._area_key = {"pixels": array_digest(self.image, self.valid)}
+        return self._area_key
+
+    def _disk_get(self, kind: str, key):
+        self._disk = resolve_cache(self._disk)
+        if self._disk is None:
+            return None
+        stored = self._disk.get(kind, key)
+        if stored is not None:
+            self.disk_loads += 1
+        return stored
+
+    def _disk_put(self, kind: str, key, tensors) -> None:
+        if self._disk is not None:
+            self._disk.put(kind, key, tensors)
+
+    def _clip_disk_key(self):
+        if not hasattr(self.localizer, "feature_key"):
+            return None                        # a localizer without a stable identity
+        return {"area": self.area_key, "localizer": self.localizer.feature_key()}
+
+    def _sam_disk_key(self):
+        model = getattr(self.predictor, "model", None)
+        if model is None or not hasattr(self.predictor, "features"):
+            return None                        # not a SamPredictor: nothing to restore
+        return {"area": self.area_key, "sam": model_fingerprint(model),
+                "image_size": int(getattr(model.image_encoder, "img_size", 0))}
 
     # -- encoders (once per session) ----------------------------------------------------------
     def _clip_features(self, timings: Optional[QueryTimings] = None):
         if self._features is None:
             started = time.perf_counter()
-            self._features = self.localizer.encode(self.image, self.valid)
-            self.clip_encoder_calls += 1
+            key = self._clip_disk_key()
+            stored = None if key is None else self._disk_get("refer-clip", key)
+            if stored is not None:
+                from .localize import AreaFeatures
+
+                self._features = AreaFeatures.from_tensors(stored, self.valid,
+                                                           self.localizer.clip.device)
+            else:
+                self._features = self.localizer.encode(self.image, self.valid)
+                self.clip_encoder_calls += 1
+                if key is not None:
+                    self._disk_put("refer-clip", key, self._features.to_tensors())
             if timings is not None:
                 timings.clip_encode += time.perf_counter() - started
         return self._features
@@ -210,8 +258,19 @@ class ReferringSession:
         owner = getattr(self.predictor, "_drseg_session", None)
         if not self._sam_ready or owner is None or owner() is not self:
             started = time.perf_counter()
-            self.predictor.set_image(self.image)
-            self.sam_encoder_calls += 1
+            key = self._sam_disk_key()
+            stored = None if key is None else self._disk_get("refer-sam", key)
+            if stored is not None:
+                self._restore_sam(stored)
+            else:
+                self.predictor.set_image(self.image)
+                self.sam_encoder_calls += 1
+                if key is not None:
+                    import torch
+
+                    self._disk_put("refer-sam", key, {
+                        "features": self.predictor.features,
+                        "input_size": torch.tensor(self.predictor.input_size)})
             self._sam_ready = True
             try:
                 self.predictor._drseg_session = weakref.ref(self)
@@ -219,6 +278,15 @@ class ReferringSession:
                 pass
             if timings is not None:
                 timings.sam_encode += time.perf_counter() - started
+
+    def _restore_sam(self, stored) -> None:
+        """A SamPredictor in the state ``set_image`` leaves it, from a stored embedding."""
+        predictor = self.predictor
+        predictor.reset_image()
+        predictor.features = stored["features"].to(predictor.device)
+        predictor.original_size = (self.height, self.width)
+        predictor.input_size = tuple(int(v) for v in stored["input_size"])
+        predictor.is_image_set = True
 
     def prepare(self) -> "ReferringSession":
         """Run both image encoders now (e.g. while the user is still typing)."""
