@@ -367,6 +367,44 @@ class ReferringSession:
         return self.predictor.predict(point_coords=points, point_labels=labels, box=box,
                                       mask_input=mask_input, multimask_output=multimask)
 
+    def _predict_sets(self, sets) -> List[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Multimask outputs (masks, IoU predictions, low-res logits) of each (points, labels,
+        box, dense prompt) set, in order. With a ``SamPredictor``, sets of the same make-up (as
+        many points, a box or not, a dense prompt or not) share one decoder call."""
+        if not (hasattr(self.predictor, "predict_torch") and hasattr(self.predictor, "transform")):
+            return [self._predict(p, l, b, d, multimask=True) for p, l, b, d in sets]
+        import torch
+
+        groups: Dict[Tuple, List[int]] = {}
+        for k, (points, _, box, dense) in enumerate(sets):
+            shape = None if points is None else np.asarray(points).shape
+            groups.setdefault((shape, box is None, dense is None), []).append(k)
+        predictor = self.predictor
+        device = predictor.device
+        outputs: List = [None] * len(sets)
+        for (shape, no_box, no_dense), members in groups.items():
+            coords = labels = boxes = masks_in = None
+            if shape is not None:
+                coords = torch.as_tensor(np.stack([predictor.transform.apply_coords(
+                    np.asarray(sets[k][0], np.float64), predictor.original_size)
+                    for k in members]), dtype=torch.float, device=device)
+                labels = torch.as_tensor(np.stack([np.asarray(sets[k][1]) for k in members]),
+                                         dtype=torch.int, device=device)
+            if not no_box:
+                boxes = torch.as_tensor(np.stack([predictor.transform.apply_boxes(
+                    np.asarray(sets[k][2], np.float64), predictor.original_size)[0]
+                    for k in members]), dtype=torch.float, device=device)
+            if not no_dense:
+                masks_in = torch.as_tensor(np.stack([np.asarray(sets[k][3], np.float32)
+                                                     for k in members]), device=device)
+            self.decoder_calls += 1
+            masks, ious, low = predictor.predict_torch(coords, labels, boxes, masks_in,
+                                                       multimask_output=True)
+            for j, k in enumerate(members):
+                outputs[k] = (masks[j].cpu().numpy(), ious[j].float().cpu().numpy(),
+                              low[j].float().cpu().numpy())
+        return outputs
+
     def _candidates(self, activation: np.ndarray, parsed: ParsedExpression
                     ) -> Tuple[List[Candidate], List[_Prompted]]:
         s = self.settings
@@ -393,8 +431,9 @@ class ReferringSession:
         candidates: List[Candidate] = []
         prompted: List[_Prompted] = []
         thumbs: List[np.ndarray] = []
-        for name, points, labels, box, dense, best_only in sets:
-            masks, ious, low = self._predict(points, labels, box, dense, multimask=True)
+        outputs = self._predict_sets([(points, labels, box, dense)
+                                      for _, points, labels, box, dense, _ in sets])
+        for (name, points, labels, box, dense, best_only), (masks, ious, low) in zip(sets, outputs):
             order = [int(np.argmax(ious))] if best_only else range(len(masks))
             for k in order:
                 mask = np.asarray(masks[k], bool) & self.valid
