@@ -208,9 +208,6 @@ class ReferringSession:
         return self._area_key
 
     def _disk_get(self, kind: str, key):
-        self._disk = resolve_cache(self._disk)
-        if self._disk is None:
-            return None
         stored = self._disk.get(kind, key)
         if stored is not None:
             self.disk_loads += 1
@@ -221,13 +218,15 @@ class ReferringSession:
             self._disk.put(kind, key, tensors)
 
     def _clip_disk_key(self):
-        if not hasattr(self.localizer, "feature_key"):
+        self._disk = resolve_cache(self._disk)
+        if self._disk is None or not hasattr(self.localizer, "feature_key"):
             return None                        # a localizer without a stable identity
         return {"area": self.area_key, "localizer": self.localizer.feature_key()}
 
     def _sam_disk_key(self):
+        self._disk = resolve_cache(self._disk)
         model = getattr(self.predictor, "model", None)
-        if model is None or not hasattr(self.predictor, "features"):
+        if self._disk is None or model is None or not hasattr(self.predictor, "features"):
             return None                        # not a SamPredictor: nothing to restore
         return {"area": self.area_key, "sam": model_fingerprint(model),
                 "image_size": int(getattr(model.image_encoder, "img_size", 0))}
