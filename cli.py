@@ -13,8 +13,8 @@ from .core.errors import DrSegError, RunCancelled
 
 
 def add_segment_parser(subparsers) -> None:
-    from .core.device import DEVICE_CHOICES
-    from .core.model_cache import DINO_MODELS
+    from .core.models.registry import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DEVICE,
+                                       DEFAULT_DINO_MODEL, DEVICE_CHOICES, DINO_MODEL_CHOICES)
     from .core.segment import DEFAULT_THRESHOLD
 
     p = subparsers.add_parser("segment", help="open-vocabulary segmentation of a raster into classes",
@@ -25,14 +25,14 @@ def add_segment_parser(subparsers) -> None:
                    help="classes separated by ';', synonyms by ',', e.g. 'building,roof;road;water'")
     p.add_argument("--out", help="output GeoPackage of polygons (.gpkg)")
     p.add_argument("--raster-out", help="output class-index GeoTIFF (.tif)")
-    p.add_argument("--clip-model", default="ViT-B-16", help="open_clip model name or JSON config")
-    p.add_argument("--clip-weights", default="openai",
+    p.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL, help="open_clip model name or JSON config")
+    p.add_argument("--clip-weights", default=DEFAULT_CLIP_WEIGHTS,
                    help="open_clip pretrained tag (downloaded on first use) or checkpoint file")
-    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    p.add_argument("--device", default=DEFAULT_DEVICE, choices=DEVICE_CHOICES)
     p.add_argument("--method", default="auto", choices=["auto", "drseg", "clip"],
                    help="drseg: dense CLIP rectified with DINO structure; clip: plain dense CLIP; "
                         "auto (default): drseg when DINO weights are set up")
-    p.add_argument("--dino-model", default="dino_vitb8", choices=sorted(DINO_MODELS))
+    p.add_argument("--dino-model", default=DEFAULT_DINO_MODEL, choices=sorted(DINO_MODEL_CHOICES))
     p.add_argument("--dino-weights", help="DINO checkpoint file or catalog name "
                                            "(default: the downloaded catalog checkpoint, if any)")
     p.add_argument("--semantic-ratio", type=float, default=0.3,

@@ -63,11 +63,14 @@ def segment_array(image: np.ndarray, classes, scorer, threshold: float = 0.0,
 
 def engine_options(parser, task: str) -> None:
     """The engine's options on `python -m drseg evaluate ...`."""
-    parser.add_argument("--clip-model", default="ViT-B-16")
-    parser.add_argument("--clip-weights", default="openai")
-    parser.add_argument("--device", default="auto")
+    from .models.registry import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DEVICE,
+                                  DEFAULT_SAM_MODEL, SAM_MODELS)
+
+    parser.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL)
+    parser.add_argument("--clip-weights", default=DEFAULT_CLIP_WEIGHTS)
+    parser.add_argument("--device", default=DEFAULT_DEVICE)
     if task == "refer":
-        parser.add_argument("--sam-model", default="vit_b", choices=["vit_b", "vit_l", "vit_h"])
+        parser.add_argument("--sam-model", default=DEFAULT_SAM_MODEL, choices=list(SAM_MODELS))
         parser.add_argument("--sam-weights", help="SAM checkpoint file or catalog name")
     else:
         parser.add_argument("--long-side", type=int, default=448,
@@ -80,7 +83,7 @@ def ovss_predictor_factory(task: str, dataset, args):
 
     from .errors import InputError
     from .evaluate import engine_to_dataset_labels
-    from .model_cache import dense_clip_scorer
+    from .models.shared import dense_clip_scorer
 
     if task == "refer":
         return refer_predictor(args)
@@ -103,10 +106,9 @@ def refer_predictor(args):
     set's expressions for the same image follow each other."""
     from PIL import Image
 
-    from .model_cache import dense_clip_scorer
+    from .models.shared import dense_clip_scorer, sam_model
     from .refer.localize import Localizer
     from .refer.pipeline import ReferringSession
-    from .sam_models import sam_model
 
     sam = sam_model(args.sam_model, args.sam_weights, args.device)
     localizer = Localizer(dense_clip_scorer(args.clip_model, args.clip_weights, args.device))

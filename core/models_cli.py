@@ -10,8 +10,9 @@ import json
 import sys
 from typing import Optional, Sequence
 
-from . import download as dl
-from .catalog import FAMILIES, ModelEntry, get_model, list_models
+from .models import download as dl
+from .models.catalog import ModelEntry, get_model, list_models
+from .models.registry import FAMILIES
 from .errors import DrSegError, RunCancelled
 
 EXIT_OK = 0

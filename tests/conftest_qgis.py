@@ -16,7 +16,8 @@ import rasterio
 from qgis.core import QgsApplication, QgsRasterLayer
 from rasterio.transform import from_origin
 
-from conftest import REPO_ROOT, TINY_CLIP_CONFIG, unshadow_qgis_processing  # noqa: F401 (re-exported)
+from conftest import (REPO_ROOT, TINY_CLIP_CONFIG, put_in_cache,  # noqa: F401 (re-exported)
+                      unshadow_qgis_processing)
 
 
 unshadow_qgis_processing()
@@ -149,15 +150,33 @@ def isolated_settings(monkeypatch, tmp_path_factory):
     return folder / "models"
 
 
-def put_in_cache(cache_dir, catalog_name: str, content: bytes = b"not really weights") -> str:
-    """Place a file where the model cache keeps `catalog_name` (as if it had been downloaded)."""
-    from drseg.core.catalog import get_model
+@pytest.fixture
+def plugin_iface(qgis_iface, monkeypatch, tmp_path):
+    """pytest-qgis's iface with an empty message bar, an empty plugin packages folder
+    (tmp_path/pkgs) on a sys.path restored afterwards, and the start-up check's state reset; the
+    plugin's dialogs are closed afterwards."""
+    import sys
 
-    os.makedirs(str(cache_dir), exist_ok=True)
-    path = os.path.join(str(cache_dir), get_model(catalog_name).file)
-    with open(path, "wb") as handle:
-        handle.write(content)
-    return path
+    from drseg.core import dependencies
+    from drseg.ui import integration
+
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setenv(dependencies.PACKAGES_ENV, str(tmp_path / "pkgs"))
+    monkeypatch.setattr(integration, "_warning_widget", None)
+    monkeypatch.setattr(integration, "_open_dialogs", {})
+    bar = qgis_iface.messageBar()
+    bar.clearWidgets()
+    bar.clear_messages()
+    yield qgis_iface
+    integration.close_dialogs()
+    bar.clearWidgets()
+
+
+def install_buttons(bar) -> list:
+    """The 'Install…' buttons of the missing-packages warnings in a message bar."""
+    from qgis.PyQt.QtWidgets import QPushButton
+
+    return [b for item in bar.items() for b in item.findChildren(QPushButton, "drsegInstallButton")]
 
 
 class FakeModels:

@@ -37,7 +37,7 @@ def test_threshold_sends_unsure_pixels_to_background():
 
 def test_evaluate_ovss_runs_the_engine_on_a_loveda_layout(tmp_path, monkeypatch, capsys):
     from drseg.cli import main
-    from drseg.core import model_cache
+    from drseg.core.models import shared
 
     root = tmp_path / "LoveDA"
     images, masks = root / "Val" / "Urban" / "images_png", root / "Val" / "Urban" / "masks_png"
@@ -56,7 +56,7 @@ def test_evaluate_ovss_runs_the_engine_on_a_loveda_layout(tmp_path, monkeypatch,
         released[:8] = 0                                 # a no-data strip, ignored
         Image.fromarray(released).save(masks / f"{i}.png")
     scorer = ColourOracleScorer(LOVEDA_COLOURS)
-    monkeypatch.setattr(model_cache, "dense_clip_scorer", lambda *a, **k: scorer)
+    monkeypatch.setattr(shared, "dense_clip_scorer", lambda *a, **k: scorer)
     out = tmp_path / "result.json"
     code = main(["evaluate", "ovss", "--dataset", "loveda", "--root", str(root), "--json", str(out),
                  "--quiet"])
@@ -73,7 +73,7 @@ def test_evaluate_refer_runs_the_referring_engine(tmp_path, monkeypatch):
     the referring pipeline tests) select the right pond, so every score is 100 %."""
     import rasterio
     from drseg.cli import main
-    from drseg.core import sam_models
+    from drseg.core.models import shared
     from drseg.core.refer import localize
     from test_refer_pipeline import ColourLocalizer, ColourPredictor, pond_scene
 
@@ -95,10 +95,10 @@ def test_evaluate_refer_runs_the_referring_engine(tmp_path, monkeypatch):
     (root / "output_phrase_test.txt").write_text(
         "".join(f"{key} {text}\n" for key, (text, _) in cases.items()))
     predictor = ColourPredictor()
-    monkeypatch.setattr(sam_models, "sam_model", lambda *a, **k: predictor)
+    monkeypatch.setattr(shared, "sam_model", lambda *a, **k: predictor)
     monkeypatch.setattr(localize, "Localizer", lambda clip: ColourLocalizer())
-    from drseg.core import model_cache
-    monkeypatch.setattr(model_cache, "dense_clip_scorer", lambda *a, **k: object())
+    from drseg.core.models import shared
+    monkeypatch.setattr(shared, "dense_clip_scorer", lambda *a, **k: object())
     out = tmp_path / "refer.json"
     code = main(["evaluate", "refer", "--dataset", "RefSegRS", "--root", str(root), "--json", str(out),
                  "--quiet"])

@@ -7,9 +7,10 @@ import urllib.parse
 
 import pytest
 
-from drseg.core import catalog, models_cli
-from drseg.core import download as dl
-from drseg.core.catalog import get_model, list_models, load_catalog, parse_catalog
+from drseg.core import models_cli
+from drseg.core.models import catalog, registry
+from drseg.core.models import download as dl
+from drseg.core.models.catalog import get_model, list_models, load_catalog, parse_catalog
 from drseg.core.errors import InputError, ModelError
 
 
@@ -25,7 +26,7 @@ def test_required_models_are_listed():
                      "dino-vit-s8", "dino-vit-b8", "dinov2-vit-s14", "dinov2-vit-b14",
                      "rs-dino-vit-b8", "sam-vit-b", "sam-vit-l", "sam-vit-h"):
         assert required in names
-    assert {e.family for e in list_models()} == set(catalog.FAMILIES)
+    assert {e.family for e in list_models()} == set(registry.FAMILIES)
 
 
 def test_architectures_exist_in_the_libraries():

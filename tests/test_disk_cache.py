@@ -107,7 +107,7 @@ RUN = textwrap.dedent("""
     import torch
     sys.path.insert(0, {tests!r})
     from test_sam_models import build_tiny_sam
-    from drseg.core.clip_models import load_clip
+    from drseg.core.models.clip import load_clip
     from drseg.core.dense_clip import DenseClip
     from drseg.core.refer.request import ReferringRequest
     from drseg.core.refer.run import run_referring

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import SCENE_COLOURS, TINY_CLIP_CONFIG, scene_image, scene_labels
-from drseg.core.clip_models import load_clip
+from drseg.core.models.clip import load_clip
 from drseg.core.dense_clip import CLIP_MEAN, CLIP_STD, DenseClip
 from drseg.core.refer.localize import Localizer, LocalizerSettings
 from drseg.core.refer.parse import parse_expression

@@ -9,8 +9,9 @@ from conftest_qgis import wait_for
 from qgis.PyQt.QtWidgets import QDialog, QDialogButtonBox
 
 from drseg.core import settings as st
-from drseg.core.catalog import list_models
+from drseg.core.models.catalog import list_models
 from drseg.core.settings import Settings, load_settings, save_settings
+from drseg.qgis_bridge import tasks as bridge_tasks
 from drseg.ui import settings_dialog as sd
 from drseg.ui.settings_dialog import SettingsDialog
 
@@ -232,7 +233,7 @@ def slow_download(started):
 
 
 def test_cancelling_a_transfer(make_dialog, tmp_path, monkeypatch):
-    from drseg.core import download
+    from drseg.core.models import download
 
     started = []
     monkeypatch.setattr(download, "download", slow_download(started))
@@ -249,7 +250,7 @@ def test_cancelling_a_transfer(make_dialog, tmp_path, monkeypatch):
 
 
 def test_closing_the_dialog_cancels_and_detaches_the_transfer(make_dialog, tmp_path, monkeypatch):
-    from drseg.core import download
+    from drseg.core.models import download
 
     started = []
     monkeypatch.setattr(download, "download", slow_download(started))
@@ -260,6 +261,6 @@ def test_closing_the_dialog_cancels_and_detaches_the_transfer(make_dialog, tmp_p
     task = dialog.download_selected()
     assert wait_for(lambda: started, 10)
     dialog.reject()
-    assert task in sd._DETACHED_TASKS and dialog.task is None
-    assert wait_for(lambda: task not in sd._DETACHED_TASKS, 10)
+    assert task in bridge_tasks.running() and dialog.task is None   # still kept alive
+    assert wait_for(lambda: task not in bridge_tasks.running(), 10)
     assert task.was_cancelled and calls == []     # the closed dialog is not called back

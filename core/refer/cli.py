@@ -13,8 +13,8 @@ from ..console import ProgressBar, extent_argument
 
 
 def add_refer_parser(subparsers) -> argparse.ArgumentParser:
-    from ..device import DEVICE_CHOICES
-    from ..sam_models import SAM_TYPES
+    from ..models.registry import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DEVICE,
+                                   DEFAULT_SAM_MODEL, DEVICE_CHOICES, SAM_MODELS)
     from .run import DEFAULT_MAX_SIZE, DEFAULT_TILE_SIZE
 
     p = subparsers.add_parser(
@@ -26,14 +26,14 @@ def add_refer_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--expression", "-e", action="append", required=True, metavar="TEXT",
                    help="a referring expression; repeat for several")
     p.add_argument("--out", required=True, help="output GeoPackage (.gpkg)")
-    p.add_argument("--sam-model", default="vit_b", choices=SAM_TYPES, help="SAM architecture")
+    p.add_argument("--sam-model", default=DEFAULT_SAM_MODEL, choices=SAM_MODELS, help="SAM architecture")
     p.add_argument("--sam-weights",
                    help="SAM checkpoint file or catalog name (default: the catalog's checkpoint "
                         "of --sam-model, e.g. sam-vit-b; see 'models list')")
-    p.add_argument("--clip-model", default="ViT-B-16", help="open_clip model name or JSON config")
-    p.add_argument("--clip-weights", default="openai",
+    p.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL, help="open_clip model name or JSON config")
+    p.add_argument("--clip-weights", default=DEFAULT_CLIP_WEIGHTS,
                    help="open_clip pretrained tag, catalog name or checkpoint file")
-    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    p.add_argument("--device", default=DEFAULT_DEVICE, choices=DEVICE_CHOICES)
     p.add_argument("--bands", help="band numbers, 1 (grey) or 3 (RGB), e.g. 4,3,2; default: RGB")
     p.add_argument("--extent", type=extent_argument, help="xmin,ymin,xmax,ymax in the raster's CRS")
     p.add_argument("--resolution", type=float,
