@@ -262,16 +262,27 @@ class Localizer:
         logits = logits.float().cpu()
         canvas_h, canvas_w = features.canvas
         out = torch.zeros((canvas_h, canvas_w))
-        weight = torch.zeros((canvas_h, canvas_w))
         ramp = torch.from_numpy(blend_ramp(s.window))
         gh, gw = logits.shape[1:]
         resize_y = self._resize_matrix(s.window, gh) * ramp[:, None]
         resize_x = self._resize_matrix(s.window, gw) * ramp[:, None]
-        for (y, x), window_logits in zip(features.windows, logits):
-            out[y:y + s.window, x:x + s.window] += resize_y @ window_logits @ resize_x.T
-            weight[y:y + s.window, x:x + s.window] += torch.outer(ramp, ramp)
+        upsampled = resize_y[None] @ logits @ resize_x.T[None]      # all windows in one product
+        for (y, x), window in zip(features.windows, upsampled):
+            out[y:y + s.window, x:x + s.window] += window
         ch, cw = features.clip_size
-        return (out / weight.clamp(min=1e-12))[:ch, :cw].numpy()
+        # the blend weights depend on the windows only: once per area
+        total = self._cached_map(features, ("blend-weight",), lambda: self._blend_total(features))
+        return (out[:ch, :cw] / total).numpy()
+
+    def _blend_total(self, features: AreaFeatures) -> torch.Tensor:
+        window = self.settings.window
+        ramp = torch.from_numpy(blend_ramp(window))
+        weight = torch.zeros(features.canvas)
+        tile = torch.outer(ramp, ramp)
+        for y, x in features.windows:
+            weight[y:y + window, x:x + window] += tile
+        ch, cw = features.clip_size
+        return weight[:ch, :cw].clamp(min=1e-12)
 
     def _resize_matrix(self, size: int, tokens: int) -> torch.Tensor:
         key = (size, tokens)
