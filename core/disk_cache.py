@@ -121,7 +121,9 @@ class DiskCache:
                 if (handle.metadata() or {}).get("key") != json.dumps(key, sort_keys=True,
                                                                       default=str):
                     raise ValueError("another key")
-                tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+                # own, aligned memory: a tensor at the file's data offset may be misaligned,
+                # and vectorised kernels would then round differently than on the original
+                tensors = {name: handle.get_tensor(name).clone() for name in handle.keys()}
         except Exception:                  # truncated, corrupt or foreign: a miss, and gone
             _remove(path)
             self.misses += 1

@@ -175,6 +175,9 @@ class Localizer:
         embeddings = encode_prompts(self.clip.model, self.clip.tokenizer, self.clip.device,
                                     missing, self.settings.templates)
         for text, vector in zip(missing, embeddings):
+            # its own storage, as one read back from disk has: a row of the batch would sit at
+            # another alignment and round differently in the map products
+            vector = vector.clone()
             self._texts[text] = vector
             if disk is not None:
                 disk.put("refer-text", self._text_key(text), {"embedding": vector})
