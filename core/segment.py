@@ -59,6 +59,7 @@ class SegmentationRequest:
     simplify: float = 0.0                  # polygon simplification tolerance, in pixels
     min_area: float = 0.0                  # smallest polygon kept, m²
     layer_name: str = "segmentation"
+    cache_dir: Optional[str] = None        # model cache; None: resolved from the settings here
 
 
 @dataclass
@@ -143,7 +144,7 @@ def build_scorer(request: SegmentationRequest, monitor: RunMonitor):
         monitor.report(0.0, f"Downloading CLIP weights: {done / 2 ** 20:.0f}"
                             + (f" of {total / 2 ** 20:.0f} MB" if total else " MB"))
 
-    cache_dir = resolve_cache_dir()  # once per run, for every model below
+    cache_dir = request.cache_dir or resolve_cache_dir()  # once per run, for every model below
     dino_path = None
     if request.method != "clip":
         dino_path = resolve_dino_weights(request.dino_model, request.dino_weights, cache_dir)
