@@ -219,8 +219,10 @@ def _remove(path: str) -> None:
         pass
 
 
-def cache_folder(settings=None, environ=None) -> Optional[str]:
-    """Where embeddings go (module doc), or None when turned off."""
+def cache_folder(settings=None, environ=None, models_folder: Optional[str] = None
+                 ) -> Optional[str]:
+    """Where embeddings go (module doc), or None when turned off. ``models_folder``: the model
+    cache folder a front end was told (it wins over the environment and the settings)."""
     environ = os.environ if environ is None else environ
     chosen = (environ.get(EMBEDDINGS_ENV) or "").strip()
     if chosen.lower() in _OFF:
@@ -233,18 +235,19 @@ def cache_folder(settings=None, environ=None) -> Optional[str]:
         settings, _ = load_settings_or_defaults()
     if not settings.embedding_cache:
         return None
-    return os.path.join(settings.effective_cache_dir(environ), SUBFOLDER)
+    models = models_folder or settings.effective_cache_dir(environ)
+    return os.path.join(os.path.abspath(os.path.expanduser(models)), SUBFOLDER)
 
 
-def embedding_cache(folder: Optional[str] = None, settings=None,
-                    environ=None) -> Optional[DiskCache]:
+def embedding_cache(folder: Optional[str] = None, settings=None, environ=None,
+                    models_folder: Optional[str] = None) -> Optional[DiskCache]:
     """The embedding cache: ``folder`` when given, else where the environment and settings say
     (:func:`cache_folder`); None when it is turned off."""
     if settings is None:
         from .settings import load_settings_or_defaults
 
         settings, _ = load_settings_or_defaults()
-    folder = folder or cache_folder(settings, environ)
+    folder = folder or cache_folder(settings, environ, models_folder)
     if folder is None:
         return None
     return DiskCache(folder, int(settings.embedding_cache_mb) * 2 ** 20)

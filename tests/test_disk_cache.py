@@ -89,6 +89,10 @@ def test_the_folder_follows_explicit_environment_settings_default(tmp_path):
     assert cache_folder(settings, env) == str(tmp_path / "own")
     assert cache_folder(settings, {"DRSEG_EMBEDDING_CACHE": "off"}) is None
     assert cache_folder(Settings(embedding_cache=False), {}) is None
+    assert cache_folder(settings, env, models_folder=str(tmp_path / "told")) == str(tmp_path / "own")
+    del env["DRSEG_EMBEDDING_CACHE"]
+    assert cache_folder(settings, env, models_folder=str(tmp_path / "told")) == str(
+        tmp_path / "told" / "embeddings")
     default = cache_folder(Settings(), {})
     assert default == os.path.join(Settings().effective_cache_dir({}), "embeddings")
     assert disk_cache.embedding_cache(str(tmp_path / "x"), settings=Settings(
@@ -159,3 +163,20 @@ def test_a_second_process_on_the_same_area_skips_both_image_encoders(tmp_path):
     write_raster(raster, scene_image(labels)[:, ::-1].copy())
     third = run_in_subprocess(tmp_path, raster, cache, "third")
     assert third["sam"] == 1 and third["clip"] >= 1 and third["disk_loads"] == 0
+
+
+def test_cache_command_shows_and_clears_the_embeddings(tmp_path, monkeypatch, capsys):
+    from drseg.cli.app import main
+
+    monkeypatch.delenv("DRSEG_EMBEDDING_CACHE", raising=False)
+    models = tmp_path / "models"
+    cache = DiskCache(str(models / "embeddings"))
+    cache.put("t", "a", entry(1.0))
+    cache.put("t", "b", entry(2.0))
+    assert main(["cache", "info", "--cache-dir", str(models)]) == 0
+    shown = capsys.readouterr().out
+    assert f"folder: {models / 'embeddings'}" in shown and "entries: 2" in shown
+    assert main(["cache", "clear", "--cache-dir", str(models)]) == 0
+    assert "removed 2 entries" in capsys.readouterr().out and cache.info().entries == 0
+    monkeypatch.setenv("DRSEG_EMBEDDING_CACHE", "off")
+    assert main(["cache", "info"]) == 0 and "off" in capsys.readouterr().out

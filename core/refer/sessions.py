@@ -12,7 +12,7 @@ from typing import Callable, Hashable, Optional
 import rasterio
 from rasterio.windows import Window
 
-from ..disk_cache import raster_identity
+from ..disk_cache import embedding_cache, raster_identity
 from ..errors import InputError
 from ..raster_io import RasterReader
 from .loading import load_models
@@ -98,7 +98,8 @@ def area_session(request: ReferringRequest, reader: RasterReader, window: Window
         return ReferringSession(image.transpose(1, 2, 0), sam, localizer, valid=valid,
                                 transform=rasterio.windows.transform(window, reader.grid.transform),
                                 crs=reader.grid.crs, settings=settings,
-                                area_key=area_identity(request, reader, window))
+                                area_key=area_identity(request, reader, window),
+                                disk_cache=embedding_cache(models_folder=request.cache_dir))
 
     return SESSIONS.get(session_key(request, reader, window, sam, localizer, settings), build)
 
