@@ -124,9 +124,28 @@ def imported_qgis_names(tree: ast.AST) -> dict[str, object]:
             except ImportError:
                 continue  # e.g. QtGui.QAction on Qt5: the fallback import names it
             for alias in node.names:
-                if hasattr(module, alias.name):
-                    names[alias.asname or alias.name] = getattr(module, alias.name)
+                value = getattr(module, alias.name, None)
+                if value is None:  # a submodule: from qgis.PyQt import QtCore
+                    try:
+                        value = importlib.import_module(f"{node.module}.{alias.name}")
+                    except ImportError:
+                        continue
+                names[alias.asname or alias.name] = value
     return names
+
+
+def resolve(node: ast.AST, names: dict[str, object]):
+    """The object an expression `Name` or `Name.attr.attr` stands for, or None."""
+    if isinstance(node, ast.Name):
+        return names.get(node.id)
+    if isinstance(node, ast.Attribute):
+        owner = resolve(node.value, names)
+        return None if owner is None else getattr(owner, node.attr, None)
+    return None
+
+
+def is_enum_type(value) -> bool:
+    return isinstance(value, enum.EnumMeta) or type(value).__name__ == "enumtype"
 
 
 def enum_hits(path: str, text: str) -> list[Hit]:
@@ -134,17 +153,18 @@ def enum_hits(path: str, text: str) -> list[Hit]:
     names = imported_qgis_names(tree)
     hits = []
     for node in ast.walk(tree):
-        if not (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-                and node.value.id in names):
+        if not isinstance(node, ast.Attribute):
             continue
-        owner = names[node.value.id]
+        owner = resolve(node.value, names)
+        if owner is None or is_enum_type(owner):
+            continue  # unknown, or already scoped: Class.Enum.Member
         value = getattr(owner, node.attr, None)
         if not is_enum_member(value):
             continue
-        kind = type(value)
-        scoped = (f"{node.value.id}.{kind.__name__}.{node.attr}"
+        kind, written = type(value), ast.unparse(node.value)
+        scoped = (f"{written}.{kind.__name__}.{node.attr}"
                   if getattr(owner, kind.__name__, None) is kind else f"{kind.__qualname__}.{node.attr}")
-        hits.append(Hit(path, node.lineno, f"unscoped enum {node.value.id}.{node.attr}: write {scoped}"))
+        hits.append(Hit(path, node.lineno, f"unscoped enum {written}.{node.attr}: write {scoped}"))
     return hits
 
 
@@ -177,11 +197,13 @@ BAD_LINES = {
     "from qgis.PyQt.QtWidgets import QAction, QMenu": "QAction & co.",
     "label.setAlignment(Qt.AlignLeft)": "unscoped enum Qt.AlignLeft: write Qt.AlignmentFlag.AlignLeft",
     "answer = QMessageBox.Yes": "unscoped enum QMessageBox.Yes: write QMessageBox.StandardButton.Yes",
+    "role = QtCore.Qt.UserRole": "unscoped enum QtCore.Qt.UserRole: write QtCore.Qt.ItemDataRole.UserRole",
     "flags = QgsTask.CanCancel": "unscoped enum QgsTask.CanCancel: write QgsTask.Flag.CanCancel",
     "kind = QgsProcessing.TypeVectorPolygon": "unscoped enum QgsProcessing.TypeVectorPolygon",
 }
 GOOD_SOURCE = '''\
 """Mentions exec_() and QRegExp in a docstring only."""
+from qgis.PyQt import QtCore
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtWidgets import QMessageBox
 from qgis.core import Qgis, QgsProcessing, QgsTask
@@ -195,12 +217,14 @@ if Qgis.QGIS_VERSION_INT >= 33800:
 else:
     INT = QVariant.Type.Int
 align = Qt.AlignmentFlag.AlignLeft  # not Qt.AlignLeft
+role = QtCore.Qt.ItemDataRole.UserRole + 1
 answer = QMessageBox.StandardButton.Yes
 flags = QgsTask.Flag.CanCancel
 out = QgsProcessing.TEMPORARY_OUTPUT
 dialog.exec()
 '''
-PLANTED_HEADER = ("from qgis.PyQt.QtCore import Qt, QVariant\nfrom qgis.PyQt.QtWidgets import QMessageBox\n"
+PLANTED_HEADER = ("from qgis.PyQt import QtCore\nfrom qgis.PyQt.QtCore import Qt, QVariant\n"
+                  "from qgis.PyQt.QtWidgets import QMessageBox\n"
                   "from qgis.core import QgsField, QgsProcessing, QgsTask\n")
 
 
@@ -225,7 +249,7 @@ def test_the_scan_accepts_scoped_enums_guarded_imports_and_text_in_strings(tmp_p
 def test_the_qvariant_fallback_is_only_allowed_under_the_qgis_version_test(tmp_path):
     path = tmp_path / "fallback.py"
     path.write_text(GOOD_SOURCE.replace("QGIS_VERSION_INT >= 33800", "x"), encoding="utf-8")
-    assert [h.line for h in scan([str(path)])] == [13]
+    assert [h.line for h in scan([str(path)])] == [14]
 
 
 def test_the_scan_covers_the_plugin_sources_and_skips_the_tests():
