@@ -39,7 +39,8 @@ LINE_RULES = [
      "QFontMetrics.width() is gone in Qt6: use horizontalAdvance()"),
     (re.compile(r"\bQVariant\s*\.\s*(Type\b|Int|UInt|LongLong|ULongLong|Double|String|Bool|"
                 r"Date|DateTime|Time|ByteArray|List|Map|StringList|Invalid)\b"),
-     "QVariant.Type is gone in PyQt6 (QGIS >= 3.38 types fields with QMetaType.Type)"),
+     "QVariant.Type is gone in PyQt6 (QGIS's Qt6 builds patch it back only for old code): "
+     "QGIS >= 3.38 types fields with QMetaType.Type"),
 ]
 QTWIDGETS_ACTION = re.compile(r"^\s*from\s+qgis\.PyQt\.QtWidgets\s+import\b.*\b(QAction|QActionGroup|"
                               r"QShortcut|QUndoCommand|QUndoStack|QFileSystemModel)\b")
