@@ -15,7 +15,7 @@ from rasterio.transform import from_origin
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 # The tests run inside a QGIS application, as the plugin does: under a display (Xvfb) Mesa's LLVM
 # is loaded, and triton's (imported by torchvision) would crash the process; keep it out likewise.
-from drseg.ui.engine import keep_triton_out  # noqa: E402 (imports neither torch nor QGIS)
+from drseg.qgis_bridge.engine import keep_triton_out  # noqa: E402 (imports neither torch nor QGIS)
 
 keep_triton_out()
 # The user's own DR-Seg settings file (cache folder, mirror, models) must not change test results.
