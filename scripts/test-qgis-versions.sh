@@ -34,7 +34,7 @@ build_root() {  # idempotent: each stage leaves a stamp
       || { tail -20 "$roots/$dist-debootstrap.log" >&2; return 1; }
     touch "$root/.drseg-debootstrap"
   fi
-  local debs_stamp; debs_stamp="$root/.drseg-debs-$(echo "$DEBS" | sha256sum | cut -c1-12)"
+  local debs_stamp; debs_stamp="$root/.drseg-debs-$(echo $DEBS | sha256sum | cut -c1-12)"
   if [ ! -f "$debs_stamp" ]; then
     echo "== $dist: installing QGIS and Python packages from Debian"
     # sid's Release files can outlive their Valid-Until on a mirror that is not refreshed daily.
