@@ -120,9 +120,31 @@ def register_evaluation_engine() -> None:
         set_predictor_factory(ovss_predictor_factory)
 
 
+def stop_on_termination_signals() -> dict:
+    """SIGTERM and SIGHUP (a closed terminal, `kill`, a batch system's time limit) stop a run like
+    Ctrl-C: the work folder is removed, older outputs are left as they were, exit code 130.
+    -> the previous handlers, to restore."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {}
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            number = getattr(signal, name)
+            previous[number] = signal.signal(number, interrupt)
+    return previous
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = stop_on_termination_signals()
     try:
         return args.run(args)
     except DrSegError as exc:
@@ -131,3 +153,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (RunCancelled, KeyboardInterrupt):
         print("cancelled", file=sys.stderr)
         return 130
+    finally:
+        import signal
+        for number, handler in previous.items():
+            signal.signal(number, handler)

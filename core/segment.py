@@ -19,7 +19,8 @@ from .classes import ClassSpec, flatten_queries, parse_classes
 from .colors import class_colour
 from .errors import InputError
 from .gpkg import PolygonLayerWriter
-from .outputs import ClassRasterWriter, FloatRasterWriter, WorkDir, check_destination, publish
+from .outputs import (ClassRasterWriter, FloatRasterWriter, WorkDir, check_destination, check_outputs,
+                      publish_all, verify_raster)
 from .progress import RunMonitor
 from .raster_io import RasterReader
 from .sliding import SlidingWindowSegmenter, Timings
@@ -95,6 +96,7 @@ def run_segmentation(request: SegmentationRequest, scorer=None, progress=None, c
         raise InputError("Choose at least one output: a GeoPackage and/or a class raster")
     out_vector = check_destination(request.out_vector, (".gpkg",)) if request.out_vector else None
     out_raster = check_destination(request.out_raster, (".tif", ".tiff")) if request.out_raster else None
+    check_outputs([out_vector, out_raster], [request.raster])  # before any work: fail early
     if not 0.0 <= request.threshold < 1.0:
         raise InputError(f"Threshold must be in [0, 1), got {request.threshold}")
     if request.stride <= 0 or request.stride > request.window:
@@ -163,8 +165,10 @@ def _run(request, reader, segmenter, classes, work, out_vector, out_raster, moni
     grid = reader.grid
     timings = segmenter.timings
     predict = monitor.stage(0.0, 0.85 if out_vector else 1.0)
-    class_writer = ClassRasterWriter(work.file("classes.tif"), grid, classes)
-    score_writer = FloatRasterWriter(work.file("score.tif"), grid) if out_vector else None
+    class_writer = ClassRasterWriter(work.file("classes.tif"), grid, classes,
+                                     destination=out_raster or out_vector)
+    score_writer = (FloatRasterWriter(work.file("score.tif"), grid, destination=out_vector)
+                    if out_vector else None)
     counts = np.zeros(256, np.int64)
     try:
         predict.report(0.0, f"Segmenting {grid.width}×{grid.height} px in {len(segmenter)} blocks")
@@ -176,10 +180,14 @@ def _run(request, reader, segmenter, classes, work, out_vector, out_raster, moni
             counts += np.bincount(block.classes.ravel(), minlength=256)
             timings.write += time.perf_counter() - started
             predict.report(done / len(segmenter), f"Segmented block {done}/{len(segmenter)}")
-    finally:
-        class_writer.close()
+    except BaseException:
+        class_writer.abort()
         if score_writer is not None:
-            score_writer.close()
+            score_writer.abort()
+        raise
+    class_writer.close()
+    if score_writer is not None:
+        score_writer.close()
     if counts[:255].sum() == 0:
         raise InputError(f"Raster '{request.raster}' has no valid pixels in the chosen area "
                          "(all nodata)")
@@ -187,9 +195,11 @@ def _run(request, reader, segmenter, classes, work, out_vector, out_raster, moni
     polygon_count = 0
     if out_vector:
         started = time.perf_counter()
+        verify_raster(class_writer.path, out_raster or out_vector, grid)
+        verify_raster(score_writer.path, out_vector, grid)
         temporary = work.file("polygons.gpkg")
         writer = PolygonLayerWriter(temporary, request.layer_name, grid.crs, VECTOR_FIELDS,
-                                    style_qml=categorized_qml(classes))
+                                    style_qml=categorized_qml(classes), destination=out_vector)
         try:
             for region in vectorize(class_writer.path, score_writer.path, monitor.stage(0.85, 1.0),
                                     simplify=request.simplify, min_area_m2=request.min_area):
@@ -204,12 +214,16 @@ def _run(request, reader, segmenter, classes, work, out_vector, out_raster, moni
         polygon_count = writer.count
         timings.vectorize += time.perf_counter() - started
 
-    monitor.check()  # last chance to cancel before anything appears under the output names
+    pairs = []
     if out_raster:
-        publish(class_writer.path, out_raster)
+        if not out_vector:
+            verify_raster(class_writer.path, out_raster, grid)
+        pairs.append((class_writer.path, out_raster))
     if out_vector:
-        publish(work.file("polygons.gpkg"), out_vector)
-    monitor.report(1.0, "Done")
+        pairs.append((work.file("polygons.gpkg"), out_vector))
+    monitor.check()  # last chance to cancel before anything appears under the output names
+    publish_all(pairs)
+    monitor.report(1.0, "Done", check=False)  # published: the run is done, too late to cancel
     class_pixels = {"background": int(counts[0])}
     class_pixels.update({spec.name: int(counts[i]) for i, spec in enumerate(classes, start=1)})
     return SegmentationResult(out_vector, out_raster, request.layer_name, classes, polygon_count,

@@ -1,0 +1,263 @@
+"""The bad-input and fault matrix (issue 11): every case gives a correct result or one clear line
+(exit 2), never a traceback, a damaged older file or a leftover beside the outputs.
+
+One case is one line of FAULTS: (name, input builder, CLI arguments, exit code, stderr substring,
+files present, files absent, files unchanged). Arguments and file names may use the placeholders
+of `Place` below ({raster}, {dir}, {other}, ...). Every case also checks that no hidden
+`.drseg-*` work file is left in any folder it used.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Tuple
+
+import numpy as np
+import pytest
+import rasterio
+
+from conftest import TINY_CLIP_CONFIG, write_raster
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# -- places: folders a case can write into ---------------------------------------------------------
+
+def _mount_tmpfs(path, *options) -> bool:
+    os.makedirs(path, exist_ok=True)
+    opts = ",".join(options if any(o.startswith("size=") for o in options) else ("size=4m",) + options)
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)],
+                          capture_output=True).returncode == 0
+
+
+def _umount(path) -> None:
+    subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+@contextlib.contextmanager
+def mounted(path, *options):
+    """A tmpfs at `path` (another file system, read-only, or a tiny 'full disk'); skips the test
+    where mounting is not allowed."""
+    if os.geteuid() != 0 or not _mount_tmpfs(path, *options):
+        pytest.skip("mounting a tmpfs needs root (another file system / full disk / read-only)")
+    try:
+        yield str(path)
+    finally:
+        _umount(path)
+
+
+def make_read_only(path) -> str:
+    """A folder nobody can write in (root ignores permissions: then a read-only mount)."""
+    os.makedirs(path, exist_ok=True)
+    if os.geteuid() == 0:
+        if not _mount_tmpfs(path, "ro"):
+            pytest.skip("a read-only folder for root needs a read-only mount")
+    else:
+        os.chmod(path, 0o555)
+    return str(path)
+
+
+# -- inputs --------------------------------------------------------------------------------------
+
+def rgb_raster(path, size=(3, 64, 80), seed=0):
+    data = np.random.default_rng(seed).integers(0, 255, size, dtype=np.uint8)
+    return write_raster(path, data)
+
+
+def truncated_raster(path):
+    """A GeoTIFF whose header opens but whose image data is cut off (an interrupted copy)."""
+    full = str(path) + ".full.tif"
+    data = np.random.default_rng(1).integers(0, 255, (3, 300, 300), dtype=np.uint8)
+    with rasterio.open(full, "w", driver="GTiff", width=300, height=300, count=3, dtype="uint8",
+                       crs="EPSG:32633", transform=rasterio.transform.from_origin(5e5, 4.1e6, 1, 1),
+                       tiled=True, blockxsize=64, blockysize=64, compress="deflate") as dst:
+        dst.write(data)
+    blob = open(full, "rb").read()
+    os.remove(full)
+    with open(path, "wb") as handle:
+        handle.write(blob[:len(blob) // 2])
+    return str(path)
+
+
+def digest(path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest()
+
+
+@dataclass
+class Place:
+    """What a case's placeholders stand for."""
+    dir: str          # the case's own folder
+    raster: str       # a valid input raster
+    tiny: str         # the tiny CLIP config
+    extra: Dict[str, str] = field(default_factory=dict)
+
+    def fill(self, text: str) -> str:
+        return text.format(dir=self.dir, raster=self.raster, tiny=self.tiny, **self.extra)
+
+
+def _old_outputs(place: Place) -> None:
+    """Valid older outputs at {dir}/o.gpkg and {dir}/o.tif, which a failing run must keep."""
+    from drseg.cli import main
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert main(["segment", place.raster, "--classes", "water;road", "--out",
+                     f"{place.dir}/o.gpkg", "--raster-out", f"{place.dir}/o.tif", "--quiet",
+                     *TINY]) == 0
+
+
+# Builders: name -> function(place, tmp_path) that prepares inputs and placeholders.
+def build_truncated(place, tmp):
+    place.extra["bad"] = truncated_raster(tmp / "cut.tif")
+
+
+def build_old(place, tmp):
+    _old_outputs(place)
+
+
+def build_symlink(place, tmp):
+    os.symlink(place.raster, os.path.join(place.dir, "link.tif"))
+
+
+def build_other_fs(place, tmp):
+    place.extra["other"] = place.stack.enter_context(mounted(tmp / "other"))
+
+
+def build_read_only(place, tmp):
+    place.extra["ro"] = make_read_only(tmp / "ro")
+    place.stack.callback(_umount, tmp / "ro")
+
+
+def build_full_disk(place, tmp):
+    """A disk holding the older outputs with a few kB to spare, and a large input."""
+    import shutil
+
+    _old_outputs(place)
+    olds = [f"{place.dir}/o.tif", f"{place.dir}/o.gpkg"]
+    pages = sum(-(-os.path.getsize(p) // 4096) for p in olds) + 3
+    place.extra["full"] = place.stack.enter_context(mounted(tmp / "full", f"size={pages * 4}k"))
+    for path in olds:
+        shutil.copy(path, place.extra["full"])
+    place.extra["big"] = rgb_raster(tmp / "big.tif", (3, 800, 800), seed=3)
+
+
+BUILDERS: Dict[str, Callable] = {
+    "": lambda place, tmp: None,
+    "truncated": build_truncated,
+    "old": build_old,
+    "symlink": build_symlink,
+    "other_fs": build_other_fs,
+    "read_only": build_read_only,
+    "full_disk": build_full_disk,
+}
+
+TINY = ["--clip-weights", "random", "--device", "cpu"]  # + --clip-model {tiny}, added per case
+SEG = "segment {raster} --classes water;road --quiet --clip-model {tiny} --clip-weights random --device cpu"
+
+
+@dataclass(frozen=True)
+class Fault:
+    name: str
+    build: str                       # key of BUILDERS
+    args: str                        # command line (placeholders allowed), split on spaces
+    exit: int
+    stderr: str = ""                 # substring of stderr ('' for a success)
+    present: Tuple[str, ...] = ()
+    absent: Tuple[str, ...] = ()
+    unchanged: Tuple[str, ...] = ()  # existing before the run, byte-identical after
+
+
+F = Fault
+FAULTS = [
+    F("ok", "", SEG + " --out {dir}/o.gpkg --raster-out {dir}/o.tif", 0, "",
+      present=("{dir}/o.gpkg", "{dir}/o.tif")),
+    # output = input
+    F("raster-out is the input", "", SEG + " --raster-out {raster}", 2, "is the input",
+      unchanged=("{raster}",)),
+    F("raster-out is a symlink to the input", "symlink", SEG + " --raster-out {dir}/link.tif", 2,
+      "is the input", unchanged=("{raster}",)),
+    F("out is the input through ..", "", SEG + " --raster-out {dir}/../" + "{name}/in.tif", 2,
+      "is the input", unchanged=("{raster}",)),
+    F("the two outputs are one file", "", SEG + " --raster-out {dir}/a.tif --out {dir}/a.tif", 2,
+      "must end with .gpkg"),
+    # destinations checked before any work
+    F("raster-out folder missing", "old", SEG + " --out {dir}/o.gpkg --raster-out {dir}/nope/o.tif",
+      2, "does not exist", unchanged=("{dir}/o.gpkg",)),
+    F("raster-out folder read-only", "read_only", SEG + " --out {dir}/o.gpkg --raster-out {ro}/o.tif",
+      2, "is not writable", absent=("{dir}/o.gpkg",)),
+    F("out folder read-only", "read_only", SEG + " --out {ro}/o.gpkg", 2, "is not writable"),
+    F("raster-out on another file system", "other_fs",
+      SEG + " --out {dir}/o.gpkg --raster-out {other}/o.tif", 0, "",
+      present=("{dir}/o.gpkg", "{other}/o.tif")),
+    # full disk: older outputs stay, one line saying so
+    F("full disk, class raster", "full_disk",
+      "segment {big} --classes water;road --quiet --clip-model {tiny} --clip-weights random "
+      "--device cpu --raster-out {full}/o.tif", 2, "disk is full", unchanged=("{full}/o.tif",)),
+    F("full disk, both outputs", "full_disk",
+      "segment {big} --classes water;road --quiet --clip-model {tiny} --clip-weights random "
+      "--device cpu --out {full}/o.gpkg --raster-out {full}/o.tif", 2, "disk is full",
+      unchanged=("{full}/o.tif", "{full}/o.gpkg")),
+]
+
+
+def _ids(cases):
+    return [c.name.replace(" ", "-") for c in cases]
+
+
+def run_cli(argv):
+    """`python -m drseg` in this process: -> (exit code, stdout, stderr)."""
+    from drseg.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exc:  # argparse's own errors
+            code = exc.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def leftovers(folders):
+    found = []
+    for folder in folders:
+        if os.path.isdir(folder):
+            found += [os.path.join(folder, n) for n in os.listdir(folder) if n.startswith(".drseg-")]
+    return found
+
+
+@pytest.mark.parametrize("case", FAULTS, ids=_ids(FAULTS))
+def test_fault_matrix(case, tmp_path):
+    case_dir = tmp_path / "case"
+    case_dir.mkdir()
+    tiny = tmp_path / "tiny_clip.json"
+    tiny.write_text(json.dumps(TINY_CLIP_CONFIG))
+    with contextlib.ExitStack() as stack:
+        place = Place(str(case_dir), rgb_raster(case_dir / "in.tif"), str(tiny))
+        place.stack = stack
+        place.extra["name"] = "case"
+        BUILDERS[case.build](place, tmp_path)
+        before = {place.fill(p): digest(place.fill(p)) for p in case.unchanged}
+        argv = [place.fill(a) for a in case.args.split(" ")]
+
+        code, out, err = run_cli(argv)
+
+        assert code == case.exit, f"{case.name}: exit {code}\nstdout: {out}\nstderr: {err}"
+        assert "Traceback" not in err
+        if case.exit == 2:
+            lines = [line for line in err.strip().splitlines() if line.strip()]
+            assert lines and lines[-1].startswith("error: "), err
+            assert case.stderr in lines[-1], err
+        for path in case.present:
+            assert os.path.exists(place.fill(path)), path
+        for path in case.absent:
+            assert not os.path.exists(place.fill(path)), path
+        for path, sha in before.items():
+            assert digest(path) == sha, f"{path} was changed"
+        used = {str(case_dir), str(tmp_path)} | {v for v in place.extra.values() if os.path.isdir(v)}
+        assert leftovers(used) == []
