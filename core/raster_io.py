@@ -5,6 +5,7 @@ grid* (the requested extent at the requested resolution) as 3-band uint8 plus a 
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
@@ -149,8 +150,9 @@ class RasterReader:
         win = self._source_window
         scale = max(1.0, math.sqrt(win.width * win.height / 1024 ** 2))
         shape = (len(self.bands), max(1, int(win.height / scale)), max(1, int(win.width / scale)))
-        data = src.read(self.bands, window=win, out_shape=shape, resampling=Resampling.nearest,
-                        masked=True).astype("float64")
+        with self._read_errors():
+            data = src.read(self.bands, window=win, out_shape=shape, resampling=Resampling.nearest,
+                            masked=True).astype("float64")
         ranges = []
         for band in data:
             values = band.compressed()
@@ -174,8 +176,9 @@ class RasterReader:
             read_window = Window(window.col_off + self._source_window.col_off,
                                  window.row_off + self._source_window.row_off,
                                  window.width, window.height)
-        data = dataset.read(self.bands, window=read_window)
-        masks = dataset.read_masks(self.bands, window=read_window)
+        with self._read_errors():
+            data = dataset.read(self.bands, window=read_window)
+            masks = dataset.read_masks(self.bands, window=read_window)
         valid = np.all(masks > 0, axis=0)
         if data.dtype.kind == "f":
             valid &= np.all(np.isfinite(data), axis=0)
@@ -190,6 +193,20 @@ class RasterReader:
             image = np.repeat(image, 3, axis=0)
         image[:, ~valid] = 0
         return image, valid
+
+    @contextlib.contextmanager
+    def _read_errors(self):
+        """GDAL read failures (a truncated or damaged file that still opens) -> one InputError."""
+        try:
+            yield
+        except (rasterio.errors.RasterioError, OSError) as exc:  # RasterioIOError is an OSError
+            detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            if detail.startswith("Read or write failed. "):
+                detail = detail[len("Read or write failed. "):]
+            if detail.startswith(str(self.path)):
+                detail = detail[len(str(self.path)):].lstrip(" ,:")
+            raise InputError(f"Raster '{self.path}' cannot be read: the file is damaged or "
+                             f"incomplete ({detail[:160]}); copy or download it again") from None
 
     def close(self):
         if self._vrt is not None:

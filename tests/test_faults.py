@@ -203,6 +203,9 @@ FAULTS = [
       "segment {big} --classes water;road --quiet --clip-model {tiny} --clip-weights random "
       "--device cpu --out {full}/o.gpkg --raster-out {full}/o.tif", 2, "disk is full",
       unchanged=("{full}/o.tif", "{full}/o.gpkg")),
+    # unreadable input
+    F("truncated GeoTIFF", "truncated", SEG.replace("{raster}", "{bad}") + " --out {dir}/o.gpkg", 2,
+      "cannot be read", absent=("{dir}/o.gpkg",)),
 ]
 
 
