@@ -99,6 +99,8 @@ def run_segmentation(request: SegmentationRequest, scorer=None, progress=None, c
     check_outputs([out_vector, out_raster], [request.raster])  # before any work: fail early
     if not 0.0 <= request.threshold < 1.0:
         raise InputError(f"Threshold must be in [0, 1), got {request.threshold}")
+    if request.window <= 0:
+        raise InputError(f"Window must be a positive number of pixels, got {request.window}")
     if request.stride <= 0 or request.stride > request.window:
         raise InputError("Stride must be positive and not larger than the window")
 
@@ -108,6 +110,7 @@ def run_segmentation(request: SegmentationRequest, scorer=None, progress=None, c
         if scorer is None:
             scorer, method, note = build_scorer(request, monitor)
             device_name = str(getattr(scorer, "device", None) or scorer.clip.device)
+        check_window(request.window, scorer)
         queries, owner = flatten_queries(classes)
         started = time.perf_counter()
         scorer.set_queries(queries)
@@ -129,6 +132,16 @@ def run_segmentation(request: SegmentationRequest, scorer=None, progress=None, c
             from .device import describe_device_choice
             result.device_reason = describe_device_choice(request.device)[1]
         return result
+
+
+def check_window(window: int, scorer) -> None:
+    """A window must hold at least one patch of every model the scorer runs."""
+    patches = [getattr(m, "patch_size", None) for m in
+               (scorer, getattr(scorer, "clip", None), getattr(scorer, "dino", None))]
+    patch = max([int(p) for p in patches if isinstance(p, (int, np.integer))] or [1])
+    if window < patch:
+        raise InputError(f"Window {window} px is smaller than the model's {patch}-px patch; "
+                         f"use at least {patch} (default 224)")
 
 
 def build_scorer(request: SegmentationRequest, monitor: RunMonitor):

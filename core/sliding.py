@@ -18,6 +18,7 @@ import torch
 from rasterio.windows import Window
 
 from .device import run_with_oom_retry
+from .errors import ModelError
 
 BLEND_FLOOR = 1e-3  # keeps raster-edge pixels, covered by one window's rim only, weighted
 
@@ -207,6 +208,11 @@ class SlidingWindowSegmenter:
                 return len(batch), self.scorer.score_windows(np.stack(batch))
 
             count, logits = run_with_oom_retry(score, self.batch_size, self._batch_reduced)
+            if not np.isfinite(np.asarray(logits)).all():
+                # NaN would silently win every softmax as one class; damaged weights, say so.
+                raise ModelError("The model produced invalid scores (NaN or infinity): its weights "
+                                 "are damaged or not meant for this architecture; download or "
+                                 "import them again")
             self.timings.model += time.perf_counter() - started
             self.timings.windows += len(logits)
             for key, value in zip(todo[start:start + count], logits):

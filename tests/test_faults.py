@@ -147,7 +147,20 @@ def build_full_disk(place, tmp):
     place.extra["big"] = rgb_raster(tmp / "big.tif", (3, 800, 800), seed=3)
 
 
+def build_nan_weights(place, tmp):
+    """The tiny CLIP's weights with NaN in the image tower (a damaged checkpoint)."""
+    import open_clip
+    import torch
+
+    model = open_clip.CLIP(**TINY_CLIP_CONFIG)
+    state = model.state_dict()
+    state["visual.proj"] = torch.full_like(state["visual.proj"], float("nan"))
+    place.extra["nan"] = str(tmp / "nan.pt")
+    torch.save(state, place.extra["nan"])
+
+
 BUILDERS: Dict[str, Callable] = {
+    "nan_weights": build_nan_weights,
     "": lambda place, tmp: None,
     "truncated": build_truncated,
     "old": build_old,
@@ -203,6 +216,28 @@ FAULTS = [
       "segment {big} --classes water;road --quiet --clip-model {tiny} --clip-weights random "
       "--device cpu --out {full}/o.gpkg --raster-out {full}/o.tif", 2, "disk is full",
       unchanged=("{full}/o.tif", "{full}/o.gpkg")),
+    # parameters: non-finite, zero, absurd
+    F("extent with infinity", "", SEG + " --out {dir}/o.gpkg --extent=500000,-inf,inf,4100000", 2,
+      "not a finite number", absent=("{dir}/o.gpkg",)),
+    F("extent nan", "", SEG + " --out {dir}/o.gpkg --extent=nan,4099970,500010,4100000", 2,
+      "not a finite number"),
+    F("resolution nan", "", SEG + " --out {dir}/o.gpkg --resolution nan", 2, "positive number"),
+    F("resolution inf", "", SEG + " --out {dir}/o.gpkg --resolution inf", 2, "positive number"),
+    F("resolution 0 is not native", "", SEG + " --out {dir}/o.gpkg --resolution 0", 2,
+      "positive number"),
+    F("resolution negative", "", SEG + " --out {dir}/o.gpkg --resolution=-1", 2, "positive number"),
+    F("resolution 1e9", "", SEG + " --out {dir}/o.gpkg --resolution 1e9", 2, "coarser than the whole area"),
+    F("resolution 0.001 asks for a huge grid", "", SEG + " --out {dir}/o.gpkg --resolution 0.001", 2,
+      "asks for a 40000×32000 px grid"),
+    F("resolution 17x finer than native", "", SEG + " --out {dir}/o.gpkg --resolution 0.029", 2,
+      "16× finer"),
+    F("resolution 2x finer works", "", SEG + " --out {dir}/o.gpkg --resolution 0.25", 0, "",
+      present=("{dir}/o.gpkg",)),
+    F("window smaller than the patch", "", SEG + " --out {dir}/o.gpkg --window 8 --stride 4", 2,
+      "smaller than the model's 16-px patch"),
+    F("window zero", "", SEG + " --out {dir}/o.gpkg --window 0 --stride 1", 2, "positive"),
+    F("NaN weights", "nan_weights", SEG.replace("random", "{nan}") + " --out {dir}/o.gpkg", 2,
+      "NaN or infinity", absent=("{dir}/o.gpkg",)),
     # unreadable input
     F("truncated GeoTIFF", "truncated", SEG.replace("{raster}", "{bad}") + " --out {dir}/o.gpkg", 2,
       "cannot be read", absent=("{dir}/o.gpkg",)),
@@ -264,3 +299,39 @@ def test_fault_matrix(case, tmp_path):
             assert digest(path) == sha, f"{path} was changed"
         used = {str(case_dir), str(tmp_path)} | {v for v in place.extra.values() if os.path.isdir(v)}
         assert leftovers(used) == []
+
+
+# -- cases with an oracle: the result must be right, not only free of errors -----------------------
+
+def _oracle_run(path, out_dir, name, **kw):
+    from conftest import ColourOracleScorer
+    from drseg.core.segment import SegmentationRequest, run_segmentation
+
+    colours = dict(ColourOracleScorer().colours, field=(215, 205, 150))
+    request = SegmentationRequest(raster=path, classes="building; road; water; tree; field",
+                                  out_raster=str(out_dir / f"{name}.tif"), threshold=0.0, **kw)
+    run_segmentation(request, scorer=ColourOracleScorer(colours))
+    with rasterio.open(out_dir / f"{name}.tif") as src:
+        return src.read(1)
+
+
+def test_paletted_raster_is_read_through_its_colour_table(tmp_path):
+    """A paletted GeoTIFF whose palette holds the scene colours segments like the RGB scene."""
+    from conftest import SCENE_COLOURS, scene_image, scene_labels
+
+    labels = scene_labels(240, 256)
+    rgb = write_raster(tmp_path / "rgb.tif", scene_image(labels))
+    with rasterio.open(tmp_path / "pal.tif", "w", driver="GTiff", width=256, height=240, count=1,
+                       dtype="uint8", crs="EPSG:32633",
+                       transform=rasterio.transform.from_origin(5e5, 4.1e6, 0.5, 0.5)) as dst:
+        dst.write(labels[None])
+        table = {0: (215, 205, 150, 255)}
+        table.update({i: (*c, 255) for i, c in enumerate(SCENE_COLOURS.values(), start=1)})
+        dst.write_colormap(1, table)
+    expected = _oracle_run(rgb, tmp_path, "from_rgb")
+    assert (expected == np.where(labels == 0, 5, labels)).mean() > 0.95  # the oracle is right
+    np.testing.assert_array_equal(_oracle_run(str(tmp_path / "pal.tif"), tmp_path, "from_pal"), expected)
+    # resampled (nearest: indices are never blended into other palette entries)
+    coarse_rgb = _oracle_run(rgb, tmp_path, "rgb_1m", resolution=1.0)
+    coarse_pal = _oracle_run(str(tmp_path / "pal.tif"), tmp_path, "pal_1m", resolution=1.0)
+    assert (coarse_pal == coarse_rgb).mean() > 0.97
