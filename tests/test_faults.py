@@ -335,3 +335,33 @@ def test_paletted_raster_is_read_through_its_colour_table(tmp_path):
     coarse_rgb = _oracle_run(rgb, tmp_path, "rgb_1m", resolution=1.0)
     coarse_pal = _oracle_run(str(tmp_path / "pal.tif"), tmp_path, "pal_1m", resolution=1.0)
     assert (coarse_pal == coarse_rgb).mean() > 0.97
+
+
+def _zone_area(lon_span_deg, lat1, lat2, a=6378137.0, f=1 / 298.257223563):
+    """Exact area of the WGS84 ellipsoid between two parallels over a longitude span (authalic q)."""
+    import math
+
+    e2 = f * (2 - f)
+    e = math.sqrt(e2)
+
+    def q(lat):
+        s = math.sin(math.radians(lat))
+        return (1 - e2) * (s / (1 - e2 * s * s) - math.log((1 - e * s) / (1 + e * s)) / (2 * e))
+
+    return a * a / 2 * math.radians(lon_span_deg) * (q(lat2) - q(lat1))
+
+
+@pytest.mark.parametrize("box", [(-60, 70, 60, 85), (0, 85, 170, 89.5), (10, -80, 130, -65),
+                                 (10, 40, 10.01, 40.01)])
+def test_geographic_area_matches_the_ellipsoid(box):
+    """area_m2 of lon/lat boxes (edges along parallels) equals the analytic ellipsoidal zone area,
+    near the poles too (a chord in the projection made large polygons 4-20x too small)."""
+    import shapely
+    from rasterio.crs import CRS
+
+    from drseg.core.vectorize import AreaMeter
+
+    polygon = shapely.box(*box)
+    (area,) = AreaMeter(CRS.from_epsg(4326), box).area([polygon])
+    expected = _zone_area(box[2] - box[0], min(box[1], box[3]), max(box[1], box[3]))
+    assert abs(area) == pytest.approx(abs(expected), rel=1e-4)
