@@ -365,3 +365,137 @@ def test_geographic_area_matches_the_ellipsoid(box):
     (area,) = AreaMeter(CRS.from_epsg(4326), box).area([polygon])
     expected = _zone_area(box[2] - box[0], min(box[1], box[3]), max(box[1], box[3]))
     assert abs(area) == pytest.approx(abs(expected), rel=1e-4)
+
+
+# -- promises: signals, stale work folders, publishing a set ---------------------------------------
+
+def _drseg_process(*args):
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.Popen([sys.executable, "-m", "drseg", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP", "SIGINT"])
+def test_termination_signals_stop_like_ctrl_c(signame, tmp_path):
+    """kill / a closed terminal: exit 130, 'cancelled', the work folder removed, no output."""
+    import signal
+    import time
+
+    tiny = tmp_path / "tiny.json"
+    tiny.write_text(json.dumps(TINY_CLIP_CONFIG))
+    raster = rgb_raster(tmp_path / "big.tif", (3, 1400, 1400), seed=5)
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = _drseg_process("segment", raster, "--classes", "water;road", "--out", str(out / "o.gpkg"),
+                          "--clip-model", str(tiny), "--clip-weights", "random", "--device", "cpu",
+                          "--quiet")
+    deadline = time.monotonic() + 120
+    while not leftovers([str(out)]) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before its work folder could be seen"
+    time.sleep(0.3)
+    proc.send_signal(getattr(signal, signame))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "cancelled" in err and "Traceback" not in err
+    assert os.listdir(out) == []
+
+
+def test_stale_work_folders_of_dead_runs_are_swept(tmp_path):
+    """Leftovers of a killed run (its process gone) are removed by the next run into the folder;
+    folders of live processes, of other hosts or without an owner record are left alone."""
+    import socket
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    folders = {"dead": f"{host} {dead.pid}", "live": f"{host} {os.getppid()}",
+               "other-host": f"elsewhere.example {dead.pid}", "no-owner": None}
+    for name, owner in folders.items():
+        path = tmp_path / f".drseg-{name}"
+        path.mkdir()
+        (path / "score.tif").write_bytes(b"x" * 1000)
+        if owner:
+            (path / "owner").write_text(owner + "\n")
+    (tmp_path / f".drseg-stage-{dead.pid}-o.tif").write_bytes(b"partial copy")
+    tiny = tmp_path / "tiny.json"
+    tiny.write_text(json.dumps(TINY_CLIP_CONFIG))
+    code, _, err = run_cli(["segment", rgb_raster(tmp_path / "in.tif"), "--classes", "water",
+                            "--out", str(tmp_path / "o.gpkg"), "--quiet", "--clip-model", str(tiny),
+                            *TINY])
+    assert code == 0, err
+    assert sorted(leftovers([str(tmp_path)])) == sorted(
+        str(tmp_path / f".drseg-{n}") for n in ("live", "other-host", "no-owner"))
+
+
+def _set_of_outputs(tmp_path):
+    tiny = tmp_path / "tiny.json"
+    tiny.write_text(json.dumps(TINY_CLIP_CONFIG))
+    place = Place(str(tmp_path), rgb_raster(tmp_path / "in.tif"), str(tiny))
+    _old_outputs(place)
+    old = {p: digest(tmp_path / p) for p in ("o.gpkg", "o.tif")}
+    argv = ["segment", rgb_raster(tmp_path / "other.tif", seed=9), "--classes", "water;road;tree",
+            "--out", str(tmp_path / "o.gpkg"), "--raster-out", str(tmp_path / "o.tif"), "--quiet",
+            "--clip-model", str(tiny), *TINY]
+    return argv, old
+
+
+def test_ctrl_c_while_publishing_gives_the_whole_new_set(tmp_path, monkeypatch):
+    """An interrupt between two outputs' renames must not leave one new and one old file."""
+    import signal
+
+    from drseg.core import outputs
+
+    argv, old = _set_of_outputs(tmp_path)
+    real_replace = os.replace
+    calls = []
+
+    def replace_then_interrupt(src, dst):
+        done = real_replace(src, dst)
+        if os.path.basename(dst) in old:   # the first output is in place: Ctrl-C now
+            calls.append(dst)
+            if len(calls) == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+        return done
+
+    monkeypatch.setattr(outputs.os, "replace", replace_then_interrupt)
+    code, _, err = run_cli(argv)
+    monkeypatch.undo()
+    new = {p: digest(tmp_path / p) for p in old}
+    changed = [p for p in old if new[p] != old[p]]
+    assert (code, changed) in ((0, ["o.gpkg", "o.tif"]), (130, [])), (code, changed, err)
+    assert leftovers([str(tmp_path)]) == []
+
+
+def test_a_failed_rename_keeps_the_whole_old_set(tmp_path, monkeypatch):
+    from drseg.core import outputs
+
+    argv, old = _set_of_outputs(tmp_path)
+    real_replace = os.replace
+
+    def second_output_fails(src, dst):
+        if os.path.basename(src) == "polygons.gpkg":
+            raise OSError(5, "Input/output error")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(outputs.os, "replace", second_output_fails)
+    code, _, err = run_cli(argv)
+    monkeypatch.undo()
+    assert code == 2 and "older outputs were kept" in err, err
+    assert {p: digest(tmp_path / p) for p in old} == old
+    assert leftovers([str(tmp_path)]) == []
+
+
+def test_cancel_after_publishing_is_too_late_the_run_is_done(tmp_path, monkeypatch):
+    """Once every output is in place the run is done: no 'cancelled' with new files on disk."""
+    from conftest import ColourOracleScorer
+    from drseg.core import segment
+
+    published = []
+    real = segment.publish_all
+    monkeypatch.setattr(segment, "publish_all", lambda pairs: (real(pairs), published.append(1)))
+    request = segment.SegmentationRequest(raster=rgb_raster(tmp_path / "in.tif"), classes="water",
+                                          out_raster=str(tmp_path / "o.tif"))
+    result = segment.run_segmentation(request, scorer=ColourOracleScorer(),
+                                      cancelled=lambda: bool(published))
+    assert result.raster_path == str(tmp_path / "o.tif") and os.path.exists(result.raster_path)
