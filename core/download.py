@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import socket
+import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -300,11 +301,7 @@ def download(source: Union[str, ModelEntry], cache_dir: Optional[str] = None, *,
         if existing:
             return existing
     url = _source_url(target, resolve_mirror(mirror))
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as exc:
-        raise ModelError(f"Cannot create the model cache folder '{folder}' ({exc.strerror}); "
-                         f"choose another folder in the settings or set {CACHE_ENV}") from None
+    writable_cache(folder)
     part = os.path.join(folder, target.download_name + PART_SUFFIX)
     attempt = 0
     while True:
@@ -518,7 +515,7 @@ def import_file(path: str, entry: Union[str, ModelEntry], cache_dir: Optional[st
     if not os.path.isfile(path):
         raise ModelError(f"File to import not found: '{path}'")
     folder = resolve_cache_dir(cache_dir)
-    os.makedirs(folder, exist_ok=True)
+    writable_cache(folder)
     final = os.path.join(folder, target.file)
     kind = checkpoints.probe_format(path)
     if target.archive_member and kind == checkpoints.ZIP_ARCHIVE:
@@ -537,6 +534,16 @@ def import_file(path: str, entry: Union[str, ModelEntry], cache_dir: Optional[st
                 checkpoints.TORCHSCRIPT: "a TorchScript archive (refused: it can run code)",
                 checkpoints.ZIP_ARCHIVE: "a zip archive"}.get(kind, "in no known checkpoint format")
         raise ModelError(f"'{path}' is {what}, not a checkpoint for '{entry.name}'; nothing was imported")
+    if not (target.sha256 and not target.archive_member):
+        # No published SHA-256 says this is the right file: read it the safe way (a pickle that
+        # would run code is refused, never run) and compare it with the entry's architecture.
+        if status:
+            status(f"Checking {os.path.basename(path)} against {entry.architecture}")
+        from .weights_fit import check_entry_fits
+        try:
+            check_entry_fits(entry, path)
+        except ModelError as exc:
+            raise ModelError(f"{exc}. Nothing was imported as '{entry.name}'") from None
     if os.path.abspath(final) == path:
         copied = path
     else:
@@ -567,6 +574,21 @@ def import_file(path: str, entry: Union[str, ModelEntry], cache_dir: Optional[st
 
 
 # ----------------------------------------------------------------------------- helpers
+
+def writable_cache(folder: str) -> None:
+    """Create the model cache folder if needed and make sure files can be written in it; a
+    ModelError naming the folder and the way to choose another one otherwise."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".drseg-probe-", dir=folder)
+        os.close(handle)
+        os.remove(probe)
+    except OSError as exc:
+        what = "create" if not os.path.isdir(folder) else "write in"
+        raise ModelError(f"Cannot {what} the model cache folder '{folder}' "
+                         f"({exc.strerror or exc}); choose another folder (--cache-dir, the "
+                         f"settings, or {CACHE_ENV})") from None
+
 
 def _remove(path: str) -> None:
     try:

@@ -159,7 +159,43 @@ def build_nan_weights(place, tmp):
     torch.save(state, place.extra["nan"])
 
 
+class _Evil:
+    """Unpickling this creates the file `marker`: proof that loading ran code."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def build_checkpoints(place, tmp):
+    """Files a user might hand over as weights: code-running pickles, CLIP weights, broken
+    safetensors (all named as the real thing)."""
+    import pickle
+
+    import open_clip
+    import torch
+
+    d = place.dir
+    place.extra["marker"] = f"{d}/marker"
+    with open(f"{d}/evil.pt", "wb") as handle:
+        pickle.dump({"visual.proj": _Evil(f"{d}/marker")}, handle, protocol=2)
+    torch.save({"visual.proj": _Evil(f"{d}/marker")}, f"{d}/evil_zip.pt")
+    torch.save(open_clip.CLIP(**TINY_CLIP_CONFIG).state_dict(), f"{d}/clip.pt")
+    blob = b"\x10\x00\x00\x00\x00\x00\x00\x00" + b'{"a": [1, 2, 3]}' + b"\x00" * 5
+    open(f"{d}/bad_header.safetensors", "wb").write(blob)
+    open(f"{d}/garbage.safetensors", "wb").write(bytes(range(256)) * 8)
+    open(f"{d}/huge_header.safetensors", "wb").write((2 ** 40).to_bytes(8, "little") + b"{}")
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in open_clip.CLIP(**TINY_CLIP_CONFIG).state_dict().items()},
+              f"{d}/cut.safetensors")
+    data = open(f"{d}/cut.safetensors", "rb").read()
+    open(f"{d}/cut.safetensors", "wb").write(data[:len(data) // 2])
+
+
 BUILDERS: Dict[str, Callable] = {
+    "checkpoints": build_checkpoints,
     "nan_weights": build_nan_weights,
     "": lambda place, tmp: None,
     "truncated": build_truncated,
@@ -238,6 +274,42 @@ FAULTS = [
     F("window zero", "", SEG + " --out {dir}/o.gpkg --window 0 --stride 1", 2, "positive"),
     F("NaN weights", "nan_weights", SEG.replace("random", "{nan}") + " --out {dir}/o.gpkg", 2,
       "NaN or infinity", absent=("{dir}/o.gpkg",)),
+    # checkpoints: never run code, must fit the architecture, broken files are one line
+    F("import a code-running pickle", "checkpoints",
+      "models import clip-vit-b-16-openai {dir}/evil.pt --cache-dir {dir}/cache", 2,
+      "could run code", absent=("{marker}", "{dir}/cache/ViT-B-16.pt")),
+    F("import a code-running torch zip", "checkpoints",
+      "models import dino-vit-b8 {dir}/evil_zip.pt --cache-dir {dir}/cache", 2,
+      "could run code", absent=("{marker}",)),
+    F("import CLIP weights as DINO", "checkpoints",
+      "models import dino-vit-b8 {dir}/clip.pt --cache-dir {dir}/cache", 2,
+      "does not match DINO model 'dino_vitb8'"),
+    F("import tiny CLIP weights as ViT-B-16", "checkpoints",
+      "models import clip-vit-b-16-openai {dir}/clip.pt --cache-dir {dir}/cache", 2,
+      "do not fit"),
+    F("segment with a code-running pickle", "checkpoints",
+      SEG.replace("random", "{dir}/evil.pt") + " --out {dir}/o.gpkg", 2, "could run code",
+      absent=("{marker}", "{dir}/o.gpkg")),
+    F("safetensors with a bad header", "checkpoints",
+      SEG.replace("random", "{dir}/bad_header.safetensors") + " --out {dir}/o.gpkg", 2, "safetensors"),
+    F("safetensors that is garbage", "checkpoints",
+      SEG.replace("random", "{dir}/garbage.safetensors") + " --out {dir}/o.gpkg", 2, "safetensors"),
+    F("safetensors with a huge header length", "checkpoints",
+      SEG.replace("random", "{dir}/huge_header.safetensors") + " --out {dir}/o.gpkg", 2, "safetensors"),
+    F("truncated safetensors", "checkpoints",
+      SEG.replace("random", "{dir}/cut.safetensors") + " --out {dir}/o.gpkg", 2, "safetensors"),
+    F("import garbage named .safetensors", "checkpoints",
+      "models import dino-vit-b8 {dir}/garbage.safetensors --cache-dir {dir}/cache", 2, ""),
+    # model cache folders
+    F("download into a read-only cache", "read_only", "models download dino-vit-b8 --quiet --cache-dir {ro}",
+      2, "Cannot write in the model cache folder"),
+    F("download into an uncreatable cache", "read_only",
+      "models download dino-vit-b8 --quiet --cache-dir {ro}/sub", 2, "Cannot create the model cache folder"),
+    F("import into an uncreatable cache", "checkpoints+read_only",
+      "models import dino-vit-b8 {dir}/clip.pt --cache-dir {ro}/sub", 2,
+      "Cannot create the model cache folder"),
+    F("import into a read-only cache", "checkpoints+read_only",
+      "models import dino-vit-b8 {dir}/clip.pt --cache-dir {ro}", 2, "Cannot write in the model cache"),
     # unreadable input
     F("truncated GeoTIFF", "truncated", SEG.replace("{raster}", "{bad}") + " --out {dir}/o.gpkg", 2,
       "cannot be read", absent=("{dir}/o.gpkg",)),
@@ -279,7 +351,8 @@ def test_fault_matrix(case, tmp_path):
         place = Place(str(case_dir), rgb_raster(case_dir / "in.tif"), str(tiny))
         place.stack = stack
         place.extra["name"] = "case"
-        BUILDERS[case.build](place, tmp_path)
+        for build in case.build.split("+"):
+            BUILDERS[build](place, tmp_path)
         before = {place.fill(p): digest(place.fill(p)) for p in case.unchanged}
         argv = [place.fill(a) for a in case.args.split(" ")]
 
@@ -499,3 +572,24 @@ def test_cancel_after_publishing_is_too_late_the_run_is_done(tmp_path, monkeypat
     result = segment.run_segmentation(request, scorer=ColourOracleScorer(),
                                       cancelled=lambda: bool(published))
     assert result.raster_path == str(tmp_path / "o.tif") and os.path.exists(result.raster_path)
+
+
+def test_import_of_weights_that_fit_says_what_was_checked(tmp_path, monkeypatch):
+    """Weights that fit the entry's architecture (here a tiny DINO ViT-B/8 of the same definition,
+    since the real one is 340 MB) are imported; the message says what could be checked."""
+    import torch
+
+    from drseg.core import weights_fit
+    from drseg.core.drseg.dino import build_timm_vit
+
+    def tiny_meta(entry):
+        with torch.device("meta"):
+            return build_timm_vit(weights_fit.dino_name(entry.architecture), tiny=True)
+
+    monkeypatch.setattr(weights_fit, "build_meta_model", tiny_meta)
+    torch.save(build_timm_vit("dino_vitb8", tiny=True).state_dict(), tmp_path / "dino.pth")
+    code, out, err = run_cli(["models", "import", "dino-vit-b8", str(tmp_path / "dino.pth"),
+                              "--cache-dir", str(tmp_path / "cache")])
+    assert code == 0, err
+    assert "checked against the vit_base_patch8_224.dino architecture" in out
+    assert "no size or SHA-256" in out
