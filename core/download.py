@@ -37,6 +37,10 @@ from .errors import ModelError, RunCancelled
 
 CACHE_ENV = "DRSEG_CACHE_DIR"
 MIRROR_ENV = "DRSEG_MODEL_MIRROR"
+TIMEOUT_ENV = "DRSEG_DOWNLOAD_TIMEOUT"
+# A server that accepts connections and never answers is given up after about 3 × 8 s.
+DOWNLOAD_TIMEOUT = 8.0
+DOWNLOAD_RETRIES = 2
 USER_AGENT = "drseg-model-downloader/1"
 RECORD_SUFFIX = ".verified.json"
 PART_SUFFIX = ".part"
@@ -49,6 +53,15 @@ _CHUNK = 1 << 20
 
 
 # ----------------------------------------------------------------------------- settings
+
+def download_timeout() -> float:
+    """Seconds to wait for each answer of a download server (DRSEG_DOWNLOAD_TIMEOUT overrides)."""
+    try:
+        value = float(os.environ.get(TIMEOUT_ENV, DOWNLOAD_TIMEOUT))
+    except ValueError:
+        return DOWNLOAD_TIMEOUT
+    return value if value > 0 and value == value else DOWNLOAD_TIMEOUT
+
 
 def default_cache_dir() -> str:
     """The platform's per-user cache folder for DR-Seg models."""
@@ -280,15 +293,19 @@ def download(source: Union[str, ModelEntry], cache_dir: Optional[str] = None, *,
              mirror: Optional[str] = None, progress: Optional[ProgressFn] = None,
              cancelled: Optional[CancelFn] = None, status: Optional[StatusFn] = None,
              file_name: Optional[str] = None, size: Optional[int] = None,
-             sha256: Optional[str] = None, force: bool = False, retries: int = 3,
-             retry_wait: float = 1.0, timeout: float = 30.0, chunk_size: int = _CHUNK) -> str:
+             sha256: Optional[str] = None, force: bool = False, retries: int = DOWNLOAD_RETRIES,
+             retry_wait: float = 1.0, timeout: Optional[float] = None, chunk_size: int = _CHUNK) -> str:
     """Fetch a catalog model (name or entry) or a URL into the cache and return the local path.
 
     An already cached file is returned at once (unless `force`). size / sha256 / file_name are for
     bare URLs; catalog entries bring their own. `retries`: automatic resumes after a cut
-    connection within this call. Raises ModelError (server, network or verification problems)
-    and RunCancelled.
+    connection within this call. `timeout`: seconds to wait for each answer (default: the
+    DRSEG_DOWNLOAD_TIMEOUT variable, else DOWNLOAD_TIMEOUT); a server that never answers is given
+    up after (retries + 1) × timeout plus short pauses. Raises ModelError (server, network or
+    verification problems) and RunCancelled.
     """
+    timeout = download_timeout() if timeout is None else timeout
+    retry_wait = min(retry_wait, timeout)
     target = _target(source, file_name, size, sha256)
     folder = resolve_cache_dir(cache_dir)
     final = os.path.join(folder, target.file)
@@ -316,7 +333,7 @@ def download(source: Union[str, ModelEntry], cache_dir: Optional[str] = None, *,
                                  f"({exc}); the {have} bytes received are kept: run the download "
                                  "again to resume where it stopped") from None
             if status:
-                status(f"Connection lost ({exc}); resuming (attempt {attempt} of {retries})")
+                status(f"Connection lost ({exc}); resuming (retry {attempt} of {retries})")
             time.sleep(retry_wait * attempt)
     return _finish(part, final, target, url, cancelled, status)
 
@@ -349,7 +366,7 @@ def _transfer(url: str, part: str, target: _Target, progress, cancelled, timeout
             raise _Interrupted("the partial file did not match the server's file; starting over")
         raise ModelError(_http_error_message(exc.code, body_note, url, target)) from None
     except (socket.timeout, TimeoutError) as exc:
-        raise _Interrupted(f"no answer within {timeout:.0f} s") from exc
+        raise _Interrupted(f"no answer within {timeout:g} s") from exc
     except urllib.error.URLError as exc:
         reason = exc.reason
         if isinstance(reason, (socket.timeout, TimeoutError, ConnectionResetError)):
@@ -692,6 +709,8 @@ def ensure_cached(entry: ModelEntry, what: str, option: str, field: str,
     reached; otherwise a ModelError saying how to get the file here by hand.
 
     what: 'CLIP weights'; option: the CLI flag ('--clip-weights'); field: the QGIS field name.
+    progress(bytes_done, bytes_total) follows the transfer; a `status` attribute of it, when
+    present, receives text messages (retries), so callers that only pass `progress` see them.
     """
     path = cached_path(entry, cache_dir)
     if path:
@@ -704,4 +723,4 @@ def ensure_cached(entry: ModelEntry, what: str, option: str, field: str,
             f"`python -m drseg models download {entry.name}`, or download {url} and run "
             f"`python -m drseg models import {entry.name} FILE`, or pass the file with "
             f"{option} PATH (QGIS: the '{field}' field)")
-    return download(entry, cache_dir, progress=progress)
+    return download(entry, cache_dir, progress=progress, status=getattr(progress, "status", None))

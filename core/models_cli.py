@@ -129,7 +129,7 @@ def _download(args, cache, mirror, out, err) -> int:
         try:
             path = dl.download(entry, cache, mirror=mirror, force=args.force,
                                progress=bar.update if bar else None,
-                               status=bar.write if bar else None)
+                               status=bar.write if bar else lambda text: print(text, file=err))
         finally:
             if bar:
                 bar.close()

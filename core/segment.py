@@ -155,6 +155,8 @@ def build_scorer(request: SegmentationRequest, monitor: RunMonitor):
         monitor.report(0.0, f"Downloading CLIP weights: {done / 2 ** 20:.0f}"
                             + (f" of {total / 2 ** 20:.0f} MB" if total else " MB"))
 
+    downloading.status = monitor.say  # retries are shown, not only a still progress bar
+
     dino_path = None
     if request.method != "clip":
         dino_path = resolve_dino_weights(request.dino_model, request.dino_weights)

@@ -593,3 +593,59 @@ def test_import_of_weights_that_fit_says_what_was_checked(tmp_path, monkeypatch)
     assert code == 0, err
     assert "checked against the vit_base_patch8_224.dino architecture" in out
     assert "no size or SHA-256" in out
+
+
+def test_a_mirror_that_never_answers_shows_retries_and_gives_up(tmp_path, monkeypatch):
+    """A server that accepts connections and never replies: each retry is shown, and the download
+    gives up after the retries (DOWNLOAD_RETRIES + 1 attempts of the configured timeout)."""
+    import socket
+    import threading
+
+    from drseg.core import download as dl
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    accepted = []
+
+    def accept_and_stay_silent():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            accepted.append(conn)
+
+    threading.Thread(target=accept_and_stay_silent, daemon=True).start()
+    monkeypatch.setenv(dl.TIMEOUT_ENV, "0.3")
+    try:
+        code, _, err = run_cli(["models", "download", "dino-vit-b8", "--quiet", "--cache-dir",
+                                str(tmp_path / "cache"), "--mirror",
+                                f"http://127.0.0.1:{server.getsockname()[1]}/"])
+    finally:
+        server.close()
+        for conn in accepted:
+            conn.close()
+    assert code == 2 and "Traceback" not in err
+    assert [f"retry {i} of {dl.DOWNLOAD_RETRIES}" in err for i in (1, 2)] == [True, True], err
+    assert "no answer within 0.3 s" in err and "run the download again" in err
+    assert len(accepted) == dl.DOWNLOAD_RETRIES + 1
+    assert dl.DOWNLOAD_TIMEOUT * (dl.DOWNLOAD_RETRIES + 1) <= 30
+
+
+def test_no_pretrained_weights_warning_when_we_load_the_weights(caplog):
+    """open_clip warns 'No pretrained weights loaded' for every named model we build before
+    loading the weights ourselves; the user must not see it."""
+    import logging
+
+    import open_clip
+
+    from drseg.core.clip_models import load_clip
+
+    with caplog.at_level(logging.WARNING):
+        open_clip.create_model("ViT-B-32", pretrained=None, device="meta")
+    assert "No pretrained weights loaded" in caplog.text  # what the user saw before
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        load_clip("ViT-B-32", "random")
+    assert "No pretrained weights loaded" not in caplog.text
