@@ -194,7 +194,20 @@ def build_checkpoints(place, tmp):
     open(f"{d}/cut.safetensors", "wb").write(data[:len(data) // 2])
 
 
+def build_loveda(place, tmp):
+    """A two-image LoveDA set with saved predictions (scoring needs no model)."""
+    from PIL import Image
+
+    for rel, value in (("LoveDA/img_dir/val/a.png", np.full((2, 4, 3), 90)),
+                       ("LoveDA/ann_dir/val/a.png", [[1, 1, 2, 2], [3, 3, 0, 4]]),
+                       ("preds/a.png", [[1, 2, 2, 2], [3, 1, 5, 4]])):
+        path = os.path.join(place.dir, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        Image.fromarray(np.asarray(value, np.uint8)).save(path)
+
+
 BUILDERS: Dict[str, Callable] = {
+    "loveda": build_loveda,
     "checkpoints": build_checkpoints,
     "nan_weights": build_nan_weights,
     "": lambda place, tmp: None,
@@ -310,6 +323,19 @@ FAULTS = [
       "Cannot create the model cache folder"),
     F("import into a read-only cache", "checkpoints+read_only",
       "models import dino-vit-b8 {dir}/clip.pt --cache-dir {ro}", 2, "Cannot write in the model cache"),
+    # evaluation results
+    F("evaluate --json into a read-only folder", "loveda+read_only",
+      "evaluate ovss --dataset LoveDA --root {dir}/LoveDA --predictions {dir}/preds --quiet "
+      "--json {ro}/m.json", 2, "is not writable"),
+    F("evaluate --out read-only", "loveda+read_only",
+      "evaluate ovss --dataset LoveDA --root {dir}/LoveDA --predictions {dir}/preds --quiet "
+      "--out {ro}/results", 2, "is not writable"),
+    F("evaluate --json is a folder", "loveda",
+      "evaluate ovss --dataset LoveDA --root {dir}/LoveDA --predictions {dir}/preds --quiet "
+      "--json {dir}/preds", 2, "is a folder"),
+    F("evaluate --json works", "loveda",
+      "evaluate ovss --dataset LoveDA --root {dir}/LoveDA --predictions {dir}/preds --quiet "
+      "--json {dir}/res/m.json", 0, "", present=("{dir}/res/m.json",)),
     # unreadable input
     F("truncated GeoTIFF", "truncated", SEG.replace("{raster}", "{bad}") + " --out {dir}/o.gpkg", 2,
       "cannot be read", absent=("{dir}/o.gpkg",)),
