@@ -44,9 +44,9 @@ class DrSegPlugin:
         if self.provider is not None:
             return
         try:  # the plugin-owned packages folder (pip --target) on sys.path, before any engine import
-            from .ui.integration import check_dependencies_on_start
+            from .qgis_bridge.engine import prepare_packages
 
-            check_dependencies_on_start(None)
+            prepare_packages()
         except Exception:
             _log_failure("Looking for the plugin's Python packages")
         from .processing.provider import DrSegProvider

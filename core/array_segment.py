@@ -1,4 +1,4 @@
-"""Segmenting an image held in memory, as the benchmark protocol does (DESIGN.md section 2):
+"""Segmenting an image held in memory, as the training-free benchmark protocol does:
 long side resized to 448, 224 windows with stride 112, probabilities resized back bilinearly.
 
 Benchmark tiles are small, so holding one in memory is fine; rasters go through core/segment.py.

@@ -1,4 +1,4 @@
-"""Training-free dense CLIP on any open_clip ViT (DESIGN.md section 2).
+"""Training-free dense CLIP on any open_clip ViT (the SegEarth-OV recipe; README "How it works").
 
 The last transformer block is replaced by self-self attention without residual or MLP
 (`softmax(qqᵀ)+softmax(kkᵀ)+softmax(vvᵀ)` for SegEarth-OV), which localises patch tokens; the
@@ -18,7 +18,8 @@ from .errors import ModelError
 CLIP_MEAN = (122.771, 116.746, 104.094)  # on the 0..255 scale
 CLIP_STD = (68.501, 66.632, 70.323)
 
-# Which self-self terms the last block's attention sums (DESIGN.md section 2).
+# Which self-self terms the last block's attention sums: SegEarth-OV qqᵀ+kkᵀ+vvᵀ, SCLIP qqᵀ+kkᵀ,
+# ClearCLIP qqᵀ only.
 ATTENTION_VARIANTS = {
     "segearth": ("q", "k", "v"),
     "sclip": ("q", "k"),
@@ -30,6 +31,36 @@ def imagenet_templates() -> List:
     from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
     return list(OPENAI_IMAGENET_TEMPLATES)
+
+
+@torch.no_grad()
+def encode_prompts(model, tokenizer, device, names: Sequence[str], templates: Sequence,
+                   names_per_batch: Optional[int] = None) -> torch.Tensor:
+    """Each name in every template (a format string or a callable), embeddings normalised,
+    averaged over the templates, normalised: (len(names), D). ``names_per_batch`` names go
+    through the text tower at once (None: all of them)."""
+    names = list(names)
+    step = names_per_batch or max(1, len(names))
+    features = []
+    for start in range(0, len(names), step):
+        group = names[start:start + step]
+        prompts = [t(name) if callable(t) else t.format(name) for name in group for t in templates]
+        emb = F.normalize(model.encode_text(tokenizer(prompts).to(device)).float(), dim=-1)
+        emb = emb.reshape(len(group), len(templates), -1)
+        features.append(F.normalize(emb.mean(dim=1), dim=-1))
+    return torch.cat(features)
+
+
+def dense_logits(patches: torch.Tensor, cls: Optional[torch.Tensor], text: torch.Tensor,
+                 bias_lambda: float) -> torch.Tensor:
+    """The dense CLIP logits (B,Q,h,w) = patch·Tᵀ + λ·cls·Tᵀ from L2-normalised patch features
+    (B,D,h,w), CLS features (B,D) and text embeddings (Q,D). λ < 0 removes the bias every patch
+    shares with the image's global token; ``cls=None`` or λ = 0 leaves it."""
+    logits = torch.einsum("bdhw,qd->bqhw", patches, text)
+    if cls is not None and bias_lambda:
+        logits = logits + bias_lambda * (cls @ text.T)[:, :, None, None]
+    return logits
+
 
 
 class DenseClip:
@@ -77,13 +108,9 @@ class DenseClip:
     @torch.no_grad()
     def encode_texts(self, names: Sequence[str]) -> torch.Tensor:
         """Each name in every template, embeddings normalised, averaged, normalised: (Q, D)."""
-        features = []
-        for name in names:
-            prompts = [t(name) if callable(t) else t.format(name) for t in self.templates]
-            tokens = self.tokenizer(prompts).to(self.device)
-            emb = F.normalize(self.model.encode_text(tokens).float(), dim=-1)
-            features.append(F.normalize(emb.mean(dim=0), dim=-1))
-        return torch.stack(features)
+        # one name per batch: 80 templates × many names would be one very large batch
+        return encode_prompts(self.model, self.tokenizer, self.device, names, self.templates,
+                              names_per_batch=1)
 
     def set_queries(self, queries: Sequence[str]) -> None:
         """Text embeddings for this run; each query is encoded once per model (80 templates of a
@@ -171,9 +198,7 @@ class DenseClip:
         for start in range(0, len(images), self.batch_size):
             with autocast_context(self.device):  # float16 on CUDA; features come back float32
                 patches, cls = self.dense_features(self.normalise(images[start:start + self.batch_size]))
-            patches = F.normalize(patches, dim=1)
-            cls = F.normalize(cls, dim=-1)
-            logits = torch.einsum("bdhw,qd->bqhw", patches, self.text_features)
-            logits = logits + self.bias_lambda * (cls @ self.text_features.T)[:, :, None, None]
+            logits = dense_logits(F.normalize(patches, dim=1), F.normalize(cls, dim=-1),
+                                  self.text_features, self.bias_lambda)
             outputs.append(logits.cpu().numpy().astype(np.float32))
         return np.concatenate(outputs, axis=0)

@@ -4,7 +4,8 @@ Nothing here imports QGIS or the heavy packages: presence is checked with
 `importlib.util.find_spec` and versions are read from package metadata, so calling this at plugin
 start costs milliseconds.
 
-How the installation works (DESIGN.md section 6 lists the complaints it avoids):
+How the installation works (it avoids the usual complaints about segmentation plugins: clashes
+with the numpy/GDAL QGIS ships, CUDA set-up):
 
 - Packages go into a folder owned by the plugin (`packages_dir()`, per user and per Python
   version, outside QGIS's own installation), with `pip install --target`. That folder is *appended*
@@ -45,7 +46,7 @@ PYTORCH_CUDA_WHEELS: Tuple[Tuple[Tuple[int, int], str], ...] = (
     ((12, 8), "cu128"), ((12, 6), "cu126"), ((11, 8), "cu118"))
 # Never pinned: pip's own tooling (the build environments bring theirs).
 UNPINNED = {"pip", "setuptools", "wheel", "distribute"}
-# Always added to the constraints (DESIGN.md section 7: affine 3 breaks rasterio's from_origin).
+# Always added to the constraints (affine 3 breaks rasterio.transform.from_origin).
 EXTRA_CONSTRAINTS = ("affine<3",)
 
 

@@ -13,39 +13,16 @@ from __future__ import annotations
 import os
 from typing import List, Optional
 
-from qgis.core import (Qgis, QgsCoordinateReferenceSystem, QgsProcessing, QgsProcessingAlgorithm,
-                       QgsProcessingException, QgsProcessingLayerPostProcessorInterface,
-                       QgsProcessingOutputNumber, QgsProcessingParameterDefinition,
+from qgis.core import (QgsProcessingException, QgsProcessingOutputNumber,
                        QgsProcessingParameterEnum, QgsProcessingParameterExtent,
                        QgsProcessingParameterNumber, QgsProcessingParameterRasterLayer,
                        QgsProcessingParameterString, QgsProcessingParameterVectorDestination,
                        QgsVectorLayer)
 
-from ..core.errors import DrSegError, RunCancelled
-from ..ui.engine import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEVICE_CHOICES, MissingDependencies
-
-SAM_MODEL_CHOICES = ("vit_b", "vit_l", "vit_h")        # core.sam_models.SAM_TYPES
-DEFAULT_MAX_SIZE = 1024                                # core.refer.run.DEFAULT_MAX_SIZE
-
-
-def _double():
-    new = getattr(Qgis, "ProcessingNumberParameterType", None)
-    return new.Double if new is not None else QgsProcessingParameterNumber.Type.Double
-
-
-def _integer():
-    new = getattr(Qgis, "ProcessingNumberParameterType", None)
-    return new.Integer if new is not None else QgsProcessingParameterNumber.Type.Integer
-
-
-def _advanced():
-    new = getattr(Qgis, "ProcessingParameterFlag", None)
-    return new.Advanced if new is not None else QgsProcessingParameterDefinition.Flag.FlagAdvanced
-
-
-def _polygons():
-    new = getattr(Qgis, "ProcessingSourceType", None)
-    return new.VectorPolygon if new is not None else QgsProcessing.SourceType.TypeVectorPolygon
+from ..qgis_bridge.engine import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_MAX_SIZE,
+                                  DEVICE_CHOICES, SAM_MODEL_CHOICES, load_refer_engine)
+from ..qgis_bridge.styling import style_referring_layer
+from .base import DrSegAlgorithm, engine_errors, gpkg_destination, number_type, source_type
 
 
 def split_expressions(text: str) -> List[str]:
@@ -53,32 +30,7 @@ def split_expressions(text: str) -> List[str]:
     return [line.strip() for line in (text or "").splitlines() if line.strip()]
 
 
-# Post-processors must outlive the run that creates them; QGIS only keeps a C++ pointer.
-_POST_PROCESSORS: List["_StyleByExpression"] = []
-
-
-class _StyleByExpression(QgsProcessingLayerPostProcessorInterface):
-    """Styles the output layer by expression when Processing loads it (main thread)."""
-
-    def __init__(self, expressions: List[str]):
-        super().__init__()
-        self.expressions = list(expressions)
-
-    def postProcessLayer(self, layer, context, feedback):  # noqa: N802
-        from ..ui.refer_task import referring_renderer
-
-        if isinstance(layer, QgsVectorLayer):
-            layer.setRenderer(referring_renderer(self.expressions))
-            layer.triggerRepaint()
-
-    @classmethod
-    def keep(cls, instance: "_StyleByExpression") -> "_StyleByExpression":
-        _POST_PROCESSORS.append(instance)
-        del _POST_PROCESSORS[:-64]
-        return instance
-
-
-class ReferringSegmentationAlgorithm(QgsProcessingAlgorithm):
+class ReferringSegmentationAlgorithm(DrSegAlgorithm):
     INPUT = "INPUT"
     EXPRESSION = "EXPRESSION"
     EXTENT = "EXTENT"
@@ -94,49 +46,33 @@ class ReferringSegmentationAlgorithm(QgsProcessingAlgorithm):
     OUTPUT = "OUTPUT"
     POLYGONS = "POLYGONS"
 
+    # -- identity -------------------------------------------------------------------------------
+    NAME = "referringsegmentation"
+    DISPLAY_NAME = "Referring segmentation (objects described in words)"
+    TAGS = ["segmentation", "referring", "expression", "sam", "segment anything", "clip",
+            "text", "object", "drseg", "ai"]
+    HELP = (
+        "Finds the object(s) each <b>Expression</b> describes and writes them as polygons: "
+        "<i>the largest pond north of the road</i>, <i>all the storage tanks</i>, <i>the second "
+        "building from the left</i>. One expression per line; all of them go into one layer "
+        "with fields expression, score and area_m2, in the raster's CRS. An expression whose "
+        "object is not recognised (no target) stops the run before it starts."
+        "<br><br><b>Extent</b>: only this area (reprojected to the raster's CRS); empty: the "
+        "whole raster. The area is read with its longest side at most <b>Working size</b> "
+        "pixels (0: the native resolution, tiled), or at <b>Resolution</b> metres per pixel "
+        "when given. Later expressions on the same area reuse its encoding."
+        "<br><br><b>SAM model</b>/<b>SAM weights</b>: Segment Anything's architecture and a "
+        "checkpoint file or catalog name (e.g. sam-vit-b); empty: the DR-Seg settings' SAM "
+        "weights when they are for this model, else its catalog checkpoint (DR-Seg settings › "
+        "Download models…, or <i>python -m drseg models download sam-vit-b</i>). "
+        "<b>CLIP model</b>/<b>CLIP weights</b>: as for open-vocabulary segmentation. Needs "
+        "torch, torchvision, open_clip_torch and segment-anything.")
+
     def __init__(self):
         super().__init__()
         self._request = None
         self._destination: Optional[str] = None
         self._expressions: List[str] = []
-
-    # -- identity -------------------------------------------------------------------------------
-    def name(self) -> str:
-        return "referringsegmentation"
-
-    def displayName(self) -> str:  # noqa: N802
-        return "Referring segmentation (objects described in words)"
-
-    def group(self) -> str:
-        return "Segmentation"
-
-    def groupId(self) -> str:  # noqa: N802
-        return "segmentation"
-
-    def tags(self) -> List[str]:
-        return ["segmentation", "referring", "expression", "sam", "segment anything", "clip",
-                "text", "object", "drseg", "ai"]
-
-    def shortHelpString(self) -> str:  # noqa: N802
-        return (
-            "Finds the object(s) each <b>Expression</b> describes and writes them as polygons: "
-            "<i>the largest pond north of the road</i>, <i>all the storage tanks</i>, <i>the second "
-            "building from the left</i>. One expression per line; all of them go into one layer "
-            "with fields expression, score and area_m2, in the raster's CRS. An expression whose "
-            "object is not recognised (no target) stops the run before it starts."
-            "<br><br><b>Extent</b>: only this area (reprojected to the raster's CRS); empty: the "
-            "whole raster. The area is read with its longest side at most <b>Working size</b> "
-            "pixels (0: the native resolution, tiled), or at <b>Resolution</b> metres per pixel "
-            "when given. Later expressions on the same area reuse its encoding."
-            "<br><br><b>SAM model</b>/<b>SAM weights</b>: Segment Anything's architecture and a "
-            "checkpoint file or catalog name (e.g. sam-vit-b); empty: the DR-Seg settings' SAM "
-            "weights when they are for this model, else its catalog checkpoint (DR-Seg settings › "
-            "Download models…, or <i>python -m drseg models download sam-vit-b</i>). "
-            "<b>CLIP model</b>/<b>CLIP weights</b>: as for open-vocabulary segmentation. Needs "
-            "torch, torchvision, open_clip_torch and segment-anything.")
-
-    def createInstance(self):  # noqa: N802
-        return ReferringSegmentationAlgorithm()
 
     # -- parameters -----------------------------------------------------------------------------
     def initAlgorithm(self, config=None):  # noqa: N802
@@ -163,20 +99,18 @@ class ReferringSegmentationAlgorithm(QgsProcessingAlgorithm):
             QgsProcessingParameterString(self.BANDS, "Bands (1 or 3 band numbers, e.g. 1,2,3; "
                                          "empty: RGB)", optional=True),
             QgsProcessingParameterNumber(self.RESOLUTION, "Working resolution, metres per pixel "
-                                         "(empty: see working size)", type=_double(),
+                                         "(empty: see working size)", type=number_type("Double"),
                                          optional=True, minValue=0.0),
             QgsProcessingParameterNumber(self.MAX_SIZE, "Working size: longest side in pixels "
-                                         "(0: native resolution, tiled)", type=_integer(),
+                                         "(0: native resolution, tiled)", type=number_type("Integer"),
                                          defaultValue=DEFAULT_MAX_SIZE, minValue=0),
             QgsProcessingParameterNumber(self.THRESHOLD, "Drop results scoring below",
-                                         type=_double(), defaultValue=0.0, minValue=0.0,
+                                         type=number_type("Double"), defaultValue=0.0, minValue=0.0,
                                          maxValue=0.99),
         ]
-        for parameter in advanced:
-            parameter.setFlags(parameter.flags() | _advanced())
-            self.addParameter(parameter)
+        self.add_advanced(advanced)
         output = QgsProcessingParameterVectorDestination(self.OUTPUT, "Referred objects (GeoPackage)",
-                                                         type=_polygons())
+                                                         type=source_type("VectorPolygon"))
         output.setSupportsNonFileBasedOutput(False)
         self.addParameter(output)
         self.addOutput(QgsProcessingOutputNumber(self.POLYGONS, "Number of polygons"))
@@ -184,17 +118,13 @@ class ReferringSegmentationAlgorithm(QgsProcessingAlgorithm):
     # -- running --------------------------------------------------------------------------------
     def prepareAlgorithm(self, parameters, context, feedback):  # noqa: N802
         """Main thread: validate, resolve layer and output, parse, import the engine."""
-        try:
+        with engine_errors():
             self._request = self._build_request(parameters, context, feedback)
-        except (DrSegError, MissingDependencies) as exc:
-            raise QgsProcessingException(str(exc)) from None
         return True
 
     def _build_request(self, parameters, context, feedback):
         from ..core.settings import load_settings_or_defaults
-        from ..ui.refer_task import load_refer_engine
-        from ..ui.sources import extent_in_layer_crs, layer_crs_check, raster_source
-        from .segment_algorithm import gpkg_destination
+        from ..qgis_bridge.sources import layer_crs_check, raster_source
 
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         source = raster_source(layer)
@@ -205,17 +135,8 @@ class ReferringSegmentationAlgorithm(QgsProcessingAlgorithm):
         from ..core.raster_io import parse_bands
 
         bands = parse_bands(self.parameterAsString(parameters, self.BANDS, context))
-        extent = None
-        if parameters.get(self.EXTENT) not in (None, ""):
-            rect = self.parameterAsExtent(parameters, self.EXTENT, context)
-            if not rect.isNull():
-                crs = self.parameterAsExtentCrs(parameters, self.EXTENT, context)
-                if not crs.isValid():
-                    crs = QgsCoordinateReferenceSystem(layer.crs())
-                extent = extent_in_layer_crs(rect, crs, layer, context.project())
-        resolution = None
-        if parameters.get(self.RESOLUTION) not in (None, ""):
-            resolution = self.parameterAsDouble(parameters, self.RESOLUTION, context) or None
+        extent = self.extent_of(parameters, self.EXTENT, context, layer)
+        resolution = self.resolution_of(parameters, self.RESOLUTION, context)
 
         sam_model = SAM_MODEL_CHOICES[self.parameterAsEnum(parameters, self.SAM_MODEL, context)]
         sam_weights = self.parameterAsString(parameters, self.SAM_WEIGHTS, context).strip() or None
@@ -249,20 +170,9 @@ class ReferringSegmentationAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException("The algorithm was not prepared")
         from ..core.refer.run import run_referring
 
-        last = {"message": None}
-
-        def progress(fraction: float, message: str) -> None:
-            feedback.setProgress(100.0 * fraction)
-            if message and message != last["message"]:
-                last["message"] = message
-                feedback.setProgressText(message)
-
-        try:
-            result = run_referring(self._request, progress=progress, cancelled=feedback.isCanceled)
-        except RunCancelled:
-            raise QgsProcessingException("Run cancelled; no output was written") from None
-        except DrSegError as exc:
-            raise QgsProcessingException(str(exc)) from None
+        with engine_errors():
+            result = run_referring(self._request, progress=self.engine_progress(feedback),
+                                   cancelled=feedback.isCanceled)
 
         feedback.pushInfo(f"{result.width}×{result.height} px ({result.resolution_m:.3g} m/px) in "
                           f"{result.tiles} tile(s) on {result.device}; models ready in "
@@ -278,8 +188,7 @@ class ReferringSegmentationAlgorithm(QgsProcessingAlgorithm):
 
     def postProcessAlgorithm(self, context, feedback):  # noqa: N802
         """Main thread, after a successful run: style the output if Processing loads it."""
-        dest = self._destination
-        if dest and context.willLoadLayerOnCompletion(dest):
-            details = context.layerToLoadOnCompletionDetails(dest)
-            details.setPostProcessor(_StyleByExpression.keep(_StyleByExpression(self._expressions)))
+        expressions = list(self._expressions)
+        self.style_on_load(context, self._destination,
+                           lambda layer: style_referring_layer(layer, expressions), QgsVectorLayer)
         return {}

@@ -9,20 +9,20 @@ core/score_raster.py, which reads both sides block by block on the prediction's 
 from __future__ import annotations
 
 import json
-from typing import List
 
-from qgis.core import (Qgis, QgsCoordinateReferenceSystem, QgsFeature, QgsFeatureRequest,
-                       QgsFeatureSink, QgsField, QgsFields, QgsGeometry, QgsProcessing,
-                       QgsProcessingAlgorithm, QgsProcessingException, QgsProcessingOutputNumber,
-                       QgsProcessingParameterEnum, QgsProcessingParameterExtent,
-                       QgsProcessingParameterFeatureSink, QgsProcessingParameterField,
-                       QgsProcessingParameterMapLayer, QgsProcessingParameterNumber,
-                       QgsProcessingParameterRasterLayer, QgsRasterLayer, QgsRectangle,
-                       QgsVectorLayer, QgsVectorLayerFeatureSource, QgsWkbTypes)
+from qgis.core import (QgsCoordinateReferenceSystem, QgsFeature, QgsFeatureRequest,
+                       QgsFeatureSink, QgsField, QgsFields, QgsGeometry, QgsProcessingException,
+                       QgsProcessingOutputNumber, QgsProcessingParameterEnum,
+                       QgsProcessingParameterExtent, QgsProcessingParameterFeatureSink,
+                       QgsProcessingParameterField, QgsProcessingParameterMapLayer,
+                       QgsProcessingParameterNumber, QgsProcessingParameterRasterLayer,
+                       QgsRasterLayer, QgsRectangle, QgsVectorLayer, QgsVectorLayerFeatureSource,
+                       QgsWkbTypes)
 from qgis.PyQt.QtCore import QVariant
 
-from ..core.errors import DrSegError, RunCancelled
-from ..ui.engine import dependency_message
+from ..core.errors import RunCancelled
+from ..qgis_bridge.engine import dependency_message
+from .base import DrSegAlgorithm, engine_errors, no_geometry, number_type, source_type
 
 UNCOVERED_CHOICES = ("background", "ignore")
 UNCOVERED_OPTIONS = ["Background (class 0)", "Not scored"]
@@ -36,24 +36,6 @@ TABLE_FIELDS = (("class_id", QVariant.Type.Int), ("class", QVariant.Type.String)
                 ("pred_pixels", QVariant.Type.LongLong))
 
 
-def _source_type(name: str):
-    new = getattr(Qgis, "ProcessingSourceType", None)
-    if new is not None:
-        return getattr(new, {"TypeRaster": "Raster", "TypeVectorPolygon": "VectorPolygon",
-                             "TypeVector": "Vector"}[name])
-    return getattr(QgsProcessing.SourceType, name)
-
-
-def _number_type_integer():
-    new = getattr(Qgis, "ProcessingNumberParameterType", None)
-    return new.Integer if new is not None else QgsProcessingParameterNumber.Type.Integer
-
-
-def _no_geometry():
-    new = getattr(Qgis, "WkbType", None)
-    return new.NoGeometry if new is not None else QgsWkbTypes.Type.NoGeometry
-
-
 def _plain(value):
     """A QGIS attribute value as a Python label: None for NULL, numbers and text as they are."""
     if value is None or isinstance(value, QVariant) and value.isNull():
@@ -63,7 +45,7 @@ def _plain(value):
     return str(value)
 
 
-class ScoreClassificationAlgorithm(QgsProcessingAlgorithm):
+class ScoreClassificationAlgorithm(DrSegAlgorithm):
     INPUT = "INPUT"
     REFERENCE = "REFERENCE"
     FIELD = "FIELD"
@@ -76,58 +58,43 @@ class ScoreClassificationAlgorithm(QgsProcessingAlgorithm):
     MACC = "MACC"
     AACC = "AACC"
     SCORED_PIXELS = "SCORED_PIXELS"
+    GROUP, GROUP_ID = "Evaluation", "evaluation"
+
+    # -- identity -------------------------------------------------------------------------------
+    NAME = "scoreclassification"
+    DISPLAY_NAME = "Score a classification against a reference (IoU per class)"
+    TAGS = ["accuracy", "iou", "miou", "evaluation", "confusion", "validation", "ground truth",
+            "reference", "segmentation", "drseg"]
+    HELP = (
+        "Compares a <b>predicted class raster</b> (e.g. the class raster of DR-Seg's "
+        "segmentation) with a <b>reference</b> over an area, as segmentation papers do: one "
+        "confusion matrix over all pixels; per class IoU = TP / (reference + predicted − TP) "
+        "and accuracy = TP / reference pixels; mIoU and mACC are their means over classes "
+        "(background included; a class in neither raster is left out), aAcc the share of "
+        "pixels classified right."
+        "<br><br>The comparison runs on the prediction's grid, block by block. A reference "
+        "raster in another CRS or resolution is warped onto it (nearest neighbour). Reference "
+        "polygons are reprojected and rasterized (a pixel is inside when its centre is); "
+        "<b>Class field</b> holds a class name or id; pixels outside every polygon are "
+        "background or not scored (<b>Outside the polygons</b>)."
+        "<br><br>Classes are the prediction's: the class names DR-Seg stores in its class "
+        "rasters (0 is background) or, for other rasters, their pixel values. Reference names "
+        "match case-insensitively (synonyms are not considered). Reference labels with no "
+        "predicted class, reference nodata, the <b>Ignore value</b> and pixels where the "
+        "prediction has nodata are not scored; the log says how many of each."
+        "<br><br>Output: a table with one row per class (class_id, class, iou and accuracy in "
+        "%, true_pos, ref_pixels, pred_pixels) and the numbers mIoU, mACC, aAcc (%).")
 
     def __init__(self):
         super().__init__()
         self._job = None
-
-    # -- identity -------------------------------------------------------------------------------
-    def name(self) -> str:
-        return "scoreclassification"
-
-    def displayName(self) -> str:  # noqa: N802
-        return "Score a classification against a reference (IoU per class)"
-
-    def group(self) -> str:
-        return "Evaluation"
-
-    def groupId(self) -> str:  # noqa: N802
-        return "evaluation"
-
-    def tags(self) -> List[str]:
-        return ["accuracy", "iou", "miou", "evaluation", "confusion", "validation", "ground truth",
-                "reference", "segmentation", "drseg"]
-
-    def shortHelpString(self) -> str:  # noqa: N802
-        return (
-            "Compares a <b>predicted class raster</b> (e.g. the class raster of DR-Seg's "
-            "segmentation) with a <b>reference</b> over an area, as segmentation papers do: one "
-            "confusion matrix over all pixels; per class IoU = TP / (reference + predicted − TP) "
-            "and accuracy = TP / reference pixels; mIoU and mACC are their means over classes "
-            "(background included; a class in neither raster is left out), aAcc the share of "
-            "pixels classified right."
-            "<br><br>The comparison runs on the prediction's grid, block by block. A reference "
-            "raster in another CRS or resolution is warped onto it (nearest neighbour). Reference "
-            "polygons are reprojected and rasterized (a pixel is inside when its centre is); "
-            "<b>Class field</b> holds a class name or id; pixels outside every polygon are "
-            "background or not scored (<b>Outside the polygons</b>)."
-            "<br><br>Classes are the prediction's: the class names DR-Seg stores in its class "
-            "rasters (0 is background) or, for other rasters, their pixel values. Reference names "
-            "match case-insensitively (synonyms are not considered). Reference labels with no "
-            "predicted class, reference nodata, the <b>Ignore value</b> and pixels where the "
-            "prediction has nodata are not scored; the log says how many of each."
-            "<br><br>Output: a table with one row per class (class_id, class, iou and accuracy in "
-            "%, true_pos, ref_pixels, pred_pixels) and the numbers mIoU, mACC, aAcc (%).")
-
-    def createInstance(self):  # noqa: N802
-        return ScoreClassificationAlgorithm()
 
     # -- parameters -----------------------------------------------------------------------------
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Predicted class raster"))
         self.addParameter(QgsProcessingParameterMapLayer(
             self.REFERENCE, "Reference: class raster or polygon layer",
-            types=[_source_type("TypeRaster"), _source_type("TypeVectorPolygon")]))
+            types=[source_type("Raster"), source_type("VectorPolygon")]))
         self.addParameter(QgsProcessingParameterField(
             self.FIELD, "Class field of the reference polygons (class name or id)",
             parentLayerParameterName=self.REFERENCE, optional=True))
@@ -141,9 +108,9 @@ class ScoreClassificationAlgorithm(QgsProcessingAlgorithm):
             defaultValue=0))
         self.addParameter(QgsProcessingParameterNumber(
             self.IGNORE_VALUE, "Ignore value of the reference raster (not scored)",
-            type=_number_type_integer(), defaultValue=255, optional=True))
+            type=number_type("Integer"), defaultValue=255, optional=True))
         self.addParameter(QgsProcessingParameterFeatureSink(
-            self.OUTPUT, "Scores per class", type=_source_type("TypeVector")))
+            self.OUTPUT, "Scores per class", type=source_type("Vector")))
         self.addOutput(QgsProcessingOutputNumber(self.MIOU, "mIoU (%)"))
         self.addOutput(QgsProcessingOutputNumber(self.MACC, "mACC (%)"))
         self.addOutput(QgsProcessingOutputNumber(self.AACC, "aAcc (%)"))
@@ -152,15 +119,13 @@ class ScoreClassificationAlgorithm(QgsProcessingAlgorithm):
     # -- running --------------------------------------------------------------------------------
     def prepareAlgorithm(self, parameters, context, feedback):  # noqa: N802
         """Main thread: resolve layers, the area and the class field; nothing is read yet."""
-        try:
+        with engine_errors():
             self._job = self._prepare(parameters, context)
-        except DrSegError as exc:
-            raise QgsProcessingException(str(exc)) from None
         return True
 
     def _prepare(self, parameters, context) -> dict:
         from ..core.errors import InputError
-        from ..ui.sources import extent_in_layer_crs, layer_crs_check, raster_source
+        from ..qgis_bridge.sources import layer_crs_check, raster_source
 
         try:
             from ..core import score_raster  # noqa: F401 (rasterio: say what is missing now)
@@ -170,17 +135,9 @@ class ScoreClassificationAlgorithm(QgsProcessingAlgorithm):
         job = {"prediction": raster_source(predicted)}
         layer_crs_check(predicted)
         job["crs"] = QgsCoordinateReferenceSystem(predicted.crs())
-        job["extent"] = None
-        rect = QgsRectangle(predicted.extent())
-        if parameters.get(self.EXTENT) not in (None, ""):
-            area = self.parameterAsExtent(parameters, self.EXTENT, context)
-            if not area.isNull():
-                crs = self.parameterAsExtentCrs(parameters, self.EXTENT, context)
-                if not crs.isValid():
-                    crs = job["crs"]
-                job["extent"] = extent_in_layer_crs(area, crs, predicted, context.project())
-                rect = QgsRectangle(*job["extent"])
-        job["rect"] = rect
+        job["extent"] = self.extent_of(parameters, self.EXTENT, context, predicted)
+        job["rect"] = (QgsRectangle(*job["extent"]) if job["extent"] is not None
+                       else QgsRectangle(predicted.extent()))
 
         reference = self.parameterAsLayer(parameters, self.REFERENCE, context)
         if isinstance(reference, QgsRasterLayer):
@@ -222,29 +179,21 @@ class ScoreClassificationAlgorithm(QgsProcessingAlgorithm):
         job = self._job
         if job is None:
             raise QgsProcessingException("The algorithm was not prepared")
-        try:
+        with engine_errors(cancelled="Scoring cancelled"):
             if "polygons" in job:
                 reference = score_raster.PolygonReference(self._read_polygons(job, feedback),
                                                           uncovered=job["uncovered"])
             else:
                 reference = score_raster.RasterReference(job["reference_raster"], match=job["match"],
                                                          ignore_value=job["ignore"])
-
-            def progress(fraction, message):
-                feedback.setProgress(100.0 * fraction)
-
-            result = score_raster.score_classification(job["prediction"], reference,
-                                                       extent=job["extent"], progress=progress,
-                                                       cancelled=feedback.isCanceled)
-        except RunCancelled:
-            raise QgsProcessingException("Scoring cancelled") from None
-        except DrSegError as exc:
-            raise QgsProcessingException(str(exc)) from None
+            result = score_raster.score_classification(
+                job["prediction"], reference, extent=job["extent"],
+                progress=self.engine_progress(feedback, steps=False), cancelled=feedback.isCanceled)
 
         fields = QgsFields()
         for name, kind in TABLE_FIELDS:
             fields.append(QgsField(name, kind))
-        sink, dest = self.parameterAsSink(parameters, self.OUTPUT, context, fields, _no_geometry(),
+        sink, dest = self.parameterAsSink(parameters, self.OUTPUT, context, fields, no_geometry(),
                                           QgsCoordinateReferenceSystem())
         if sink is None:
             raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT))

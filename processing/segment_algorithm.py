@@ -8,23 +8,22 @@ are shared between runs through core.model_cache, which is lock-protected.
 from __future__ import annotations
 
 import os
-import re
-from typing import List, Optional
+from typing import Optional
 
-from qgis.core import (Qgis, QgsCoordinateReferenceSystem, QgsProcessing, QgsProcessingAlgorithm,
-                       QgsProcessingException, QgsProcessingLayerPostProcessorInterface,
-                       QgsProcessingOutputNumber, QgsProcessingOutputString,
-                       QgsProcessingParameterBoolean, QgsProcessingParameterDefinition,
-                       QgsProcessingParameterEnum, QgsProcessingParameterExtent,
-                       QgsProcessingParameterNumber, QgsProcessingParameterRasterDestination,
-                       QgsProcessingParameterRasterLayer, QgsProcessingParameterString,
-                       QgsProcessingParameterVectorDestination, QgsRasterLayer, QgsVectorLayer)
+from qgis.core import (QgsProcessingException, QgsProcessingOutputNumber, QgsProcessingOutputString,
+                       QgsProcessingParameterBoolean, QgsProcessingParameterEnum,
+                       QgsProcessingParameterExtent, QgsProcessingParameterNumber,
+                       QgsProcessingParameterRasterDestination, QgsProcessingParameterRasterLayer,
+                       QgsProcessingParameterString, QgsProcessingParameterVectorDestination,
+                       QgsRasterLayer, QgsVectorLayer)
 
-from ..core.errors import DrSegError, InputError, RunCancelled
-from ..ui.engine import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DINO_MODEL,
-                         DEFAULT_GRAPH_K, DEFAULT_SEMANTIC_RATIO, DEFAULT_THRESHOLD,
-                         DEVICE_CHOICES, DINO_MODEL_CHOICES, MissingDependencies, dino_help,
-                         find_dino_weights, load_engine, method_label)
+from ..core.errors import InputError
+from ..qgis_bridge.engine import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DINO_MODEL,
+                                  DEFAULT_GRAPH_K, DEFAULT_SEMANTIC_RATIO, DEFAULT_THRESHOLD,
+                                  DEVICE_CHOICES, DINO_MODEL_CHOICES, dino_help, find_dino_weights,
+                                  load_engine, method_label)
+from ..qgis_bridge.styling import style_class_raster, style_polygon_layer
+from .base import DrSegAlgorithm, engine_errors, gpkg_destination, number_type, source_type
 
 # METHOD's options (values of SegmentationRequest.method) and how the dialog names them.
 METHOD_CHOICES = ("auto", "drseg", "clip")
@@ -32,68 +31,7 @@ METHOD_OPTIONS = ["Auto: DR-Seg when DINO weights are set up, else dense CLIP",
                   "DR-Seg (dense CLIP rectified with DINO structure)", "Dense CLIP"]
 
 
-def _number_type_double():
-    new = getattr(Qgis, "ProcessingNumberParameterType", None)
-    return new.Double if new is not None else QgsProcessingParameterNumber.Type.Double
-
-
-def _number_type_integer():
-    new = getattr(Qgis, "ProcessingNumberParameterType", None)
-    return new.Integer if new is not None else QgsProcessingParameterNumber.Type.Integer
-
-
-def _advanced_flag():
-    new = getattr(Qgis, "ProcessingParameterFlag", None)
-    return new.Advanced if new is not None else QgsProcessingParameterDefinition.Flag.FlagAdvanced
-
-
-def _polygon_type():
-    new = getattr(Qgis, "ProcessingSourceType", None)
-    return new.VectorPolygon if new is not None else QgsProcessing.SourceType.TypeVectorPolygon
-
-
-def gpkg_destination(dest: str):
-    """A vector destination -> (GeoPackage file, table name or None).
-
-    Handles plain file names and the `ogr:dbname='…' table="…"` form that the 'Save to
-    GeoPackage…' choice of the Processing dialog produces.
-    """
-    if dest.startswith("ogr:"):
-        dbname = re.search(r"dbname='((?:[^'\\]|\\.)*)'", dest)
-        table = re.search(r'table="((?:[^"\\]|\\.)*)"', dest)
-        if dbname:
-            return dbname.group(1), table.group(1) if table else None
-    return dest, None
-
-
-# Post-processors must outlive the run that creates them; QGIS only keeps a C++ pointer.
-_POST_PROCESSORS: List["_StyleOnLoad"] = []
-
-
-class _StyleOnLoad(QgsProcessingLayerPostProcessorInterface):
-    """Styles an output layer by class when Processing loads it into the project (main thread)."""
-
-    def __init__(self, classes, raster: bool):
-        super().__init__()
-        self.classes = [spec.name for spec in classes]
-        self.raster = raster
-
-    def postProcessLayer(self, layer, context, feedback):  # noqa: N802
-        from ..ui.layers import style_class_raster, style_polygon_layer
-
-        if self.raster and isinstance(layer, QgsRasterLayer):
-            style_class_raster(layer, self.classes)
-        elif not self.raster and isinstance(layer, QgsVectorLayer):
-            style_polygon_layer(layer, self.classes)
-
-    @classmethod
-    def keep(cls, instance: "_StyleOnLoad") -> "_StyleOnLoad":
-        _POST_PROCESSORS.append(instance)
-        del _POST_PROCESSORS[:-64]
-        return instance
-
-
-class OpenVocabSegmentationAlgorithm(QgsProcessingAlgorithm):
+class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
     INPUT = "INPUT"
     CLASSES = "CLASSES"
     BANDS = "BANDS"
@@ -119,6 +57,35 @@ class OpenVocabSegmentationAlgorithm(QgsProcessingAlgorithm):
     USED_METHOD = "USED_METHOD"
     NOTE = "NOTE"
 
+    # -- identity -------------------------------------------------------------------------------
+    NAME = "openvocabsegmentation"
+    DISPLAY_NAME = "Open-vocabulary segmentation (classes from text)"
+    TAGS = ["segmentation", "classification", "clip", "open vocabulary", "text", "landcover",
+            "drseg", "ai"]
+    HELP = (
+        "Every pixel of the raster gets one of the classes typed in <b>Classes</b>, or "
+        "background when no class is likely enough (<b>Threshold</b>). Classes are separated by "
+        "';', synonyms of one class by ',': <i>building,roof; road,street; tree,forest; water</i>."
+        "<br><br><b>Polygons</b>: a GeoPackage with fields class, class_id, score (mean "
+        "probability) and area_m2, in the raster's CRS. <b>Class raster</b> (optional): a GeoTIFF "
+        "on the same grid as the input (0 background, 1..K classes, 255 nodata)."
+        "<br><br><b>Bands</b>: one (grey) or three (RGB) band numbers, e.g. 4,3,2; empty picks "
+        "the RGB bands. <b>Extent</b>: only this area (reprojected to the raster's CRS). "
+        "<b>Resolution</b>: working pixel size in metres; empty or 0 keeps the native one."
+        "<br><br><b>Method</b>: <i>DR-Seg</i> sharpens dense CLIP's class map with the image "
+        "structure seen by a DINO model (needs DINO weights); <i>Dense CLIP</i> is CLIP alone; "
+        "<i>Auto</i> (default) takes DR-Seg when DINO weights are set up and says so in the log "
+        "when it falls back to dense CLIP. <b>DINO weights</b>: a checkpoint file or a catalog "
+        "name (e.g. rs-dino-vit-b8); empty: the DINO weights of the DR-Seg settings when they are "
+        "for this DINO model, else its catalog checkpoint, once downloaded (DR-Seg settings › "
+        "Download models…, or <i>python -m drseg models download dino-vit-b8</i>). <b>Semantic ratio</b>, <b>Graph k</b> and the three module "
+        "switches tune DR-Seg (advanced).<br><br>Tiling (window, stride, batch) and the model "
+        "cache folder come from the DR-Seg settings (Plugins › DR-Seg › DR-Seg settings…)."
+        "<br><br><b>CLIP weights</b>: an open_clip pretrained tag (e.g. 'openai', downloaded on "
+        "first use) or a local checkpoint file; <b>CLIP model</b>: an open_clip architecture "
+        "name or a model config .json. Needs the Python packages torch, torchvision and "
+        "open_clip_torch (DR-Seg also timm).")
+
     def __init__(self):
         super().__init__()
         self._request = None
@@ -126,51 +93,6 @@ class OpenVocabSegmentationAlgorithm(QgsProcessingAlgorithm):
         self._classes = []
         self._note = ""
         self._settings = None
-
-    # -- identity -------------------------------------------------------------------------------
-    def name(self) -> str:
-        return "openvocabsegmentation"
-
-    def displayName(self) -> str:  # noqa: N802
-        return "Open-vocabulary segmentation (classes from text)"
-
-    def group(self) -> str:
-        return "Segmentation"
-
-    def groupId(self) -> str:  # noqa: N802
-        return "segmentation"
-
-    def tags(self) -> List[str]:
-        return ["segmentation", "classification", "clip", "open vocabulary", "text", "landcover",
-                "drseg", "ai"]
-
-    def shortHelpString(self) -> str:  # noqa: N802
-        return (
-            "Every pixel of the raster gets one of the classes typed in <b>Classes</b>, or "
-            "background when no class is likely enough (<b>Threshold</b>). Classes are separated by "
-            "';', synonyms of one class by ',': <i>building,roof; road,street; tree,forest; water</i>."
-            "<br><br><b>Polygons</b>: a GeoPackage with fields class, class_id, score (mean "
-            "probability) and area_m2, in the raster's CRS. <b>Class raster</b> (optional): a GeoTIFF "
-            "on the same grid as the input (0 background, 1..K classes, 255 nodata)."
-            "<br><br><b>Bands</b>: one (grey) or three (RGB) band numbers, e.g. 4,3,2; empty picks "
-            "the RGB bands. <b>Extent</b>: only this area (reprojected to the raster's CRS). "
-            "<b>Resolution</b>: working pixel size in metres; empty or 0 keeps the native one."
-            "<br><br><b>Method</b>: <i>DR-Seg</i> sharpens dense CLIP's class map with the image "
-            "structure seen by a DINO model (needs DINO weights); <i>Dense CLIP</i> is CLIP alone; "
-            "<i>Auto</i> (default) takes DR-Seg when DINO weights are set up and says so in the log "
-            "when it falls back to dense CLIP. <b>DINO weights</b>: a checkpoint file or a catalog "
-            "name (e.g. rs-dino-vit-b8); empty: the DINO weights of the DR-Seg settings when they are "
-            "for this DINO model, else its catalog checkpoint, once downloaded (DR-Seg settings › "
-            "Download models…, or <i>python -m drseg models download dino-vit-b8</i>). <b>Semantic ratio</b>, <b>Graph k</b> and the three module "
-            "switches tune DR-Seg (advanced).<br><br>Tiling (window, stride, batch) and the model "
-            "cache folder come from the DR-Seg settings (Plugins › DR-Seg › DR-Seg settings…)."
-            "<br><br><b>CLIP weights</b>: an open_clip pretrained tag (e.g. 'openai', downloaded on "
-            "first use) or a local checkpoint file; <b>CLIP model</b>: an open_clip architecture "
-            "name or a model config .json. Needs the Python packages torch, torchvision and "
-            "open_clip_torch (DR-Seg also timm).")
-
-    def createInstance(self):  # noqa: N802
-        return OpenVocabSegmentationAlgorithm()
 
     # -- parameters -----------------------------------------------------------------------------
     def initAlgorithm(self, config=None):  # noqa: N802
@@ -184,10 +106,10 @@ class OpenVocabSegmentationAlgorithm(QgsProcessingAlgorithm):
             self.EXTENT, "Extent (empty: whole raster)", optional=True))
         self.addParameter(QgsProcessingParameterNumber(
             self.RESOLUTION, "Working resolution, metres per pixel (empty: native)",
-            type=_number_type_double(), optional=True, minValue=0.0))
+            type=number_type("Double"), optional=True, minValue=0.0))
         self.addParameter(QgsProcessingParameterNumber(
             self.THRESHOLD, "Threshold: below this probability a pixel is background",
-            type=_number_type_double(), defaultValue=DEFAULT_THRESHOLD, minValue=0.0, maxValue=0.99))
+            type=number_type("Double"), defaultValue=DEFAULT_THRESHOLD, minValue=0.0, maxValue=0.99))
         self.addParameter(QgsProcessingParameterEnum(
             self.DEVICE, "Device", options=list(DEVICE_CHOICES), defaultValue=0))
         self.addParameter(QgsProcessingParameterEnum(
@@ -199,9 +121,9 @@ class OpenVocabSegmentationAlgorithm(QgsProcessingAlgorithm):
                                          "CLIP weights (pretrained tag or checkpoint file)",
                                          defaultValue=DEFAULT_CLIP_WEIGHTS),
             QgsProcessingParameterNumber(self.SIMPLIFY, "Simplify polygons (tolerance in pixels)",
-                                         type=_number_type_double(), defaultValue=0.0, minValue=0.0),
+                                         type=number_type("Double"), defaultValue=0.0, minValue=0.0),
             QgsProcessingParameterNumber(self.MIN_AREA, "Minimum polygon area (m²)",
-                                         type=_number_type_double(), defaultValue=0.0, minValue=0.0),
+                                         type=number_type("Double"), defaultValue=0.0, minValue=0.0),
             QgsProcessingParameterEnum(self.DINO_MODEL, "DINO model (DR-Seg)",
                                        options=list(DINO_MODEL_CHOICES),
                                        defaultValue=DINO_MODEL_CHOICES.index(DEFAULT_DINO_MODEL)),
@@ -209,11 +131,11 @@ class OpenVocabSegmentationAlgorithm(QgsProcessingAlgorithm):
                                          "catalog name; empty: the downloaded default)",
                                          optional=True),
             QgsProcessingParameterNumber(self.SEMANTIC_RATIO, "DR-Seg semantic ratio (share of CLIP "
-                                         "channels kept as they are)", type=_number_type_double(),
+                                         "channels kept as they are)", type=number_type("Double"),
                                          defaultValue=DEFAULT_SEMANTIC_RATIO, minValue=0.0,
                                          maxValue=1.0),
             QgsProcessingParameterNumber(self.GRAPH_K, "DR-Seg graph k (neighbours per patch)",
-                                         type=_number_type_integer(), defaultValue=DEFAULT_GRAPH_K,
+                                         type=number_type("Integer"), defaultValue=DEFAULT_GRAPH_K,
                                          minValue=1, maxValue=256),
             QgsProcessingParameterBoolean(self.DECOUPLE, "DR-Seg: decouple semantic and structural "
                                           "channels", defaultValue=True),
@@ -222,11 +144,9 @@ class OpenVocabSegmentationAlgorithm(QgsProcessingAlgorithm):
             QgsProcessingParameterBoolean(self.FUSION, "DR-Seg: uncertainty-guided fusion",
                                           defaultValue=True),
         ]
-        for parameter in advanced:
-            parameter.setFlags(parameter.flags() | _advanced_flag())
-            self.addParameter(parameter)
+        self.add_advanced(advanced)
         output = QgsProcessingParameterVectorDestination(self.OUTPUT, "Polygons (GeoPackage)",
-                                                         type=_polygon_type())
+                                                         type=source_type("VectorPolygon"))
         output.setSupportsNonFileBasedOutput(False)
         self.addParameter(output)
         raster = QgsProcessingParameterRasterDestination(self.OUTPUT_RASTER, "Class raster",
@@ -245,15 +165,13 @@ class OpenVocabSegmentationAlgorithm(QgsProcessingAlgorithm):
         self._settings, problem = load_settings_or_defaults()
         if problem and feedback is not None:
             feedback.pushWarning(problem + " — the default settings are used")
-        try:
+        with engine_errors():
             self._request = self._build_request(parameters, context)
-        except (DrSegError, MissingDependencies) as exc:
-            raise QgsProcessingException(str(exc)) from None
         return True
 
     def _build_request(self, parameters, context):
         from ..core.classes import parse_classes
-        from ..ui.sources import extent_in_layer_crs, layer_crs_check, raster_source
+        from ..qgis_bridge.sources import layer_crs_check, raster_source
 
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         source = raster_source(layer)
@@ -264,17 +182,8 @@ class OpenVocabSegmentationAlgorithm(QgsProcessingAlgorithm):
         from ..core.raster_io import parse_bands
 
         bands = parse_bands(self.parameterAsString(parameters, self.BANDS, context))
-        extent = None
-        if parameters.get(self.EXTENT) not in (None, ""):
-            rect = self.parameterAsExtent(parameters, self.EXTENT, context)
-            if not rect.isNull():
-                crs = self.parameterAsExtentCrs(parameters, self.EXTENT, context)
-                if not crs.isValid():
-                    crs = QgsCoordinateReferenceSystem(layer.crs())
-                extent = extent_in_layer_crs(rect, crs, layer, context.project())
-        resolution = None
-        if parameters.get(self.RESOLUTION) not in (None, ""):
-            resolution = self.parameterAsDouble(parameters, self.RESOLUTION, context) or None
+        extent = self.extent_of(parameters, self.EXTENT, context, layer)
+        resolution = self.resolution_of(parameters, self.RESOLUTION, context)
 
         dest = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         out_vector, table = gpkg_destination(dest)
@@ -337,25 +246,10 @@ class OpenVocabSegmentationAlgorithm(QgsProcessingAlgorithm):
         """Worker thread: run the engine; no GUI, layer or project access here."""
         if self._request is None:  # prepareAlgorithm always runs first; be safe anyway
             raise QgsProcessingException("The algorithm was not prepared")
-        try:
+        with engine_errors():
             segment = load_engine()
-        except MissingDependencies as exc:
-            raise QgsProcessingException(str(exc)) from None
-        last = {"message": None}
-
-        def progress(fraction: float, message: str) -> None:
-            feedback.setProgress(100.0 * fraction)
-            if message and message != last["message"]:
-                last["message"] = message
-                feedback.setProgressText(message)
-
-        try:
-            result = segment.run_segmentation(self._request, progress=progress,
+            result = segment.run_segmentation(self._request, progress=self.engine_progress(feedback),
                                               cancelled=feedback.isCanceled)
-        except RunCancelled:
-            raise QgsProcessingException("Run cancelled; no output was written") from None
-        except DrSegError as exc:
-            raise QgsProcessingException(str(exc)) from None
 
         t = result.timings
         note = result.note or self._note
@@ -374,11 +268,9 @@ class OpenVocabSegmentationAlgorithm(QgsProcessingAlgorithm):
 
     def postProcessAlgorithm(self, context, feedback):  # noqa: N802
         """Main thread, after a successful run: style the outputs Processing will load."""
-        self._style_on_load(context, self._destinations.get("vector"), raster=False)
-        self._style_on_load(context, self._destinations.get("raster"), raster=True)
+        names = [spec.name for spec in self._classes]
+        self.style_on_load(context, self._destinations.get("vector"),
+                           lambda layer: style_polygon_layer(layer, names), QgsVectorLayer)
+        self.style_on_load(context, self._destinations.get("raster"),
+                           lambda layer: style_class_raster(layer, names), QgsRasterLayer)
         return {}
-
-    def _style_on_load(self, context, destination: Optional[str], raster: bool) -> None:
-        if destination and context.willLoadLayerOnCompletion(destination):
-            details = context.layerToLoadOnCompletionDetails(destination)
-            details.setPostProcessor(_StyleOnLoad.keep(_StyleOnLoad(self._classes, raster)))

@@ -149,6 +149,35 @@ def isolated_settings(monkeypatch, tmp_path_factory):
     return folder / "models"
 
 
+@pytest.fixture
+def plugin_iface(qgis_iface, monkeypatch, tmp_path):
+    """pytest-qgis's iface with an empty message bar, an empty plugin packages folder
+    (tmp_path/pkgs) on a sys.path restored afterwards, and the start-up check's state reset; the
+    plugin's dialogs are closed afterwards."""
+    import sys
+
+    from drseg.core import dependencies
+    from drseg.ui import integration
+
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setenv(dependencies.PACKAGES_ENV, str(tmp_path / "pkgs"))
+    monkeypatch.setattr(integration, "_warning_widget", None)
+    monkeypatch.setattr(integration, "_open_dialogs", {})
+    bar = qgis_iface.messageBar()
+    bar.clearWidgets()
+    bar.clear_messages()
+    yield qgis_iface
+    integration.close_dialogs()
+    bar.clearWidgets()
+
+
+def install_buttons(bar) -> list:
+    """The 'Install…' buttons of the missing-packages warnings in a message bar."""
+    from qgis.PyQt.QtWidgets import QPushButton
+
+    return [b for item in bar.items() for b in item.findChildren(QPushButton, "drsegInstallButton")]
+
+
 def put_in_cache(cache_dir, catalog_name: str, content: bytes = b"not really weights") -> str:
     """Place a file where the model cache keeps `catalog_name` (as if it had been downloaded)."""
     from drseg.core.catalog import get_model

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from conftest import TINY_CLIP_CONFIG, write_raster
 from drseg.core.clip_models import load_clip
-from drseg.core.dense_clip import DenseClip
+from drseg.core.dense_clip import DenseClip, dense_logits, encode_prompts
 from drseg.core.errors import InputError, ModelError
 from drseg.core.segment import SegmentationRequest, run_segmentation
 
@@ -65,6 +65,32 @@ def test_text_embedding_averages_normalised_templates(tiny_clip):
         each = F.normalize(model.encode_text(tokenizer(["a photo of a water.", "water"])), dim=-1)
     assert torch.allclose(got, F.normalize(each.mean(0), dim=0), atol=1e-6)
     assert len(clip.templates) == 2 and len(DenseClip(model, tokenizer, torch.device("cpu")).templates) == 80
+
+
+def test_one_prompt_encoder_serves_dense_clip_and_the_referring_localizer(tiny_clip):
+    from drseg.core.refer.localize import Localizer, LocalizerSettings
+
+    model, tokenizer, _ = tiny_clip
+    clip = dense(tiny_clip)
+    names = ["water", "road", "a red roof"]
+    together = encode_prompts(model, tokenizer, torch.device("cpu"), names, clip.templates)
+    assert torch.allclose(together, clip.encode_texts(names), atol=1e-6)   # one name per batch
+    localizer = Localizer(clip, LocalizerSettings(templates=tuple(clip.templates)))
+    for name, expected in zip(names, together):
+        assert torch.allclose(localizer.text_embedding(name), expected, atol=1e-6)
+
+
+def test_dense_logits_without_the_bias_term_are_plain_cosines():
+    patches = F.normalize(torch.randn(2, 8, 3, 4), dim=1)
+    cls = F.normalize(torch.randn(2, 8), dim=-1)
+    text = F.normalize(torch.randn(5, 8), dim=-1)
+    expected = torch.stack([torch.stack([(patches[b] * text[q][:, None, None]).sum(0)
+                                         for q in range(5)]) for b in range(2)])
+    assert torch.allclose(dense_logits(patches, None, text, -0.3), expected, atol=1e-6)
+    assert torch.allclose(dense_logits(patches, cls, text, 0.0), expected, atol=1e-6)
+    shifted = dense_logits(patches, cls, text, -0.3)
+    assert torch.allclose(shifted - expected, -0.3 * (cls @ text.T)[:, :, None, None].expand_as(shifted),
+                          atol=1e-6)
 
 
 def test_logits_follow_the_global_bias_formula(tiny_clip):

@@ -332,7 +332,7 @@ def test_drseg_without_dino_weights_is_refused_with_advice(dock, qgis_iface, qgi
 def test_find_dino_weights_agrees_with_the_engine(isolated_settings, tmp_path):
     from drseg.core.errors import DrSegError
     from drseg.core.model_cache import resolve_dino_weights
-    from drseg.ui.engine import find_dino_weights
+    from drseg.qgis_bridge.engine import find_dino_weights
 
     own = tmp_path / "own.pth"
     own.write_bytes(b"x")
@@ -364,7 +364,7 @@ def test_find_dino_weights_agrees_with_the_engine(isolated_settings, tmp_path):
 
 def test_find_dino_weights_looks_in_the_given_cache_and_refuses_other_families(tmp_path):
     from drseg.core.errors import InputError
-    from drseg.ui.engine import find_dino_weights
+    from drseg.qgis_bridge.engine import find_dino_weights
 
     path = put_in_cache(tmp_path / "cache", "dinov2-vit-b14")
     assert find_dino_weights("dinov2_vitb14", "", str(tmp_path / "cache")) == path

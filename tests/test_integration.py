@@ -5,8 +5,9 @@ from __future__ import annotations
 import sys
 
 import pytest
+from conftest_qgis import install_buttons, plugin_iface  # noqa: F401 (a fixture)
 from qgis.core import Qgis
-from qgis.PyQt.QtWidgets import QDialogButtonBox, QPushButton
+from qgis.PyQt.QtWidgets import QDialogButtonBox
 
 from drseg.core import dependencies, settings as st
 from drseg.ui import integration
@@ -15,22 +16,9 @@ from drseg.ui.settings_dialog import SettingsDialog
 
 
 @pytest.fixture
-def iface(qgis_iface, monkeypatch, tmp_path):
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    monkeypatch.setenv(dependencies.PACKAGES_ENV, str(tmp_path / "pkgs"))
+def iface(plugin_iface, monkeypatch, tmp_path):
     monkeypatch.setenv(st.CONFIG_ENV, str(tmp_path / "settings.json"))
-    monkeypatch.setattr(integration, "_warning_widget", None)
-    monkeypatch.setattr(integration, "_open_dialogs", {})
-    bar = qgis_iface.messageBar()
-    bar.clearWidgets()
-    bar.clear_messages()
-    yield qgis_iface
-    integration.close_dialogs()
-    bar.clearWidgets()
-
-
-def install_buttons(bar):
-    return [b for item in bar.items() for b in item.findChildren(QPushButton, "drsegInstallButton")]
+    return plugin_iface
 
 
 def test_nothing_missing_means_no_message_and_the_folder_on_the_path(iface, tmp_path):

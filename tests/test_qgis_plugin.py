@@ -14,8 +14,9 @@ import textwrap
 from unittest import mock
 
 import pytest
-from conftest_qgis import (REPO_ROOT, files_under, isolated_settings, raster_layer,  # noqa: F401
-                           tiny_clip, wait_for, write_raster, write_tiny_clip_config)
+from conftest_qgis import (REPO_ROOT, files_under, install_buttons, isolated_settings,  # noqa: F401
+                           plugin_iface, raster_layer, tiny_clip, wait_for, write_raster,
+                           write_tiny_clip_config)
 from qgis.core import Qgis, QgsApplication
 
 try:
@@ -26,7 +27,8 @@ except ImportError:
 import drseg
 
 QGIS_PROCESS = shutil.which("qgis_process.bin") or "/usr/bin/qgis_process.bin"
-PLUGIN_FILES = ("__init__.py", "plugin.py", "metadata.txt", "core", "ui", "processing", "resources")
+PLUGIN_FILES = ("__init__.py", "plugin.py", "metadata.txt", "core", "qgis_bridge", "ui", "processing",
+                "resources")
 
 
 def test_metadata_declares_what_qgis_needs():
@@ -46,7 +48,7 @@ def test_metadata_declares_what_qgis_needs():
 
 def test_plugin_defaults_match_the_engine():
     from drseg.core import clip_models, device, segment
-    from drseg.ui import engine
+    from drseg.qgis_bridge import engine
 
     assert engine.DEFAULT_THRESHOLD == segment.DEFAULT_THRESHOLD
     assert engine.DEVICE_CHOICES == device.DEVICE_CHOICES
@@ -64,28 +66,22 @@ def test_plugin_defaults_match_the_engine():
     from drseg.core import download
 
     assert engine.RECORD_SUFFIX == download.RECORD_SUFFIX
+    from drseg.core import sam_models
+    from drseg.core.refer import run
+
+    assert engine.SAM_DEFAULT_WEIGHTS == sam_models.CATALOG_FOR_TYPE
+    assert engine.SAM_MODEL_CHOICES == sam_models.SAM_TYPES
+    assert engine.DEFAULT_MAX_SIZE == run.DEFAULT_MAX_SIZE
 
 
 @pytest.fixture
-def spied_iface(qgis_iface, isolated_settings, monkeypatch, tmp_path):
-    """pytest-qgis's iface with the plugin-facing calls recorded; an empty settings file, model
-    cache and packages folder; the start-up check's state reset."""
-    from drseg.core import dependencies
-    from drseg.ui import integration
-
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    monkeypatch.setenv(dependencies.PACKAGES_ENV, str(tmp_path / "packages"))
-    monkeypatch.setattr(integration, "_warning_widget", None)
-    monkeypatch.setattr(integration, "_open_dialogs", {})
-    bar = qgis_iface.messageBar()
-    bar.clearWidgets()
-    bar.clear_messages()
+def spied_iface(plugin_iface, isolated_settings):
+    """plugin_iface with the plugin-facing calls recorded; an empty settings file and model
+    cache."""
     names = ("addToolBarIcon", "removeToolBarIcon", "addPluginToMenu", "removePluginMenu",
              "addDockWidget", "removeDockWidget")
-    with mock.patch.multiple(qgis_iface, **{name: mock.DEFAULT for name in names}):
-        yield qgis_iface
-    integration.close_dialogs()
-    bar.clearWidgets()
+    with mock.patch.multiple(plugin_iface, **{name: mock.DEFAULT for name in names}):
+        yield plugin_iface
 
 
 def test_init_gui_toggle_dock_and_unload(spied_iface, qgis_processing, qgis_new_project):
@@ -151,14 +147,14 @@ def test_unload_during_a_run_cancels_it_and_adds_nothing(spied_iface, qgis_proce
     task.taskCompleted.connect(lambda: finished.append("completed"))
 
     plugin.unload()
+    from drseg.qgis_bridge import tasks as bridge_tasks
 
+    assert task.on_finished is None  # detached: calls nobody back
     assert wait_for(lambda: finished, 60)
     assert finished == ["terminated"]
     assert list(qgis_new_project.mapLayers()) == [layer.id()]
     assert files_under(tmp_path) == before
-    from drseg.ui import dock as dock_module
-
-    assert wait_for(lambda: not dock_module._DETACHED_TASKS, 5)
+    assert wait_for(lambda: task not in bridge_tasks.running(), 5)
 
 
 def test_plugin_loads_and_explains_when_torch_is_missing(tmp_path):
@@ -211,12 +207,6 @@ def test_plugin_loads_and_explains_when_torch_is_missing(tmp_path):
 
 
 # -- settings and dependencies ------------------------------------------------------------------
-
-def install_buttons(bar):
-    from qgis.PyQt.QtWidgets import QPushButton
-
-    return [b for item in bar.items() for b in item.findChildren(QPushButton, "drsegInstallButton")]
-
 
 def test_missing_packages_are_offered_for_install_and_the_plugin_still_loads(
         spied_iface, qgis_processing, qgis_new_project, monkeypatch):
@@ -464,7 +454,7 @@ def test_torch_import_survives_a_process_with_system_llvm(tmp_path):
     llvm = sorted(glob.glob("/usr/lib/x86_64-linux-gnu/libLLVM-*.so.1"))
     if not llvm:
         pytest.skip("no system libLLVM to reproduce the clash with")
-    script = ("from drseg.ui.engine import load_engine; load_engine(); import sys, torchvision; "
+    script = ("from drseg.qgis_bridge.engine import load_engine; load_engine(); import sys, torchvision; "
               "print('ok', sys.modules.get('triton'))")
     env = dict(os.environ, LD_PRELOAD=llvm[-1])
     env.pop("DRSEG_ALLOW_TRITON", None)

@@ -20,10 +20,11 @@ from drseg.core.dense_clip import DenseClip
 from drseg.core.errors import InputError, RunCancelled
 from drseg.core.refer.localize import Localizer, LocalizerSettings, context_crop
 from drseg.core.refer.parse import parse_expression
-from drseg.core.refer.pipeline import SESSIONS, ReferringSession
+from drseg.core.refer.pipeline import ReferringSession
 from drseg.core.refer.prompts import dilate, label_components
-from drseg.core.refer.run import (ReferringRequest, merge_pieces, run_referring,
-                                  select_across_tiles, tile_windows)
+from drseg.core.refer.request import ReferringRequest
+from drseg.core.refer.run import run_referring
+from drseg.core.refer.sessions import SESSIONS
 from test_sam_models import build_tiny_sam
 
 ORIGIN = (500000.0, 4100000.0)
@@ -206,7 +207,6 @@ def seam_scene():
 
 
 def test_a_target_straddling_a_tile_seam_is_one_polygon(tmp_path):
-    assert [(w.col_off, w.width) for w in tile_windows(200, 120, 128, 32)] == [(0, 128), (72, 128)]
     path = write_raster(tmp_path / "seam.tif", seam_scene().transpose(2, 0, 1))
     predictor, localizer = stub_models()
     out = tmp_path / "seam.gpkg"
@@ -226,29 +226,6 @@ def test_a_target_straddling_a_tile_seam_is_one_polygon(tmp_path):
     assert sorted(iou(g, straddler) > 0.999 for g in every) == [False, True]
     assert any(g.equals(other) for g in every)
     assert len([r for r in rows if r["expression"] == "the pond"]) == 1
-
-
-def test_merge_and_global_selection_rules():
-    a, b = shapely_box(0, 0, 10, 10), shapely_box(10, 0, 20, 10)     # share an edge
-    c = shapely_box(20, 10, 30, 20)                                   # touches b at a corner
-    d = shapely_box(5, 5, 15, 8)                                      # overlaps a and b
-    merged = merge_pieces([(a, 0.2), (b, 0.6), (c, 0.3)])
-    assert sorted(round(g.area) for g, _ in merged) == [100, 200]
-    assert max(s for g, s in merged if g.area == 200) == 0.6
-    assert len(merge_pieces([(a, 0.1), (d, 0.1), (c, 0.1)])) == 2
-    bounds = (0, 0, 100, 100)
-    west, east = (shapely_box(0, 40, 10, 60), 0.5), (shapely_box(90, 40, 100, 60), 0.6)
-    left = select_across_tiles([west, east], parse_expression("the pond on the left"), bounds)
-    assert left[0][0].equals(west[0])
-    assert select_across_tiles([west, east], parse_expression("the pond"), bounds)[0][1] == 0.6
-    big = (shapely_box(20, 20, 60, 60), 0.3)
-    assert select_across_tiles([west, east, big], parse_expression("the largest pond"),
-                               bounds)[0][0].equals(big[0])
-    assert len(select_across_tiles([west, east, big], parse_expression("all the ponds"),
-                                   bounds)) == 3
-    second = select_across_tiles([west, east, big], parse_expression("the second pond from the left"),
-                                 bounds)
-    assert second[0][0].equals(big[0])
 
 
 # --------------------------------------------------------------------------------------------

@@ -31,9 +31,10 @@ from test_refer_pipeline import (ORIGIN, PIXEL, ColourLocalizer, ColourPredictor
                                  label_components, pixel_box, pond_scene, tiny_models)
 
 from drseg.core.colors import class_colour
-from drseg.core.refer.pipeline import SESSIONS
-from drseg.ui.refer_panel import AREA_DRAWN, AREA_LAYER, HISTORY_SIZE, ReferringOptions, ReferringPanel
-from drseg.ui.refer_task import REFER_GROUP
+from drseg.core.refer.sessions import SESSIONS
+from drseg.qgis_bridge.results import REFER_GROUP
+from drseg.ui.choices import SharedChoices
+from drseg.ui.refer_panel import AREA_DRAWN, AREA_LAYER, HISTORY_SIZE, ReferringPanel
 
 ALG = "drseg:referringsegmentation"
 NORTH, SOUTH = pixel_box(40, 30, 100, 80), pixel_box(120, 160, 200, 220)   # the two ponds
@@ -103,7 +104,7 @@ def ponds(tmp_path, qgis_new_project):
 @pytest.fixture
 def panel(qgis_iface, qgis_new_project, isolated_settings, ponds, tmp_path, monkeypatch):
     qgis_iface.messageBar().clear_messages()
-    widget = ReferringPanel(qgis_iface, lambda: ReferringOptions(device="cpu"))
+    widget = ReferringPanel(qgis_iface, SharedChoices(device="cpu"))
     widget.sam, widget.clip = ClickPredictor(), ColourLocalizer()
     monkeypatch.setattr(widget, "output_folder", lambda: str(tmp_path))
     widget.layer_combo.setLayer(ponds)
@@ -547,6 +548,44 @@ def test_the_dock_has_a_referring_mode_fed_by_its_form(qgis_iface, qgis_new_proj
                                                                                "laion2b")
         assert request.bands == [1, 2, 3] and request.raster == str(tmp_path / "other.tif")
         assert (request.sam_model, request.sam_weights) == ("vit_b", "sam-vit-b")   # settings
+    finally:
+        dock.shutdown()
+        dock.deleteLater()
+
+
+def test_the_dock_shares_values_with_the_panel_settings_included(qgis_iface, qgis_new_project,
+                                                                  isolated_settings, ponds):
+    from drseg.core.settings import Settings
+    from drseg.qgis_bridge.engine import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS
+    from drseg.ui.dock import DrSegDock
+
+    dock = DrSegDock(qgis_iface)
+    try:
+        panel = dock.refer_panel
+        assert panel.choices is dock.choices
+        dock.apply_settings(Settings(clip_model="ViT-B-32", clip_weights="/data/clip.pt",
+                                     device="cpu", sam_model="vit_l",
+                                     sam_weights="/data/sam_l.pth"))
+        dock.layer_combo.setLayer(ponds)
+        for combo, band in zip(dock.band_combos, (3, 2, 1)):
+            combo.setBand(band)
+        shared = dock.choices
+        assert (shared.layer, shared.bands, shared.device, shared.clip_model,
+                shared.clip_weights) == (ponds, [3, 2, 1], "cpu", "ViT-B-32", "/data/clip.pt")
+        panel.area_combo.setCurrentIndex(panel.area_combo.findData(AREA_LAYER))
+        panel.expression_combo.setEditText("the pond")
+        request = panel.build_request()
+        assert (request.bands, request.device, request.clip_model, request.clip_weights,
+                request.sam_model, request.sam_weights) == (
+            [3, 2, 1], "cpu", "ViT-B-32", "/data/clip.pt", "vit_l", "/data/sam_l.pth")
+        # Emptied fields are shared as the defaults the engine would use; grey: one band.
+        dock.clip_model_combo.setCurrentText("")
+        dock.clip_weights_widget.setFilePath("")
+        dock.band_combos[1].setBand(-1)
+        dock.band_combos[2].setBand(-1)
+        request = panel.build_request()
+        assert (request.clip_model, request.clip_weights, request.bands) == (
+            DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, [3])
     finally:
         dock.shutdown()
         dock.deleteLater()

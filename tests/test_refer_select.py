@@ -7,7 +7,8 @@ import pytest
 from drseg.core.errors import InputError
 from drseg.core.refer.parse import parse_expression
 from drseg.core.refer.select import (Candidate, Modifiers, SelectionWeights, mask_iou,
-                                     score_candidates, select_candidates, suppress_duplicates)
+                                     position_score, rank_instances, score_candidates,
+                                     select_candidates, suppress_duplicates)
 
 H, W = 128, 160
 
@@ -266,3 +267,30 @@ def test_suppress_duplicates_keeps_best_of_nested_masks():
                               None, None)
     kept = suppress_duplicates(scored)
     assert len(kept) == 2 and {k.index for k in kept} == {1, 2}
+
+
+def test_rank_instances_applies_order_rank_and_count_as_parsed():
+    items = [("a", 3.0, 0.9), ("b", 1.0, 0.5), ("c", 2.0, 0.7), ("d", 2.0, 0.8)]   # name, value, score
+
+    def ranked(text, values=lambda item: item[1]):
+        chosen = rank_instances(items, parse_expression(text), values, lambda item: item[2])
+        return [item[0] for item in chosen]
+
+    assert ranked("the largest pond") == ["a"]
+    assert ranked("the second largest pond") == ["c"]             # ties keep their order: c, d
+    assert ranked("the two smallest ponds") == ["b", "c"]
+    assert ranked("the tenth largest pond") == ["b"]              # fewer: the last one
+    assert ranked("all the ponds") == ["a", "d", "c", "b"]        # no order: best score first
+    assert ranked("three ponds") == ["a", "d", "c"]
+    assert ranked("the largest pond", values=lambda item: None) == ["a"]   # unmeasurable: score
+
+
+def test_position_score_is_one_at_the_requested_place_and_half_at_the_middle():
+    assert position_score(0.0, 0.3, "left") == (1.0, True)
+    assert position_score(0.5, 0.5, "left") == (0.5, True)
+    assert position_score(1.0, 0.9, "left") == (0.0, False)
+    assert position_score(0.5, 0.5, "centre") == (1.0, True)
+    value, hold = position_score(0.9, 0.2, "top-right")
+    assert value == pytest.approx(0.85) and hold
+    with pytest.raises(InputError, match="Unknown position"):
+        position_score(0.5, 0.5, "upstairs")

@@ -11,6 +11,7 @@ from qgis.PyQt.QtWidgets import QDialog, QDialogButtonBox
 from drseg.core import settings as st
 from drseg.core.catalog import list_models
 from drseg.core.settings import Settings, load_settings, save_settings
+from drseg.qgis_bridge import tasks as bridge_tasks
 from drseg.ui import settings_dialog as sd
 from drseg.ui.settings_dialog import SettingsDialog
 
@@ -269,6 +270,6 @@ def test_closing_the_dialog_cancels_and_detaches_the_transfer(make_dialog, tmp_p
     task = dialog.download_selected()
     assert wait_for(lambda: started, 10)
     dialog.reject()
-    assert task in sd._DETACHED_TASKS and dialog.task is None
-    assert wait_for(lambda: task not in sd._DETACHED_TASKS, 10)
+    assert task in bridge_tasks.running() and dialog.task is None   # still kept alive
+    assert wait_for(lambda: task not in bridge_tasks.running(), 10)
     assert task.was_cancelled and calls == []     # the closed dialog is not called back

@@ -17,14 +17,14 @@ from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
 import numpy as np
-from qgis.core import (Qgis, QgsApplication, QgsCoordinateReferenceSystem,
-                       QgsCoordinateTransform, QgsFeature, QgsFeatureRequest, QgsGeometry,
-                       QgsPointXY, QgsProject, QgsWkbTypes)
+from qgis.core import (Qgis, QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsFeature,
+                       QgsFeatureRequest, QgsGeometry, QgsPointXY, QgsProject, QgsWkbTypes)
 from qgis.gui import QgsMapTool, QgsVertexMarker
 from qgis.PyQt.QtCore import Qt, pyqtSignal
 from qgis.PyQt.QtGui import QColor
 
-from .refer_task import RefineTask
+from ..qgis_bridge import tasks as bridge_tasks
+from ..qgis_bridge.tasks import RefineTask
 
 POSITIVE_COLOUR = QColor(0, 200, 0)
 NEGATIVE_COLOUR = QColor(230, 0, 0)
@@ -80,7 +80,6 @@ class ReferringClickTool(QgsMapTool):
         self._positive: List[Tuple[float, float]] = []
         self._negative: List[Tuple[float, float]] = []
         self._running: Optional[RefineTask] = None
-        self._tasks: List[RefineTask] = []     # references until their callback ran
         self.setCursor(Qt.CursorShape.CrossCursor)
 
     # -- target -------------------------------------------------------------------------------
@@ -214,13 +213,10 @@ class ReferringClickTool(QgsMapTool):
         task.target, task.index = target, target.current
         self._positive, self._negative = [], []
         self._running = task
-        self._tasks.append(task)
-        QgsApplication.taskManager().addTask(task)
+        bridge_tasks.start(task)
 
     def _refine_finished(self, task: RefineTask) -> None:
         """Main thread: write the refined polygon into the layer, then send queued clicks."""
-        if task in self._tasks:
-            self._tasks.remove(task)
         if self._running is task:
             self._running = None
         if task.target is not self.target:       # a new run replaced the target meanwhile

@@ -2,34 +2,39 @@
 
 Everything is validated on the main thread before a task starts, so mistakes (no layer, empty
 prompt, a raster that is not a file, an area outside the layer) show as a message-bar error at
-once. The run itself is a `SegmentationTask`; this widget keeps the references to running tasks.
+once. The run itself is a `qgis_bridge.tasks.SegmentationTask`. What the Referring panel shares
+with this form (layer, bands, device, CLIP model and weights) it reads from a `SharedChoices`
+object that this form keeps up to date, never from these widgets.
 """
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from typing import List, Optional
 
-from qgis.core import Qgis, QgsApplication, QgsMapLayerProxyModel, QgsProject, QgsRasterLayer
+from qgis.core import Qgis, QgsRasterLayer
 from qgis.gui import (QgsCollapsibleGroupBox, QgsDoubleSpinBox, QgsFileWidget,
                       QgsMapLayerComboBox, QgsRasterBandComboBox)
 from qgis.PyQt.QtCore import pyqtSignal
 from qgis.PyQt.QtWidgets import (QCheckBox, QComboBox, QDockWidget, QFormLayout, QHBoxLayout,
-                                 QLabel, QPlainTextEdit, QProgressBar, QPushButton, QScrollArea,
-                                 QSpinBox, QTabWidget, QVBoxLayout, QWidget)
+                                 QLabel, QPlainTextEdit, QPushButton, QScrollArea, QSpinBox,
+                                 QTabWidget, QVBoxLayout, QWidget)
 
 from ..core.classes import parse_classes
 from ..core.errors import DrSegError, InputError
 from ..core.settings import LIMITS, Settings, load_settings_or_defaults
-from .engine import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DINO_MODEL, DEFAULT_GRAPH_K,
-                     DEFAULT_SEMANTIC_RATIO, DEFAULT_THRESHOLD, DINO_DEFAULT_WEIGHTS,
-                     DINO_MODEL_CHOICES, MissingDependencies, dino_help, find_dino_weights,
-                     load_engine, method_label, select_device)
-from .layers import add_result_layers, default_output_path
-from .refer_panel import ReferringPanel, options_from_dock
-from .sources import extent_in_layer_crs, layer_crs_check, raster_source
-from .task import SegmentationTask
+from ..qgis_bridge.engine import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DINO_MODEL,
+                                  DEFAULT_GRAPH_K, DEFAULT_SEMANTIC_RATIO, DEFAULT_THRESHOLD,
+                                  DINO_DEFAULT_WEIGHTS, DINO_MODEL_CHOICES, MissingDependencies,
+                                  dino_help, find_dino_weights, load_engine, method_label)
+from ..qgis_bridge.outputs import default_output_path, output_folder
+from ..qgis_bridge.results import add_result_layers
+from ..qgis_bridge.sources import extent_in_layer_crs, layer_crs_check, raster_source
+from ..qgis_bridge.tasks import SegmentationTask
+from .choices import SharedChoices
+from .combos import raster_layer_filter, select_device
+from .refer_panel import ReferringPanel
+from .run_controls import RunControls
 
 TITLE = "DR-Seg"
 CLASS_PLACEHOLDER = "building,roof; road,street; tree,forest; water"
@@ -39,17 +44,6 @@ DEVICE_LABELS = (("auto", "Auto (GPU if available)"), ("cpu", "CPU"), ("cuda", "
                  ("mps", "Apple GPU (MPS)"))
 METHOD_DRSEG, METHOD_CLIP = "drseg", "clip"
 METHOD_ITEMS = ((METHOD_DRSEG, "DR-Seg (CLIP + DINO)"), (METHOD_CLIP, "Dense CLIP"))
-
-# Tasks whose dock went away (plugin unloaded) stay referenced here until QGIS is done with them.
-_DETACHED_TASKS: List[SegmentationTask] = []
-
-
-def raster_layer_filter():
-    """The 'raster layers only' filter of QgsMapLayerComboBox across QGIS 3.22 .. 4.x."""
-    layer_filter = getattr(Qgis, "LayerFilter", None)
-    if layer_filter is not None:
-        return layer_filter.RasterLayer
-    return QgsMapLayerProxyModel.Filter.RasterLayer
 
 
 class DrSegDock(QDockWidget):
@@ -63,18 +57,16 @@ class DrSegDock(QDockWidget):
         super().__init__(TITLE, parent)
         self.setObjectName("DrSegDock")
         self.iface = iface
-        self._tasks: List[SegmentationTask] = []
-        self._started_at = {}
         self.last_layers = (None, None)
         self.scorer = None            # an engine window scorer to use instead of loading models
         self.dino_path: Optional[str] = None   # the DINO checkpoint DR-Seg would use now
         self.dino_problem = ""        # why there is none, for the note and the error
         self._method_chosen = False   # the user picked a method: stop choosing it for them
         self.settings, self.settings_problem = load_settings_or_defaults()
+        self.choices = SharedChoices(parent=self)   # what the Referring panel takes from this form
         self._build()
         self._layer_changed(self.layer_combo.currentLayer())
         self.apply_settings(self.settings)
-        self._update_buttons()
         if self.settings_problem:
             self.status_label.setText(self.settings_problem + " — the defaults are used")
             self._message(Qgis.MessageLevel.Warning, self.settings_problem + " — the defaults are used")
@@ -264,23 +256,10 @@ class DrSegDock(QDockWidget):
             mod.addRow(check)
         outer.addWidget(modules)
 
-        buttons = QHBoxLayout()
-        self.run_button = QPushButton("Run", body)
-        self.run_button.clicked.connect(self.run)
-        self.cancel_button = QPushButton("Cancel", body)
-        self.cancel_button.clicked.connect(self.cancel)
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.cancel_button)
-        outer.addLayout(buttons)
-
-        self.progress_bar = QProgressBar(body)
-        self.progress_bar.setRange(0, 100)
-        self.progress_bar.setValue(0)
-        outer.addWidget(self.progress_bar)
-        self.status_label = QLabel("", body)
-        self.status_label.setWordWrap(True)
-        outer.addWidget(self.status_label)
-        outer.addStretch(1)
+        self.controls = RunControls(self.iface, TITLE, body, self.run)
+        self.controls.add_to(outer)
+        self.run_button, self.cancel_button = self.controls.run_button, self.controls.cancel_button
+        self.progress_bar, self.status_label = self.controls.progress_bar, self.controls.status_label
 
         for combo in body.findChildren(QComboBox):  # long entries must not widen the dock
             combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
@@ -290,8 +269,12 @@ class DrSegDock(QDockWidget):
         scroll.setWidgetResizable(True)
         scroll.setWidget(body)
         # Two modes: "Classes" (the form above) and "Referring" (ui/refer_panel.py, issue 4).
-        self.refer_panel = ReferringPanel(self.iface, lambda: options_from_dock(self), self)
-        self.layer_combo.layerChanged.connect(self.refer_panel.layer_combo.setLayer)
+        self.refer_panel = ReferringPanel(self.iface, self.choices, self)
+        for combo in self.band_combos:
+            combo.bandChanged.connect(self._share_choices)
+        self.device_combo.currentIndexChanged.connect(self._share_choices)
+        self.clip_model_combo.currentTextChanged.connect(self._share_choices)
+        self.clip_weights_widget.fileChanged.connect(self._share_choices)
         self.modes = QTabWidget(self)
         self.modes.addTab(scroll, "Classes")
         self.modes.addTab(self.refer_panel, "Referring")
@@ -305,6 +288,19 @@ class DrSegDock(QDockWidget):
             self.band_combos[0].setBand(red)
             self.band_combos[1].setBand(green)
             self.band_combos[2].setBand(blue)
+        self._share_choices()
+
+    def _share_choices(self, *_args) -> None:
+        """Write what the Referring panel shares with this form into `self.choices`."""
+        choices = self.choices
+        try:
+            choices.bands = self.selected_bands()
+        except InputError:       # bands not chosen: the engine's RGB default
+            choices.bands = None
+        choices.device = self.device_combo.currentData() or "auto"
+        choices.clip_model = self.clip_model_combo.currentText().strip() or DEFAULT_CLIP_MODEL
+        choices.clip_weights = self.clip_weights_widget.filePath().strip() or DEFAULT_CLIP_WEIGHTS
+        choices.set_layer(self.layer_combo.currentLayer())
 
     @staticmethod
     def default_bands(layer) -> tuple:
@@ -391,24 +387,10 @@ class DrSegDock(QDockWidget):
 
     # -- state ----------------------------------------------------------------------------------
     def is_running(self) -> bool:
-        return bool(self._tasks)
+        return self.controls.is_running()
 
-    def _update_buttons(self) -> None:
-        self.run_button.setEnabled(not self._tasks)
-        self.cancel_button.setEnabled(bool(self._tasks))
-
-    def _message(self, level, text: str, duration: int = 0) -> None:
-        bar = self.iface.messageBar() if self.iface is not None else None
-        if bar is None:
-            return
-        if level == Qgis.MessageLevel.Critical:
-            bar.pushCritical(TITLE, text)
-        elif level == Qgis.MessageLevel.Success:
-            bar.pushSuccess(TITLE, text)
-        elif level == Qgis.MessageLevel.Warning:
-            bar.pushWarning(TITLE, text)
-        else:
-            bar.pushInfo(TITLE, text)
+    def _message(self, level, text: str) -> None:
+        self.controls.message(level, text)
 
     # -- building the request -------------------------------------------------------------------
     def selected_bands(self) -> List[int]:
@@ -427,13 +409,7 @@ class DrSegDock(QDockWidget):
         return extent_in_layer_crs(canvas.extent(), canvas.mapSettings().destinationCrs(), layer)
 
     def output_folder(self) -> str:
-        """The project's folder when the project is saved and writable, else a temporary folder."""
-        home = QgsProject.instance().homePath()
-        if home and os.path.isdir(home) and os.access(home, os.W_OK):
-            return home
-        folder = os.path.join(tempfile.gettempdir(), "drseg")
-        os.makedirs(folder, exist_ok=True)
-        return folder
+        return output_folder()
 
     def output_paths(self, layer) -> tuple:
         vector = self.output_widget.filePath().strip()
@@ -497,14 +473,9 @@ class DrSegDock(QDockWidget):
     # -- running --------------------------------------------------------------------------------
     def run(self) -> Optional[SegmentationTask]:
         """Validate and start a run; None (with a message-bar error) when the form is not valid."""
-        if self._tasks:
-            self._message(Qgis.MessageLevel.Warning, "A run is already in progress")
-            return None
-        try:
-            request = self.build_request()
-        except (InputError, MissingDependencies) as exc:
-            self._message(Qgis.MessageLevel.Critical, str(exc))
-            self.status_label.setText(str(exc))
+        request = self.controls.checked_request(self.build_request, "A run is already in progress",
+                                                (InputError, MissingDependencies))
+        if request is None:
             return None
         layer = self.layer_combo.currentLayer()
         task = SegmentationTask(request, self._task_finished, scorer=self.scorer,
@@ -512,32 +483,16 @@ class DrSegDock(QDockWidget):
         task.group_name = f"DR-Seg: {layer.name()} {time.strftime('%H:%M:%S')}"
         task.display_name = ", ".join(spec.name for spec in parse_classes(request.classes))
         task.fallback_note = self.fallback_note()
-        task.progressChanged.connect(self._progress)
-        task.stepMessage.connect(self.status_label.setText)
-        self._tasks.append(task)
-        self._started_at[id(task)] = time.monotonic()
-        self.progress_bar.setValue(0)
-        self.status_label.setText("Starting…")
-        self._update_buttons()
-        QgsApplication.taskManager().addTask(task)
+        self.controls.start(task)
         self.runStarted.emit(task)
         return task
 
-    def _progress(self, value: float) -> None:
-        self.progress_bar.setValue(int(round(value)))
-
     def cancel(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            self.status_label.setText("Cancelling…")
+        self.controls.cancel()
 
     def _task_finished(self, task: SegmentationTask) -> None:
         """Main thread: add the layers of a successful run, or report why there are none."""
-        if task in self._tasks:
-            self._tasks.remove(task)
-        seconds = time.monotonic() - self._started_at.pop(id(task), time.monotonic())
-        self._update_buttons()
+        seconds = self.controls.finish(task)
         self.last_layers = (None, None)
         if task.succeeded:
             result = task.result
@@ -563,15 +518,8 @@ class DrSegDock(QDockWidget):
                                   f"GPU memory was short: the window batch was reduced "
                                   f"{len(warnings)}× ({warnings[-1]}); a smaller batch size in "
                                   "the settings avoids the retries")
-        elif task.was_cancelled:
-            self.progress_bar.setValue(0)
-            self.status_label.setText("Cancelled; nothing was written")
-            self._message(Qgis.MessageLevel.Info, "Run cancelled; no layer or file was created")
         else:
-            self.progress_bar.setValue(0)
-            self.status_label.setText(task.error or "Failed")
-            detail = " (details in the log, tab DR-Seg)" if task.error_detail else ""
-            self._message(Qgis.MessageLevel.Critical, f"{task.error}{detail}")
+            self.controls.show_unsuccessful(task, "Run cancelled; no layer or file was created")
         self.runFinished.emit(task)
 
     def fallback_note(self) -> str:
@@ -583,14 +531,5 @@ class DrSegDock(QDockWidget):
 
     def shutdown(self) -> None:
         """Cancel running tasks and detach them from this widget (plugin unload, QGIS exit)."""
-        for task in self._tasks:
-            task.on_finished = _forget_task
-            _DETACHED_TASKS.append(task)
-            task.cancel()
-        self._tasks = []
+        self.controls.shutdown()
         self.refer_panel.shutdown()
-
-
-def _forget_task(task: SegmentationTask) -> None:
-    if task in _DETACHED_TASKS:
-        _DETACHED_TASKS.remove(task)

@@ -15,6 +15,7 @@ from qgis.core import Qgis
 from qgis.PyQt.QtWidgets import QPushButton
 
 from ..core import dependencies
+from ..qgis_bridge.engine import prepare_packages
 
 TITLE = "DR-Seg"
 _open_dialogs: Dict[str, object] = {}
@@ -28,18 +29,17 @@ def check_dependencies_on_start(iface) -> List[str]:
     `iface` may be None (qgis_process): then only the path is set and the result returned.
     """
     global _warning_widget
-    dependencies.add_packages_dir_to_path()
-    missing = dependencies.find_missing()
+    missing = prepare_packages()
     if not missing or iface is None:
-        return [r.package for r in missing]
+        return missing
     bar = iface.messageBar()
     if _warning_widget is not None:
         try:
             if _warning_widget in bar.items():
-                return [r.package for r in missing]  # the warning is still shown
+                return missing  # the warning is still shown
         except RuntimeError:  # the widget was deleted with its bar
             pass
-    names = ", ".join(r.package for r in missing)
+    names = ", ".join(missing)
     widget = bar.createMessage(TITLE, f"Python packages missing: {names}. The plugin is loaded, but "
                                       "cannot segment until they are installed.")
     button = QPushButton("Install…", widget)
@@ -49,7 +49,7 @@ def check_dependencies_on_start(iface) -> List[str]:
     widget.layout().addWidget(button)
     bar.pushWidget(widget, Qgis.MessageLevel.Warning, 0)
     _warning_widget = widget
-    return [r.package for r in missing]
+    return missing
 
 
 def open_dependencies_dialog(iface=None, plan: Optional[dependencies.InstallPlan] = None):

@@ -3,38 +3,39 @@ Enter, get the object(s) as a layer; then refine the result with clicks on the m
 
 The panel owns what is specific to referring (expression and its history, area, SAM model and
 weights, working size, Run/Cancel, progress, the click tool) and takes what the dock already has
-(device, CLIP model and weights, bands of its layer) from a callable returning
-`ReferringOptions`, so the dock embeds it in a few lines:
+(layer, bands of that layer, device, CLIP model and weights) from a `SharedChoices` object the
+dock keeps up to date, so the dock embeds it in a few lines:
 
-    self.refer_panel = ReferringPanel(self.iface, lambda: options_from_dock(self), self)
+    self.refer_panel = ReferringPanel(self.iface, self.choices, self)
 
 Everything is validated on the main thread before a `ReferringTask` starts; mistakes show as a
-message-bar error at once. The panel keeps references to its running tasks.
+message-bar error at once.
 """
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-import time
-from dataclasses import dataclass
-from typing import Callable, List, Optional
+from typing import List, Optional
 
-from qgis.core import (Qgis, QgsApplication, QgsCoordinateReferenceSystem, QgsGeometry,
-                       QgsMapLayerProxyModel, QgsProject, QgsRasterLayer, QgsRectangle,
+from qgis.core import (Qgis, QgsCoordinateReferenceSystem, QgsGeometry, QgsRectangle,
                        QgsSettings, QgsWkbTypes)
 from qgis.gui import QgsFileWidget, QgsMapLayerComboBox, QgsMapToolExtent, QgsRubberBand
 from qgis.PyQt.QtCore import Qt, pyqtSignal
 from qgis.PyQt.QtGui import QColor
-from qgis.PyQt.QtWidgets import (QComboBox, QFormLayout, QHBoxLayout, QLabel, QProgressBar,
-                                 QPushButton, QSizePolicy, QSpinBox, QToolButton, QVBoxLayout,
-                                 QWidget)
+from qgis.PyQt.QtWidgets import (QComboBox, QFormLayout, QHBoxLayout, QSizePolicy, QSpinBox,
+                                 QToolButton, QVBoxLayout, QWidget)
 
 from ..core.errors import DrSegError, InputError
+from ..qgis_bridge.engine import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_MAX_SIZE,
+                                  SAM_DEFAULT_WEIGHTS, SAM_MODEL_CHOICES, MissingDependencies,
+                                  load_refer_engine)
+from ..qgis_bridge.outputs import output_folder, referring_output_path
+from ..qgis_bridge.results import add_referring_layer, layer_title
+from ..qgis_bridge.sources import extent_in_layer_crs, layer_crs_check, raster_source
+from ..qgis_bridge.tasks import ReferringTask
+from .choices import SharedChoices
 from .click_tool import ReferringClickTool, target_from_run
-from .engine import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, MissingDependencies
-from .refer_task import ReferringTask, add_referring_layer, layer_title, load_refer_engine
-from .sources import extent_in_layer_crs, layer_crs_check, raster_source
+from .combos import raster_layer_filter
+from .run_controls import RunControls
 
 try:
     from qgis.PyQt.QtGui import QAction  # Qt6 (QGIS 4)
@@ -44,69 +45,7 @@ except ImportError:
 TITLE = "DR-Seg referring"
 EXPRESSION_PLACEHOLDER = "the largest pond north of the road"
 AREA_CANVAS, AREA_DRAWN, AREA_LAYER = "canvas", "drawn", "layer"
-SAM_MODEL_CHOICES = ("vit_b", "vit_l", "vit_h")          # core.sam_models.SAM_TYPES
-SAM_CATALOG = {"vit_b": "sam-vit-b", "vit_l": "sam-vit-l", "vit_h": "sam-vit-h"}
-DEFAULT_MAX_SIZE = 1024                                  # core.refer.run.DEFAULT_MAX_SIZE
 HISTORY_SIZE = 20
-
-# Tasks whose panel went away (plugin unloaded) stay referenced here until QGIS is done with them.
-_DETACHED_TASKS: List[ReferringTask] = []
-
-
-@dataclass
-class ReferringOptions:
-    """What the panel takes from its host (the dock): None/empty fields use the defaults.
-    `layer`: the host's raster layer (the panel starts with it and uses `bands` only for it)."""
-
-    layer: Optional[QgsRasterLayer] = None
-    device: str = "auto"
-    clip_model: str = DEFAULT_CLIP_MODEL
-    clip_weights: str = DEFAULT_CLIP_WEIGHTS
-    bands: Optional[List[int]] = None
-    sam_model: Optional[str] = None
-    sam_weights: Optional[str] = None
-
-
-def options_from_dock(dock) -> ReferringOptions:
-    """The dock's common choices (layer, bands, device, CLIP model/weights, SAM from its settings)."""
-    options = ReferringOptions()
-    combo = getattr(dock, "layer_combo", None)
-    options.layer = combo.currentLayer() if combo is not None else None
-    try:
-        options.bands = dock.selected_bands()
-    except Exception:       # no layer, or bands not chosen: the engine's RGB default
-        options.bands = None
-    device = getattr(dock, "device_combo", None)
-    if device is not None and device.currentData():
-        options.device = device.currentData()
-    model = getattr(dock, "clip_model_combo", None)
-    if model is not None and model.currentText().strip():
-        options.clip_model = model.currentText().strip()
-    weights = getattr(dock, "clip_weights_widget", None)
-    if weights is not None and weights.filePath().strip():
-        options.clip_weights = weights.filePath().strip()
-    settings = getattr(dock, "settings", None)
-    options.sam_model = getattr(settings, "sam_model", None)
-    options.sam_weights = getattr(settings, "sam_weights", None)
-    return options
-
-
-def raster_layer_filter():
-    layer_filter = getattr(Qgis, "LayerFilter", None)
-    if layer_filter is not None:
-        return layer_filter.RasterLayer
-    return QgsMapLayerProxyModel.Filter.RasterLayer
-
-
-def referring_output_path(layer_name: str, folder: str) -> str:
-    """`folder/<layer>_referring.gpkg`, numbered so that no existing file is replaced."""
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in layer_name).strip("._") or "raster"
-    base = os.path.join(folder, f"{safe}_referring")
-    path, number = base + ".gpkg", 1
-    while os.path.exists(path):
-        path = f"{base}_{number}.gpkg"
-        number += 1
-    return path
 
 
 class ExpressionBox(QComboBox):
@@ -126,23 +65,21 @@ class ExpressionBox(QComboBox):
 
 
 class ReferringPanel(QWidget):
-    """The Referring mode. `iface`: the QGIS interface; `options`: returns ReferringOptions."""
+    """The Referring mode. `iface`: the QGIS interface; `choices`: what the host form shares
+    (default: a SharedChoices of its own, for a panel on its own)."""
 
     runStarted = pyqtSignal(object)     # the ReferringTask
     runFinished = pyqtSignal(object)    # the ReferringTask, after its layer was added / errors shown
 
     HISTORY_KEY = "drseg/referring/history"
 
-    def __init__(self, iface, options: Optional[Callable[[], ReferringOptions]] = None,
-                 parent=None):
+    def __init__(self, iface, choices: Optional[SharedChoices] = None, parent=None):
         super().__init__(parent)
         self.setObjectName("DrSegReferringPanel")
         self.iface = iface
-        self.options = options or ReferringOptions
+        self.choices = choices if choices is not None else SharedChoices(parent=self)
         self.sam = None               # SAM model or stand-in to use instead of loading one (tests)
         self.clip = None              # dense CLIP or localizer likewise
-        self._tasks: List[ReferringTask] = []
-        self._started_at = {}
         self.last_layer = None
         self.last_task: Optional[ReferringTask] = None
         self.drawn_extent = None      # (QgsRectangle, its CRS) from the Draw tool
@@ -152,12 +89,10 @@ class ReferringPanel(QWidget):
         self.extent_tool = QgsMapToolExtent(canvas) if canvas is not None else None
         self.area_band = None
         self._build()
-        first = self._options()
-        if first.layer is not None:
-            self.layer_combo.setLayer(first.layer)
-        self.apply_settings(first)
+        if self.choices.layer is not None:
+            self.layer_combo.setLayer(self.choices.layer)
+        self.choices.layerChanged.connect(self.layer_combo.setLayer)   # the host's layer is followed
         self.load_history()
-        self._update_buttons()
 
     # -- widgets --------------------------------------------------------------------------------
     def canvas(self):
@@ -230,11 +165,9 @@ class ReferringPanel(QWidget):
                                       "larger areas are tiled")
         form.addRow("Working size", self.max_size_spin)
 
-        buttons = QHBoxLayout()
-        self.run_button = QPushButton("Run", self)
-        self.run_button.clicked.connect(self.run)
-        self.cancel_button = QPushButton("Cancel", self)
-        self.cancel_button.clicked.connect(self.cancel)
+        self.controls = RunControls(self.iface, TITLE, self, self.run)
+        self.run_button, self.cancel_button = self.controls.run_button, self.controls.cancel_button
+        self.progress_bar, self.status_label = self.controls.progress_bar, self.controls.status_label
         self.refine_action = QAction("Refine…", self)
         self.refine_action.setObjectName("drsegReferringRefine")
         self.refine_action.setCheckable(True)
@@ -243,25 +176,13 @@ class ReferringPanel(QWidget):
         self.refine_action.triggered.connect(self.set_refining)  # a user's click only
         self.refine_button = QToolButton(self)
         self.refine_button.setDefaultAction(self.refine_action)
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.cancel_button)
-        buttons.addWidget(self.refine_button)
-        outer.addLayout(buttons)
+        self.controls.add_to(outer, (self.refine_button,))
         if self.click_tool is not None:
             self.click_tool.setAction(self.refine_action)
-            self.click_tool.message.connect(self._message)
+            self.click_tool.message.connect(self.controls.message)
             self.click_tool.refined.connect(self._refined)
         if self.extent_tool is not None:
             self.extent_tool.extentChanged.connect(self.set_drawn_extent)
-
-        self.progress_bar = QProgressBar(self)
-        self.progress_bar.setRange(0, 100)
-        self.progress_bar.setValue(0)
-        outer.addWidget(self.progress_bar)
-        self.status_label = QLabel("", self)
-        self.status_label.setWordWrap(True)
-        outer.addWidget(self.status_label)
-        outer.addStretch(1)
         for combo in self.findChildren(QComboBox):  # long entries must not widen the dock
             combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
             combo.setMinimumContentsLength(8)
@@ -310,8 +231,8 @@ class ReferringPanel(QWidget):
     def _sam_model_changed(self, model: str) -> None:
         # A catalog default of another model follows the model; a user's file stays.
         text = self.sam_weights_widget.filePath().strip().lower()
-        if text in SAM_CATALOG.values() and model in SAM_CATALOG:
-            self.sam_weights_widget.setFilePath(SAM_CATALOG[model])
+        if text in SAM_DEFAULT_WEIGHTS.values() and model in SAM_DEFAULT_WEIGHTS:
+            self.sam_weights_widget.setFilePath(SAM_DEFAULT_WEIGHTS[model])
 
     # -- area -----------------------------------------------------------------------------------
     def area(self) -> str:
@@ -379,23 +300,11 @@ class ReferringPanel(QWidget):
         return extent_in_layer_crs(canvas.extent(), canvas.mapSettings().destinationCrs(), layer)
 
     # -- request --------------------------------------------------------------------------------
-    def _options(self) -> ReferringOptions:
-        try:
-            return self.options() or ReferringOptions()
-        except Exception:           # the host is being built or torn down
-            return ReferringOptions()
-
     def current_layer(self):
         return self.layer_combo.currentLayer()
 
     def output_folder(self) -> str:
-        """The project's folder when the project is saved and writable, else a temporary folder."""
-        home = QgsProject.instance().homePath()
-        if home and os.path.isdir(home) and os.access(home, os.W_OK):
-            return home
-        folder = os.path.join(tempfile.gettempdir(), "drseg")
-        os.makedirs(folder, exist_ok=True)
-        return folder
+        return output_folder()
 
     def build_request(self):
         """Validate the form -> ReferringRequest. Raises DrSegError or MissingDependencies."""
@@ -406,34 +315,30 @@ class ReferringPanel(QWidget):
         if not text:
             raise InputError(f"Type an expression, e.g. '{EXPRESSION_PLACEHOLDER}'")
         extent = self.selected_extent(layer)
-        options = self._options()
+        shared = self.choices
         run = load_refer_engine()          # last: the cheap checks above need no torch
         run.parse_expressions([text])      # 'no target found' before anything starts
         return run.ReferringRequest(
             raster=source, expressions=[text],
             out_vector=referring_output_path(layer.name(), self.output_folder()),
             extent=extent, max_size=self.max_size_spin.value(),
-            bands=options.bands if options.layer is layer else None,
+            bands=shared.bands if shared.layer is layer else None,
             sam_model=self.sam_model_combo.currentText(),
             sam_weights=self.sam_weights_widget.filePath().strip() or None,
-            clip_model=options.clip_model or DEFAULT_CLIP_MODEL,
-            clip_weights=options.clip_weights or DEFAULT_CLIP_WEIGHTS,
-            device=options.device or "auto")
+            clip_model=shared.clip_model or DEFAULT_CLIP_MODEL,
+            clip_weights=shared.clip_weights or DEFAULT_CLIP_WEIGHTS,
+            device=shared.device or "auto")
 
     # -- running --------------------------------------------------------------------------------
     def is_running(self) -> bool:
-        return bool(self._tasks)
+        return self.controls.is_running()
 
     def run(self) -> Optional[ReferringTask]:
         """Validate and start a run; None (with a message-bar error) when the form is not valid."""
-        if self._tasks:
-            self._message(Qgis.MessageLevel.Warning, "A referring run is already in progress")
-            return None
-        try:
-            request = self.build_request()
-        except (DrSegError, MissingDependencies) as exc:
-            self._message(Qgis.MessageLevel.Critical, str(exc))
-            self.status_label.setText(str(exc))
+        request = self.controls.checked_request(self.build_request,
+                                                "A referring run is already in progress",
+                                                (DrSegError, MissingDependencies))
+        if request is None:
             return None
         layer = self.current_layer()
         text = request.expressions[0]
@@ -441,31 +346,16 @@ class ReferringPanel(QWidget):
         task = ReferringTask(request, self._task_finished, sam=self.sam, clip=self.clip,
                              description=f"DR-Seg: '{layer_title([text], 40)}' in {layer.name()}")
         task.raster_crs = QgsCoordinateReferenceSystem(layer.crs())
-        task.progressChanged.connect(self._progress)
-        task.stepMessage.connect(self.status_label.setText)
-        self._tasks.append(task)
-        self._started_at[id(task)] = time.monotonic()
-        self.progress_bar.setValue(0)
-        self.status_label.setText("Starting…")
-        self._update_buttons()
-        QgsApplication.taskManager().addTask(task)
+        self.controls.start(task)
         self.runStarted.emit(task)
         return task
 
     def cancel(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            self.status_label.setText("Cancelling…")
-
-    def _progress(self, value: float) -> None:
-        self.progress_bar.setValue(int(round(value)))
+        self.controls.cancel()
 
     def _task_finished(self, task: ReferringTask) -> None:
         """Main thread: add the layer of a successful run and make it the clicks' target."""
-        if task in self._tasks:
-            self._tasks.remove(task)
-        seconds = time.monotonic() - self._started_at.pop(id(task), time.monotonic())
+        seconds = self.controls.finish(task)
         if task.succeeded:
             try:
                 layer = add_referring_layer(task.result)
@@ -484,17 +374,9 @@ class ReferringPanel(QWidget):
                 note = ("Refine it with clicks on the map: 'Refine…'" if target is not None
                         else f"Refining with clicks is not available: {why}")
                 self.status_label.setText(f"Done: {report}\n{note}")
-        elif task.was_cancelled:
-            self.progress_bar.setValue(0)
-            self.status_label.setText("Cancelled; nothing was written")
-            self._message(Qgis.MessageLevel.Info, "Referring run cancelled; no layer or file "
-                                                  "was created")
         else:
-            self.progress_bar.setValue(0)
-            self.status_label.setText(task.error or "Failed")
-            detail = " (details in the log, tab DR-Seg)" if task.error_detail else ""
-            self._message(Qgis.MessageLevel.Critical, f"{task.error}{detail}")
-        self._update_buttons()
+            self.controls.show_unsuccessful(task, "Referring run cancelled; no layer or file was "
+                                                  "created")
         self.runFinished.emit(task)
 
     @staticmethod
@@ -532,30 +414,12 @@ class ReferringPanel(QWidget):
                                   f"({clicks} prompt points so far)")
 
     # -- state ----------------------------------------------------------------------------------
-    def _update_buttons(self) -> None:
-        self.run_button.setEnabled(not self._tasks)
-        self.cancel_button.setEnabled(bool(self._tasks))
-
     def _message(self, level, text: str) -> None:
-        bar = self.iface.messageBar() if self.iface is not None else None
-        if bar is None:
-            return
-        if level == Qgis.MessageLevel.Critical:
-            bar.pushCritical(TITLE, text)
-        elif level == Qgis.MessageLevel.Success:
-            bar.pushSuccess(TITLE, text)
-        elif level == Qgis.MessageLevel.Warning:
-            bar.pushWarning(TITLE, text)
-        else:
-            bar.pushInfo(TITLE, text)
+        self.controls.message(level, text)
 
     def shutdown(self) -> None:
         """Cancel running tasks, end the map tools, drop markers (plugin unload, QGIS exit)."""
-        for task in self._tasks:
-            task.on_finished = _forget_task
-            _DETACHED_TASKS.append(task)
-            task.cancel()
-        self._tasks = []
+        self.controls.shutdown()
         canvas = self.canvas()
         for tool in (self.click_tool, self.extent_tool):
             if canvas is not None and tool is not None and canvas.mapTool() is tool:
@@ -566,7 +430,3 @@ class ReferringPanel(QWidget):
             canvas.scene().removeItem(self.area_band)
             self.area_band = None
 
-
-def _forget_task(task: ReferringTask) -> None:
-    if task in _DETACHED_TASKS:
-        _DETACHED_TASKS.remove(task)

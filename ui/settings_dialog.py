@@ -3,8 +3,8 @@
 
 Values are checked before saving (each problem is shown; nothing is saved until all are fixed) and
 written to the same JSON file the command line and Processing read (core/settings.py). Downloads
-and imports run as a QgsTask, so QGIS stays responsive; a transfer can be cancelled and resumes
-later where it stopped.
+and imports run as a `qgis_bridge.tasks.ModelTransferTask`, so QGIS stays responsive; a transfer
+can be cancelled and resumes later where it stopped.
 """
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import os
 import sys
 from typing import Callable, List, Optional
 
-from qgis.core import QgsApplication, QgsTask
 from qgis.gui import QgsFileWidget
 from qgis.PyQt.QtCore import Qt, pyqtSignal
 from qgis.PyQt.QtWidgets import (QAbstractItemView, QComboBox, QDialog, QDialogButtonBox,
@@ -22,9 +21,12 @@ from qgis.PyQt.QtWidgets import (QAbstractItemView, QComboBox, QDialog, QDialogB
 
 from ..core import settings as core_settings
 from ..core.catalog import list_models
-from ..core.errors import DrSegError, InputError, RunCancelled
+from ..core.errors import DrSegError, InputError
 from ..core.settings import Settings
-from .engine import select_device
+from ..qgis_bridge import tasks as bridge_tasks
+from ..qgis_bridge.engine import keep_triton_out
+from ..qgis_bridge.tasks import ModelTransferTask
+from .combos import select_device
 
 DEVICE_LABELS = (("auto", "Auto: CUDA GPU, else Apple GPU, else CPU"), ("cpu", "CPU"),
                  ("cuda", "CUDA GPU"), ("mps", "Apple GPU (MPS)"))
@@ -32,18 +34,11 @@ STATE_DOWNLOADED, STATE_MISSING, STATE_PARTIAL = "downloaded", "not downloaded",
 MODEL_COLUMNS = ("Model", "Family", "Size", "State", "Good for")
 COLUMN_STATE = 3
 
-# Transfers whose dialog closed stay referenced here until QGIS is done with them.
-_DETACHED_TASKS: List["ModelTransferTask"] = []
-
 
 def describe_device(name: str) -> str:
     """What `name` resolves to on this machine, in words (imports torch)."""
     try:
-        from . import engine
-
-        keep_out = getattr(engine, "keep_triton_out", None)
-        if keep_out is not None:
-            keep_out()  # importing torch in the QGIS process must not load triton
+        keep_triton_out()  # importing torch in the QGIS process must not load triton
         from ..core.device import describe_device_choice
     except Exception as exc:  # torch missing or broken
         return f"Cannot check devices: torch is not usable ({type(exc).__name__}: {exc})"
@@ -51,45 +46,6 @@ def describe_device(name: str) -> str:
         return describe_device_choice(name)[1]
     except DrSegError as exc:
         return str(exc)
-
-
-class ModelTransferTask(QgsTask):
-    """Runs `work(progress, cancelled) -> path` (a download or an import) in the background."""
-
-    statusMessage = pyqtSignal(str)
-
-    def __init__(self, description: str, work: Callable, on_finished: Optional[Callable] = None,
-                 label: str = ""):
-        super().__init__(description, QgsTask.Flag.CanCancel)
-        self.label = label or description
-        self.work = work
-        self.on_finished = on_finished
-        self.path: Optional[str] = None
-        self.error: Optional[str] = None
-        self.was_cancelled = False
-
-    def run(self) -> bool:  # noqa: D401 (QGIS's name)
-        try:
-            self.path = self.work(self._progress, self.isCanceled, self.statusMessage.emit)
-            return True
-        except RunCancelled:
-            self.was_cancelled = True
-        except DrSegError as exc:
-            self.error = str(exc)
-        except Exception as exc:  # an unexpected failure is still shown, not raised in a thread
-            self.error = f"{type(exc).__name__}: {exc}"
-        return False
-
-    def _progress(self, done: int, total: Optional[int]) -> None:
-        if total:
-            self.setProgress(100.0 * done / total)
-        self.statusMessage.emit(f"{done / 1e6:.0f}" + (f" of {total / 1e6:.0f} MB" if total else " MB"))
-
-    def finished(self, ok: bool) -> None:  # noqa: D401 (QGIS's name)
-        if not ok and self.isCanceled():
-            self.was_cancelled = True
-        if self.on_finished is not None:
-            self.on_finished(self)
 
 
 class SettingsDialog(QDialog):
@@ -442,11 +398,7 @@ class SettingsDialog(QDialog):
 
     def _download_module(self):
         try:
-            from . import engine
-
-            keep_out = getattr(engine, "keep_triton_out", None)
-            if keep_out is not None:
-                keep_out()
+            keep_triton_out()
             from ..core import download  # imports torch (the checkpoint checks need it)
         except ImportError as exc:
             self.transfer_label.setText("Downloading and verifying models needs torch, which is not "
@@ -463,7 +415,7 @@ class SettingsDialog(QDialog):
         self.transfer_progress.setVisible(True)
         self.transfer_label.setText(message)
         self._update_model_buttons()
-        QgsApplication.taskManager().addTask(task)
+        bridge_tasks.start(task)
         return task
 
     def cancel_transfer(self) -> None:
@@ -489,16 +441,8 @@ class SettingsDialog(QDialog):
         """Closing the dialog cancels a running transfer; the task stays referenced until QGIS has
         finished with it and no longer calls back into this dialog."""
         task, self.task = self.task, None
-        if task is None:
-            return
-        task.on_finished = _forget_detached
-        _DETACHED_TASKS.append(task)
-        task.cancel()
-
-
-def _forget_detached(task) -> None:
-    if task in _DETACHED_TASKS:
-        _DETACHED_TASKS.remove(task)
+        if task is not None:
+            bridge_tasks.detach(task)
 
 
 def cache_state(entry, cache_dir: str) -> str:

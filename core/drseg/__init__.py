@@ -1,4 +1,4 @@
-"""DR-Seg's method core (DESIGN.md section 3): decoupling, graph rectification, fusion, DINO.
+"""DR-Seg's method core (README "How it works"): decoupling, graph rectification, fusion, DINO.
 
 numpy/torch/timm only. Public API:
 

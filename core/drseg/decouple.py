@@ -1,4 +1,4 @@
-"""Semantic-preserving subspace decoupling (DESIGN.md section 3, module 1).
+"""Semantic-preserving subspace decoupling, DR-Seg's first module (README "How it works").
 
 The dense CLIP feature channels are split into a semantics-dominated subset (a fraction
 `semantic_ratio` = ρ of the channels) and a structure-dominated rest. The paper's own criterion

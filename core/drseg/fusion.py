@@ -1,4 +1,4 @@
-"""Uncertainty-guided adaptive fusion (DESIGN.md section 3, module 3).
+"""Uncertainty-guided adaptive fusion, DR-Seg's third module (README "How it works", DR-Seg).
 
 Per pixel (token), each branch's class distribution is ``p = softmax(logit_scale · logits)`` over
 the queries; its confidence is ``c = 1 − H(p)/log Q`` (one minus the normalised entropy, in

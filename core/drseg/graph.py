@@ -1,4 +1,4 @@
-"""Prior-driven graph rectification (DESIGN.md section 3, module 2).
+"""Prior-driven graph rectification, DR-Seg's second module (README "How it works").
 
 A sparse k-nearest-neighbour graph over the patch tokens of one image is built from DINO features
 (cosine similarity), optionally with a spatial-proximity prior, and row-normalised to `W`. The

@@ -1,4 +1,4 @@
-"""DR-Seg: decouple, rectify, fuse (DESIGN.md section 3), as one switchable module.
+"""DR-Seg: decouple, rectify, fuse (README "How it works"), as one switchable module.
 
 For each image of a batch of windows:
 
@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..dense_clip import dense_logits
 from ..errors import InputError
 from .decouple import CRITERIA, ChannelSplit, apply_structural, decouple, split_channels
 from .dino import align_to_grid
@@ -43,15 +44,12 @@ class RectifyInfo:
     fusion_weight_original: Optional[torch.Tensor] = None  # (B,1,h,w): weight of the CLIP branch
 
 
-def clip_logits(patch: torch.Tensor, cls: torch.Tensor, text: torch.Tensor,
+def clip_logits(patch: torch.Tensor, cls: Optional[torch.Tensor], text: torch.Tensor,
                 bias_lambda: float = -0.3) -> torch.Tensor:
-    """Dense CLIP logits (B,Q,h,w) = normalize(patch)·Tᵀ + λ·normalize(cls)·Tᵀ; text normalised."""
-    patch = F.normalize(patch, dim=1)
-    logits = torch.einsum("bdhw,qd->bqhw", patch, text)
-    if cls is not None and bias_lambda:
-        cls = F.normalize(cls, dim=-1)
-        logits = logits + bias_lambda * (cls @ text.T)[:, :, None, None]
-    return logits
+    """Dense CLIP logits (B,Q,h,w) of raw features: ``dense_logits`` on normalize(patch) and
+    normalize(cls); text normalised."""
+    cls = F.normalize(cls, dim=-1) if cls is not None and bias_lambda else None
+    return dense_logits(F.normalize(patch, dim=1), cls, text, bias_lambda)
 
 
 class DrSegRectifier:

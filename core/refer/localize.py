@@ -36,6 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..dense_clip import CLIP_MEAN, dense_logits, encode_prompts
 from ..errors import InputError
 from ..sliding import bilinear_matrix, blend_ramp, window_starts
 from .parse import NounPhrase, ParsedExpression
@@ -120,18 +121,14 @@ class Localizer:
         with self._text_lock:
             self._encode_missing(phrases)
 
-    @torch.no_grad()
     def _encode_missing(self, phrases: Sequence[str]) -> None:
         missing = list(dict.fromkeys(p for p in phrases if p not in self._texts))
         if not missing:
             return
-        templates = self.settings.templates
-        prompts = [t.format(text) for text in missing for t in templates]
-        tokens = self.clip.tokenizer(prompts).to(self.clip.device)
-        emb = F.normalize(self.clip.model.encode_text(tokens).float(), dim=-1)
-        emb = emb.reshape(len(missing), len(templates), -1)
-        for text, vectors in zip(missing, emb):
-            self._texts[text] = F.normalize(vectors.mean(dim=0), dim=-1)
+        embeddings = encode_prompts(self.clip.model, self.clip.tokenizer, self.clip.device,
+                                    missing, self.settings.templates)
+        for text, vector in zip(missing, embeddings):
+            self._texts[text] = vector
         self.text_encodes += len(missing)
         while len(self._texts) > 512:
             self._texts.popitem(last=False)
@@ -211,8 +208,8 @@ class Localizer:
         """(h, w) blended ``patch·t + λ·cls·t`` on CLIP's resized grid for one text vector."""
         s = self.settings
         vector = vector.to(features.patches.device, features.patches.dtype)
-        logits = torch.einsum("ndhw,d->nhw", features.patches, vector)
-        logits = logits + self.clip.bias_lambda * (features.cls @ vector)[:, None, None]
+        logits = dense_logits(features.patches, features.cls, vector[None],
+                              self.clip.bias_lambda)[:, 0]
         logits = logits.float().cpu()
         canvas_h, canvas_w = features.canvas
         out = torch.zeros((canvas_h, canvas_w))
@@ -333,8 +330,6 @@ def context_crop(image: np.ndarray, mask: np.ndarray, context: float = 0.5, min_
     """(size, size, 3) uint8 crop around a mask: its box grown by ``context`` × the box size per
     side, made square (shifted to stay inside the image), pixels outside the mask faded toward
     CLIP's mean colour by ``dim_outside``, resized (antialiased bilinear)."""
-    from ..dense_clip import CLIP_MEAN
-
     h, w = mask.shape
     rows = np.flatnonzero(mask.any(axis=1))
     cols = np.flatnonzero(mask.any(axis=0))

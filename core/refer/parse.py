@@ -467,10 +467,7 @@ class _Parser:
         t = self.tok(i)
         if t in _ALL_QUANTIFIERS:
             self.all_instances = True
-            j = i + 1
-            if self.tok(j) == "of":
-                j += 1
-            return j
+            return self.skip_of(i + 1)
         if t == "one" and self.tok(i + 1) == "of":
             self.one_of = True
             return i + 2
@@ -480,17 +477,15 @@ class _Parser:
         n = _number_value(t)
         if n is not None:
             self.count, self.count_index = n, i
-            j = i + 1
-            if self.tok(j) == "of":
-                j += 1
-            return j
+            return self.skip_of(i + 1)
         if t in _PLURAL_QUANTIFIERS:
             self.plural_hint = True
-            j = i + 1
-            if self.tok(j) == "of":
-                j += 1
-            return j
+            return self.skip_of(i + 1)
         return None
+
+    def skip_of(self, j: int) -> int:
+        """Past an "of" at `j` ("all of the ponds", "two of the tanks"), if there is one."""
+        return j + 1 if self.tok(j) == "of" else j
 
     def m_between(self, i: int) -> Optional[int]:
         if self.tok(i) != "between":
@@ -522,9 +517,7 @@ class _Parser:
             j += 1
             if self.tok(j) in ("one", "ones"):
                 j += 1
-            if self.tok(j) == "of":
-                j += 1
-            return j
+            return self.skip_of(j)
         found = self.order_from_at(i)
         if found:
             j, code = found

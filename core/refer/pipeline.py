@@ -17,17 +17,15 @@ A query: parse -> activation map (``localize.py``) -> prompts (``prompts.py``: p
 low points, a box, the activation as SAM's dense prompt; one prompt set per activated blob for
 plural or ordered expressions) -> SAM multimask candidates -> CLIP region scores -> selection
 with the expression's modifiers (``select.py``; relation references are localised too and
-thresholded into reference masks). Sessions are shared through a small LRU
-(:data:`SESSIONS`), keyed by raster, area, resolution and models.
+thresholded into reference masks). Runs share sessions through ``sessions.SESSIONS``.
 """
 from __future__ import annotations
 
 import threading
 import time
 import weakref
-from collections import OrderedDict
 from dataclasses import dataclass, field, replace
-from typing import Callable, Dict, Hashable, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -441,44 +439,3 @@ def mask_to_geometry(mask: np.ndarray, transform):
     if not geometry.is_valid:
         geometry = shapely.make_valid(geometry)
     return geometry
-
-
-class SessionCache:
-    """A small thread-safe LRU of sessions (each holds an area image, SAM's embedding and CLIP
-    features: a few MB to a few tens of MB)."""
-
-    def __init__(self, maxsize: int = 4):
-        self.maxsize = maxsize
-        self._items: "OrderedDict[Hashable, ReferringSession]" = OrderedDict()
-        self._lock = threading.RLock()
-        self.hits = 0
-        self.misses = 0
-
-    def get(self, key: Hashable, build: Callable[[], Optional[ReferringSession]]
-            ) -> Optional[ReferringSession]:
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                self.hits += 1
-                return self._items[key]
-            self.misses += 1
-            session = build()
-            if session is None:            # nothing to cache (e.g. an all-nodata area)
-                return None
-            self._items[key] = session
-            while len(self._items) > self.maxsize:
-                self._items.popitem(last=False)
-            return session
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __contains__(self, key) -> bool:
-        return key in self._items
-
-
-SESSIONS = SessionCache()

@@ -25,6 +25,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from ..errors import InputError
+from ..union_find import UnionFind
 from .sam_frames import (SamFrame, mask_input_from_activation, normalize_activation,
                          raster_to_sam_boxes, raster_to_sam_points)
 
@@ -56,16 +57,7 @@ def label_components(mask: np.ndarray, connectivity: int = 8) -> Tuple[np.ndarra
     run_rows, run_starts = np.nonzero(d == 1)
     _, run_ends = np.nonzero(d == -1)          # exclusive; same row-major order as the starts
     n = len(run_rows)
-    parent = np.arange(n)
-
-    def find(a: int) -> int:
-        root = a
-        while parent[root] != root:
-            root = parent[root]
-        while parent[a] != root:
-            parent[a], a = root, parent[a]
-        return root
-
+    runs = UnionFind(range(n))
     reach = 1 if connectivity == 8 else 0
     row_first = np.searchsorted(run_rows, np.arange(h + 1))
     starts, ends = run_starts.tolist(), run_ends.tolist()
@@ -74,15 +66,15 @@ def label_components(mask: np.ndarray, connectivity: int = 8) -> Tuple[np.ndarra
         j, j_end = i_end, int(row_first[r + 1])
         while i < i_end and j < j_end:
             if starts[j] < ends[i] + reach and starts[i] < ends[j] + reach:
-                ri, rj = find(i), find(j)
-                if ri != rj:
-                    parent[max(ri, rj)] = min(ri, rj)
+                runs.union(i, j)
             if ends[i] < ends[j]:
                 i += 1
             else:
                 j += 1
-    roots = np.array([find(k) for k in range(n)])
-    _, run_label = np.unique(roots, return_inverse=True)
+    # components numbered in raster order of their first pixel (groups() keeps run order)
+    run_label = np.empty(n, np.int64)
+    for label, members in enumerate(runs.groups()):
+        run_label[members] = label
     lengths = run_ends - run_starts
     flat = np.repeat(run_rows * w + run_starts - np.cumsum(lengths) + lengths, lengths)
     flat += np.arange(int(lengths.sum()))

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -39,8 +39,9 @@ _DIRECTION_VECTORS = {
     "top-left": (-1.0, -1.0), "top-right": (1.0, -1.0), "bottom-left": (-1.0, 1.0),
     "bottom-right": (1.0, 1.0),
 }
-# Requested place of the centroid, per axis, in [0, 1] tile units (None: that axis is free).
-_POSITION_TARGETS = {
+# Requested place of the centroid, per axis, in [0, 1] of the area, y from the top (north)
+# edge (None: that axis is free).
+POSITION_TARGETS = {
     "left": (0.0, None), "right": (1.0, None), "top": (None, 0.0), "bottom": (None, 1.0),
     "top-left": (0.0, 0.0), "top-right": (1.0, 0.0), "bottom-left": (0.0, 1.0),
     "bottom-right": (1.0, 1.0), "centre": (0.5, 0.5),
@@ -278,18 +279,21 @@ def _shape_attribute(shape: _Shape, attribute: str) -> float:
     raise ValueError(attribute)
 
 
-def _position_score(shape: _Shape, position: str, size: Tuple[int, int]) -> Tuple[float, bool]:
-    if position not in _POSITION_TARGETS:
+def position_score(rel_x: float, rel_y: float, position: str) -> Tuple[float, bool]:
+    """How well a centroid at (rel_x, rel_y), fractions of the area's width and height with y
+    from the top (north) edge, fits an absolute position: per constrained axis 1 − its distance
+    to the requested place / the farthest possible, averaged; and whether every axis is ≥ 0.5."""
+    if position not in POSITION_TARGETS:
         raise InputError(f"Unknown position '{position}'.")
-    h, w = size
-    tx, ty = _POSITION_TARGETS[position]
-    parts = []
-    for target, c, n in ((tx, shape.cx, w), (ty, shape.cy, h)):
-        if target is None:
-            continue
-        rel = (c + 0.5) / n
-        parts.append(1.0 - abs(rel - target) / max(target, 1.0 - target))
+    tx, ty = POSITION_TARGETS[position]
+    parts = [1.0 - abs(rel - target) / max(target, 1.0 - target)
+             for target, rel in ((tx, rel_x), (ty, rel_y)) if target is not None]
     return float(np.mean(parts)), all(p >= 0.5 for p in parts)
+
+
+def _position_score(shape: _Shape, position: str, size: Tuple[int, int]) -> Tuple[float, bool]:
+    h, w = size
+    return position_score((shape.cx + 0.5) / w, (shape.cy + 0.5) / h, position)
 
 
 def _direction_score(shape: _Shape, ref: _Shape, direction: str, diag: float,
@@ -513,27 +517,82 @@ def score_candidates(candidates: Sequence[Candidate], activation: Optional[np.nd
 
     if mods.order is not None:
         for sc, shape in zip(out, shapes):
-            sc.order_value = _order_value(sc, shape, mods, ref_shapes)
+            sc.order_value = order_value(mods.order.key, _PixelMeasure(shape, ref_shapes))
     return out
 
 
-def _order_value(sc: ScoredCandidate, shape: _Shape, mods: Modifiers,
-                 ref_shapes: List[List[Optional[_Shape]]]) -> float:
-    key = mods.order.key
+class Measure(Protocol):
+    """What an order sorts by, for one mask or polygon. ``y`` grows southwards (ascending = from
+    the north); ``distance`` to the relation's reference, None when it cannot be measured."""
+
+    def area(self) -> float: ...
+    def x(self) -> float: ...
+    def y(self) -> float: ...
+    def length(self) -> float: ...
+    def distance(self) -> Optional[float]: ...
+
+
+def order_value(key: str, measure: Measure) -> Optional[float]:
+    """The value an order key (``Order.key``) sorts by: ``largest`` area, ``from the left`` x,
+    ``from the top`` y, ``longest`` length (long side of the minimum rotated rectangle),
+    ``nearest`` distance."""
     if key == "area":
-        return float(shape.area)
+        return measure.area()
     if key == "x":
-        return shape.cx
+        return measure.x()
     if key == "y":
-        return shape.cy
+        return measure.y()
     if key == "length":
-        return shape.rectangle()[0] if shape.area else 0.0
+        return measure.length()
     if key == "distance":
-        for shapes in ref_shapes:
-            if shapes[0] is not None:
-                return _min_distance(shape, shapes[0])
-        raise InputError("Ordering by distance needs the mask of the thing it is measured from.")
+        return measure.distance()
     raise InputError(f"Unknown order key '{key}'.")
+
+
+class _PixelMeasure:
+    """A mask's :class:`Measure` in pixels (rows grow southwards)."""
+
+    def __init__(self, shape: _Shape, ref_shapes: List[List[Optional[_Shape]]]):
+        self.shape, self.ref_shapes = shape, ref_shapes
+
+    def area(self) -> float:
+        return float(self.shape.area)
+
+    def x(self) -> float:
+        return self.shape.cx
+
+    def y(self) -> float:
+        return self.shape.cy
+
+    def length(self) -> float:
+        return self.shape.rectangle()[0] if self.shape.area else 0.0
+
+    def distance(self) -> float:
+        for shapes in self.ref_shapes:
+            if shapes[0] is not None:
+                return _min_distance(self.shape, shapes[0])
+        raise InputError("Ordering by distance needs the mask of the thing it is measured from.")
+
+
+def rank_instances(pool: Sequence, modifiers, value_of: Callable, score_of: Callable) -> List:
+    """The expression's order and number applied to its instances (``modifiers``: a
+    ParsedExpression or :class:`Modifiers`). With an order: sorted by ``value_of`` (largest
+    first for a descending order; ties keep their order), the ``rank``-th one (the last when there
+    are fewer), or ``count`` of them from there for plural ``the two largest``; when some value is
+    None, by score instead. Without: best ``score_of`` first, at most ``count`` when plural."""
+    wanted = modifiers.count if (modifiers.plural and modifiers.count) else None
+    order = modifiers.order
+    if order is not None:
+        values = [value_of(item) for item in pool]
+        if all(v is not None for v in values):
+            ranked = [pool[i] for i in sorted(range(len(pool)), key=values.__getitem__,
+                                              reverse=order.descending)]
+        else:
+            ranked = sorted(pool, key=lambda item: -score_of(item))
+        start = min(max(1, order.rank), len(ranked)) - 1
+        return ranked[start:start + (wanted or 1)]
+    ranked = sorted(pool, key=lambda item: -score_of(item))
+    return ranked[:wanted] if wanted else ranked
 
 
 def suppress_duplicates(scored: Sequence[ScoredCandidate], iou: float = 0.5,
@@ -588,10 +647,4 @@ def select_candidates(candidates: Sequence[Candidate], activation: Optional[np.n
             if s.evidence >= floor and s.modifiers_hold]
     if not pool:
         return [best]
-    wanted = mods.count if (mods.plural and mods.count) else None
-    if mods.order is not None:
-        pool.sort(key=lambda s: s.order_value, reverse=mods.order.descending)
-        start = min(max(1, mods.order.rank), len(pool)) - 1
-        return pool[start:start + (wanted or 1)]
-    pool.sort(key=lambda s: -s.score)
-    return pool[:wanted] if wanted else pool
+    return rank_instances(pool, mods, lambda s: s.order_value, lambda s: s.score)

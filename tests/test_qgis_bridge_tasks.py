@@ -1,15 +1,20 @@
-"""SegmentationTask: runs in QGIS's task manager, adds layers on success, nothing on cancel/failure."""
+"""qgis_bridge.tasks: SegmentationTask runs in QGIS's task manager, adds layers on success, nothing
+on cancel/failure; every started task is kept alive until its callback has run, also when its owner
+went away."""
 from __future__ import annotations
 
 import re
+import time
 
 from conftest_qgis import ColourScorer, files_under, wait_for, write_raster
 from qgis.core import (QgsApplication, QgsCategorizedSymbolRenderer, QgsPalettedRasterRenderer,
                        QgsTask, QgsWkbTypes)
 
 from drseg.core.colors import class_colour
-from drseg.ui.layers import add_result_layers
-from drseg.ui.task import SegmentationTask
+from drseg.core.errors import RunCancelled
+from drseg.qgis_bridge import tasks as bridge_tasks
+from drseg.qgis_bridge.results import add_result_layers
+from drseg.qgis_bridge.tasks import EngineTask, SegmentationTask
 
 
 def make_request(tmp_path, raster, **kwargs):
@@ -144,3 +149,44 @@ def test_unexpected_exception_is_caught_with_traceback(qgis_new_project, tmp_pat
     assert recorder.tasks == [task]
     assert "ZeroDivisionError: boom" in task.error and "Traceback" in task.error_detail
     assert files_under(tmp_path) == ["scene.tif"]
+
+
+# -- the one keep-alive list ----------------------------------------------------------------------
+
+class UntilCancelled(EngineTask):
+    """Works until cancelled, as a long run does."""
+
+    def _work(self):
+        while not self.isCanceled():
+            time.sleep(0.01)
+        raise RunCancelled()
+
+
+def test_a_started_task_is_kept_until_its_callback_has_run(qgis_new_project, tmp_path):
+    raster = write_raster(tmp_path / "scene.tif")
+    seen_while_called = []
+
+    class Kept(Recorder):
+        def __call__(self, task):
+            seen_while_called.append(task in bridge_tasks.running())
+            super().__call__(task)
+
+    recorder = Kept(qgis_new_project)
+    task = SegmentationTask(make_request(tmp_path, raster), recorder, scorer=ColourScorer())
+    assert bridge_tasks.start(task) is task
+    assert task in bridge_tasks.running()
+    assert wait_for(lambda: recorder.tasks, 60)
+    assert task.succeeded and recorder.tasks == [task]
+    assert seen_while_called == [True]                # still referenced during the callback
+    assert task not in bridge_tasks.running()         # and let go after it
+
+
+def test_a_detached_task_is_cancelled_calls_nobody_back_and_is_let_go_when_done():
+    calls = []
+    task = UntilCancelled("until cancelled", calls.append)
+    bridge_tasks.start(task)
+    assert wait_for(lambda: task.status() == QgsTask.TaskStatus.Running, 10)
+    bridge_tasks.detach(task)                         # its owner goes away
+    assert task in bridge_tasks.running()             # QGIS still needs its Python half
+    assert wait_for(lambda: task not in bridge_tasks.running(), 10)
+    assert task.was_cancelled and calls == []

@@ -1,4 +1,5 @@
-"""Lazy access to the engine, so the plugin loads (and shows a clear message) without torch.
+"""The engine gate: lazy access to the engine, so the plugin loads (and shows a clear message)
+without torch, and the dependency check the dock, the dialogs and Processing share.
 
 Nothing here imports torch, open_clip or QGIS. The defaults below mirror the engine's; a test keeps
 them equal, and they live here because Processing parameters and the dock are built at QGIS
@@ -28,6 +29,10 @@ DEFAULT_DINO_MODEL = "dino_vitb8"  # core.segment.SegmentationRequest.dino_model
 DEFAULT_SEMANTIC_RATIO = 0.3       # core.segment.SegmentationRequest.semantic_ratio
 DEFAULT_GRAPH_K = 8                # core.segment.SegmentationRequest.graph_k
 RECORD_SUFFIX = ".verified.json"   # core.download.RECORD_SUFFIX
+# SAM architectures and the catalog checkpoint each uses by default (core.sam_models.CATALOG_FOR_TYPE).
+SAM_DEFAULT_WEIGHTS = {"vit_b": "sam-vit-b", "vit_l": "sam-vit-l", "vit_h": "sam-vit-h"}
+SAM_MODEL_CHOICES = tuple(SAM_DEFAULT_WEIGHTS)   # core.sam_models.SAM_TYPES
+DEFAULT_MAX_SIZE = 1024            # core.refer.run.DEFAULT_MAX_SIZE
 
 # Import name -> pip name of what the engine needs beyond what QGIS ships.
 REQUIREMENTS = {
@@ -98,6 +103,34 @@ def load_engine():
     return segment
 
 
+def load_refer_engine():
+    """Main thread: import the referring engine (torch, open_clip, segment_anything) and return
+    `core.refer.run`, or raise MissingDependencies with an install hint. Call it before starting a
+    task, so the first, slow import of torch never happens in a worker thread."""
+    load_engine()
+    try:
+        found = importlib.util.find_spec("segment_anything") is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise MissingDependencies(dependency_message(["segment-anything"]))
+    try:
+        importlib.import_module("segment_anything")
+        from ..core.refer import run
+    except ImportError as exc:
+        raise MissingDependencies(dependency_message([], f"{type(exc).__name__}: {exc}")) from None
+    return run
+
+
+def prepare_packages() -> List[str]:
+    """Put the plugin-owned packages folder (pip --target) on sys.path, before any engine import;
+    -> the pip names of the packages that are still missing (nothing is imported)."""
+    from ..core import dependencies
+
+    dependencies.add_packages_dir_to_path()
+    return [requirement.package for requirement in dependencies.find_missing()]
+
+
 def method_label(method: str) -> str:
     return METHOD_LABELS.get(method, method)
 
@@ -166,13 +199,3 @@ def dino_help(dino_model: str) -> str:
     return (f"download '{name}' (DR-Seg settings › Download models…) or choose a checkpoint "
             "file as DINO weights")
 
-
-def select_device(combo, device: str) -> None:
-    """Select `device` in a device combo box (items carry the device name as data), adding it
-    when it is not listed ('cuda:1' and the like)."""
-    device = (device or "auto").strip().lower()
-    index = combo.findData(device)
-    if index < 0:
-        combo.addItem(device, device)
-        index = combo.count() - 1
-    combo.setCurrentIndex(index)

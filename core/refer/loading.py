@@ -1,0 +1,53 @@
+"""The models of a referring run: SAM and the dense CLIP localizer, given by the caller or
+loaded through the shared loaders and their process-wide cache."""
+from __future__ import annotations
+
+import weakref
+from typing import Optional
+
+from ..progress import RunMonitor
+from .request import ReferringRequest
+
+_LOCALIZERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def localizer_for(clip):
+    """One ``Localizer`` per dense CLIP model (it keeps the text-embedding cache); an object that
+    already localises (``localize`` method) is returned as is."""
+    if hasattr(clip, "localize"):
+        return clip
+    from .localize import Localizer
+
+    try:
+        localizer = _LOCALIZERS.get(clip)
+        if localizer is None:
+            localizer = _LOCALIZERS[clip] = Localizer(clip)
+        return localizer
+    except TypeError:                        # not weak-referenceable
+        return Localizer(clip)
+
+
+def load_models(request: ReferringRequest, sam=None, clip=None, monitor: Optional[RunMonitor] = None):
+    """-> (sam, localizer, device name): the given ones, or the request's through the model cache."""
+    from ..device import resolve_device
+
+    device = resolve_device(request.device)
+
+    def downloading(what):
+        def report(done, total):
+            if monitor is not None:
+                monitor.report(0.0, f"Downloading {what} weights: {done / 2 ** 20:.0f}"
+                                    + (f" of {total / 2 ** 20:.0f} MB" if total else " MB"))
+        return report
+
+    if sam is None:
+        from ..sam_models import sam_model
+
+        sam = sam_model(request.sam_model, request.sam_weights, str(device),
+                        download_progress=downloading("SAM"))
+    if clip is None:
+        from ..model_cache import dense_clip_scorer
+
+        clip = dense_clip_scorer(request.clip_model, request.clip_weights, str(device),
+                                 download_progress=downloading("CLIP"))
+    return sam, localizer_for(clip), str(device)
