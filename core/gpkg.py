@@ -4,9 +4,10 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import contextlib
+import sys
 
 import shapely
-from osgeo import ogr, osr
+from osgeo import gdal, ogr, osr
 
 from .errors import OutputError
 from .outputs import disk_full_hint
@@ -52,7 +53,7 @@ class PolygonLayerWriter:
         try:
             yield
         except RuntimeError as exc:
-            self._ds = None
+            self._drop()
             hint = disk_full_hint(self.path)
             detail = "" if hint else f" ({str(exc).strip().splitlines()[0][:120] if str(exc).strip() else 'GDAL error'})"
             raise OutputError(f"Cannot write the GeoPackage '{self.destination}'{hint}{detail}; "
@@ -101,7 +102,22 @@ class PolygonLayerWriter:
                 raise RuntimeError(f"{read} of {self.count} features read back; integrity: {verdict}")
 
     def abort(self) -> None:
-        self._ds = None
+        self._drop()
+
+    def _drop(self) -> None:
+        """Close without raising: after a failure (full disk) GDAL's own clean-up fails too, and
+        its exception would be printed as 'Exception ignored in ...' beside our message."""
+        if self._ds is None:
+            return
+        hook = sys.unraisablehook
+        sys.unraisablehook = lambda unraisable: None
+        gdal.PushErrorHandler("CPLQuietErrorHandler")
+        try:
+            self._layer = self._defn = None
+            self._ds = None
+        finally:
+            gdal.PopErrorHandler()
+            sys.unraisablehook = hook
 
 
 def _store_default_style(ds, layer_name: str, qml: str) -> None:

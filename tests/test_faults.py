@@ -675,3 +675,29 @@ def test_no_pretrained_weights_warning_when_we_load_the_weights(caplog):
     with caplog.at_level(logging.WARNING):
         load_clip("ViT-B-32", "random")
     assert "No pretrained weights loaded" not in caplog.text
+
+
+def test_geopackage_on_a_full_disk_is_one_line_naming_the_destination(tmp_path, capfd):
+    """SQLite's 'database or disk is full' with the hidden temporary file's SQL becomes one short
+    line with 'disk is full' and the name the user chose."""
+    import shapely
+    from rasterio.crs import CRS
+
+    from drseg.core.errors import OutputError
+    from drseg.core.gpkg import PolygonLayerWriter
+
+    with mounted(tmp_path / "small", "size=160k") as small:
+        writer = None
+        with pytest.raises(OutputError) as failure:
+            writer = PolygonLayerWriter(f"{small}/hidden-tmp.gpkg",
+                                        "layer", CRS.from_epsg(32633), [("name", "str")],
+                                        destination="/data/result.gpkg")
+            rng = np.random.default_rng(0)
+            for i in range(20000):
+                x, y = rng.uniform(0, 1e4, 2)
+                writer.add(shapely.box(x, y, x + 1, y + 1).buffer(0.3, 64), name="x" * 200)
+            writer.close()
+        message = str(failure.value)
+        assert "disk is full" in message and "/data/result.gpkg" in message
+        assert "\n" not in message and len(message) < 300 and "hidden-tmp" not in message
+    assert "Exception ignored" not in capfd.readouterr().err  # GDAL's failing clean-up is quiet
