@@ -125,6 +125,10 @@ def build_symlink(place, tmp):
     os.symlink(place.raster, os.path.join(place.dir, "link.tif"))
 
 
+def build_hardlink(place, tmp):
+    os.link(place.raster, os.path.join(place.dir, "hard.tif"))
+
+
 def build_other_fs(place, tmp):
     place.extra["other"] = place.stack.enter_context(mounted(tmp / "other"))
 
@@ -214,6 +218,7 @@ BUILDERS: Dict[str, Callable] = {
     "truncated": build_truncated,
     "old": build_old,
     "symlink": build_symlink,
+    "hardlink": build_hardlink,
     "other_fs": build_other_fs,
     "read_only": build_read_only,
     "full_disk": build_full_disk,
@@ -243,6 +248,8 @@ FAULTS = [
     F("raster-out is the input", "", SEG + " --raster-out {raster}", 2, "is the input",
       unchanged=("{raster}",)),
     F("raster-out is a symlink to the input", "symlink", SEG + " --raster-out {dir}/link.tif", 2,
+      "is the input", unchanged=("{raster}",)),
+    F("raster-out is a hard link to the input", "hardlink", SEG + " --raster-out {dir}/hard.tif", 2,
       "is the input", unchanged=("{raster}",)),
     F("out is the input through ..", "", SEG + " --raster-out {dir}/../" + "{name}/in.tif", 2,
       "is the input", unchanged=("{raster}",)),
