@@ -19,6 +19,7 @@ from .classes import ClassSpec, flatten_queries, parse_classes
 from .colors import class_colour
 from .errors import InputError
 from .gpkg import PolygonLayerWriter
+from .models.registry import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DEVICE, DEFAULT_DINO_MODEL
 from .outputs import (ClassRasterWriter, FloatRasterWriter, WorkDir, check_destination, check_outputs,
                       publish_all, verify_raster)
 from .progress import RunMonitor
@@ -41,17 +42,17 @@ class SegmentationRequest:
     extent: Optional[Sequence[float]] = None   # xmin, ymin, xmax, ymax in the raster's CRS
     resolution: Optional[float] = None     # working pixel size in metres; None: native
     threshold: float = DEFAULT_THRESHOLD   # below this top probability a pixel is background
-    clip_model: str = "ViT-B-16"
-    clip_weights: str = "openai"
+    clip_model: str = DEFAULT_CLIP_MODEL
+    clip_weights: str = DEFAULT_CLIP_WEIGHTS
     method: str = "auto"                   # 'drseg', 'clip', or 'auto' (DR-Seg when DINO is set up)
-    dino_model: str = "dino_vitb8"
+    dino_model: str = DEFAULT_DINO_MODEL
     dino_weights: Optional[str] = None     # file or catalog name; None: the downloaded default
     semantic_ratio: float = 0.3
     graph_k: int = 8
     decouple: bool = True
     rectify: bool = True
     fusion: bool = True
-    device: str = "auto"
+    device: str = DEFAULT_DEVICE
     window: int = 224
     stride: int = 112
     block: int = 512
@@ -59,6 +60,7 @@ class SegmentationRequest:
     simplify: float = 0.0                  # polygon simplification tolerance, in pixels
     min_area: float = 0.0                  # smallest polygon kept, m²
     layer_name: str = "segmentation"
+    cache_dir: Optional[str] = None        # model cache; None: resolved from the settings here
 
 
 @dataclass
@@ -88,7 +90,7 @@ def run_segmentation(request: SegmentationRequest, scorer=None, progress=None, c
     """Segment `request.raster` into `request.classes`.
 
     scorer: a window scorer (see core/sliding.py); None loads dense CLIP per the request (shared
-    with later runs through core.model_cache).
+    with later runs through core.models.shared).
     """
     monitor = RunMonitor(progress, cancelled)
     classes = parse_classes(request.classes)
@@ -146,7 +148,9 @@ def check_window(window: int, scorer) -> None:
 
 def build_scorer(request: SegmentationRequest, monitor: RunMonitor):
     """-> (scorer, method used, note for the user) for the request's method and models."""
-    from .model_cache import drseg_scorer, dense_clip_scorer, resolve_dino_weights
+    from .models.dino import resolve_dino_weights
+    from .models.download import resolve_cache_dir
+    from .models.shared import drseg_scorer, dense_clip_scorer
 
     if request.method not in ("auto", "drseg", "clip"):
         raise InputError(f"Unknown method '{request.method}'; choose drseg, clip or auto")
@@ -157,9 +161,10 @@ def build_scorer(request: SegmentationRequest, monitor: RunMonitor):
 
     downloading.status = monitor.say  # retries are shown, not only a still progress bar
 
+    cache_dir = request.cache_dir or resolve_cache_dir()  # once per run, for every model below
     dino_path = None
     if request.method != "clip":
-        dino_path = resolve_dino_weights(request.dino_model, request.dino_weights)
+        dino_path = resolve_dino_weights(request.dino_model, request.dino_weights, cache_dir)
         if dino_path is None and request.method == "drseg":
             raise InputError(f"DR-Seg needs DINO weights for {request.dino_model}: download them "
                              "with `python -m drseg models download <name>` or give a file "
@@ -168,9 +173,9 @@ def build_scorer(request: SegmentationRequest, monitor: RunMonitor):
         note = ("Plain dense CLIP: no DINO weights are set up, so DR-Seg's structure rectification "
                 "was skipped" if request.method == "auto" else "")
         return (dense_clip_scorer(request.clip_model, request.clip_weights, request.device,
-                                  download_progress=downloading), "clip", note)
+                                  download_progress=downloading, cache_dir=cache_dir), "clip", note)
     scorer = drseg_scorer(request.clip_model, request.clip_weights, request.dino_model, dino_path,
-                          request.device, download_progress=downloading,
+                          request.device, download_progress=downloading, cache_dir=cache_dir,
                           decouple=request.decouple, rectify=request.rectify, fusion=request.fusion,
                           semantic_ratio=request.semantic_ratio, graph_k=request.graph_k)
     return scorer, "drseg", ""

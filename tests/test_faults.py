@@ -612,15 +612,16 @@ def test_import_of_weights_that_fit_says_what_was_checked(tmp_path, monkeypatch)
     since the real one is 340 MB) are imported; the message says what could be checked."""
     import torch
 
-    from drseg.core import weights_fit
+    from conftest import TINY_DINO_DIMS
+    from drseg.core.models import weights_fit
     from drseg.core.drseg.dino import build_timm_vit
 
     def tiny_meta(entry):
         with torch.device("meta"):
-            return build_timm_vit(weights_fit.dino_name(entry.architecture), tiny=True)
+            return build_timm_vit(weights_fit.dino_name(entry.architecture), **TINY_DINO_DIMS)
 
     monkeypatch.setattr(weights_fit, "build_meta_model", tiny_meta)
-    torch.save(build_timm_vit("dino_vitb8", tiny=True).state_dict(), tmp_path / "dino.pth")
+    torch.save(build_timm_vit("dino_vitb8", **TINY_DINO_DIMS).state_dict(), tmp_path / "dino.pth")
     code, out, err = run_cli(["models", "import", "dino-vit-b8", str(tmp_path / "dino.pth"),
                               "--cache-dir", str(tmp_path / "cache")])
     assert code == 0, err
@@ -634,7 +635,7 @@ def test_a_mirror_that_never_answers_shows_retries_and_gives_up(tmp_path, monkey
     import socket
     import threading
 
-    from drseg.core import download as dl
+    from drseg.core.models import download as dl
 
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
@@ -673,7 +674,7 @@ def test_no_pretrained_weights_warning_when_we_load_the_weights(caplog):
 
     import open_clip
 
-    from drseg.core.clip_models import load_clip
+    from drseg.core.models.clip import load_clip
 
     with caplog.at_level(logging.WARNING):
         open_clip.create_model("ViT-B-32", pretrained=None, device="meta")

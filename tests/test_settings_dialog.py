@@ -9,7 +9,7 @@ from conftest_qgis import wait_for
 from qgis.PyQt.QtWidgets import QDialog, QDialogButtonBox
 
 from drseg.core import settings as st
-from drseg.core.catalog import list_models
+from drseg.core.models.catalog import list_models
 from drseg.core.settings import Settings, load_settings, save_settings
 from drseg.qgis_bridge import tasks as bridge_tasks
 from drseg.ui import settings_dialog as sd
@@ -203,12 +203,13 @@ def test_bad_mirror_is_refused_before_downloading(make_dialog, tmp_path):
 
 
 def test_import_of_a_file_on_disk(make_dialog, tmp_path, monkeypatch):
-    from drseg.core import weights_fit
+    from conftest import TINY_DINO_DIMS
+    from drseg.core.models import weights_fit
     from drseg.core.drseg.dino import build_timm_vit
 
     def tiny_meta(entry):  # the real DINO ViT-B/8 is 340 MB: the same definition, tiny widths
         with torch.device("meta"):
-            return build_timm_vit(weights_fit.dino_name(entry.architecture), tiny=True)
+            return build_timm_vit(weights_fit.dino_name(entry.architecture), **TINY_DINO_DIMS)
 
     monkeypatch.setattr(weights_fit, "build_meta_model", tiny_meta)
     cache = tmp_path / "cache"
@@ -217,7 +218,7 @@ def test_import_of_a_file_on_disk(make_dialog, tmp_path, monkeypatch):
     dialog.transferFinished.connect(finished.append)
     dialog.select_model("dino-vit-b8")
     source = tmp_path / "my_dino.pth"
-    torch.save(build_timm_vit("dino_vitb8", tiny=True).state_dict(), str(source))
+    torch.save(build_timm_vit("dino_vitb8", **TINY_DINO_DIMS).state_dict(), str(source))
     assert dialog.import_selected(str(source)) is not None
     assert wait_for(lambda: finished, 30)
     assert finished[0].error is None, finished[0].error
@@ -242,7 +243,7 @@ def slow_download(started):
 
 
 def test_cancelling_a_transfer(make_dialog, tmp_path, monkeypatch):
-    from drseg.core import download
+    from drseg.core.models import download
 
     started = []
     monkeypatch.setattr(download, "download", slow_download(started))
@@ -259,7 +260,7 @@ def test_cancelling_a_transfer(make_dialog, tmp_path, monkeypatch):
 
 
 def test_closing_the_dialog_cancels_and_detaches_the_transfer(make_dialog, tmp_path, monkeypatch):
-    from drseg.core import download
+    from drseg.core.models import download
 
     started = []
     monkeypatch.setattr(download, "download", slow_download(started))

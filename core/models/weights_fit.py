@@ -12,7 +12,7 @@ import os
 import torch
 
 from .checkpoints import check_fit, load_state_dict
-from .errors import ModelError
+from ..errors import ModelError
 
 
 def check_entry_fits(entry, path: str) -> None:
@@ -22,7 +22,7 @@ def check_entry_fits(entry, path: str) -> None:
     if entry.family == "clip":
         check_fit(build_meta_model(entry), state, what, ignore_missing=("logit_bias",))
     elif entry.family == "dino":
-        from .drseg.dino import _check_and_fit, convert_state_dict
+        from ..drseg.dino import _check_and_fit, convert_state_dict
 
         name = dino_name(entry.architecture)
         _check_and_fit(name, path, convert_state_dict(state), build_meta_model(entry))
@@ -38,24 +38,24 @@ def build_meta_model(entry) -> torch.nn.Module:
         if entry.family == "clip":
             import open_clip
 
-            from .clip_models import quiet_open_clip
+            from .clip import quiet_open_clip
             with quiet_open_clip():
                 return open_clip.create_model(entry.architecture, pretrained=None, device="meta")
         if entry.family == "dino":
-            from .drseg.dino import build_timm_vit
+            from ..drseg.dino import build_timm_vit
             return build_timm_vit(dino_name(entry.architecture))
         if entry.family == "sam":
-            from .sam_models import sam_architectures
+            from .sam import sam_architectures
             return sam_architectures()[entry.architecture]()
     raise ModelError(f"Unknown model family '{entry.family}'")
 
 
 def dino_name(architecture: str) -> str:
     """'vit_base_patch8_224.dino' (timm name with tag) -> 'dino_vitb8' (our DINO arch name)."""
-    from .drseg.dino import DINO_ARCHS
+    from .registry import DINO_MODELS
 
     timm_name = architecture.split(".")[0]
-    for name, arch in DINO_ARCHS.items():
+    for name, arch in DINO_MODELS.items():
         if arch.timm_name == timm_name:
             return name
     raise ModelError(f"No DINO architecture matches '{architecture}'")
