@@ -24,6 +24,7 @@ import torch
 from rasterio.windows import Window
 
 from .device import run_with_oom_retry
+from .errors import ModelError
 from .protocol import BLENDS, DEFAULT_BLEND
 from .raster_io import Grid
 
@@ -292,6 +293,11 @@ class SlidingWindowSegmenter:
                 return len(batch), self.scorer.score_windows(np.stack(batch))
 
             count, logits = run_with_oom_retry(score, self.batch_size, self._batch_reduced)
+            if not np.isfinite(np.asarray(logits)).all():
+                # NaN would silently win every softmax as one class; damaged weights, say so.
+                raise ModelError("The model produced invalid scores (NaN or infinity): its weights "
+                                 "are damaged or not meant for this architecture; download or "
+                                 "import them again")
             self.timings.model += time.perf_counter() - started
             self.timings.windows += len(logits)
             for key, value in zip(todo[start:start + count], logits):

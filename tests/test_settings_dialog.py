@@ -203,13 +203,23 @@ def test_bad_mirror_is_refused_before_downloading(make_dialog, tmp_path):
     assert "must start with http://" in dialog.transfer_label.text()
 
 
-def test_import_of_a_file_on_disk(make_dialog, tmp_path):
+def test_import_of_a_file_on_disk(make_dialog, tmp_path, monkeypatch):
+    from conftest import TINY_DINO_DIMS
+    from drseg.core.models import weights_fit
+    from drseg.core.drseg.dino import build_timm_vit
+
+    def tiny_meta(entry):  # the real DINO ViT-B/8 is 340 MB: the same definition, tiny widths
+        with torch.device("meta"):
+            return build_timm_vit(weights_fit.dino_name(entry.architecture), **TINY_DINO_DIMS)
+
+    monkeypatch.setattr(weights_fit, "build_meta_model", tiny_meta)
     cache = tmp_path / "cache"
     dialog = make_dialog(settings=Settings(cache_dir=str(cache)))
     finished = []
     dialog.transferFinished.connect(finished.append)
     dialog.select_model("dino-vit-b8")
-    source = torch_checkpoint(tmp_path / "my_dino.pth")
+    source = tmp_path / "my_dino.pth"
+    torch.save(build_timm_vit("dino_vitb8", **TINY_DINO_DIMS).state_dict(), str(source))
     assert dialog.import_selected(str(source)) is not None
     assert wait_for(lambda: finished, 30)
     assert finished[0].error is None, finished[0].error

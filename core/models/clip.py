@@ -14,7 +14,9 @@ open_clip.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 from urllib.parse import urlparse
 from typing import NamedTuple, Optional, Union
@@ -83,13 +85,34 @@ def load_clip(model_name: str = DEFAULT_CLIP_MODEL, weights: Optional[str] = DEF
             path = _download_pretrained(model_name, weights)
             quick_gelu = quick_gelu or bool(
                 open_clip.get_pretrained_cfg(model_name, weights).get("quick_gelu"))
-        model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=quick_gelu)
+        with quiet_open_clip():  # we load the weights ourselves, right after
+            model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=quick_gelu)
         tokenizer = open_clip.get_tokenizer(model_name)
     if path != RANDOM_WEIGHTS:
         state = load_state_dict(path, key=key, strip_prefixes=prefixes)
         load_into(model, state, f"CLIP {model_name} ('{os.path.basename(str(path))}')",
                   ignore_missing=("logit_bias",))
     return LoadedClip(model.to(torch_device).eval(), tokenizer)
+
+
+class _NoPretrainedWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith("No pretrained weights loaded")
+
+
+@contextlib.contextmanager
+def quiet_open_clip():
+    """Hide open_clip's 'No pretrained weights loaded ... initialized randomly' warning, which it
+    logs on the root logger whenever a model is built without its own download."""
+    quiet = _NoPretrainedWarning()
+    loggers = [logging.getLogger(), logging.getLogger("open_clip")]
+    for logger in loggers:
+        logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(quiet)
 
 
 def catalog_entry(model_name: str, weights: str):
