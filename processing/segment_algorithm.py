@@ -7,14 +7,15 @@ are shared between runs through core.model_cache, which is lock-protected.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Optional
 
 from qgis.core import (QgsProcessingException, QgsProcessingOutputNumber, QgsProcessingOutputString,
                        QgsProcessingParameterBoolean, QgsProcessingParameterEnum,
-                       QgsProcessingParameterExtent, QgsProcessingParameterNumber,
-                       QgsProcessingParameterRasterDestination, QgsProcessingParameterRasterLayer,
-                       QgsProcessingParameterString, QgsProcessingParameterVectorDestination,
+                       QgsProcessingParameterExtent, QgsProcessingParameterFeatureSink,
+                       QgsProcessingParameterNumber, QgsProcessingParameterRasterDestination,
+                       QgsProcessingParameterRasterLayer, QgsProcessingParameterString,
                        QgsRasterLayer, QgsVectorLayer)
 
 from ..core.errors import InputError
@@ -23,12 +24,17 @@ from ..qgis_bridge.engine import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFA
                                   DEVICE_CHOICES, DINO_MODEL_CHOICES, dino_help, find_dino_weights,
                                   load_engine, method_label)
 from ..qgis_bridge.styling import style_class_raster, style_polygon_layer
-from .base import DrSegAlgorithm, engine_errors, gpkg_destination, number_type, source_type
+from .base import (DrSegAlgorithm, engine_errors, number_type, source_type, wants_output,
+                   work_folder)
 
 # METHOD's options (values of SegmentationRequest.method) and how the dialog names them.
 METHOD_CHOICES = ("auto", "drseg", "clip")
 METHOD_OPTIONS = ["Auto: DR-Seg when DINO weights are set up, else dense CLIP",
                   "DR-Seg (dense CLIP rectified with DINO structure)", "Dense CLIP"]
+
+
+# The engine's GeoPackage in the run's work folder, copied into the OUTPUT sink afterwards.
+WORK_FILE, WORK_LAYER = "polygons.gpkg", "segmentation"
 
 
 class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
@@ -66,8 +72,9 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
         "Every pixel of the raster gets one of the classes typed in <b>Classes</b>, or "
         "background when no class is likely enough (<b>Threshold</b>). Classes are separated by "
         "';', synonyms of one class by ',': <i>building,roof; road,street; tree,forest; water</i>."
-        "<br><br><b>Polygons</b>: a GeoPackage with fields class, class_id, score (mean "
-        "probability) and area_m2, in the raster's CRS. <b>Class raster</b> (optional): a GeoTIFF "
+        "<br><br><b>Polygons</b>: a layer (temporary, or any vector format) with fields class, "
+        "class_id, score (mean probability) and area_m2, in the raster's CRS, styled by class. "
+        "<b>Class raster</b> (optional): a GeoTIFF "
         "on the same grid as the input (0 background, 1..K classes, 255 nodata)."
         "<br><br><b>Bands</b>: one (grey) or three (RGB) band numbers, e.g. 4,3,2; empty picks "
         "the RGB bands. <b>Extent</b>: only this area (reprojected to the raster's CRS). "
@@ -93,6 +100,8 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
         self._classes = []
         self._note = ""
         self._settings = None
+        self._wants_raster = False
+        self._crs = None
 
     # -- parameters -----------------------------------------------------------------------------
     def initAlgorithm(self, config=None):  # noqa: N802
@@ -145,10 +154,8 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
                                           defaultValue=True),
         ]
         self.add_advanced(advanced)
-        output = QgsProcessingParameterVectorDestination(self.OUTPUT, "Polygons (GeoPackage)",
-                                                         type=source_type("VectorPolygon"))
-        output.setSupportsNonFileBasedOutput(False)
-        self.addParameter(output)
+        self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, "Polygons",
+                                                            type=source_type("VectorPolygon")))
         raster = QgsProcessingParameterRasterDestination(self.OUTPUT_RASTER, "Class raster",
                                                          optional=True, createByDefault=False)
         raster.setSupportsNonFileBasedOutput(False)
@@ -185,15 +192,14 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
         extent = self.extent_of(parameters, self.EXTENT, context, layer)
         resolution = self.resolution_of(parameters, self.RESOLUTION, context)
 
-        dest = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
-        out_vector, table = gpkg_destination(dest)
-        out_raster: Optional[str] = None
-        if parameters.get(self.OUTPUT_RASTER) not in (None, ""):
-            out_raster = self.parameterAsOutputLayer(parameters, self.OUTPUT_RASTER, context) or None
+        # Outputs are resolved in processAlgorithm(): only what is registered on its context
+        # reaches the layers QGIS loads after a threaded (toolbox dialog) run.
+        self._wants_raster = wants_output(self, parameters, self.OUTPUT_RASTER)
+        self._crs = layer.crs()
 
         method, dino_model, dino_weights, self._note = self._method(parameters, context)
         request = segment.SegmentationRequest(
-            raster=source, classes=text, out_vector=out_vector, out_raster=out_raster, bands=bands,
+            raster=source, classes=text, out_vector="polygons.gpkg", out_raster=None, bands=bands,
             extent=extent, resolution=resolution,
             threshold=self.parameterAsDouble(parameters, self.THRESHOLD, context),
             clip_model=self.parameterAsString(parameters, self.CLIP_MODEL, context).strip()
@@ -211,8 +217,7 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
             device=DEVICE_CHOICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
             simplify=self.parameterAsDouble(parameters, self.SIMPLIFY, context),
             min_area=self.parameterAsDouble(parameters, self.MIN_AREA, context),
-            layer_name=table or os.path.splitext(os.path.basename(out_vector))[0] or "segmentation")
-        self._destinations = {"vector": dest, "raster": out_raster}
+            layer_name=WORK_LAYER)
         self._classes = classes
         return request
 
@@ -246,10 +251,20 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
         """Worker thread: run the engine; no GUI, layer or project access here."""
         if self._request is None:  # prepareAlgorithm always runs first; be safe anyway
             raise QgsProcessingException("The algorithm was not prepared")
-        with engine_errors():
+        from ..core.style import categorized_qml
+
+        out_raster = (self.parameterAsOutputLayer(parameters, self.OUTPUT_RASTER, context)
+                      if self._wants_raster else None)
+        with engine_errors(), work_folder() as work:
             segment = load_engine()
-            result = segment.run_segmentation(self._request, progress=self.engine_progress(feedback),
+            request = dataclasses.replace(self._request, out_vector=os.path.join(work, WORK_FILE),
+                                          out_raster=out_raster)
+            result = segment.run_segmentation(request, progress=self.engine_progress(feedback),
                                               cancelled=feedback.isCanceled)
+            dest, _ = self.copy_to_sink(result.vector_path, WORK_LAYER, parameters, self.OUTPUT,
+                                        context, feedback, self._crs,
+                                        categorized_qml(self._classes))
+        self._destinations = {"vector": dest, "raster": out_raster}
 
         t = result.timings
         note = result.note or self._note
@@ -261,7 +276,7 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
                           f"{t.model:.1f} s, stitch {t.stitch:.1f} s, vectorize {t.vectorize:.1f} s)")
         for name, pixels in result.class_pixels.items():
             feedback.pushInfo(f"  {name}: {pixels} px")
-        return {self.OUTPUT: self._destinations["vector"],
+        return {self.OUTPUT: dest,
                 self.OUTPUT_RASTER: result.raster_path,
                 self.POLYGONS: result.polygon_count,
                 self.USED_METHOD: result.method, self.NOTE: note}

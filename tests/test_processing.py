@@ -95,7 +95,6 @@ def test_user_errors_become_processing_exceptions_with_the_engine_message(drseg_
     raster = write_raster(tmp_path / "scene.tif")
     cases = [
         ({"CLASSES": " ; , ;"}, "class prompt is empty"),
-        ({"OUTPUT": str(tmp_path / "polygons.shp")}, "must end with .gpkg"),
         ({"BANDS": "1,2"}, "one band (grey) or three bands"),
         ({"BANDS": "7"}, "Band 7 does not exist"),
         ({"CLIP_WEIGHTS": str(tmp_path / "no-such-weights.pt")}, "no-such-weights.pt"),

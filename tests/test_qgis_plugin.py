@@ -433,7 +433,7 @@ def xfail_on_known_geos_clash(text: str) -> None:
 def test_qgis_process_runs_the_algorithm(qgis_profile, tmp_path):
     raster = write_raster(tmp_path / "scene.tif")
     config = write_tiny_clip_config(tmp_path)
-    out = tmp_path / "out.gpkg"
+    out = tmp_path / "out.shp"  # any vector format QGIS writes
     done = qgis_process(qgis_profile, "--json", "run", "drseg:openvocabsegmentation", "--",
                         f"INPUT={raster}", "CLASSES=building;water", f"CLIP_MODEL={config}",
                         "CLIP_WEIGHTS=random", "DEVICE=1", f"OUTPUT={out}",
@@ -444,6 +444,13 @@ def test_qgis_process_runs_the_algorithm(qgis_profile, tmp_path):
     results = json.loads(done.stdout[done.stdout.index("{"):])["results"]
     assert results["OUTPUT"] == str(out) and results["POLYGONS"] > 0
     assert os.path.isfile(out) and os.path.isfile(tmp_path / "classes.tif")
+    # Styled by class when opened later: the .qml QGIS reads beside the file.
+    from qgis.core import QgsCategorizedSymbolRenderer, QgsVectorLayer
+
+    layer = QgsVectorLayer(str(out), "out", "ogr")
+    assert layer.featureCount() == results["POLYGONS"]
+    assert isinstance(layer.renderer(), QgsCategorizedSymbolRenderer)
+    assert {c.value() for c in layer.renderer().categories()} == {"building", "water"}
 
 
 # -- QGIS desktop -------------------------------------------------------------------------------

@@ -484,7 +484,6 @@ def test_processing_errors_carry_the_engines_message(drseg_provider, fake_load, 
     raster = write_array(tmp_path / "ponds.tif", pond_scene().transpose(2, 0, 1))
     cases = [({"EXPRESSION": " \n \n"}, "Type an expression"),
              ({"EXPRESSION": "the pond\nthe big one on the left"}, "No target found"),
-             ({"OUTPUT": str(tmp_path / "referred.shp")}, ".gpkg"),
              ({"EXTENT": "0,10,0,10 [EPSG:32633]"}, "does not overlap")]
     for extra, message in cases:
         feedback = QgsProcessingFeedback()
