@@ -19,6 +19,7 @@ from .classes import ClassSpec, flatten_queries, parse_classes
 from .colors import class_colour
 from .errors import InputError
 from .gpkg import PolygonLayerWriter
+from .interrupt import cancel_points
 from .outputs import ClassRasterWriter, FloatRasterWriter, WorkDir, check_destination, publish
 from .progress import RunMonitor
 from .raster_io import RasterReader
@@ -27,6 +28,9 @@ from .style import categorized_qml
 from .vectorize import vectorize
 
 DEFAULT_THRESHOLD = 0.3
+# Shares of the progress bar: loading models, encoding the class names; segmenting and writing
+# take the rest.
+MODELS_SHARE, TEXT_SHARE = 0.02, 0.08
 VECTOR_FIELDS = [("class", "str"), ("class_id", "int"), ("score", "real"), ("area_m2", "real")]
 
 
@@ -100,7 +104,8 @@ def run_segmentation(request: SegmentationRequest, scorer=None, progress=None, c
     if request.stride <= 0 or request.stride > request.window:
         raise InputError("Stride must be positive and not larger than the window")
 
-    with RasterReader(request.raster, request.bands, request.extent, request.resolution) as reader:
+    with RasterReader(request.raster, request.bands, request.extent, request.resolution) as reader, \
+            cancel_points(monitor.check):
         monitor.report(0.0, "Loading models")
         device_name, method, note = "custom", "custom", ""
         if scorer is None:
@@ -108,7 +113,13 @@ def run_segmentation(request: SegmentationRequest, scorer=None, progress=None, c
             device_name = str(getattr(scorer, "device", None) or scorer.clip.device)
         queries, owner = flatten_queries(classes)
         started = time.perf_counter()
-        scorer.set_queries(queries)
+        text = monitor.stage(MODELS_SHARE, MODELS_SHARE + TEXT_SHARE)
+        for count in range(1, len(queries) + 1):
+            # One query at a time (a scorer encodes each once; 80 templates cost seconds on a
+            # CPU), so the bar moves and cancel is checked between queries.
+            text.report((count - 1) / len(queries),
+                        f"Encoding class names ({count}/{len(queries)}: {queries[count - 1]})")
+            scorer.set_queries(queries[:count])
         monitor.check()
         segmenter = SlidingWindowSegmenter(reader, scorer, owner, threshold=request.threshold,
                                            window=request.window, stride=request.stride,
@@ -118,7 +129,8 @@ def run_segmentation(request: SegmentationRequest, scorer=None, progress=None, c
             f"GPU memory is short: window batch reduced to {size}")
         work = WorkDir(out_vector or out_raster)
         try:
-            result = _run(request, reader, segmenter, classes, work, out_vector, out_raster, monitor)
+            result = _run(request, reader, segmenter, classes, work, out_vector, out_raster,
+                          monitor.stage(MODELS_SHARE + TEXT_SHARE, 1.0))
         finally:
             work.cleanup()
         result.device, result.method, result.note = device_name, method, note
@@ -168,7 +180,17 @@ def _run(request, reader, segmenter, classes, work, out_vector, out_raster, moni
     counts = np.zeros(256, np.int64)
     try:
         predict.report(0.0, f"Segmenting {grid.width}×{grid.height} px in {len(segmenter)} blocks")
+        current = {"block": 0}
+
+        def window_batch(scored: int, total: int) -> None:  # inside a block
+            index = current["block"]
+            predict.report((index + scored / max(total, 1)) / len(segmenter),
+                           f"Segmenting block {index + 1}/{len(segmenter)} "
+                           f"({scored}/{total} windows)")
+
+        segmenter.on_window_batch = window_batch
         for done, block in enumerate(segmenter, start=1):
+            current["block"] = done
             started = time.perf_counter()
             class_writer.write(block.window, block.classes)
             if score_writer is not None:

@@ -109,6 +109,9 @@ class SlidingWindowSegmenter:
     keep_probabilities: bool = False
     timings: Timings = field(default_factory=Timings)
     on_batch_reduced: Optional[Callable[[int, str], None]] = None
+    # Called after each window batch with (windows scored, windows to score) of the current block,
+    # so progress moves and cancel is checked inside a block.
+    on_window_batch: Optional[Callable[[int, int], None]] = None
     oom_retries: List[str] = field(default_factory=list)
 
     def __post_init__(self):
@@ -212,6 +215,8 @@ class SlidingWindowSegmenter:
             for key, value in zip(todo[start:start + count], logits):
                 self._cache[key] = np.asarray(value, dtype=np.float32)
             start += count
+            if self.on_window_batch is not None:
+                self.on_window_batch(start, len(crops))
 
     def _batch_reduced(self, size: int, reason: str) -> None:
         self.batch_size = size  # later blocks keep the smaller batch

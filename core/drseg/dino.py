@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from ..checkpoints import load_state_dict
 from ..errors import ModelError
+from ..interrupt import install_cancel_points
 
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)  # on the 0..255 scale
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
@@ -102,6 +103,7 @@ class DinoBackbone(torch.nn.Module):
             raise ValueError(f"feature must be one of {FEATURE_KINDS}")
         self.name = name
         self.model = model.eval()
+        install_cancel_points(self.model)  # a cancelled run stops between transformer blocks
         self.feature = feature
         self.patch_size = int(_arch(name).patch_size)
         self.embed_dim = int(model.embed_dim)
