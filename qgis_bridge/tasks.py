@@ -51,7 +51,8 @@ def _release(task: QgsTask) -> None:
 
 class DrSegTask(QgsTask):
     """A cancellable task whose `finished()` hands it once to `on_finished` (main thread) and then
-    leaves the keep-alive list. After the callback: `error` (for the user) or `was_cancelled`."""
+    leaves the keep-alive list. After the callback: `error` (for the user) or `was_cancelled`.
+    A run that stops on a cancel returns True (QGIS shows failed tasks with a notification)."""
 
     def __init__(self, description: str, on_finished: Optional[Callable] = None):
         super().__init__(description, QgsTask.Flag.CanCancel)
@@ -101,15 +102,17 @@ class EngineTask(DrSegTask):
             self._done = True
             return True
         except RunCancelled:
+            # A cancel the user asked for is no failure: returning True keeps QGIS from showing
+            # its "Task failed" notification; the callback reads was_cancelled.
             self.was_cancelled = True
-            return False
+            return True
         except (DrSegError, MissingDependencies) as exc:
             self.error = str(exc)
             return False
         except Exception as exc:  # a bug or an environment problem: details go to the log
             if self.isCanceled():
                 self.was_cancelled = True
-                return False
+                return True
             self.error = f"{self.failure_prefix}: {type(exc).__name__}: {exc}"
             self.error_detail = traceback.format_exc()
             return False
@@ -237,6 +240,7 @@ class ModelTransferTask(DrSegTask):
             return True
         except RunCancelled:
             self.was_cancelled = True
+            return True  # no "Task failed" notification for a cancel
         except DrSegError as exc:
             self.error = str(exc)
         except Exception as exc:  # an unexpected failure is still shown, not raised in a thread

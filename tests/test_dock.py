@@ -204,6 +204,41 @@ def test_cancel_button_stops_the_run_without_layers_or_files(dock, qgis_iface, q
     assert dock.run_button.isEnabled()
 
 
+def test_a_cancel_by_qgis_shows_cancelling_and_no_failure(dock, qgis_iface, qgis_new_project,
+                                                          tmp_path, tiny_clip, fake_models):
+    """QGIS's own cancel (the task manager, or "tasks are running, cancel?" on closing) reaches
+    the dock: it says "Cancelling…", then the run ends as cancelled, not as a failed task."""
+    from qgis.core import QgsTask
+
+    fake_models.delay = 1.0  # a slow window batch: the cancel lands while one computes
+    fill_form(dock, qgis_new_project, tmp_path, tiny_clip, width=512, height=512)
+    finished, texts = [], []
+    dock.runFinished.connect(finished.append)
+    dock.run_button.click()
+    assert wait_for(lambda: "windows" in dock.status_label.text(), 60)
+    task = dock.controls.tasks[0]
+    QgsApplication.taskManager().cancelAll()
+    assert wait_for(lambda: dock.status_label.text() == "Cancelling…" or finished, 30)
+    texts.append(dock.status_label.text())
+    assert wait_for(lambda: finished, 60)
+    assert texts == ["Cancelling…"]
+    assert finished[0].was_cancelled and task.status() == QgsTask.TaskStatus.Complete
+    assert dock.status_label.text() == "Cancelled; nothing was written"
+    assert not messages(qgis_iface, Qgis.MessageLevel.Critical)
+
+
+def test_run_and_cancel_stay_put_when_the_status_changes(dock):
+    dock.resize(420, 800)
+    dock.show()
+    QgsApplication.processEvents()
+    before = dock.run_button.mapTo(dock, dock.run_button.rect().topLeft())
+    dock.status_label.setText("A long status line " * 12)
+    QgsApplication.processEvents()
+    dock.status_label.setText("Short")
+    QgsApplication.processEvents()
+    assert dock.run_button.mapTo(dock, dock.run_button.rect().topLeft()) == before
+
+
 # -- method: DR-Seg or dense CLIP -----------------------------------------------------------------
 
 def run_and_wait(dock):
