@@ -34,38 +34,34 @@ SAM_DEFAULT_WEIGHTS = {"vit_b": "sam-vit-b", "vit_l": "sam-vit-l", "vit_h": "sam
 SAM_MODEL_CHOICES = tuple(SAM_DEFAULT_WEIGHTS)   # core.sam_models.SAM_TYPES
 DEFAULT_MAX_SIZE = 1024            # core.refer.run.DEFAULT_MAX_SIZE
 
-# Import name -> pip name of what the engine needs beyond what QGIS ships.
-REQUIREMENTS = {
-    "torch": "torch",
-    "torchvision": "torchvision",
-    "open_clip": "open_clip_torch",
-    "rasterio": "rasterio",
-    "shapely": "shapely",
-}
+# What a segmentation run cannot start without (import names of core.dependencies.REQUIREMENTS,
+# the one list of packages; a referring run also needs segment_anything).
+ENGINE_MODULES = ("torch", "torchvision", "open_clip", "rasterio", "shapely")
+INSTALL_ADVICE = ("Install them with the Install… button of DR-Seg's warning in the message bar: "
+                  "it shows what goes where, then runs pip for the Python QGIS runs")
 
 
 class MissingDependencies(Exception):
     """The engine's Python packages are not importable in QGIS's Python."""
 
 
-def missing_packages() -> List[str]:
-    """pip names of required packages that cannot be found (nothing is imported)."""
-    missing = []
-    for module, package in REQUIREMENTS.items():
-        try:
-            found = importlib.util.find_spec(module) is not None
-        except (ImportError, ValueError):
-            found = False
-        if not found:
-            missing.append(package)
-    return missing
+def missing_packages(modules=ENGINE_MODULES) -> List[str]:
+    """pip names of every missing package DR-Seg uses (the list the start-up warning shows) when
+    one of `modules` is missing, else []. Nothing is imported."""
+    from ..core import dependencies
+
+    missing = dependencies.find_missing()
+    if not any(requirement.module in modules for requirement in missing):
+        return []
+    return [requirement.package for requirement in missing]
 
 
 def dependency_message(missing: List[str], detail: str = "") -> str:
-    names = ", ".join(missing) if missing else "torch, torchvision, open_clip_torch"
-    text = (f"DR-Seg needs the Python packages {names} in the Python that QGIS uses. "
-            f"Install them with: python3 -m pip install {' '.join(missing or REQUIREMENTS.values())} "
-            "(see the README for the exact versions)")
+    from ..core import dependencies
+
+    names = ", ".join(missing or dependencies.missing_package_names()
+                      or [r.package for r in dependencies.REQUIREMENTS if r.module in ENGINE_MODULES])
+    text = f"DR-Seg needs the Python packages {names} in the Python that QGIS runs. {INSTALL_ADVICE}"
     if detail:
         text += f" [{detail}]"
     return text
@@ -113,7 +109,7 @@ def load_refer_engine():
     except (ImportError, ValueError):
         found = False
     if not found:
-        raise MissingDependencies(dependency_message(["segment-anything"]))
+        raise MissingDependencies(dependency_message(missing_packages(("segment_anything",))))
     try:
         importlib.import_module("segment_anything")
         from ..core.refer import run

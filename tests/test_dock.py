@@ -4,8 +4,8 @@ from __future__ import annotations
 import os
 
 import pytest
-from conftest_qgis import (fake_models, files_under, isolated_settings, put_in_cache,  # noqa: F401
-                           raster_layer, tiny_clip, wait_for, write_raster)
+from conftest_qgis import (fake_models, files_under, isolated_settings, plugin_iface,  # noqa: F401
+                           put_in_cache, raster_layer, tiny_clip, wait_for, write_raster)
 from qgis.core import (Qgis, QgsApplication, QgsCategorizedSymbolRenderer, QgsCoordinateReferenceSystem,
                        QgsPalettedRasterRenderer, QgsRasterLayer, QgsRectangle)
 
@@ -225,6 +225,22 @@ def test_a_cancel_by_qgis_shows_cancelling_and_no_failure(dock, qgis_iface, qgis
     assert finished[0].was_cancelled and task.status() == QgsTask.TaskStatus.Complete
     assert dock.status_label.text() == "Cancelled; nothing was written"
     assert not messages(qgis_iface, Qgis.MessageLevel.Critical)
+
+
+def test_run_without_packages_offers_the_plugins_installer(dock, plugin_iface, qgis_new_project,
+                                                           tmp_path, tiny_clip, monkeypatch):
+    import sys
+
+    from conftest_qgis import install_buttons
+
+    fill_form(dock, qgis_new_project, tmp_path, tiny_clip)
+    monkeypatch.setitem(sys.modules, "open_clip", None)  # as if open_clip were not installed
+    dock.run_button.click()
+    assert not dock.is_running()
+    (error,) = messages(plugin_iface, Qgis.MessageLevel.Critical)
+    assert "open_clip_torch" in error and "Install… button" in error and "pip" in error
+    assert "python3 -m pip" not in error
+    assert len(install_buttons(plugin_iface.messageBar())) == 1
 
 
 def test_run_and_cancel_stay_put_when_the_status_changes(dock):

@@ -10,6 +10,7 @@ from qgis.PyQt.QtCore import QTimer
 from qgis.PyQt.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QSizePolicy
 
 from ..qgis_bridge import tasks as bridge_tasks
+from ..qgis_bridge.engine import MissingDependencies
 
 
 def push_message(iface, title: str, level, text: str) -> None:
@@ -86,6 +87,16 @@ class RunControls:
             return None
         try:
             return build()
+        except MissingDependencies as exc:
+            from .integration import check_dependencies_on_start
+
+            self.message(Qgis.MessageLevel.Critical, str(exc))
+            self.status_label.setText(str(exc))
+            try:  # the start-up warning with its Install… button, shown again if closed
+                check_dependencies_on_start(self.iface)
+            except Exception:  # noqa: BLE001 (the message above has been given either way)
+                pass
+            return None
         except errors as exc:
             self.message(Qgis.MessageLevel.Critical, str(exc))
             self.status_label.setText(str(exc))
