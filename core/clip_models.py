@@ -14,6 +14,7 @@ from typing import Optional, Tuple
 
 import torch
 
+from .advice import file_advice
 from .checkpoints import load_into, load_state_dict
 from .download import ensure_cached, server_reachable
 from .errors import InputError, ModelError
@@ -36,6 +37,8 @@ def load_clip(model_name: str = DEFAULT_CLIP_MODEL, weights: Optional[str] = DEF
 
     weights = weights or DEFAULT_CLIP_WEIGHTS
     is_file = os.path.isfile(str(weights))
+    if not is_file and looks_like_path(str(weights)):
+        raise InputError(f"CLIP weights file not found: {weights}")
     key, prefixes, quick_gelu = None, ("module.",), False
     if str(model_name).endswith(".json"):
         if not (is_file or weights == RANDOM_WEIGHTS):
@@ -66,6 +69,16 @@ def load_clip(model_name: str = DEFAULT_CLIP_MODEL, weights: Optional[str] = DEF
         load_into(model, state, f"CLIP {model_name} ('{os.path.basename(str(path))}')",
                   ignore_missing=("logit_bias",))
     return model.to(device).eval(), tokenizer
+
+
+# Endings of checkpoint files: a weights value with one of these (or a folder in it) is a path.
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+
+def looks_like_path(weights: str) -> bool:
+    """A weights value meant as a file (not a pretrained tag or catalog name)."""
+    return ("/" in weights or os.sep in weights or weights.startswith("~")
+            or weights.lower().endswith(CHECKPOINT_SUFFIXES))
 
 
 def catalog_entry(model_name: str, weights: str):
@@ -104,8 +117,8 @@ def _download_pretrained(model_name: str, tag: str) -> str:
     hub = config.get("hf_hub", "")
     source = (f"https://huggingface.co/{hub.rstrip('/')}/resolve/main/open_clip_model.safetensors"
               if hub and hub.endswith("/") else config.get("url") or hub or "?")
-    advice = (f"Download {source} on a connected machine and pass the file with --clip-weights PATH "
-              "(QGIS: the 'CLIP weights' field)")
+    advice = (f"Download {source} on a connected machine and "
+              f"{file_advice('--clip-weights', 'CLIP weights')}")
     try:
         path = _cached_hub_file(hub)
         if path is None:

@@ -20,6 +20,7 @@ from qgis.core import (Qgis, QgsCoordinateReferenceSystem, QgsFeature, QgsFeatur
                        QgsProcessingParameterDefinition, QgsProcessingParameterNumber,
                        QgsProviderRegistry, QgsVectorLayer, QgsWkbTypes)
 
+from ..core.advice import QGIS, speaking_to
 from ..core.errors import DrSegError, RunCancelled
 from ..qgis_bridge.engine import MissingDependencies
 from ..qgis_bridge.sources import extent_in_layer_crs
@@ -167,9 +168,11 @@ class StyleOnLoad(QgsProcessingLayerPostProcessorInterface):
 @contextmanager
 def engine_errors(cancelled: str = CANCELLED):
     """The engine's errors as QgsProcessingException with the engine's one-line message (no
-    traceback for bad input); a cancelled run as `cancelled`."""
+    traceback for bad input); a cancelled run as `cancelled`. Advice in the engine's messages is
+    given for QGIS (settings dialog, parameter names), not the command line."""
     try:
-        yield
+        with speaking_to(QGIS):
+            yield
     except RunCancelled:
         raise QgsProcessingException(cancelled) from None
     except (DrSegError, MissingDependencies) as exc:

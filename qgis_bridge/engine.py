@@ -169,8 +169,8 @@ def find_dino_weights(dino_model: str, weights=None, cache_dir: Optional[str] = 
         return path
     if entry.name.lower() != default.lower():
         raise ModelError(f"The DINO weights '{entry.name}' are not downloaded (model cache: "
-                         f"{cache_dir}); download them in DR-Seg settings › Download models…, or "
-                         f"run `python -m drseg models download {entry.name}`")
+                         f"{cache_dir}); download them in DR-Seg settings › Download models…, "
+                         "or add a downloaded file there with Import file…")
     return None
 
 

@@ -18,6 +18,7 @@ from typing import Callable, List, Optional, Sequence
 from qgis.core import QgsApplication, QgsMessageLog, QgsTask
 from qgis.PyQt.QtCore import pyqtSignal
 
+from ..core.advice import QGIS, speaking_to
 from ..core.errors import DrSegError, RunCancelled
 from .engine import MissingDependencies, load_engine
 
@@ -98,7 +99,8 @@ class EngineTask(DrSegTask):
     def run(self) -> bool:  # noqa: D401 (QGIS's name)
         started = time.perf_counter()
         try:
-            self._work()
+            with speaking_to(QGIS):  # the engine's advice names QGIS's dialogs and fields
+                self._work()
             self._done = True
             return True
         except RunCancelled:
@@ -236,7 +238,8 @@ class ModelTransferTask(DrSegTask):
 
     def run(self) -> bool:  # noqa: D401 (QGIS's name)
         try:
-            self.path = self.work(self._progress, self.isCanceled, self.statusMessage.emit)
+            with speaking_to(QGIS):
+                self.path = self.work(self._progress, self.isCanceled, self.statusMessage.emit)
             return True
         except RunCancelled:
             self.was_cancelled = True
