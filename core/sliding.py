@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
 from rasterio.windows import Window
 
-from .device import run_with_oom_retry
+# torch (and core.device, which imports it) are imported where used: the QGIS front ends import
+# the engine's request types on the main thread, and importing torch takes seconds.
 
 BLEND_FLOOR = 1e-3  # keeps raster-edge pixels, covered by one window's rim only, weighted
 
@@ -209,6 +209,8 @@ class SlidingWindowSegmenter:
                 batch = crops[start:start + size]
                 return len(batch), self.scorer.score_windows(np.stack(batch))
 
+            from .device import run_with_oom_retry
+
             count, logits = run_with_oom_retry(score, self.batch_size, self._batch_reduced)
             self.timings.model += time.perf_counter() - started
             self.timings.windows += len(logits)
@@ -225,6 +227,8 @@ class SlidingWindowSegmenter:
             self.on_batch_reduced(size, reason)
 
     def _classify(self, accumulated, weight_sum, valid, block) -> BlockResult:
+        import torch
+
         bh, bw = weight_sum.shape
         classes = np.full((bh, bw), 255, np.uint8)
         score = np.zeros((bh, bw), np.float32)

@@ -21,7 +21,8 @@ from qgis.core import (QgsProcessingException, QgsProcessingOutputNumber,
                        QgsVectorLayer)
 
 from ..qgis_bridge.engine import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_MAX_SIZE,
-                                  DEVICE_CHOICES, SAM_MODEL_CHOICES, load_refer_engine)
+                                  DEVICE_CHOICES, REFER_LIBRARIES, SAM_MODEL_CHOICES,
+                                  import_model_libraries, load_refer_engine)
 from ..qgis_bridge.styling import style_referring_layer
 from .base import DrSegAlgorithm, engine_errors, number_type, source_type, work_folder
 
@@ -175,6 +176,7 @@ class ReferringSegmentationAlgorithm(DrSegAlgorithm):
         from ..core.style import categorized_qml
 
         with engine_errors(), work_folder() as work:
+            import_model_libraries(REFER_LIBRARIES)  # in the worker thread
             request = dataclasses.replace(self._request, out_vector=os.path.join(work, WORK_FILE))
             result = run_referring(request, progress=self.engine_progress(feedback),
                                    cancelled=feedback.isCanceled)

@@ -22,7 +22,7 @@ from ..core.errors import InputError
 from ..qgis_bridge.engine import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DINO_MODEL,
                                   DEFAULT_GRAPH_K, DEFAULT_SEMANTIC_RATIO, DEFAULT_THRESHOLD,
                                   DEVICE_CHOICES, DINO_MODEL_CHOICES, dino_help, find_dino_weights,
-                                  load_engine, method_label)
+                                  import_model_libraries, load_engine, method_label)
 from ..qgis_bridge.styling import style_class_raster, style_polygon_layer
 from .base import (DrSegAlgorithm, engine_errors, number_type, source_type, wants_output,
                    work_folder)
@@ -257,6 +257,7 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
                       if self._wants_raster else None)
         with engine_errors(), work_folder() as work:
             segment = load_engine()
+            import_model_libraries()  # in the worker thread: the dialog stays responsive
             request = dataclasses.replace(self._request, out_vector=os.path.join(work, WORK_FILE),
                                           out_raster=out_raster)
             result = segment.run_segmentation(request, progress=self.engine_progress(feedback),

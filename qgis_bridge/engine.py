@@ -82,40 +82,51 @@ def keep_triton_out() -> bool:
 
 
 def load_engine():
-    """Import and return `core.segment`, or raise MissingDependencies with an install hint.
+    """Main thread: `core.segment`, or MissingDependencies with the install advice.
 
-    Call it on the main thread before starting a run, so the first (slow) import of torch does not
-    happen inside a worker thread and a missing package is reported before anything starts.
+    Checks that the packages are there without importing torch or open_clip (seconds that would
+    freeze QGIS on the first Run); the task's worker thread imports them with
+    `import_model_libraries()`.
     """
     missing = missing_packages()
     if missing:
         raise MissingDependencies(dependency_message(missing))
-    keep_triton_out()
+    keep_triton_out()  # before anything imports torch, in any thread
     try:
         from ..core import segment
-        importlib.import_module("open_clip")
     except ImportError as exc:  # present but broken, e.g. an ABI clash with QGIS's numpy
         raise MissingDependencies(dependency_message([], f"{type(exc).__name__}: {exc}")) from None
     return segment
 
 
 def load_refer_engine():
-    """Main thread: import the referring engine (torch, open_clip, segment_anything) and return
-    `core.refer.run`, or raise MissingDependencies with an install hint. Call it before starting a
-    task, so the first, slow import of torch never happens in a worker thread."""
+    """Main thread: `core.refer.run`, or MissingDependencies with the install advice; like
+    load_engine(), nothing heavy is imported here."""
     load_engine()
+    missing = missing_packages(("segment_anything",))
+    if missing:
+        raise MissingDependencies(dependency_message(missing))
     try:
-        found = importlib.util.find_spec("segment_anything") is not None
-    except (ImportError, ValueError):
-        found = False
-    if not found:
-        raise MissingDependencies(dependency_message(missing_packages(("segment_anything",))))
-    try:
-        importlib.import_module("segment_anything")
         from ..core.refer import run
     except ImportError as exc:
         raise MissingDependencies(dependency_message([], f"{type(exc).__name__}: {exc}")) from None
     return run
+
+
+# What the models need, imported in a task's worker thread (QGIS's event loop keeps running).
+SEGMENT_LIBRARIES = ("torch", "open_clip")
+REFER_LIBRARIES = ("torch", "open_clip", "segment_anything")
+
+
+def import_model_libraries(modules=SEGMENT_LIBRARIES) -> None:
+    """Worker thread: import the model libraries; a broken installation (present but failing to
+    import) as MissingDependencies with the install advice."""
+    keep_triton_out()
+    try:
+        for module in modules:
+            importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencies(dependency_message([], f"{type(exc).__name__}: {exc}")) from None
 
 
 def prepare_packages() -> List[str]:

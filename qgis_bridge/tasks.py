@@ -20,7 +20,7 @@ from qgis.PyQt.QtCore import pyqtSignal
 
 from ..core.advice import QGIS, speaking_to
 from ..core.errors import DrSegError, RunCancelled
-from .engine import MissingDependencies, load_engine
+from .engine import REFER_LIBRARIES, MissingDependencies, import_model_libraries, load_engine
 
 LOG_TAG = "DR-Seg"
 
@@ -158,6 +158,7 @@ class SegmentationTask(EngineTask):
 
     def _work(self) -> None:
         segment = load_engine()
+        import_model_libraries()  # here, in the worker thread: seconds on a first run
         self.result = segment.run_segmentation(self.request, scorer=self.scorer,
                                                progress=self._progress, cancelled=self.isCanceled)
 
@@ -189,6 +190,7 @@ class ReferringTask(EngineTask):
     def _work(self) -> None:
         from ..core.refer.run import run_referring
 
+        import_model_libraries(REFER_LIBRARIES)  # here, in the worker thread
         self.result = run_referring(self.request, progress=self._progress,
                                     cancelled=self.isCanceled, sam=self.sam, clip=self.clip)
         self.session = self.result.session
