@@ -422,3 +422,42 @@ def test_find_dino_weights_looks_in_the_given_cache_and_refuses_other_families(t
     assert find_dino_weights("dinov2_vitb14", "", str(tmp_path / "elsewhere")) is None
     with pytest.raises(InputError, match="SAM model, not DINO"):
         find_dino_weights("dino_vitb8", "sam-vit-b", str(tmp_path / "cache"))
+
+
+# -- settings and memory ----------------------------------------------------------------------------
+
+def test_saving_the_settings_keeps_weights_typed_in_the_dock(dock, tmp_path):
+    from dataclasses import replace
+
+    typed_clip, typed_sam = str(tmp_path / "my_clip.pt"), str(tmp_path / "my_sam.pth")
+    dock.clip_weights_widget.setFilePath(typed_clip)
+    dock.refer_panel.sam_weights_widget.setFilePath(typed_sam)
+    # The settings dialog saved (another window size, the same weights as before).
+    dock.apply_settings(replace(dock.settings, window=448, stride=224))
+    assert dock.clip_weights_widget.filePath() == typed_clip
+    assert dock.refer_panel.sam_weights_widget.filePath() == typed_sam
+    assert (dock.window_spin.value(), dock.stride_spin.value()) == (448, 224)
+    # A field the user left as the settings had it follows the new settings.
+    dock.apply_settings(replace(dock.settings, clip_model="ViT-L-14"))
+    assert dock.clip_model_combo.currentText() == "ViT-L-14"
+
+
+def test_the_dock_remembers_classes_threshold_and_weights(qgis_iface, qgis_new_project,
+                                                         isolated_settings, tmp_path):
+    first = DrSegDock(qgis_iface)
+    first.classes_edit.setPlainText("roof; pond")
+    first.threshold_spin.setValue(0.42)
+    first.clip_weights_widget.setFilePath(str(tmp_path / "clip.pt"))
+    first.refer_panel.sam_weights_widget.setFilePath(str(tmp_path / "sam.pth"))
+    first.shutdown()  # QGIS closes
+    first.deleteLater()
+
+    second = DrSegDock(qgis_iface)  # the next session
+    try:
+        assert second.classes_edit.toPlainText() == "roof; pond"
+        assert second.threshold_spin.value() == pytest.approx(0.42)
+        assert second.clip_weights_widget.filePath() == str(tmp_path / "clip.pt")
+        assert second.refer_panel.sam_weights_widget.filePath() == str(tmp_path / "sam.pth")
+    finally:
+        second.shutdown()
+        second.deleteLater()

@@ -34,6 +34,7 @@ from ..qgis_bridge.tasks import SegmentationTask
 from .choices import SharedChoices
 from .combos import raster_layer_filter, select_device
 from .refer_panel import ReferringPanel
+from . import remembered
 from .run_controls import RunControls
 
 TITLE = "DR-Seg"
@@ -67,6 +68,7 @@ class DrSegDock(QDockWidget):
         self._build()
         self._layer_changed(self.layer_combo.currentLayer())
         self.apply_settings(self.settings)
+        self.restore_state()
         if self.settings_problem:
             self.status_label.setText(self.settings_problem + " — the defaults are used")
             self._message(Qgis.MessageLevel.Warning, self.settings_problem + " — the defaults are used")
@@ -337,20 +339,54 @@ class DrSegDock(QDockWidget):
 
     # -- settings -------------------------------------------------------------------------------
     def apply_settings(self, settings: Settings) -> None:
-        """Take the shared settings (core/settings.py) as the form's models, device and tiling."""
-        self.settings = settings
-        self.clip_model_combo.setCurrentText(settings.clip_model)
-        self.clip_weights_widget.setFilePath(settings.clip_weights)
-        self.dino_model_combo.blockSignals(True)  # the weights below belong to this model
-        index = self.dino_model_combo.findText(settings.dino_model)
-        self.dino_model_combo.setCurrentIndex(max(index, 0))
-        self.dino_model_combo.blockSignals(False)
-        self.dino_weights_widget.setFilePath(settings.dino_weights)
-        select_device(self.device_combo, settings.device)
-        self.window_spin.setValue(settings.window)
-        self.stride_spin.setValue(settings.stride)
+        """Take the shared settings (core/settings.py) as the form's models, device and tiling.
+
+        A field the user changed from the previous settings' value keeps the user's value (saving
+        the settings dialog must not wipe weights typed here)."""
+        previous, self.settings = getattr(self, "_applied", None), settings
+        self._applied = settings
+
+        def follows(current, name) -> bool:
+            return previous is None or str(current).strip() == str(getattr(previous, name)).strip()
+
+        if follows(self.clip_model_combo.currentText(), "clip_model"):
+            self.clip_model_combo.setCurrentText(settings.clip_model)
+        if follows(self.clip_weights_widget.filePath(), "clip_weights"):
+            self.clip_weights_widget.setFilePath(settings.clip_weights)
+        if follows(self.dino_model_combo.currentText(), "dino_model") and \
+                follows(self.dino_weights_widget.filePath(), "dino_weights"):
+            self.dino_model_combo.blockSignals(True)  # the weights below belong to this model
+            index = self.dino_model_combo.findText(settings.dino_model)
+            self.dino_model_combo.setCurrentIndex(max(index, 0))
+            self.dino_model_combo.blockSignals(False)
+            self.dino_weights_widget.setFilePath(settings.dino_weights)
+        if follows(self.device_combo.currentData(), "device"):
+            select_device(self.device_combo, settings.device)
+        if follows(self.window_spin.value(), "window"):
+            self.window_spin.setValue(settings.window)
+        if follows(self.stride_spin.value(), "stride"):
+            self.stride_spin.setValue(settings.stride)
         self.refresh_dino_state()
-        self.refer_panel.apply_settings(settings)  # SAM model and weights
+        self.refer_panel.apply_settings(settings, previous)  # SAM model and weights
+
+    # -- remembered between sessions ---------------------------------------------------------------
+    def restore_state(self) -> None:
+        """The classes, threshold and weights of the last session (ui/remembered.py)."""
+        state = remembered.load_state()
+        if isinstance(state.get("classes"), str):
+            self.classes_edit.setPlainText(state["classes"])
+        if isinstance(state.get("threshold"), (int, float)):
+            self.threshold_spin.setValue(float(state["threshold"]))
+        if isinstance(state.get("clip_weights"), str) and state["clip_weights"].strip():
+            self.clip_weights_widget.setFilePath(state["clip_weights"])
+        if isinstance(state.get("sam_weights"), str):
+            self.refer_panel.sam_weights_widget.setFilePath(state["sam_weights"])
+
+    def save_state(self) -> None:
+        remembered.save_state({"classes": self.classes_edit.toPlainText(),
+                               "threshold": self.threshold_spin.value(),
+                               "clip_weights": self.clip_weights_widget.filePath().strip(),
+                               "sam_weights": self.refer_panel.sam_weights_widget.filePath().strip()})
 
     def refresh_dino_state(self) -> None:
         """Find the DINO weights now (a few file checks, no torch); pick the method unless the
@@ -477,6 +513,7 @@ class DrSegDock(QDockWidget):
                                                 (InputError, MissingDependencies))
         if request is None:
             return None
+        self.save_state()
         layer = self.layer_combo.currentLayer()
         task = SegmentationTask(request, self._task_finished, scorer=self.scorer,
                                 description=f"DR-Seg: segmenting {layer.name()}")
@@ -531,5 +568,6 @@ class DrSegDock(QDockWidget):
 
     def shutdown(self) -> None:
         """Cancel running tasks and detach them from this widget (plugin unload, QGIS exit)."""
+        self.save_state()
         self.controls.shutdown()
         self.refer_panel.shutdown()

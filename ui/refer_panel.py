@@ -220,8 +220,12 @@ class ReferringPanel(QWidget):
         self.expression_combo.setEditText(current)
         self.expression_combo.blockSignals(False)
 
-    def apply_settings(self, settings) -> None:
-        """Take the shared settings' SAM model and weights (core/settings.py) as the form's."""
+    def apply_settings(self, settings, previous=None) -> None:
+        """Take the shared settings' SAM model and weights (core/settings.py) as the form's; with
+        the `previous` settings, weights the user changed from theirs are kept."""
+        if previous is not None and self.sam_weights_widget.filePath().strip() != \
+                (getattr(previous, "sam_weights", "") or "").strip():
+            return
         if getattr(settings, "sam_model", None) in SAM_MODEL_CHOICES:
             self.sam_model_combo.blockSignals(True)   # the weights below belong to this model
             self.sam_model_combo.setCurrentText(settings.sam_model)
