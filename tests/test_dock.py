@@ -63,7 +63,10 @@ def test_run_adds_a_styled_polygon_layer_and_class_raster(dock, qgis_iface, qgis
     vector, raster = dock.last_layers
     assert os.path.isfile(tmp_path / "result.gpkg") and os.path.isfile(tmp_path / "result.tif")
     assert vector.id() in qgis_new_project.mapLayers() and raster.id() in qgis_new_project.mapLayers()
-    assert vector.name() == "building, water, tree"
+    # Named from the raster, the classes and the time: runs on other rasters stay apart.
+    stamp = group.name().rsplit(" ", 1)[1] if (group := qgis_new_project.layerTreeRoot().children()[0]) else ""
+    assert vector.name() == f"scene: building, water, tree ({stamp})"
+    assert raster.name() == f"scene: building, water, tree ({stamp}) (class raster)"
     assert vector.crs() == layer.crs() and raster.crs() == layer.crs()
     assert vector.featureCount() > 0
     renderer = vector.renderer()
@@ -461,3 +464,59 @@ def test_the_dock_remembers_classes_threshold_and_weights(qgis_iface, qgis_new_p
     finally:
         second.shutdown()
         second.deleteLater()
+
+
+# -- details ------------------------------------------------------------------------------------------
+
+def test_the_dock_opens_wide_enough_for_its_form(dock):
+    from qgis.PyQt.QtWidgets import QScrollArea
+
+    dock.resize(dock.minimumSizeHint().width(), 900)
+    dock.show()
+    QgsApplication.processEvents()
+    scroll = dock.modes.widget(0)
+    assert isinstance(scroll, QScrollArea)
+    viewport = scroll.viewport().width()
+    for widget in (dock.cancel_button, *dock.band_combos):
+        right = widget.mapTo(scroll.widget(), widget.rect().topRight()).x()
+        assert right <= viewport, widget  # nothing cut off on the right
+    dock.close()
+
+
+def test_the_layer_box_skips_earlier_results(qgis_iface, qgis_new_project, isolated_settings,
+                                             tmp_path):
+    from drseg.qgis_bridge.results import mark_result
+
+    result = raster_layer(write_raster(tmp_path / "a_classes.tif"), "a_classes")  # first by name
+    mark_result(result)
+    scene = raster_layer(write_raster(tmp_path / "scene.tif"), "scene")
+    qgis_new_project.addMapLayers([result, scene])
+    widget = DrSegDock(qgis_iface)
+    try:
+        assert widget.layer_combo.currentLayer() is scene
+    finally:
+        widget.shutdown()
+        widget.deleteLater()
+
+
+def test_an_empty_result_is_a_warning_with_a_hint(dock, qgis_iface, qgis_new_project, tmp_path,
+                                                  tiny_clip, fake_models):
+    # Two classes the colour scorer scores alike: each 0.5, below the threshold everywhere.
+    fill_form(dock, qgis_new_project, tmp_path, tiny_clip, classes="tree; forest")
+    dock.threshold_spin.setValue(0.6)
+    task = run_and_wait(dock)
+    assert task.result.polygon_count == 0
+    assert messages(qgis_iface, Qgis.MessageLevel.Success) == []
+    (warning,) = messages(qgis_iface, Qgis.MessageLevel.Warning)
+    assert "found nothing" in warning and "lower the threshold" in warning
+    assert "0.60" in warning
+
+
+def test_an_unsaved_project_writes_to_a_kept_documented_folder(qgis_new_project, monkeypatch,
+                                                               tmp_path):
+    from drseg.qgis_bridge.outputs import UNSAVED_PROJECT_FOLDER, output_folder
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert qgis_new_project.homePath() == ""
+    folder = output_folder(qgis_new_project)
+    assert folder == str(tmp_path / UNSAVED_PROJECT_FOLDER) and os.path.isdir(folder)

@@ -28,7 +28,7 @@ from ..qgis_bridge.engine import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFA
                                   DINO_DEFAULT_WEIGHTS, DINO_MODEL_CHOICES, MissingDependencies,
                                   dino_help, find_dino_weights, load_engine, method_label)
 from ..qgis_bridge.outputs import default_output_path, output_folder
-from ..qgis_bridge.results import add_result_layers
+from ..qgis_bridge.results import add_result_layers, is_result
 from ..qgis_bridge.sources import extent_in_layer_crs, layer_crs_check, raster_source
 from ..qgis_bridge.tasks import SegmentationTask
 from .choices import SharedChoices
@@ -45,6 +45,20 @@ DEVICE_LABELS = (("auto", "Auto (GPU if available)"), ("cpu", "CPU"), ("cuda", "
                  ("mps", "Apple GPU (MPS)"))
 METHOD_DRSEG, METHOD_CLIP = "drseg", "clip"
 METHOD_ITEMS = ((METHOD_DRSEG, "DR-Seg (CLIP + DINO)"), (METHOD_CLIP, "Dense CLIP"))
+
+
+# An empty result is a warning with what to try.
+EMPTY_RESULT_HINT = ("No pixel reached the threshold ({threshold:.2f}) for any class: lower the "
+                     "threshold, or check the class names (synonyms after a comma help)")
+
+
+def result_layer_name(raster: str, classes, stamp: str, limit: int = 48) -> str:
+    """A result layer's legend name: raster, classes and time, e.g. 'ortho: building, road
+    (14:02:11)' (the class list shortened to `limit` characters)."""
+    names = ", ".join(getattr(c, "name", c) for c in classes)
+    if len(names) > limit:
+        names = names[:limit - 1] + "…"
+    return f"{raster}: {names} ({stamp})"
 
 
 class DrSegDock(QDockWidget):
@@ -69,6 +83,7 @@ class DrSegDock(QDockWidget):
         self._layer_changed(self.layer_combo.currentLayer())
         self.apply_settings(self.settings)
         self.restore_state()
+        self.prefer_input_layer()
         if self.settings_problem:
             self.status_label.setText(self.settings_problem + " — the defaults are used")
             self._message(Qgis.MessageLevel.Warning, self.settings_problem + " — the defaults are used")
@@ -270,6 +285,10 @@ class DrSegDock(QDockWidget):
         scroll = QScrollArea(self)
         scroll.setWidgetResizable(True)
         scroll.setWidget(body)
+        # Wide enough for the form (no clipped Cancel or band boxes) when the dock opens.
+        scroll.setMinimumWidth(body.minimumSizeHint().width()
+                               + scroll.verticalScrollBar().sizeHint().width()
+                               + 2 * scroll.frameWidth())
         # Two modes: "Classes" (the form above) and "Referring" (ui/refer_panel.py, issue 4).
         self.refer_panel = ReferringPanel(self.iface, self.choices, self)
         for combo in self.band_combos:
@@ -281,6 +300,27 @@ class DrSegDock(QDockWidget):
         self.modes.addTab(scroll, "Classes")
         self.modes.addTab(self.refer_panel, "Referring")
         self.setWidget(self.modes)
+
+    def prefer_input_layer(self) -> None:
+        """Offer the active layer when it is a raster to segment, else the first raster that is
+        not a DR-Seg result (a class raster of an earlier run is no input)."""
+        current = self.layer_combo.currentLayer()
+        active = self.iface.activeLayer() if self.iface is not None else None
+        if isinstance(active, QgsRasterLayer) and not is_result(active):
+            self.layer_combo.setLayer(active)
+            return
+        if isinstance(current, QgsRasterLayer) and not is_result(current):
+            return
+        for index in range(self.layer_combo.count()):
+            layer = self.layer_combo.layer(index)
+            if isinstance(layer, QgsRasterLayer) and not is_result(layer):
+                self.layer_combo.setLayer(layer)
+                return
+
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        if not self.is_running():
+            self.prefer_input_layer()
+        super().showEvent(event)
 
     def _layer_changed(self, layer) -> None:
         for combo in self.band_combos:
@@ -517,8 +557,9 @@ class DrSegDock(QDockWidget):
         layer = self.layer_combo.currentLayer()
         task = SegmentationTask(request, self._task_finished, scorer=self.scorer,
                                 description=f"DR-Seg: segmenting {layer.name()}")
-        task.group_name = f"DR-Seg: {layer.name()} {time.strftime('%H:%M:%S')}"
-        task.display_name = ", ".join(spec.name for spec in parse_classes(request.classes))
+        stamp = time.strftime('%H:%M:%S')
+        task.group_name = f"DR-Seg: {layer.name()} {stamp}"
+        task.display_name = result_layer_name(layer.name(), parse_classes(request.classes), stamp)
         task.fallback_note = self.fallback_note()
         self.controls.start(task)
         self.runStarted.emit(task)
@@ -548,7 +589,11 @@ class DrSegDock(QDockWidget):
                 self.progress_bar.setValue(100)
                 reason = getattr(result, "device_reason", "")
                 self.status_label.setText(f"Done: {text}" + (f"\nDevice: {reason}" if reason else ""))
-                self._message(Qgis.MessageLevel.Success, f"Segmentation done: {text}")
+                if result.vector_path and not result.polygon_count:
+                    self._message(Qgis.MessageLevel.Warning, f"Segmentation found nothing: {text}. "
+                                  + EMPTY_RESULT_HINT.format(threshold=self.threshold_spin.value()))
+                else:
+                    self._message(Qgis.MessageLevel.Success, f"Segmentation done: {text}")
                 warnings = list(getattr(result, "warnings", None) or [])
                 if warnings:
                     self._message(Qgis.MessageLevel.Warning,
