@@ -74,9 +74,10 @@ def worker(kind: str, grid: int, device_name: str, repeat: int, queries: int) ->
             import open_clip
 
             from drseg.core.dense_clip import DenseClip
+            from drseg.core.models.registry import DEFAULT_CLIP_MODEL
 
-            model = open_clip.create_model("ViT-B-16", pretrained=None)
-            clip = DenseClip(model, open_clip.get_tokenizer("ViT-B-16"), device)
+            model = open_clip.create_model(DEFAULT_CLIP_MODEL, pretrained=None)
+            clip = DenseClip(model, open_clip.get_tokenizer(DEFAULT_CLIP_MODEL), device)
             pixels = torch.randn(1, 3, window, window, device=device)
             clip.dense_features(pixels[..., :32, :32])  # warm up
             base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -86,8 +87,9 @@ def worker(kind: str, grid: int, device_name: str, repeat: int, queries: int) ->
             return dict(seconds=seconds, peak_mb=_peak_mb(device, base), tokens=grid * grid)
         if kind == "dino":
             from drseg.core.drseg import make_dino
+            from drseg.core.models.registry import DEFAULT_DINO_MODEL
 
-            dino = make_dino("dino_vitb8").to(device)
+            dino = make_dino(DEFAULT_DINO_MODEL).to(device)
             images = torch.randint(0, 256, (1, 3, window, window), dtype=torch.uint8)
             dino(images[..., :32, :32])
             base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

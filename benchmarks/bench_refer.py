@@ -46,22 +46,24 @@ def synthetic_scene(path, size):
 
 
 def main(argv=None):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
+    from drseg.core.models.registry import DEFAULT_CLIP_MODEL, DEFAULT_SAM_MODEL
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=1024, help="area side, px (working size)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--sam-model", default="vit_b")
-    parser.add_argument("--clip-model", default="ViT-B-16")
+    parser.add_argument("--sam-model", default=DEFAULT_SAM_MODEL)
+    parser.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL)
     parser.add_argument("--expressions", nargs="+", default=EXPRESSIONS)
     args = parser.parse_args(argv)
 
-    sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
     import torch
 
-    from drseg.core.clip_models import load_clip
+    from drseg.core.models.clip import load_clip
     from drseg.core.dense_clip import DenseClip
     from drseg.core.device import resolve_device
     from drseg.core.refer.run import ReferringRequest, run_referring
-    from drseg.core.sam_models import load_sam
+    from drseg.core.models.sam import load_sam
 
     device = resolve_device(args.device)
     torch.manual_seed(0)

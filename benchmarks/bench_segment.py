@@ -63,9 +63,10 @@ def run_one(size, model, workdir):
     scorer = ColourScorer()
     if model == "vit-b-16":
         import torch
-        from drseg.core.clip_models import load_clip
         from drseg.core.dense_clip import DenseClip
-        clip, tokenizer = load_clip("ViT-B-16", "random")
+        from drseg.core.models.clip import load_clip
+        from drseg.core.models.registry import DEFAULT_CLIP_MODEL
+        clip, tokenizer = load_clip(DEFAULT_CLIP_MODEL, "random")
         scorer = DenseClip(clip, tokenizer, torch.device("cpu"), templates=["a photo of {}."])
     started = time.perf_counter()
     result = run_segmentation(SegmentationRequest(

@@ -52,6 +52,8 @@ import time
 
 import numpy as np
 
+from drseg.core.models.registry import DEFAULT_CLIP_MODEL
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 CLASSES = "building,roof,house; road; water; barren; forest; agricultural"  # 6 classes, 8 queries
@@ -181,14 +183,14 @@ def _build_scorer(spec):
         return TimedScorer(ColourScorer()), queries, owner, extra
     import torch
 
-    from drseg.core.clip_models import load_clip
+    from drseg.core.models.clip import load_clip
     from drseg.core.dense_clip import DenseClip
     from drseg.core.device import resolve_device
 
     device = resolve_device(spec["device"])
     torch.manual_seed(0)
     started = time.perf_counter()
-    model, tokenizer = load_clip("ViT-B-16", "random", device)
+    model, tokenizer = load_clip(DEFAULT_CLIP_MODEL, "random", device)
     extra["load_s"] = time.perf_counter() - started
     dense = DenseClip(model, tokenizer, device, templates=_templates(spec["templates"]))
     cache = spec["text_cache"]
@@ -442,7 +444,7 @@ class Suite:
             what = "GeoPackage + class raster" if outputs == "both" else "class raster only"
             thread_text = (f"{threads} torch thread{'s' if threads > 1 else ''}" if threads
                            else f"torch's default threads ({self.default_threads})")
-            r = self.measure(f"engine, {'ViT-B-16' if scorer == 'vit' else 'cheap scorer'}, {size}² px, "
+            r = self.measure(f"engine, {DEFAULT_CLIP_MODEL if scorer == 'vit' else 'cheap scorer'}, {size}² px, "
                              f"{what}, {device}, {thread_text}",
                              self.spec("engine", scorer, device, threads, raster=self.raster(size),
                                        size=size, outputs=outputs))
@@ -464,7 +466,7 @@ class Suite:
                               self.spec("agree", "colour", raster=self.raster(*AGREEMENT_SIZE),
                                         threshold=AGREEMENT_THRESHOLD)))]
         for device in devices:
-            rows.append(("ViT-B-16", device, AGREEMENT_SIZE_VIT, self.measure(
+            rows.append((DEFAULT_CLIP_MODEL, device, AGREEMENT_SIZE_VIT, self.measure(
                 f"agreement, ViT-B-16 on {device} (encodes the class list first)",
                 self.spec("agree", "vit", device, raster=self.raster(*AGREEMENT_SIZE_VIT),
                           threshold=AGREEMENT_THRESHOLD))))
@@ -589,7 +591,7 @@ class Suite:
                     "| Q×H×W float32 MB |\n|---|---|---|---|---|---|---|---|")
         for size in sizes:
             engine = self.engine(scorer, device, size, outputs="raster")
-            base = self.measure(f"research baseline, {'ViT-B-16' if scorer == 'vit' else 'cheap scorer'}, "
+            base = self.measure(f"research baseline, {DEFAULT_CLIP_MODEL if scorer == 'vit' else 'cheap scorer'}, "
                                 f"{size}² px, {device}",
                                 self.spec("baseline", scorer, device, raster=self.raster(size), size=size))
             if "error" in engine or "error" in base:
@@ -618,7 +620,7 @@ class Suite:
                 r = self.engine(scorer, "cpu", size, threads=threads)
                 if "error" in r:
                     continue
-                name = f"{'ViT-B-16' if scorer == 'vit' else 'cheap scorer'} {size}²"
+                name = f"{DEFAULT_CLIP_MODEL if scorer == 'vit' else 'cheap scorer'} {size}²"
                 shown = threads or default_threads
                 self.out(f"{name:<24} {shown:>7} {r['total_s']:>8.1f} {r['forward_s']:>6.1f} "
                          f"{r['stitch_s']:>7.1f}",

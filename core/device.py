@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import re
-from typing import Callable, Optional, Tuple, TypeVar
+from typing import Callable, Optional, Tuple, TypeVar, Union
 
 import torch
 
 from .errors import InputError, ModelError
-
-# The choices front ends offer (CLI --device, Processing enum, dock). 'mps' and 'cuda:N' are
-# accepted by resolve_device too; 'auto' already picks MPS on a Mac.
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
+from .models.registry import DEFAULT_DEVICE, DEVICE_CHOICES
 
 _CUDA_NAME = re.compile(r"^cuda(:\d+)?$")
 
@@ -46,18 +43,23 @@ def mps_available() -> bool:
         return False
 
 
-def resolve_device(name: str = "auto") -> torch.device:
+def resolve_device(name: str = DEFAULT_DEVICE) -> torch.device:
     """'auto' takes CUDA, then MPS, then the CPU; an explicit GPU that is not usable is an error."""
     return describe_device_choice(name)[0]
 
 
-def describe_device_choice(name: str = "auto") -> Tuple[torch.device, str]:
+def as_device(device: Union[str, torch.device]) -> torch.device:
+    """`device` as it is when already a torch.device, else `resolve_device(device)`."""
+    return device if isinstance(device, torch.device) else resolve_device(device)
+
+
+def describe_device_choice(name: str = DEFAULT_DEVICE) -> Tuple[torch.device, str]:
     """-> (device, reason), e.g. (cuda, "CUDA: NVIDIA RTX A4000 (16 GB)"),
     (cpu, "CPU: no CUDA GPU found (this torch build has no CUDA support)").
 
     Raises InputError for an unknown name or a GPU that was asked for but is not usable.
     """
-    name = (name or "auto").strip().lower()
+    name = (name or DEFAULT_DEVICE).strip().lower()
     if name == "auto":
         if cuda_available():
             device = torch.device("cuda")

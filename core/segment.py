@@ -20,6 +20,7 @@ from .colors import class_colour
 from .errors import InputError
 from .gpkg import PolygonLayerWriter
 from .interrupt import cancel_points
+from .models.registry import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DEVICE, DEFAULT_DINO_MODEL
 from .outputs import ClassRasterWriter, FloatRasterWriter, WorkDir, check_destination, publish
 from .progress import RunMonitor
 from .raster_io import RasterReader
@@ -44,17 +45,17 @@ class SegmentationRequest:
     extent: Optional[Sequence[float]] = None   # xmin, ymin, xmax, ymax in the raster's CRS
     resolution: Optional[float] = None     # working pixel size in metres; None: native
     threshold: float = DEFAULT_THRESHOLD   # below this top probability a pixel is background
-    clip_model: str = "ViT-B-16"
-    clip_weights: str = "openai"
+    clip_model: str = DEFAULT_CLIP_MODEL
+    clip_weights: str = DEFAULT_CLIP_WEIGHTS
     method: str = "auto"                   # 'drseg', 'clip', or 'auto' (DR-Seg when DINO is set up)
-    dino_model: str = "dino_vitb8"
+    dino_model: str = DEFAULT_DINO_MODEL
     dino_weights: Optional[str] = None     # file or catalog name; None: the downloaded default
     semantic_ratio: float = 0.3
     graph_k: int = 8
     decouple: bool = True
     rectify: bool = True
     fusion: bool = True
-    device: str = "auto"
+    device: str = DEFAULT_DEVICE
     window: int = 224
     stride: int = 112
     block: int = 512
@@ -62,6 +63,7 @@ class SegmentationRequest:
     simplify: float = 0.0                  # polygon simplification tolerance, in pixels
     min_area: float = 0.0                  # smallest polygon kept, m²
     layer_name: str = "segmentation"
+    cache_dir: Optional[str] = None        # model cache; None: resolved from the settings here
 
 
 @dataclass
@@ -91,7 +93,7 @@ def run_segmentation(request: SegmentationRequest, scorer=None, progress=None, c
     """Segment `request.raster` into `request.classes`.
 
     scorer: a window scorer (see core/sliding.py); None loads dense CLIP per the request (shared
-    with later runs through core.model_cache).
+    with later runs through core.models.shared).
     """
     monitor = RunMonitor(progress, cancelled)
     classes = parse_classes(request.classes)
@@ -143,7 +145,9 @@ def run_segmentation(request: SegmentationRequest, scorer=None, progress=None, c
 
 def build_scorer(request: SegmentationRequest, monitor: RunMonitor):
     """-> (scorer, method used, note for the user) for the request's method and models."""
-    from .model_cache import drseg_scorer, dense_clip_scorer, resolve_dino_weights
+    from .models.dino import resolve_dino_weights
+    from .models.download import resolve_cache_dir
+    from .models.shared import drseg_scorer, dense_clip_scorer
 
     if request.method not in ("auto", "drseg", "clip"):
         raise InputError(f"Unknown method '{request.method}'; choose drseg, clip or auto")
@@ -152,9 +156,10 @@ def build_scorer(request: SegmentationRequest, monitor: RunMonitor):
         monitor.report(0.0, f"Downloading CLIP weights: {done / 2 ** 20:.0f}"
                             + (f" of {total / 2 ** 20:.0f} MB" if total else " MB"))
 
+    cache_dir = request.cache_dir or resolve_cache_dir()  # once per run, for every model below
     dino_path = None
     if request.method != "clip":
-        dino_path = resolve_dino_weights(request.dino_model, request.dino_weights)
+        dino_path = resolve_dino_weights(request.dino_model, request.dino_weights, cache_dir)
         if dino_path is None and request.method == "drseg":
             raise InputError(f"DR-Seg needs DINO weights for {request.dino_model}: download them "
                              "with `python -m drseg models download <name>` or give a file "
@@ -163,9 +168,9 @@ def build_scorer(request: SegmentationRequest, monitor: RunMonitor):
         note = ("Plain dense CLIP: no DINO weights are set up, so DR-Seg's structure rectification "
                 "was skipped" if request.method == "auto" else "")
         return (dense_clip_scorer(request.clip_model, request.clip_weights, request.device,
-                                  download_progress=downloading), "clip", note)
+                                  download_progress=downloading, cache_dir=cache_dir), "clip", note)
     scorer = drseg_scorer(request.clip_model, request.clip_weights, request.dino_model, dino_path,
-                          request.device, download_progress=downloading,
+                          request.device, download_progress=downloading, cache_dir=cache_dir,
                           decouple=request.decouple, rectify=request.rectify, fusion=request.fusion,
                           semantic_ratio=request.semantic_ratio, graph_k=request.graph_k)
     return scorer, "drseg", ""

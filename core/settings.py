@@ -2,10 +2,12 @@
 
 A plain dataclass saved as JSON: the file named by `DRSEG_CONFIG`, else `settings.json` in the
 per-user config folder (Linux `$XDG_CONFIG_HOME/drseg`, macOS `~/Library/Application Support/drseg`,
-Windows `%APPDATA%\\drseg`). A missing file means the defaults, which work as they are. The
-environment still wins where it always did: `DRSEG_CACHE_DIR` over `cache_dir` and
-`DRSEG_MODEL_MIRROR` over `mirror_url` (`effective_cache_dir()`, `effective_mirror()`); the file
-keeps the user's own values.
+Windows `%APPDATA%\\drseg`). A missing file means the defaults, which work as they are.
+
+Every front end finds a value the same way, written once in `resolve()`: an explicit parameter,
+else the environment variable (`DRSEG_CACHE_DIR` for `cache_dir`, `DRSEG_MODEL_MIRROR` for
+`mirror_url`), else the saved settings, else the built-in default; the file keeps the user's own
+values.
 
 Nothing here imports torch or QGIS.
 """
@@ -16,22 +18,25 @@ import os
 import re
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, field, fields
-from typing import Dict, List, Optional
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Dict, List, Mapping, Optional, Tuple
 
 from .errors import InputError
+from .models.registry import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DEVICE,
+                              DEFAULT_DINO_MODEL, DEFAULT_DINO_WEIGHTS, DEFAULT_SAM_MODEL,
+                              DEFAULT_SAM_WEIGHTS, DEVICE_NAMES, DINO_MODELS, SAM_MODELS)
 
 CONFIG_ENV = "DRSEG_CONFIG"
-CACHE_ENV = "DRSEG_CACHE_DIR"          # core.download.CACHE_ENV
-MIRROR_ENV = "DRSEG_MODEL_MIRROR"      # core.download.MIRROR_ENV
+CACHE_ENV = "DRSEG_CACHE_DIR"
+MIRROR_ENV = "DRSEG_MODEL_MIRROR"
+# Settings an environment variable can set (over the saved value, under an explicit parameter).
+ENVIRONMENT = {"cache_dir": CACHE_ENV, "mirror_url": MIRROR_ENV}
 FORMAT_VERSION = 1
 
-DEVICE_NAMES = ("auto", "cpu", "cuda", "mps")
-CLIP_MODEL_CHOICES = ("ViT-B-16", "ViT-B-32", "ViT-L-14")
-# core.drseg.dino.DINO_ARCHS (name -> timm name; the catalog's DINO architectures start with it)
-DINO_MODELS = {"dino_vits8": "vit_small_patch8_224", "dino_vitb8": "vit_base_patch8_224",
-               "dinov2_vits14": "vit_small_patch14_dinov2", "dinov2_vitb14": "vit_base_patch14_dinov2"}
-SAM_MODELS = ("vit_b", "vit_l", "vit_h")  # core.sam_models.SAM_TYPES
+# Where `resolve()` found a value.
+SOURCE_PARAMETER = "parameter"
+SOURCE_SAVED = "saved settings"
+SOURCE_DEFAULT = "default"
 
 _CUDA_INDEX = re.compile(r"^cuda:\d+$")
 _WEIGHT_FILE = re.compile(r"\.(pt|pth|bin|safetensors|ckpt|zip)$", re.IGNORECASE)
@@ -42,13 +47,13 @@ LIMITS = {"window": (32, 4096), "stride": (1, 4096), "block": (64, 16384), "batc
 class Settings:
     cache_dir: str = ""              # model cache folder; "" = the platform default
     mirror_url: str = ""             # base URL serving the catalog's file names; "" = each model's URL
-    clip_model: str = "ViT-B-16"     # open_clip architecture, or an open_clip config .json
-    clip_weights: str = "openai"     # open_clip tag, catalog name or checkpoint file
-    dino_model: str = "dino_vitb8"   # one of DINO_MODELS
-    dino_weights: str = "dino-vit-b8"    # catalog name or checkpoint file
-    sam_model: str = "vit_b"         # one of SAM_MODELS
-    sam_weights: str = "sam-vit-b"   # catalog name or checkpoint file
-    device: str = "auto"             # auto, cpu, cuda, cuda:N, mps
+    clip_model: str = DEFAULT_CLIP_MODEL      # open_clip architecture, or an open_clip config .json
+    clip_weights: str = DEFAULT_CLIP_WEIGHTS  # open_clip tag, catalog name or checkpoint file
+    dino_model: str = DEFAULT_DINO_MODEL      # one of DINO_MODELS
+    dino_weights: str = DEFAULT_DINO_WEIGHTS  # catalog name or checkpoint file
+    sam_model: str = DEFAULT_SAM_MODEL        # one of SAM_MODELS
+    sam_weights: str = DEFAULT_SAM_WEIGHTS    # catalog name or checkpoint file
+    device: str = DEFAULT_DEVICE              # auto, cpu, cuda, cuda:N, mps
     window: int = 224                # sliding-window (tile) size, working pixels
     stride: int = 112                # window step; overlap = window - stride
     block: int = 512                 # output block size, working pixels
@@ -62,21 +67,17 @@ class Settings:
 
     def effective_cache_dir(self, environ=None) -> str:
         """`DRSEG_CACHE_DIR`, else `cache_dir`, else the platform default (not created here)."""
-        environ = os.environ if environ is None else environ
-        chosen = (environ.get(CACHE_ENV) or "").strip() or self.cache_dir.strip()
-        return os.path.abspath(os.path.expanduser(chosen)) if chosen else default_cache_dir(environ)
+        return resolve("cache_dir", None, self, environ)[0]
 
     def effective_mirror(self, environ=None) -> Optional[str]:
         """`DRSEG_MODEL_MIRROR`, else `mirror_url`, else None (each model's own URL)."""
-        environ = os.environ if environ is None else environ
-        chosen = (environ.get(MIRROR_ENV) or "").strip() or self.mirror_url.strip()
-        return chosen.rstrip("/") or None
+        return resolve("mirror_url", None, self, environ)[0]
 
     def overridden_by_environment(self, environ=None) -> Dict[str, str]:
         """{field: 'VARIABLE=value'} for settings the environment currently overrides."""
         environ = os.environ if environ is None else environ
         found = {}
-        for name, variable in (("cache_dir", CACHE_ENV), ("mirror_url", MIRROR_ENV)):
+        for name, variable in ENVIRONMENT.items():
             value = (environ.get(variable) or "").strip()
             if value:
                 found[name] = f"{variable}={value}"
@@ -118,12 +119,12 @@ class Settings:
         if cache and os.path.isfile(os.path.expanduser(cache)):
             problems.append(f"Model cache folder '{cache}' is a file, not a folder")
         if not self.clip_model.strip():
-            problems.append("CLIP model is empty; the default is ViT-B-16")
+            problems.append(f"CLIP model is empty; the default is {DEFAULT_CLIP_MODEL}")
         elif check_files and self.clip_model.strip().endswith(".json") and \
                 not os.path.isfile(os.path.expanduser(self.clip_model.strip())):
             problems.append(f"CLIP model config file '{self.clip_model}' does not exist")
         if not self.clip_weights.strip():
-            problems.append("CLIP weights are empty; the default is 'openai'")
+            problems.append(f"CLIP weights are empty; the default is '{DEFAULT_CLIP_WEIGHTS}'")
         else:
             problems += _check_clip_weights(self.clip_weights.strip(), check_files)
         if self.dino_model not in DINO_MODELS:
@@ -131,7 +132,8 @@ class Settings:
                             f"{', '.join(DINO_MODELS)}")
         else:
             problems += _check_weights("DINO", self.dino_weights.strip(), "dino",
-                                       DINO_MODELS[self.dino_model], self.dino_model, check_files)
+                                       DINO_MODELS[self.dino_model].timm_name, self.dino_model,
+                                       check_files)
         if self.sam_model not in SAM_MODELS:
             problems.append(f"Unknown SAM model '{self.sam_model}'; choose one of {', '.join(SAM_MODELS)}")
         else:
@@ -176,8 +178,8 @@ def _looks_like_file(value: str) -> bool:
 
 
 def _check_clip_weights(value: str, check_files: bool) -> List[str]:
-    """An open_clip tag ('openai'), 'random', a CLIP catalog entry, or a checkpoint file."""
-    from .catalog import get_model
+    """An open_clip tag (e.g. the default), 'random', a CLIP catalog entry, or a checkpoint file."""
+    from .models.catalog import get_model
     try:
         entry = get_model(value)
     except Exception:
@@ -196,7 +198,7 @@ def _check_weights(label: str, value: str, family: str, architecture: str, model
     """Weights are a catalog entry of the right family and architecture, or a checkpoint file."""
     if not value:
         return [f"{label} weights are empty"]
-    from .catalog import get_model, list_models
+    from .models.catalog import get_model, list_models
     try:
         entry = get_model(value)
     except InputError:
@@ -221,8 +223,101 @@ def _check_weights(label: str, value: str, family: str, architecture: str, model
 
 # ----------------------------------------------------------------------------- files
 
+def resolve(name: str, explicit=None, settings: Optional["Settings"] = None,
+            environ: Optional[Mapping[str, str]] = None) -> Tuple[object, str]:
+    """-> (value, source) of the setting `name` (a `Settings` field), by the one precedence every
+    front end (CLI, Processing, dock, library calls) follows:
+
+    1. `explicit`: what the caller was told (a CLI option, a Processing parameter, a field of the
+       dock, a function argument). None or blank text means "not told".
+    2. The environment variable of the setting, where it has one (`ENVIRONMENT`:
+       DRSEG_CACHE_DIR for cache_dir, DRSEG_MODEL_MIRROR for mirror_url).
+    3. `settings`: the saved settings. None reads the settings file now (a broken file counts as
+       the defaults), so a front end resolves once per run and passes the values down.
+    4. The built-in default: the `Settings` field's default.
+
+    source is one of "parameter", "environment DRSEG_X" (the variable's name), "saved settings"
+    and "default"; a front end writes it to its log ("model cache: /x (environment
+    DRSEG_CACHE_DIR)"). A saved value equal to the built-in default counts as "default".
+    Values come back as given, except cache_dir (an absolute path, `~` expanded; the default is
+    the platform's cache folder) and mirror_url (without a trailing '/'; the default is None, each
+    model's own URL). Raises InputError for a name that is not a setting.
+    """
+    known = {f.name: f for f in fields(Settings) if f.name != "extra"}
+    if name not in known:
+        raise InputError(f"Unknown setting '{name}'; known: {', '.join(known)}")
+    environ = os.environ if environ is None else environ
+    default = known[name].default if known[name].default is not MISSING else None
+    if not _blank(explicit):
+        value, source = explicit, SOURCE_PARAMETER
+    elif name in ENVIRONMENT and not _blank(environ.get(ENVIRONMENT[name])):
+        value, source = environ[ENVIRONMENT[name]], f"environment {ENVIRONMENT[name]}"
+    else:
+        if settings is None:
+            settings = load_settings_or_defaults()[0]
+        value = getattr(settings, name, default)
+        source = SOURCE_DEFAULT if _blank(value) or value == default else SOURCE_SAVED
+        if _blank(value):
+            value = default
+    if name == "cache_dir":
+        value = str(value or "").strip()
+        value = os.path.abspath(os.path.expanduser(value)) if value else default_cache_dir(environ)
+    elif name == "mirror_url":
+        value = str(value or "").strip().rstrip("/") or None
+    elif isinstance(value, str):
+        value = value.strip()
+    return value, source
+
+
+# Weights belong to a model: saved weights are used only with the saved model.
+_WEIGHTS_OF = {"clip_weights": "clip_model", "dino_weights": "dino_model", "sam_weights": "sam_model"}
+
+
+@dataclass(frozen=True)
+class ResolvedSettings:
+    """Values of several settings with where each came from, resolved once by a front end."""
+    values: Dict[str, object]
+    sources: Dict[str, str]
+
+    def __getitem__(self, name: str):
+        return self.values[name]
+
+    def chosen(self, name: str):
+        """The value when it was told or saved, else None (the engine's own default applies:
+        e.g. DINO weights that are used only once downloaded)."""
+        return None if self.sources[name].startswith(SOURCE_DEFAULT) else self.values[name]
+
+    def describe(self) -> List[str]:
+        """One line per setting for a front end's log: 'CLIP weights: /w.pt (saved settings)'."""
+        return [f"{_LABELS.get(name, name)}: {self.values[name]} ({self.sources[name]})"
+                for name in self.values]
+
+
+def resolve_all(explicit: Mapping[str, object], settings: Optional["Settings"] = None,
+                environ: Optional[Mapping[str, str]] = None) -> ResolvedSettings:
+    """`resolve()` for every setting named in `explicit` ({name: value told, or None}), reading
+    the settings file at most once. Saved weights follow their model: when the model was told and
+    differs from the saved one, the saved weights do not apply and the weights are the model's
+    default (None for DINO and SAM: the catalog checkpoint of that model)."""
+    if settings is None:
+        settings = load_settings_or_defaults()[0]
+    values, sources = {}, {}
+    for name, told in explicit.items():
+        values[name], sources[name] = resolve(name, told, settings, environ)
+    for weights, model in _WEIGHTS_OF.items():
+        if (weights in values and sources[weights] == SOURCE_SAVED and model in values
+                and values[model] != getattr(settings, model)):
+            values[weights] = DEFAULT_CLIP_WEIGHTS if weights == "clip_weights" else None
+            sources[weights] = f"{SOURCE_DEFAULT} for {values[model]}"
+    return ResolvedSettings(values, sources)
+
+
+def _blank(value) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
 def default_cache_dir(environ=None) -> str:
-    """The platform's per-user model cache (the same folder as core.download.default_cache_dir)."""
+    """The platform's per-user model cache."""
     environ = os.environ if environ is None else environ
     home = os.path.expanduser("~")
     if sys.platform.startswith("win"):

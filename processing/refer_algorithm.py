@@ -5,7 +5,7 @@ One expression per line of EXPRESSION; every expression's object(s) go into one 
 with fields expression, score and area_m2, in the raster's CRS. prepareAlgorithm() (main thread)
 reads the layer and parameters, checks every expression's parse and imports the engine;
 processAlgorithm() (worker thread) only runs the engine: no GUI, no project access. Models are
-shared between runs through core.model_cache and areas through the engine's session cache, both
+shared between runs through core.models.shared and areas through the engine's session cache, both
 lock-protected, so batch runs on one area skip its encoders after the first.
 """
 from __future__ import annotations
@@ -20,9 +20,9 @@ from qgis.core import (QgsProcessingException, QgsProcessingOutputNumber,
                        QgsProcessingParameterRasterLayer, QgsProcessingParameterString,
                        QgsVectorLayer)
 
-from ..qgis_bridge.engine import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_MAX_SIZE,
-                                  DEVICE_CHOICES, REFER_LIBRARIES, SAM_MODEL_CHOICES,
-                                  import_model_libraries, load_refer_engine)
+from ..core.models.registry import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEVICE_CHOICES, SAM_MODELS
+from ..qgis_bridge.engine import (DEFAULT_MAX_SIZE, REFER_LIBRARIES, import_model_libraries,
+                                  load_refer_engine)
 from ..qgis_bridge.styling import style_referring_layer
 from .base import DrSegAlgorithm, engine_errors, number_type, source_type, work_folder
 
@@ -89,7 +89,7 @@ class ReferringSegmentationAlgorithm(DrSegAlgorithm):
         self.addParameter(QgsProcessingParameterExtent(
             self.EXTENT, "Extent (empty: whole raster)", optional=True))
         self.addParameter(QgsProcessingParameterEnum(
-            self.SAM_MODEL, "SAM model", options=list(SAM_MODEL_CHOICES), defaultValue=0))
+            self.SAM_MODEL, "SAM model", options=list(SAM_MODELS), defaultValue=0))
         self.addParameter(QgsProcessingParameterString(
             self.SAM_WEIGHTS, "SAM weights (checkpoint file or catalog name; empty: default)",
             optional=True))
@@ -142,7 +142,7 @@ class ReferringSegmentationAlgorithm(DrSegAlgorithm):
         extent = self.extent_of(parameters, self.EXTENT, context, layer)
         resolution = self.resolution_of(parameters, self.RESOLUTION, context)
 
-        sam_model = SAM_MODEL_CHOICES[self.parameterAsEnum(parameters, self.SAM_MODEL, context)]
+        sam_model = SAM_MODELS[self.parameterAsEnum(parameters, self.SAM_MODEL, context)]
         sam_weights = self.parameterAsString(parameters, self.SAM_WEIGHTS, context).strip() or None
         if sam_weights is None:
             settings, problem = load_settings_or_defaults()

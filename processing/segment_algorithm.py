@@ -3,7 +3,7 @@ qgis_process).
 
 prepareAlgorithm() (main thread) reads the layer and parameters and imports the engine;
 processAlgorithm() (worker thread) only runs the engine: no GUI, no project access. Loaded models
-are shared between runs through core.model_cache, which is lock-protected.
+are shared between runs through core.models.shared, which is lock-protected.
 """
 from __future__ import annotations
 
@@ -19,9 +19,10 @@ from qgis.core import (QgsProcessingException, QgsProcessingOutputNumber, QgsPro
                        QgsRasterLayer, QgsVectorLayer)
 
 from ..core.errors import InputError
-from ..qgis_bridge.engine import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DINO_MODEL,
-                                  DEFAULT_GRAPH_K, DEFAULT_SEMANTIC_RATIO, DEFAULT_THRESHOLD,
-                                  DEVICE_CHOICES, DINO_MODEL_CHOICES, dino_help, find_dino_weights,
+from ..core.models.dino import dino_help, resolve_dino_weights
+from ..core.models.registry import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DINO_MODEL,
+                                    DEVICE_CHOICES, DINO_MODEL_CHOICES)
+from ..qgis_bridge.engine import (DEFAULT_GRAPH_K, DEFAULT_SEMANTIC_RATIO, DEFAULT_THRESHOLD,
                                   import_model_libraries, load_engine, method_label)
 from ..qgis_bridge.styling import style_class_raster, style_polygon_layer
 from .base import (DrSegAlgorithm, engine_errors, number_type, source_type, wants_output,
@@ -88,7 +89,8 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
         "Download models…, or <i>python -m drseg models download dino-vit-b8</i>). <b>Semantic ratio</b>, <b>Graph k</b> and the three module "
         "switches tune DR-Seg (advanced).<br><br>Tiling (window, stride, batch) and the model "
         "cache folder come from the DR-Seg settings (Plugins › DR-Seg › DR-Seg settings…)."
-        "<br><br><b>CLIP weights</b>: an open_clip pretrained tag (e.g. 'openai', downloaded on "
+        f"<br><br><b>CLIP weights</b>: an open_clip pretrained tag (e.g. '{DEFAULT_CLIP_WEIGHTS}', "
+        "downloaded on "
         "first use) or a local checkpoint file; <b>CLIP model</b>: an open_clip architecture "
         "name or a model config .json. Needs the Python packages torch, torchvision and "
         "open_clip_torch (DR-Seg also timm).")
@@ -237,7 +239,7 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
         weights = self.parameterAsString(parameters, self.DINO_WEIGHTS, context).strip() or None
         if weights is None and self._settings.dino_model == dino_model:
             weights = self._settings.dino_weights.strip() or None  # the settings' choice
-        path = find_dino_weights(dino_model, weights, self.dino_cache_dir())
+        path = resolve_dino_weights(dino_model, weights, self.dino_cache_dir())
         if path is not None:
             return "drseg", dino_model, path, ""
         if method == "drseg":

@@ -51,6 +51,10 @@ def qgis_processing_not_shadowed():
 SCENE_COLOURS = {"building": (200, 60, 50), "road": (245, 245, 245), "water": (30, 90, 200),
                  "tree": (40, 140, 50)}
 
+# Tiny widths of the real DINO definitions (same timm model, patch size and token layout), passed
+# to make_dino / load_dino_checkpoint as dims.
+TINY_DINO_DIMS = dict(embed_dim=32, depth=2, num_heads=2)
+
 TINY_CLIP_CONFIG = {
     "embed_dim": 32,
     "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
@@ -140,3 +144,14 @@ def tiny_clip_config(tmp_path):
 def iou(a, b):
     union = np.logical_or(a, b).sum()
     return np.logical_and(a, b).sum() / union if union else 1.0
+
+
+def put_in_cache(cache_dir, catalog_name: str, content: bytes = b"not really weights") -> str:
+    """Place a file where the model cache keeps `catalog_name` (as if it had been downloaded)."""
+    from drseg.core.models.catalog import get_model
+
+    os.makedirs(str(cache_dir), exist_ok=True)
+    path = os.path.join(str(cache_dir), get_model(catalog_name).file)
+    with open(path, "wb") as handle:
+        handle.write(content)
+    return path

@@ -16,7 +16,8 @@ import rasterio
 from qgis.core import QgsApplication, QgsRasterLayer
 from rasterio.transform import from_origin
 
-from conftest import REPO_ROOT, TINY_CLIP_CONFIG, unshadow_qgis_processing  # noqa: F401 (re-exported)
+from conftest import (REPO_ROOT, TINY_CLIP_CONFIG, put_in_cache,  # noqa: F401 (re-exported)
+                      unshadow_qgis_processing)
 
 
 unshadow_qgis_processing()
@@ -176,17 +177,6 @@ def install_buttons(bar) -> list:
     from qgis.PyQt.QtWidgets import QPushButton
 
     return [b for item in bar.items() for b in item.findChildren(QPushButton, "drsegInstallButton")]
-
-
-def put_in_cache(cache_dir, catalog_name: str, content: bytes = b"not really weights") -> str:
-    """Place a file where the model cache keeps `catalog_name` (as if it had been downloaded)."""
-    from drseg.core.catalog import get_model
-
-    os.makedirs(str(cache_dir), exist_ok=True)
-    path = os.path.join(str(cache_dir), get_model(catalog_name).file)
-    with open(path, "wb") as handle:
-        handle.write(content)
-    return path
 
 
 class FakeModels:

@@ -6,9 +6,9 @@ import pytest
 
 from conftest_qgis import drseg_provider, isolated_settings  # noqa: F401 (fixtures)
 
-from drseg.core import download
+from drseg.core.models import download
 from drseg.core.advice import QGIS, speaking_to
-from drseg.core.clip_models import load_clip
+from drseg.core.models.clip import load_clip
 from drseg.core.errors import InputError, ModelError
 
 
@@ -57,7 +57,7 @@ def test_the_advice_belongs_to_the_thread_that_asks(offline):
 def test_a_failed_download_mentions_import_file_in_qgis(monkeypatch, tmp_path):
     import urllib.error
 
-    from drseg.core.catalog import get_model
+    from drseg.core.models.catalog import get_model
 
     def refuse(*args, **kwargs):
         raise urllib.error.URLError("Name or service not known")

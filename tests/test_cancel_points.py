@@ -14,7 +14,7 @@ from segment_anything.modeling import (ImageEncoderViT, MaskDecoder, PromptEncod
                                        TwoWayTransformer)
 
 from conftest import TINY_CLIP_CONFIG, write_raster
-from drseg.core.clip_models import load_clip
+from drseg.core.models.clip import load_clip
 from drseg.core.dense_clip import DenseClip
 from drseg.core.errors import RunCancelled
 from drseg.core.interrupt import cancel_points, install_cancel_points

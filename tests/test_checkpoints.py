@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import save_file
 from timm.models.vision_transformer import VisionTransformer
 
-from drseg.core import checkpoints
-from drseg.core.checkpoints import load_into, load_state_dict, probe_format
+from drseg.core.models import formats as checkpoints
+from drseg.core.models.checkpoints import load_into, load_state_dict, probe_format
 from drseg.core.errors import ModelError
 
 

@@ -7,9 +7,9 @@ import rasterio
 import torch
 import torch.nn.functional as F
 
-from conftest import TINY_CLIP_CONFIG, write_raster
-from drseg.core.clip_models import load_clip
+from conftest import TINY_CLIP_CONFIG, TINY_DINO_DIMS, write_raster
 from drseg.core.dense_clip import DenseClip, dense_logits, encode_prompts
+from drseg.core.models.clip import load_clip
 from drseg.core.errors import InputError, ModelError
 from drseg.core.segment import SegmentationRequest, run_segmentation
 
@@ -139,7 +139,7 @@ def test_checkpoint_file_round_trip_and_wrong_architecture(tmp_path, tiny_clip):
 
 def test_unknown_model_and_offline_weights_are_clear_errors(monkeypatch, tmp_path):
     import huggingface_hub.constants
-    from drseg.core import clip_models
+    from drseg.core.models import clip as clip_models
 
     monkeypatch.setenv("DRSEG_CACHE_DIR", str(tmp_path))
     with pytest.raises(InputError, match="Unknown CLIP model"):
@@ -147,7 +147,7 @@ def test_unknown_model_and_offline_weights_are_clear_errors(monkeypatch, tmp_pat
     with pytest.raises(InputError, match="neither a file nor a pretrained tag"):
         load_clip("ViT-B-16", "no-such-tag")
     monkeypatch.setattr(clip_models, "_cached_hub_file", lambda hub: None)
-    from drseg.core import download
+    from drseg.core.models import download
     monkeypatch.setattr(clip_models, "server_reachable", lambda url, timeout=5.0: False)
     monkeypatch.setattr(download, "server_reachable", lambda url, timeout=5.0: False)
     # 'openai' for ViT-B-16 is a catalog model: the message names the URL and the import command.
@@ -172,7 +172,7 @@ def test_catalog_weights_download_verify_and_load(monkeypatch, tmp_path, tiny_cl
 
     import open_clip
     from safetensors.torch import save_file
-    from drseg.core import catalog
+    from drseg.core.models import catalog
 
     model, _, config = tiny_clip
     arch = tmp_path / "drseg-tiny-test.json"
@@ -212,20 +212,20 @@ def test_catalog_weights_download_verify_and_load(monkeypatch, tmp_path, tiny_cl
 def test_drseg_method_end_to_end_with_tiny_clip_and_dino(tmp_path, tiny_clip, monkeypatch):
     """DR-Seg through the engine's request path: a tiny DINO checkpoint of the real timm
     architecture, the modules switched by the request, output on the input's grid."""
-    from drseg.core import model_cache
+    from drseg.core.models import shared as model_cache
     from drseg.core.drseg.dino import make_dino
 
     _, _, config = tiny_clip
-    dino = make_dino("dino_vits8", tiny=True)
+    dino = make_dino("dino_vits8", **TINY_DINO_DIMS)
     weights = tmp_path / "dino.pth"
     torch.save(dino.model.state_dict(), weights)
     built = []
     real_load = model_cache.dino_backbone
 
     def tiny_dino(name, path, device="auto"):
-        from drseg.core.drseg.dino import load_dino
+        from drseg.core.drseg.dino import load_dino_checkpoint
         built.append((name, path))
-        return load_dino(name, path, tiny=True)
+        return load_dino_checkpoint(name, path, **TINY_DINO_DIMS)
 
     monkeypatch.setattr(model_cache, "dino_backbone", tiny_dino)
     data = np.random.default_rng(2).integers(0, 255, (3, 130, 170), dtype=np.uint8)

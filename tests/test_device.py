@@ -107,7 +107,7 @@ def test_dense_clip_encodes_images_under_autocast_and_returns_float32(tmp_path, 
     import json
 
     from drseg.core import dense_clip
-    from drseg.core.clip_models import load_clip
+    from drseg.core.models.clip import load_clip
 
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps(TINY_CLIP_CONFIG))

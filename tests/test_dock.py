@@ -376,55 +376,10 @@ def test_drseg_without_dino_weights_is_refused_with_advice(dock, qgis_iface, qgi
     assert dock.run() is None
     error = messages(qgis_iface, Qgis.MessageLevel.Critical)[-1]
     assert "'rs-dino-vit-b8' are not downloaded" in error
+    assert "Import file…" in error and "python -m drseg" not in error  # QGIS's own advice
     dock.dino_weights_widget.setFilePath(str(tmp_path / "gone.pth"))
     assert dock.run() is None
     assert "gone.pth' does not exist" in messages(qgis_iface, Qgis.MessageLevel.Critical)[-1]
-
-
-# -- finding DINO weights without torch ------------------------------------------------------------
-
-def test_find_dino_weights_agrees_with_the_engine(isolated_settings, tmp_path):
-    from drseg.core.errors import DrSegError
-    from drseg.core.model_cache import resolve_dino_weights
-    from drseg.qgis_bridge.engine import find_dino_weights
-
-    own = tmp_path / "own.pth"
-    own.write_bytes(b"x")
-
-    def both(model, weights):
-        answers = []
-        for find in (find_dino_weights, resolve_dino_weights):
-            try:
-                answers.append(find(model, weights))
-            except DrSegError as exc:
-                answers.append(type(exc).__name__)
-        return answers
-
-    assert both("dino_vitb8", None) == [None, None]
-    assert both("dino_vitb8", str(own)) == [str(own), str(own)]
-    assert both("dino_vitb8", "rs-dino-vit-b8") == ["ModelError", "ModelError"]
-    assert both("dino_vitb8", "no-such-model") == ["InputError", "InputError"]
-    assert both("vit_huge", None) == ["InputError", "InputError"]
-    cached = put_in_cache(isolated_settings, "dino-vit-b8")
-    assert both("dino_vitb8", None) == [cached, cached]
-    assert both("dino_vitb8", "dino-vit-b8") == [cached, cached]
-    rs = put_in_cache(isolated_settings, "rs-dino-vit-b8")
-    assert both("dino_vitb8", "rs-dino-vit-b8") == [rs, rs]
-    # A download record whose size disagrees with the file: not usable (the engine agrees).
-    with open(cached + ".verified.json", "w") as handle:
-        handle.write('{"size": 12345}')
-    assert both("dino_vitb8", None) == [None, None]
-
-
-def test_find_dino_weights_looks_in_the_given_cache_and_refuses_other_families(tmp_path):
-    from drseg.core.errors import InputError
-    from drseg.qgis_bridge.engine import find_dino_weights
-
-    path = put_in_cache(tmp_path / "cache", "dinov2-vit-b14")
-    assert find_dino_weights("dinov2_vitb14", "", str(tmp_path / "cache")) == path
-    assert find_dino_weights("dinov2_vitb14", "", str(tmp_path / "elsewhere")) is None
-    with pytest.raises(InputError, match="SAM model, not DINO"):
-        find_dino_weights("dino_vitb8", "sam-vit-b", str(tmp_path / "cache"))
 
 
 # -- settings and memory ----------------------------------------------------------------------------

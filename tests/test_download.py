@@ -15,10 +15,11 @@ import zipfile
 import pytest
 import torch
 
-from drseg.core import download as dl
-from drseg.core import models_cli
-from drseg.core.catalog import ModelEntry
-from drseg.core.checkpoints import load_state_dict
+from drseg import cli
+from drseg.cli import models as cli_models
+from drseg.core.models import download as dl
+from drseg.core.models.catalog import ModelEntry
+from drseg.core.models.checkpoints import load_state_dict
 from drseg.core.errors import ModelError, RunCancelled
 
 
@@ -308,12 +309,16 @@ def test_mirror_serves_the_same_file_names(server, cache, monkeypatch):
     path = dl.download(entry, cache, mirror=server.base + "/mirror/")
     assert server.log[-1]["path"] == "/mirror/weights.pth"
     assert open(path, "rb").read() == content
-    # the environment variable overrides the setting
+    # without a mirror given, the environment variable's is used; a mirror given wins over it
     os.remove(path)
     server.put("envmirror/weights.pth", content)
     monkeypatch.setenv(dl.MIRROR_ENV, server.base + "/envmirror")
-    dl.download(entry, cache, mirror=server.base + "/mirror")
+    monkeypatch.setenv("DRSEG_CONFIG", os.path.join(cache, "no-settings.json"))
+    dl.download(entry, cache)
     assert server.log[-1]["path"] == "/envmirror/weights.pth"
+    os.remove(path)
+    dl.download(entry, cache, mirror=server.base + "/mirror")
+    assert server.log[-1]["path"] == "/mirror/weights.pth"
     assert dl.source_url(entry) == server.base + "/envmirror/weights.pth"
 
 
@@ -327,11 +332,14 @@ def test_mirror_makes_entries_without_public_url_downloadable(server, cache):
     assert open(path, "rb").read() == content
 
 
-def test_cache_dir_env_overrides_setting(monkeypatch, tmp_path):
+def test_cache_dir_given_beats_env_which_beats_the_default(monkeypatch, tmp_path):
+    # One precedence for every front end (settings.resolve): parameter > environment > saved > default.
+    monkeypatch.setenv("DRSEG_CONFIG", str(tmp_path / "no-settings.json"))
     monkeypatch.setenv(dl.CACHE_ENV, str(tmp_path / "from-env"))
-    assert dl.resolve_cache_dir(str(tmp_path / "setting")) == str(tmp_path / "from-env")
+    assert dl.resolve_cache_dir(str(tmp_path / "given")) == str(tmp_path / "given")
+    assert dl.resolve_cache_dir(None) == str(tmp_path / "from-env")
     monkeypatch.delenv(dl.CACHE_ENV)
-    assert dl.resolve_cache_dir(str(tmp_path / "setting")) == str(tmp_path / "setting")
+    assert dl.resolve_cache_dir(str(tmp_path / "given")) == str(tmp_path / "given")
     assert dl.resolve_cache_dir(None) == dl.default_cache_dir()
     assert dl.default_cache_dir().endswith(os.path.join("drseg", "models"))
 
@@ -420,32 +428,32 @@ def test_import_file_rejects_wrong_file_and_keeps_nothing(tmp_path, cache):
 def test_cli_download_and_verify(server, cache, monkeypatch, capsys):
     content = _payload()
     entry = _entry(server.put("weights.pth", content), content, name="tiny-model")
-    monkeypatch.setattr(models_cli, "get_model", lambda name: entry)
+    monkeypatch.setattr(cli_models, "get_model", lambda name: entry)
     monkeypatch.setattr(dl, "get_model", lambda name: entry)
-    monkeypatch.setattr(models_cli, "list_models", lambda family=None: [entry])
-    assert models_cli.main(["models", "download", "tiny-model", "--cache-dir", cache]) == 0
+    monkeypatch.setattr(cli_models, "list_models", lambda family=None: [entry])
+    assert cli.main(["models", "download", "tiny-model", "--cache-dir", cache]) == 0
     out = capsys.readouterr().out
     assert "tiny-model" in out and "size and SHA-256 verified" in out
-    assert models_cli.main(["models", "--cache-dir", cache, "verify"]) == 0
+    assert cli.main(["models", "--cache-dir", cache, "verify"]) == 0
     assert "tiny-model: ok" in capsys.readouterr().out
     with open(os.path.join(cache, "weights.pth"), "r+b") as handle:
         handle.write(b"\xff\xfe")
-    assert models_cli.main(["models", "verify", "tiny-model", "--cache-dir", cache]) == 1
+    assert cli.main(["models", "verify", "tiny-model", "--cache-dir", cache]) == 1
     assert "tiny-model: FAILED" in capsys.readouterr().out
 
 
 def test_cli_reports_server_error_with_exit_code_2(server, cache, monkeypatch, capsys):
     content = _payload()
     entry = _entry(server.put("weights.pth", content, plan=["500"]), content, name="tiny-model")
-    monkeypatch.setattr(models_cli, "get_model", lambda name: entry)
+    monkeypatch.setattr(cli_models, "get_model", lambda name: entry)
     monkeypatch.setattr(dl, "get_model", lambda name: entry)
-    assert models_cli.main(["models", "download", "tiny-model", "--cache-dir", cache, "--quiet"]) == 2
+    assert cli.main(["models", "download", "tiny-model", "--cache-dir", cache, "--quiet"]) == 2
     assert "HTTP 500" in capsys.readouterr().err
 
 
 def test_cache_and_mirror_follow_the_saved_settings_unless_the_environment_says(tmp_path, monkeypatch):
     """The CLI and Processing use the folder and mirror chosen on the settings page."""
-    from drseg.core.download import resolve_cache_dir, resolve_mirror
+    from drseg.core.models.download import resolve_cache_dir, resolve_mirror
     from drseg.core.settings import Settings, save_settings
 
     config = tmp_path / "settings.json"

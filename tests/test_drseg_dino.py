@@ -4,17 +4,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from drseg.core.drseg import (DINO_ARCHS, DrSegRectifier, DrSegScorer, align_to_grid, load_dino,
-                              make_dino)
+from conftest import TINY_DINO_DIMS
+from drseg.core.drseg import DrSegRectifier, DrSegScorer, align_to_grid, load_dino_checkpoint, make_dino
 from drseg.core.errors import ModelError
+from drseg.core.models.registry import DINO_MODELS
 
-ARCHS = sorted(DINO_ARCHS)
+ARCHS = sorted(DINO_MODELS)
 
 
 @pytest.fixture(scope="module")
 def tiny_models():
     torch.manual_seed(0)
-    return {name: make_dino(name, tiny=True) for name in ARCHS}
+    return {name: make_dino(name, **TINY_DINO_DIMS) for name in ARCHS}
 
 
 def _images(h=100, w=90, b=2, seed=0):
@@ -46,7 +47,7 @@ def test_each_release_format_loads(name, tiny_models, tmp_path):
     source = tiny_models[name]
     images = _images()
     expected = source(images)
-    p = DINO_ARCHS[name].patch_size
+    p = DINO_MODELS[name].patch_size
     assert expected.shape == (2, 32, round(100 / p), round(90 / p))
     formats = {
         "plain.pth": _official(name, source),
@@ -57,11 +58,12 @@ def test_each_release_format_loads(name, tiny_models, tmp_path):
     for filename, payload in formats.items():
         path = tmp_path / filename
         torch.save(payload, path)
-        loaded = load_dino(name, str(path), tiny=True)
+        loaded = load_dino_checkpoint(name, str(path), **TINY_DINO_DIMS)
         assert torch.allclose(loaded(images), expected, atol=1e-5), filename
-    fresh = make_dino(name, tiny=True)  # other random weights: loading must have mattered
+    fresh = make_dino(name, **TINY_DINO_DIMS)  # other random weights: loading must have mattered
     assert not torch.allclose(fresh(images), expected, atol=1e-3)
-    forced = load_dino(name, str(tmp_path / "teacher.pth"), key="teacher", tiny=True)
+    forced = load_dino_checkpoint(name, str(tmp_path / "teacher.pth"), key="teacher",
+                                  **TINY_DINO_DIMS)
     assert torch.allclose(forced(images), expected, atol=1e-5)
 
 
@@ -76,42 +78,43 @@ def test_dinov2_chunked_blocks_and_other_training_size(tiny_models, tmp_path):
         chunked[key] = value
     torch.save(chunked, tmp_path / "chunked.pth")
     images = _images(70, 70)
-    assert torch.allclose(load_dino("dinov2_vits14", str(tmp_path / "chunked.pth"), tiny=True)(images),
+    chunked = load_dino_checkpoint("dinov2_vits14", str(tmp_path / "chunked.pth"), **TINY_DINO_DIMS)
+    assert torch.allclose(chunked(images),
                           source(images), atol=1e-5)
     # a ViT-B/8 trained at 256 px (32x32 positions) is resampled to the 28x28 definition
     vit8 = _official("dino_vitb8", tiny_models["dino_vitb8"])
     vit8["pos_embed"] = torch.randn(1, 32 * 32 + 1, 32)
     torch.save({"teacher": {"backbone." + k: v for k, v in vit8.items()}}, tmp_path / "rs256.pth")
-    features = load_dino("dino_vitb8", str(tmp_path / "rs256.pth"), tiny=True)(_images(64, 64))
+    features = load_dino_checkpoint("dino_vitb8", str(tmp_path / "rs256.pth"), **TINY_DINO_DIMS)(_images(64, 64))
     assert features.shape == (2, 32, 8, 8) and bool(torch.isfinite(features).all())
 
 
 def test_wrong_architecture_is_refused_clearly(tiny_models, tmp_path):
     torch.save(_official("dinov2_vits14", tiny_models["dinov2_vits14"]), tmp_path / "v2.pth")
     with pytest.raises(ModelError, match=r"does not match DINO model 'dino_vitb8'.*14px patches"):
-        load_dino("dino_vitb8", str(tmp_path / "v2.pth"), tiny=True)
+        load_dino_checkpoint("dino_vitb8", str(tmp_path / "v2.pth"), **TINY_DINO_DIMS)
     torch.save(_official("dino_vits8", tiny_models["dino_vits8"]), tmp_path / "s8.pth")
     with pytest.raises(ModelError, match="dinov2_vitb14"):
-        load_dino("dinov2_vitb14", str(tmp_path / "s8.pth"), tiny=True)
+        load_dino_checkpoint("dinov2_vitb14", str(tmp_path / "s8.pth"), **TINY_DINO_DIMS)
     with pytest.raises(ModelError, match="expected"):  # right family, wrong width
-        load_dino("dino_vits8", str(tmp_path / "s8.pth"))
+        load_dino_checkpoint("dino_vits8", str(tmp_path / "s8.pth"))
     torch.save({"conv1.weight": torch.zeros(8, 3, 3, 3)}, tmp_path / "cnn.pth")
     with pytest.raises(ModelError, match="not a ViT"):
-        load_dino("dino_vits8", str(tmp_path / "cnn.pth"), tiny=True)
+        load_dino_checkpoint("dino_vits8", str(tmp_path / "cnn.pth"), **TINY_DINO_DIMS)
     regs = _official("dinov2_vits14", tiny_models["dinov2_vits14"])
     regs["register_tokens"] = torch.zeros(1, 4, 32)
     torch.save(regs, tmp_path / "reg.pth")
     with pytest.raises(ModelError, match="registers"):
-        load_dino("dinov2_vits14", str(tmp_path / "reg.pth"), tiny=True)
+        load_dino_checkpoint("dinov2_vits14", str(tmp_path / "reg.pth"), **TINY_DINO_DIMS)
     with pytest.raises(ModelError, match="Unknown DINO model"):
-        load_dino("dino_vitl16", str(tmp_path / "s8.pth"))
+        load_dino_checkpoint("dino_vitl16", str(tmp_path / "s8.pth"))
     with pytest.raises(ModelError, match="not found"):
-        load_dino("dino_vits8", str(tmp_path / "missing.pth"))
+        load_dino_checkpoint("dino_vits8", str(tmp_path / "missing.pth"))
 
 
 def test_keys_feature_and_numpy_input(tiny_models):
     torch.manual_seed(3)
-    model = make_dino("dino_vits8", tiny=True, feature="keys")
+    model = make_dino("dino_vits8", feature="keys", **TINY_DINO_DIMS)
     images = _images(64, 48)
     out = model(images.numpy())
     assert out.shape == (2, 32, 8, 6)

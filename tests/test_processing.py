@@ -124,7 +124,7 @@ def test_missing_torch_gives_an_install_hint(drseg_provider, tiny_clip, tmp_path
 
 def test_batch_of_runs_shares_one_model(drseg_provider, tiny_clip, tmp_path):
     """Like the batch dialog: one algorithm, several parameter sets, one after another."""
-    from drseg.core import model_cache
+    from drseg.core.models import cache
 
     rasters = [write_raster(tmp_path / f"scene{i}.tif", width=64 + 16 * i) for i in range(3)]
     alg = QgsApplication.processingRegistry().createAlgorithmById(ALG)
@@ -134,7 +134,7 @@ def test_batch_of_runs_shares_one_model(drseg_provider, tiny_clip, tmp_path):
                                             OUTPUT=str(tmp_path / f"out{i}.gpkg")),
                                 context=context, feedback=feedback)
         assert QgsVectorLayer(result["OUTPUT"], "", "ogr").featureCount() > 0
-    keys = [k for k in model_cache._models if k[1] == tiny_clip]
+    keys = [k for k in cache.MODELS.keys() if k[1] == tiny_clip]
     assert len(keys) == 1
 
 

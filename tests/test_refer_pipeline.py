@@ -15,7 +15,7 @@ from rasterio.transform import from_origin
 from shapely.geometry import box as shapely_box
 
 from conftest import TINY_CLIP_CONFIG, scene_image, scene_labels, write_raster
-from drseg.core.clip_models import load_clip
+from drseg.core.models.clip import load_clip
 from drseg.core.dense_clip import DenseClip
 from drseg.core.errors import InputError, RunCancelled
 from drseg.core.refer.localize import Localizer, LocalizerSettings, context_crop

@@ -568,7 +568,7 @@ def test_the_dock_has_a_referring_mode_fed_by_its_form(qgis_iface, qgis_new_proj
 def test_the_dock_shares_values_with_the_panel_settings_included(qgis_iface, qgis_new_project,
                                                                   isolated_settings, ponds):
     from drseg.core.settings import Settings
-    from drseg.qgis_bridge.engine import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS
+    from drseg.core.models.registry import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS
     from drseg.ui.dock import DrSegDock
 
     dock = DrSegDock(qgis_iface)

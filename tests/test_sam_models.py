@@ -9,9 +9,10 @@ import torch
 from segment_anything.modeling import (ImageEncoderViT, MaskDecoder, PromptEncoder, Sam,
                                        TwoWayTransformer)
 
-from drseg.core import download, model_cache, sam_models
+from drseg.core.models import cache as model_cache
+from drseg.core.models import download, sam as sam_models, shared
 from drseg.core.errors import InputError, ModelError
-from drseg.core.sam_models import load_sam, register_sam_architecture, resolve_sam_weights
+from drseg.core.models.sam import load_sam, register_sam_architecture, resolve_sam_weights
 
 
 def build_tiny_sam(embed_dim: int = 32) -> Sam:
@@ -161,9 +162,9 @@ def test_models_are_shared_through_the_model_cache(trained):
     _, pth, _ = trained
     model_cache.clear()
     try:
-        first = sam_models.sam_model("tiny_test", pth, "cpu")
-        second = sam_models.sam_model("tiny_test", pth, "cpu")
+        first = shared.sam_model("tiny_test", pth, "cpu")
+        second = shared.sam_model("tiny_test", pth, "cpu")
         assert first is second
-        assert sam_models.sam_model("tiny_test", "random", "cpu") is not first
+        assert shared.sam_model("tiny_test", "random", "cpu") is not first
     finally:
         model_cache.clear()

@@ -18,8 +18,6 @@ def clean_env(monkeypatch):
 
 
 def test_defaults_are_valid_and_match_the_engine():
-    from drseg.core.clip_models import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS
-    from drseg.core.drseg.dino import DINO_ARCHS
     from drseg.core.segment import SegmentationRequest
 
     defaults = Settings()
@@ -27,25 +25,61 @@ def test_defaults_are_valid_and_match_the_engine():
     request = SegmentationRequest(raster="x.tif", classes="a")
     assert (defaults.window, defaults.stride, defaults.block, defaults.batch_size) == \
         (request.window, request.stride, request.block, request.batch_size)
-    assert (defaults.clip_model, defaults.clip_weights) == (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS)
-    assert {k: v.timm_name for k, v in DINO_ARCHS.items()} == st.DINO_MODELS
+    assert (defaults.clip_model, defaults.clip_weights) == (request.clip_model, request.clip_weights)
     assert defaults.overlap == 112
 
 
-def test_sam_names_match_the_sam_loader():
-    sam_models = pytest.importorskip("drseg.core.sam_models")
-    assert tuple(sam_models.SAM_TYPES) == st.SAM_MODELS
-    assert sam_models.CATALOG_FOR_TYPE[Settings().sam_model] == Settings().sam_weights
+def test_default_weights_are_the_catalog_checkpoints_of_the_default_models():
+    from drseg.core.models.catalog import get_model
+
+    defaults = Settings()
+    sam, dino = get_model(defaults.sam_weights), get_model(defaults.dino_weights)
+    assert (sam.family, sam.architecture) == ("sam", defaults.sam_model)
+    assert dino.family == "dino"
+    assert dino.architecture.split(".")[0] == st.DINO_MODELS[defaults.dino_model].timm_name
 
 
-def test_default_cache_dir_is_the_downloads_default(monkeypatch):
-    from drseg.core import download
+def test_default_cache_dir_is_the_downloads_default(monkeypatch, tmp_path):
+    from drseg.core.models import download
 
-    assert st.default_cache_dir() == download.default_cache_dir()
-    assert (st.CACHE_ENV, st.MIRROR_ENV) == (download.CACHE_ENV, download.MIRROR_ENV)
-    assert Settings().effective_cache_dir() == download.resolve_cache_dir("")
+    monkeypatch.setenv(st.CONFIG_ENV, str(tmp_path / "none.json"))
+    assert Settings().effective_cache_dir() == download.resolve_cache_dir("") == st.default_cache_dir()
     monkeypatch.setenv(st.CACHE_ENV, "/env/cache")
-    assert Settings(cache_dir="/mine").effective_cache_dir() == download.resolve_cache_dir("/mine")
+    assert Settings(cache_dir="/mine").effective_cache_dir() == os.path.abspath("/env/cache")
+    assert download.resolve_cache_dir("/mine") == os.path.abspath("/mine")  # a parameter wins
+
+
+def test_resolve_follows_parameter_environment_saved_default(tmp_path):
+    env = {st.CACHE_ENV: str(tmp_path / "env"), st.MIRROR_ENV: "https://env.example/m/"}
+    saved = Settings(cache_dir=str(tmp_path / "saved"), mirror_url="https://saved.example",
+                     clip_weights="/data/clip.pt", device="cpu")
+    # 1. an explicit parameter wins over everything
+    assert st.resolve("cache_dir", str(tmp_path / "p"), saved, env) == (str(tmp_path / "p"), "parameter")
+    assert st.resolve("clip_weights", "x.pt", saved, env) == ("x.pt", "parameter")
+    # 2. then the environment variable, for the settings that have one
+    assert st.resolve("cache_dir", None, saved, env) == (str(tmp_path / "env"),
+                                                         "environment DRSEG_CACHE_DIR")
+    assert st.resolve("mirror_url", "  ", saved, env) == ("https://env.example/m",
+                                                          "environment DRSEG_MODEL_MIRROR")
+    # 3. then the saved settings
+    assert st.resolve("cache_dir", None, saved, {}) == (str(tmp_path / "saved"), "saved settings")
+    assert st.resolve("clip_weights", "", saved, env) == ("/data/clip.pt", "saved settings")
+    assert st.resolve("device", None, saved, env) == ("cpu", "saved settings")
+    # 4. then the built-in default
+    fresh = Settings()
+    assert st.resolve("clip_weights", None, fresh, env) == (fresh.clip_weights, "default")
+    assert st.resolve("mirror_url", None, fresh, {}) == (None, "default")
+    assert st.resolve("cache_dir", None, fresh, {"XDG_CACHE_HOME": str(tmp_path / "xdg")})[1] == "default"
+    with pytest.raises(InputError, match="Unknown setting"):
+        st.resolve("colour", None, fresh, {})
+
+
+def test_resolve_reads_the_saved_file_when_no_settings_are_given(tmp_path, monkeypatch):
+    path = tmp_path / "settings.json"
+    save_settings(Settings(sam_model="vit_l", sam_weights="sam-vit-l"), str(path))
+    monkeypatch.setenv(st.CONFIG_ENV, str(path))
+    assert st.resolve("sam_weights") == ("sam-vit-l", "saved settings")
+    assert st.resolve("sam_weights", "own.pth") == ("own.pth", "parameter")
 
 
 def test_round_trip_keeps_values_and_unknown_keys(tmp_path):
@@ -167,3 +201,21 @@ def test_config_path_per_platform_and_override(monkeypatch, tmp_path):
     assert st.config_path() == str(target)
     save_settings(Settings(device="cpu"))
     assert load_settings().device == "cpu" and target.exists()
+
+
+def test_resolve_all_reads_once_and_saved_weights_follow_their_model(tmp_path):
+    from drseg.core.models.registry import DEFAULT_CLIP_WEIGHTS
+    from drseg.core.settings import Settings, resolve_all
+
+    saved = Settings(clip_model="ViT-B-32", clip_weights="/w/b32.pt", sam_model="vit_l",
+                     sam_weights="/w/sam_l.pth", device="cpu")
+    same = resolve_all({"clip_model": None, "clip_weights": None, "device": "cuda"}, saved, {})
+    assert same["clip_weights"] == "/w/b32.pt" and same.sources["clip_weights"] == "saved settings"
+    assert same["device"] == "cuda" and same.sources["device"] == "parameter"
+    other = resolve_all({"clip_model": "ViT-L-14", "clip_weights": None, "sam_model": "vit_h",
+                         "sam_weights": None}, saved, {})
+    assert other["clip_weights"] == DEFAULT_CLIP_WEIGHTS      # not ViT-B-32's file for ViT-L-14
+    assert other.sources["clip_weights"] == "default for ViT-L-14"
+    assert other.chosen("sam_weights") is None                 # vit_h's catalog checkpoint
+    env = resolve_all({"cache_dir": None}, saved, {"DRSEG_CACHE_DIR": str(tmp_path)})
+    assert env.describe() == [f"Model cache folder: {tmp_path} (environment DRSEG_CACHE_DIR)"]

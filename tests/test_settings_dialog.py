@@ -9,7 +9,7 @@ from conftest_qgis import wait_for
 from qgis.PyQt.QtWidgets import QDialog, QDialogButtonBox
 
 from drseg.core import settings as st
-from drseg.core.catalog import list_models
+from drseg.core.models.catalog import list_models
 from drseg.core.settings import Settings, load_settings, save_settings
 from drseg.qgis_bridge import tasks as bridge_tasks
 from drseg.ui import settings_dialog as sd
@@ -233,7 +233,7 @@ def slow_download(started):
 
 
 def test_cancelling_a_transfer(make_dialog, tmp_path, monkeypatch):
-    from drseg.core import download
+    from drseg.core.models import download
 
     started = []
     monkeypatch.setattr(download, "download", slow_download(started))
@@ -250,7 +250,7 @@ def test_cancelling_a_transfer(make_dialog, tmp_path, monkeypatch):
 
 
 def test_closing_the_dialog_cancels_and_detaches_the_transfer(make_dialog, tmp_path, monkeypatch):
-    from drseg.core import download
+    from drseg.core.models import download
 
     started = []
     monkeypatch.setattr(download, "download", slow_download(started))

@@ -5,7 +5,7 @@ from typing import List, Optional
 
 from qgis.PyQt.QtCore import QObject, pyqtSignal
 
-from ..qgis_bridge.engine import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS
+from ..core.models.registry import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DEVICE
 
 
 class SharedChoices(QObject):
@@ -17,7 +17,7 @@ class SharedChoices(QObject):
 
     layerChanged = pyqtSignal(object)   # the new layer (or None)
 
-    def __init__(self, layer=None, bands: Optional[List[int]] = None, device: str = "auto",
+    def __init__(self, layer=None, bands: Optional[List[int]] = None, device: str = DEFAULT_DEVICE,
                  clip_model: str = DEFAULT_CLIP_MODEL, clip_weights: str = DEFAULT_CLIP_WEIGHTS,
                  parent: Optional[QObject] = None):
         super().__init__(parent)

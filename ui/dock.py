@@ -20,13 +20,15 @@ from qgis.PyQt.QtWidgets import (QCheckBox, QComboBox, QDockWidget, QFormLayout,
                                  QLabel, QPlainTextEdit, QPushButton, QScrollArea, QSpinBox,
                                  QTabWidget, QVBoxLayout, QWidget)
 
+from ..core.advice import QGIS, speaking_to
 from ..core.classes import parse_classes
 from ..core.errors import DrSegError, InputError
+from ..core.models.dino import dino_help, resolve_dino_weights
+from ..core.models.registry import (CLIP_MODEL_CHOICES, DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS,
+                                    DEFAULT_DINO_MODEL, DINO_MODEL_CHOICES, DINO_MODELS)
 from ..core.settings import LIMITS, Settings, load_settings_or_defaults
-from ..qgis_bridge.engine import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DINO_MODEL,
-                                  DEFAULT_GRAPH_K, DEFAULT_SEMANTIC_RATIO, DEFAULT_THRESHOLD,
-                                  DINO_DEFAULT_WEIGHTS, DINO_MODEL_CHOICES, MissingDependencies,
-                                  dino_help, find_dino_weights, load_engine, method_label)
+from ..qgis_bridge.engine import (DEFAULT_GRAPH_K, DEFAULT_SEMANTIC_RATIO, DEFAULT_THRESHOLD,
+                                  MissingDependencies, load_engine, method_label)
 from ..qgis_bridge.outputs import default_output_path, output_folder
 from ..qgis_bridge.results import add_result_layers, is_result
 from ..qgis_bridge.sources import extent_in_layer_crs, layer_crs_check, raster_source
@@ -40,7 +42,6 @@ from .run_controls import RunControls
 TITLE = "DR-Seg"
 CLASS_PLACEHOLDER = "building,roof; road,street; tree,forest; water"
 AREA_LAYER, AREA_CANVAS = "layer", "canvas"
-CLIP_MODEL_CHOICES = ("ViT-B-16", "ViT-B-32", "ViT-L-14")
 DEVICE_LABELS = (("auto", "Auto (GPU if available)"), ("cpu", "CPU"), ("cuda", "CUDA GPU"),
                  ("mps", "Apple GPU (MPS)"))
 METHOD_DRSEG, METHOD_CLIP = "drseg", "clip"
@@ -197,7 +198,7 @@ class DrSegDock(QDockWidget):
         self.clip_weights_widget = QgsFileWidget(advanced)
         self.clip_weights_widget.setStorageMode(QgsFileWidget.StorageMode.GetFile)
         self.clip_weights_widget.setFilePath(DEFAULT_CLIP_WEIGHTS)
-        self.clip_weights_widget.setToolTip("open_clip pretrained tag (e.g. 'openai', downloaded on "
+        self.clip_weights_widget.setToolTip(f"open_clip pretrained tag (e.g. '{DEFAULT_CLIP_WEIGHTS}', downloaded on "
                                             "first use) or a local checkpoint file")
         adv.addRow("CLIP weights", self.clip_weights_widget)
         self.dino_model_combo = QComboBox(advanced)
@@ -370,8 +371,9 @@ class DrSegDock(QDockWidget):
     def _dino_model_changed(self, _index: int) -> None:
         # The catalog default of the previous model follows the model; a user's file stays.
         text = self.dino_weights_widget.filePath().strip()
-        if text.lower() in {name.lower() for name in DINO_DEFAULT_WEIGHTS.values()}:
-            self.dino_weights_widget.setFilePath(DINO_DEFAULT_WEIGHTS[self.dino_model_combo.currentText()])
+        if text.lower() in {arch.catalog_name.lower() for arch in DINO_MODELS.values()}:
+            self.dino_weights_widget.setFilePath(
+                DINO_MODELS[self.dino_model_combo.currentText()].catalog_name)
         self.refresh_dino_state()
 
     def dino_cache_dir(self) -> Optional[str]:
@@ -433,8 +435,9 @@ class DrSegDock(QDockWidget):
         user has; say in the note why DR-Seg cannot run."""
         model = self.dino_model_combo.currentText()
         try:
-            self.dino_path = find_dino_weights(model, self.dino_weights_widget.filePath(),
-                                               self.dino_cache_dir())
+            with speaking_to(QGIS):  # its advice names the settings dialog, not commands
+                self.dino_path = resolve_dino_weights(model, self.dino_weights_widget.filePath(),
+                                                      self.dino_cache_dir())
             self.dino_problem = "" if self.dino_path else f"No DINO weights are set up for {model}"
         except DrSegError as exc:
             self.dino_path, self.dino_problem = None, str(exc).rstrip(".")

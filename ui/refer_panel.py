@@ -26,9 +26,9 @@ from qgis.PyQt.QtWidgets import (QComboBox, QFormLayout, QHBoxLayout, QSizePolic
                                  QToolButton, QVBoxLayout, QWidget)
 
 from ..core.errors import DrSegError, InputError
-from ..qgis_bridge.engine import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_MAX_SIZE,
-                                  SAM_DEFAULT_WEIGHTS, SAM_MODEL_CHOICES, MissingDependencies,
-                                  load_refer_engine)
+from ..core.models.registry import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DEVICE,
+                                    SAM_CATALOG, SAM_MODELS)
+from ..qgis_bridge.engine import DEFAULT_MAX_SIZE, MissingDependencies, load_refer_engine
 from ..qgis_bridge.outputs import output_folder, referring_output_path
 from ..qgis_bridge.results import add_referring_layer, layer_title
 from ..qgis_bridge.sources import extent_in_layer_crs, layer_crs_check, raster_source
@@ -142,7 +142,7 @@ class ReferringPanel(QWidget):
         form.addRow("Area", area)
 
         self.sam_model_combo = QComboBox(self)
-        self.sam_model_combo.addItems(SAM_MODEL_CHOICES)
+        self.sam_model_combo.addItems(SAM_MODELS)
         self.sam_model_combo.setToolTip("Segment Anything architecture: vit_b is the fastest, "
                                         "vit_h the most precise")
         self.sam_model_combo.currentTextChanged.connect(self._sam_model_changed)
@@ -242,7 +242,7 @@ class ReferringPanel(QWidget):
         if previous is not None and self.sam_weights_widget.filePath().strip() != \
                 (getattr(previous, "sam_weights", "") or "").strip():
             return
-        if getattr(settings, "sam_model", None) in SAM_MODEL_CHOICES:
+        if getattr(settings, "sam_model", None) in SAM_MODELS:
             self.sam_model_combo.blockSignals(True)   # the weights below belong to this model
             self.sam_model_combo.setCurrentText(settings.sam_model)
             self.sam_model_combo.blockSignals(False)
@@ -251,8 +251,8 @@ class ReferringPanel(QWidget):
     def _sam_model_changed(self, model: str) -> None:
         # A catalog default of another model follows the model; a user's file stays.
         text = self.sam_weights_widget.filePath().strip().lower()
-        if text in SAM_DEFAULT_WEIGHTS.values() and model in SAM_DEFAULT_WEIGHTS:
-            self.sam_weights_widget.setFilePath(SAM_DEFAULT_WEIGHTS[model])
+        if text in SAM_CATALOG.values() and model in SAM_CATALOG:
+            self.sam_weights_widget.setFilePath(SAM_CATALOG[model])
 
     # -- area -----------------------------------------------------------------------------------
     def area(self) -> str:
@@ -359,7 +359,7 @@ class ReferringPanel(QWidget):
             sam_weights=self.sam_weights_widget.filePath().strip() or None,
             clip_model=shared.clip_model or DEFAULT_CLIP_MODEL,
             clip_weights=shared.clip_weights or DEFAULT_CLIP_WEIGHTS,
-            device=shared.device or "auto")
+            device=shared.device or DEFAULT_DEVICE)
 
     # -- running --------------------------------------------------------------------------------
     def is_running(self) -> bool:

@@ -9,6 +9,7 @@ from qgis.core import Qgis
 from qgis.PyQt.QtCore import QTimer
 from qgis.PyQt.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QSizePolicy
 
+from ..core.advice import QGIS, speaking_to
 from ..qgis_bridge import tasks as bridge_tasks
 from ..qgis_bridge.engine import MissingDependencies
 
@@ -86,7 +87,8 @@ class RunControls:
             self.message(Qgis.MessageLevel.Warning, busy_text)
             return None
         try:
-            return build()
+            with speaking_to(QGIS):  # the engine's advice names QGIS's dialogs and fields
+                return build()
         except MissingDependencies as exc:
             from .integration import check_dependencies_on_start
 

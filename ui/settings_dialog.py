@@ -21,8 +21,10 @@ from qgis.PyQt.QtWidgets import (QAbstractItemView, QApplication, QComboBox, QDi
                                  QWidget)
 
 from ..core import settings as core_settings
-from ..core.catalog import list_models
 from ..core.errors import DrSegError, InputError
+from ..core.models import download
+from ..core.models.catalog import list_models
+from ..core.models.registry import CLIP_MODEL_CHOICES, DEFAULT_CLIP_WEIGHTS, DINO_MODEL_CHOICES, SAM_MODELS
 from ..core.settings import Settings
 from ..qgis_bridge import tasks as bridge_tasks
 from ..qgis_bridge.engine import keep_triton_out
@@ -110,17 +112,18 @@ class SettingsDialog(QDialog):
         self.override_label.setVisible(bool(overrides))
         form.addRow(self.override_label)
 
-        self.clip_model_combo = self._combo(core_settings.CLIP_MODEL_CHOICES, editable=True)
+        self.clip_model_combo = self._combo(CLIP_MODEL_CHOICES, editable=True)
         self.clip_model_combo.setToolTip("open_clip architecture, or an open_clip config .json file")
         form.addRow("CLIP model", self.clip_model_combo)
-        self.clip_weights_combo = self._combo(["openai"] + _catalog_names("clip"), editable=True)
-        self.clip_weights_combo.setToolTip("open_clip tag ('openai'), catalog model or checkpoint file")
+        self.clip_weights_combo = self._combo([DEFAULT_CLIP_WEIGHTS] + _catalog_names("clip"), editable=True)
+        self.clip_weights_combo.setToolTip(f"open_clip tag ('{DEFAULT_CLIP_WEIGHTS}'), catalog model "
+                                           "or checkpoint file")
         form.addRow("CLIP weights", self.clip_weights_combo)
-        self.dino_model_combo = self._combo(core_settings.DINO_MODELS)
+        self.dino_model_combo = self._combo(DINO_MODEL_CHOICES)
         form.addRow("DINO model", self.dino_model_combo)
         self.dino_weights_combo = self._combo(_catalog_names("dino"), editable=True)
         form.addRow("DINO weights", self.dino_weights_combo)
-        self.sam_model_combo = self._combo(core_settings.SAM_MODELS)
+        self.sam_model_combo = self._combo(SAM_MODELS)
         form.addRow("SAM model", self.sam_model_combo)
         self.sam_weights_combo = self._combo(_catalog_names("sam"), editable=True)
         form.addRow("SAM weights", self.sam_weights_combo)
@@ -379,9 +382,6 @@ class SettingsDialog(QDialog):
         name = self.selected_model()
         if name is None or self.task is not None:
             return None
-        download = self._download_module()
-        if download is None:
-            return None
         settings = self._cache_settings()
         mirror_problems = [p for p in settings.validate() if "Mirror" in p]
         if mirror_problems:
@@ -404,9 +404,6 @@ class SettingsDialog(QDialog):
             path, _ = QFileDialog.getOpenFileName(self, f"Import the checkpoint of {name}")
             if not path:
                 return None
-        download = self._download_module()
-        if download is None:
-            return None
         cache = self._cache_settings().effective_cache_dir()
 
         def work(progress, cancelled, status):
@@ -414,16 +411,6 @@ class SettingsDialog(QDialog):
 
         return self._start(f"DR-Seg: importing {name}", work, f"Verifying and importing {name}…",
                            f"Import of {name}")
-
-    def _download_module(self):
-        try:
-            keep_triton_out()
-            from ..core import download  # imports torch (the checkpoint checks need it)
-        except ImportError as exc:
-            self.transfer_label.setText("Downloading and verifying models needs torch, which is not "
-                                        f"installed ({exc}); install DR-Seg's Python packages first")
-            return None
-        return download
 
     def _start(self, description: str, work, message: str, label: str) -> ModelTransferTask:
         task = ModelTransferTask(description, work, on_finished=self._transfer_done, label=label)
@@ -466,15 +453,9 @@ class SettingsDialog(QDialog):
 
 def cache_state(entry, cache_dir: str) -> str:
     """'downloaded', 'partly downloaded' or 'not downloaded' for the list (cheap: no hashing)."""
-    try:
-        from ..core.download import cached_path
-
-        present = cached_path(entry, cache_dir) is not None
-    except ImportError:  # no torch: only look for the file
-        present = os.path.isfile(os.path.join(cache_dir, entry.file))
-    if present:
+    if download.cached_path(entry, cache_dir) is not None:
         return STATE_DOWNLOADED
-    if os.path.isfile(os.path.join(cache_dir, entry.download_name + ".part")):  # download.PART_SUFFIX
+    if os.path.isfile(os.path.join(cache_dir, entry.download_name + download.PART_SUFFIX)):
         return STATE_PARTIAL
     return STATE_MISSING
 

@@ -7,18 +7,19 @@ numpy/torch/timm only. Public API:
 * graph: `build_knn_graph` -> `KnnGraph` (indices/weights (N,k), `matmul`, `to_sparse`,
   `laplacian_energy`), `propagate` (diffuse | anchored | closed), `proxy_attention`.
 * fusion: `fuse`, `fusion_weights`, `normalized_entropy`.
-* dino: `DINO_ARCHS`, `make_dino`, `load_dino`, `DinoBackbone`, `align_to_grid`.
+* dino: `make_dino`, `load_dino_checkpoint`, `DinoBackbone`, `align_to_grid` (the model names:
+  `core.models.registry.DINO_MODELS`).
 * rectify: `DrSegRectifier`, `DrSegScorer`, `clip_logits`.
 """
 from .decouple import CRITERIA, ChannelSplit, apply_structural, channel_scores, decouple, split_channels
-from .dino import DINO_ARCHS, DinoBackbone, align_to_grid, load_dino, make_dino
+from .dino import DinoBackbone, align_to_grid, load_dino_checkpoint, make_dino
 from .fusion import fuse, fusion_weights, normalized_entropy
 from .graph import KnnGraph, build_knn_graph, propagate, proxy_attention
 from .rectify import DrSegRectifier, DrSegScorer, RectifyInfo, clip_logits
 
 __all__ = [
     "CRITERIA", "ChannelSplit", "apply_structural", "channel_scores", "decouple", "split_channels",
-    "DINO_ARCHS", "DinoBackbone", "align_to_grid", "load_dino", "make_dino",
+    "DinoBackbone", "align_to_grid", "load_dino_checkpoint", "make_dino",
     "fuse", "fusion_weights", "normalized_entropy",
     "KnnGraph", "build_knn_graph", "propagate", "proxy_attention",
     "DrSegRectifier", "DrSegScorer", "RectifyInfo", "clip_logits",

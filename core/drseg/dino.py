@@ -1,6 +1,6 @@
 """DINO / DINOv2 backbones (timm ViT definitions, weights from local files) and grid alignment.
 
-Supported names (`DINO_ARCHS`) and the release formats their loader accepts:
+Supported names (`core.models.registry.DINO_MODELS`) and the release formats their loader accepts:
 
 * ``dino_vits8``, ``dino_vitb8`` — DINO (Caron et al. 2021) ViT-S/8, ViT-B/8: the plain backbone
   state dicts the authors release (``cls_token``, ``pos_embed`` for 28x28 patches + cls,
@@ -11,48 +11,28 @@ Supported names (`DINO_ARCHS`) and the release formats their loader accepts:
   dicts with layer scale (``blocks.N.ls1.gamma``), a 37x37+1 ``pos_embed`` (518 px) and a
   ``mask_token`` (dropped); checkpoints with chunked blocks (``blocks.0.N.``) are flattened.
 
-Any `module.` prefix is stripped; a `state_dict`/`model` wrapper is unwrapped (core/checkpoints).
+Any `module.` prefix is stripped; a `state_dict`/`model` wrapper is unwrapped
+(core/models/checkpoints.py).
 Positional embeddings are resampled (bicubic) when a checkpoint was trained at another size, and
 interpolated per input at run time (timm ``dynamic_img_size``), so any tile size works.
 """
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..checkpoints import load_state_dict
 from ..errors import ModelError
 from ..interrupt import install_cancel_points
+from ..models.checkpoints import load_state_dict
+from ..models.registry import DINO_MODELS, DinoArch
 
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)  # on the 0..255 scale
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
-
-@dataclass(frozen=True)
-class DinoArch:
-    timm_name: str
-    patch_size: int
-    embed_dim: int
-    depth: int
-    num_heads: int
-    layer_scale: bool
-    img_size: int
-
-
-DINO_ARCHS: Dict[str, DinoArch] = {
-    "dino_vits8": DinoArch("vit_small_patch8_224", 8, 384, 12, 6, False, 224),
-    "dino_vitb8": DinoArch("vit_base_patch8_224", 8, 768, 12, 12, False, 224),
-    "dinov2_vits14": DinoArch("vit_small_patch14_dinov2", 14, 384, 12, 6, True, 518),
-    "dinov2_vitb14": DinoArch("vit_base_patch14_dinov2", 14, 768, 12, 12, True, 518),
-}
-
-# Small widths for tests: the same timm definitions, patch sizes and token layout.
-TINY_DIMS = dict(embed_dim=32, depth=2, num_heads=2)
 
 FEATURE_KINDS = ("tokens", "keys")
 
@@ -61,27 +41,23 @@ _IGNORED = re.compile(r"^(head\.|mask_token$|fc_norm\.|student\.|optimizer)")
 
 
 def _arch(name: str) -> DinoArch:
-    if name not in DINO_ARCHS:
-        raise ModelError(f"Unknown DINO model '{name}'; choose one of {', '.join(DINO_ARCHS)}")
-    return DINO_ARCHS[name]
+    if name not in DINO_MODELS:
+        raise ModelError(f"Unknown DINO model '{name}'; choose one of {', '.join(DINO_MODELS)}")
+    return DINO_MODELS[name]
 
 
-def _dims(arch: DinoArch, tiny: bool, overrides: Optional[dict]) -> dict:
-    dims = dict(embed_dim=arch.embed_dim, depth=arch.depth, num_heads=arch.num_heads)
-    if tiny:
-        dims.update(TINY_DIMS)
-    dims.update(overrides or {})
-    return dims
+def build_timm_vit(name: str, **dims):
+    """The timm VisionTransformer for a DINO model name, random weights (never downloads).
 
-
-def build_timm_vit(name: str, tiny: bool = False, **overrides):
-    """The timm VisionTransformer for a DINO arch name, random weights (never downloads)."""
+    dims: embed_dim, depth, num_heads other than the release's (same definition, patch size and
+    token layout; e.g. small widths for tests and benchmarks)."""
     import timm
 
     arch = _arch(name)
+    sizes = dict(embed_dim=arch.embed_dim, depth=arch.depth, num_heads=arch.num_heads)
+    sizes.update(dims)
     return timm.create_model(arch.timm_name, pretrained=False, num_classes=0,
-                             dynamic_img_size=True, img_size=arch.img_size,
-                             **_dims(arch, tiny, overrides))
+                             dynamic_img_size=True, img_size=arch.img_size, **sizes)
 
 
 class DinoBackbone(torch.nn.Module):
@@ -143,9 +119,9 @@ class DinoBackbone(torch.nn.Module):
         return tokens.permute(0, 2, 1).reshape(b, -1, h, w)
 
 
-def make_dino(name: str, tiny: bool = False, feature: str = "tokens", **overrides) -> DinoBackbone:
-    """A DINO backbone with random weights (tests, benchmarks). tiny: width 32, depth 2."""
-    return DinoBackbone(name, build_timm_vit(name, tiny=tiny, **overrides), feature=feature)
+def make_dino(name: str, feature: str = "tokens", **dims) -> DinoBackbone:
+    """A DINO backbone with random weights (tests, benchmarks); dims as in `build_timm_vit`."""
+    return DinoBackbone(name, build_timm_vit(name, **dims), feature=feature)
 
 
 def _guess_arch(state: Dict[str, torch.Tensor]) -> str:
@@ -155,7 +131,7 @@ def _guess_arch(state: Dict[str, torch.Tensor]) -> str:
     width, p = int(patch.shape[0]), int(patch.shape[-1])
     depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
     scale = any(k.endswith("ls1.gamma") for k in state)
-    for name, arch in DINO_ARCHS.items():
+    for name, arch in DINO_MODELS.items():
         if (arch.patch_size, arch.embed_dim, arch.depth, arch.layer_scale) == (p, width, depth, scale):
             return f"it looks like '{name}'"
     return (f"it holds a ViT with {p}px patches, width {width}, {depth} blocks"
@@ -210,15 +186,16 @@ def _check_and_fit(name: str, path: str, state: Dict[str, torch.Tensor], model) 
     return state
 
 
-def load_dino(name: str, path: str, device: Union[str, torch.device] = "cpu",
-              feature: str = "tokens", key: Optional[str] = "auto", tiny: bool = False,
-              **overrides) -> DinoBackbone:
-    """Build `name` with timm (no download) and load the weights in `path`.
+def load_dino_checkpoint(name: str, path: str, device: Union[str, torch.device] = "cpu",
+                         feature: str = "tokens", key: Optional[str] = "auto",
+                         **dims) -> DinoBackbone:
+    """Build `name` with timm (no download) and load the weights in the file `path`.
 
     key: "auto" reads a plain state dict and, if the file holds a training checkpoint, its
     'teacher' entry; None or "teacher" force one of them. Raises ModelError with a readable
     message for missing files, unreadable files and weights of another architecture.
-    tiny/overrides: smaller widths of the same definition (tests).
+    dims: other widths of the same definition (`build_timm_vit`). The loader with the models'
+    common shape (catalog names, the cache) is `core.models.dino.load_dino`.
     """
     _arch(name)
     prefixes = ("module.", "backbone.")
@@ -232,7 +209,7 @@ def load_dino(name: str, path: str, device: Union[str, torch.device] = "cpu",
                 raise plain_error from None
     else:
         state = load_state_dict(path, key=key, strip_prefixes=prefixes)
-    model = build_timm_vit(name, tiny=tiny, **overrides)
+    model = build_timm_vit(name, **dims)
     state = _check_and_fit(name, path, convert_state_dict(state), model)
     model.load_state_dict(state, strict=True)
     return DinoBackbone(name, model, feature=feature).to(device)

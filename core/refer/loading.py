@@ -40,14 +40,19 @@ def load_models(request: ReferringRequest, sam=None, clip=None, monitor: Optiona
                                     + (f" of {total / 2 ** 20:.0f} MB" if total else " MB"))
         return report
 
+    cache_dir = request.cache_dir
+    if cache_dir is None and (sam is None or clip is None):
+        from ..models.download import resolve_cache_dir
+
+        cache_dir = resolve_cache_dir()  # once for both models
     if sam is None:
-        from ..sam_models import sam_model
+        from ..models.shared import sam_model
 
         sam = sam_model(request.sam_model, request.sam_weights, str(device),
-                        download_progress=downloading("SAM"))
+                        download_progress=downloading("SAM"), cache_dir=cache_dir)
     if clip is None:
-        from ..model_cache import dense_clip_scorer
+        from ..models.shared import dense_clip_scorer
 
         clip = dense_clip_scorer(request.clip_model, request.clip_weights, str(device),
-                                 download_progress=downloading("CLIP"))
+                                 download_progress=downloading("CLIP"), cache_dir=cache_dir)
     return sam, localizer_for(clip), str(device)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
 from ..errors import InputError
+from ..models.registry import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DEVICE, DEFAULT_SAM_MODEL
 from .parse import ParsedExpression, parse_expression
 from .pipeline import QueryTimings, ReferringResult, ReferringSession, ReferringSettings
 
@@ -25,17 +26,18 @@ class ReferringRequest:
     resolution: Optional[float] = None         # working pixel size, metres; None: see max_size
     max_size: Optional[int] = DEFAULT_MAX_SIZE  # long side cap without resolution; None: native
     bands: Optional[Sequence[int]] = None
-    sam_model: str = "vit_b"
+    sam_model: str = DEFAULT_SAM_MODEL
     sam_weights: Optional[str] = None          # file, catalog name, None: the catalog's for sam_model
-    clip_model: str = "ViT-B-16"
-    clip_weights: str = "openai"
-    device: str = "auto"
+    clip_model: str = DEFAULT_CLIP_MODEL
+    clip_weights: str = DEFAULT_CLIP_WEIGHTS
+    device: str = DEFAULT_DEVICE
     threshold: float = 0.0                     # results scoring below this are dropped
     tile_size: int = DEFAULT_TILE_SIZE
     tile_overlap: int = DEFAULT_TILE_OVERLAP
     simplify: float = 0.0                      # polygon simplification, pixels
     layer_name: str = DEFAULT_LAYER
     settings: Optional[ReferringSettings] = None
+    cache_dir: Optional[str] = None            # model cache; None: resolved from the settings
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """Building segment_anything (SAM v1) models and loading their weights safely.
 
-    sam = load_sam("vit_b", "sam-vit-b")          # catalog name: cached, or downloaded once
+    sam = load_sam("vit_l", "sam-vit-l")          # catalog name: cached, or downloaded once
     sam = load_sam("vit_l", "/data/sam_vit_l_0b3195.pth")
-    sam = sam_model("vit_b", None, "auto")        # the same, shared by later runs of the process
+    sam = shared.sam_model("vit_l", None, "auto") # the same, shared by later runs of the process
 
 The model is built with `sam_model_registry[model_type](checkpoint=None)` (segment_anything's own
 loader calls `torch.load` without `weights_only`, which can run code from a pickle) and the weights
@@ -20,15 +20,10 @@ from typing import Callable, Dict, Optional, Union
 
 import torch
 
+from ..errors import InputError, ModelError
 from .checkpoints import load_into, load_state_dict
 from .download import ensure_cached
-from .errors import InputError, ModelError
-
-SAM_TYPES = ("vit_b", "vit_l", "vit_h")
-DEFAULT_SAM_TYPE = "vit_b"
-RANDOM_WEIGHTS = "random"
-# The catalog checkpoint used when only the architecture is given.
-CATALOG_FOR_TYPE = {"vit_b": "sam-vit-b", "vit_l": "sam-vit-l", "vit_h": "sam-vit-h"}
+from .registry import DEFAULT_SAM_MODEL, RANDOM_WEIGHTS, SAM_CATALOG, SAM_MODELS
 
 _EXTRA_ARCHITECTURES: Dict[str, Callable[[], torch.nn.Module]] = {}
 
@@ -48,19 +43,19 @@ def sam_architectures() -> Dict[str, Callable[[], torch.nn.Module]]:
     return builders
 
 
-def load_sam(model_type: Optional[str] = DEFAULT_SAM_TYPE, weights: Optional[str] = None,
-             device: Union[str, torch.device] = "cpu", cache_dir: Optional[str] = None,
-             progress=None) -> torch.nn.Module:
+def load_sam(model_name: Optional[str] = DEFAULT_SAM_MODEL, weights: Optional[str] = None,
+             device: Union[str, torch.device] = "cpu", *, cache_dir: Optional[str] = None,
+             mirror: Optional[str] = None, progress=None) -> torch.nn.Module:
     """-> segment_anything `Sam` in eval mode on `device` with `weights` loaded.
 
-    model_type: 'vit_b', 'vit_l' or 'vit_h' (None: the architecture of the catalog weights).
+    model_name: a SAM_MODELS type (None: the architecture of the catalog weights).
     Weights are resolved (and, for catalog names, downloaded when reachable) *before* the model
     is built, so a missing file fails at once. progress(bytes_done, bytes_total) follows a download.
     """
-    from .device import resolve_device
+    from ..device import as_device
 
-    torch_device = device if isinstance(device, torch.device) else resolve_device(device)
-    model_type, path = resolve_sam_weights(model_type, weights, cache_dir, progress)
+    torch_device = as_device(device)
+    model_type, path = resolve_sam_weights(model_name, weights, cache_dir, progress, mirror)
     builders = sam_architectures()
     model = builders[model_type]()
     if path != RANDOM_WEIGHTS:
@@ -70,25 +65,25 @@ def load_sam(model_type: Optional[str] = DEFAULT_SAM_TYPE, weights: Optional[str
 
 
 def resolve_sam_weights(model_type: Optional[str], weights: Optional[str],
-                        cache_dir: Optional[str] = None, progress=None):
+                        cache_dir: Optional[str] = None, progress=None, mirror: Optional[str] = None):
     """-> (model_type, checkpoint path or 'random'); raises InputError / ModelError with advice."""
     builders = sam_architectures()
     if model_type is not None:
         model_type = str(model_type).strip().lower().replace("-", "_")
         if model_type not in builders:
-            raise InputError(f"Unknown SAM model '{model_type}'; choose one of {', '.join(SAM_TYPES)}")
+            raise InputError(f"Unknown SAM model '{model_type}'; choose one of {', '.join(SAM_MODELS)}")
     if weights is not None and str(weights).strip() == "":
         weights = None
     if weights == RANDOM_WEIGHTS:
-        return model_type or DEFAULT_SAM_TYPE, RANDOM_WEIGHTS
+        return model_type or DEFAULT_SAM_MODEL, RANDOM_WEIGHTS
     if weights is not None and os.path.isfile(os.fspath(weights)):
-        return model_type or DEFAULT_SAM_TYPE, os.fspath(weights)
+        return model_type or DEFAULT_SAM_MODEL, os.fspath(weights)
     entry = _catalog_entry(model_type, weights)
     if model_type is not None and entry.architecture != model_type:
         raise InputError(f"The SAM weights '{entry.name}' are for {entry.architecture}, not "
                          f"{model_type}; choose --sam-model {entry.architecture} or other weights")
     return entry.architecture, ensure_cached(entry, "SAM weights", "--sam-weights", "SAM weights",
-                                             cache_dir, progress)
+                                             cache_dir, progress, mirror)
 
 
 def _catalog_entry(model_type: Optional[str], weights: Optional[str]):
@@ -96,7 +91,7 @@ def _catalog_entry(model_type: Optional[str], weights: Optional[str]):
 
     entries = {entry.name.lower(): entry for entry in list_models("sam")}
     if weights is None:
-        name = CATALOG_FOR_TYPE.get(model_type or DEFAULT_SAM_TYPE)
+        name = SAM_CATALOG.get(model_type or DEFAULT_SAM_MODEL)
         if name is None:
             raise InputError(f"SAM model '{model_type}' has no catalog checkpoint; give a weights "
                              "file with --sam-weights PATH")
@@ -108,15 +103,3 @@ def _catalog_entry(model_type: Optional[str], weights: Optional[str]):
         raise ModelError(f"SAM weights file not found: '{weights}'")
     raise InputError(f"'{weights}' is neither a SAM weights file nor a catalog name "
                      f"({', '.join(sorted(entries))})")
-
-
-def sam_model(model_type: Optional[str] = DEFAULT_SAM_TYPE, weights: Optional[str] = None,
-              device: str = "auto", download_progress=None) -> torch.nn.Module:
-    """`load_sam` through the process-wide model cache (one load per process and device)."""
-    from .device import resolve_device
-    from .model_cache import cached
-
-    torch_device = resolve_device(device) if not isinstance(device, torch.device) else device
-    key_type, path = resolve_sam_weights(model_type, weights, None, download_progress)
-    return cached(("sam", key_type, str(path), str(torch_device)),
-                  lambda: load_sam(key_type, path, torch_device))

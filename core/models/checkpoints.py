@@ -3,8 +3,9 @@
 A checkpoint file must never be able to run code, so pickles that hold anything but tensors and
 plain containers are refused with a clear message, and so are TorchScript archives. Files that are
 not weights at all (an HTML error page saved by a failed download, an empty or truncated file, a
-zip archive around the real checkpoint) are recognised before torch sees them, so the user reads
-what is wrong and what to do instead of a pickle traceback.
+zip archive around the real checkpoint) are recognised before torch sees them (`formats`, which
+the downloader uses without torch), so the user reads what is wrong and what to do instead of a
+pickle traceback.
 
 `load_into(model, state, what)` puts a state dict into a module and turns missing, unexpected and
 wrongly shaped keys into one short `ModelError`.
@@ -17,11 +18,12 @@ import pickle
 import pickletools
 import warnings
 import zipfile
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional
 
 import torch
 
-from .errors import ModelError
+from ..errors import ModelError
+from .formats import SAFETENSORS, UNKNOWN, is_torchscript, probe_format, refuse_non_weights
 
 # Top-level keys that wrap the real state dict in training checkpoints (open_clip training runs
 # save {'state_dict': ...}, many repositories {'model': ...}, DINO training runs {'teacher': ...}).
@@ -29,18 +31,6 @@ _WRAPPERS = ("state_dict", "model", "teacher")
 
 # Modules a plain weights pickle may name; anything else in a refused pickle is reported as code.
 _SAFE_GLOBAL_PREFIXES = ("torch.", "collections.OrderedDict", "_codecs.encode")
-
-_MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
-
-# What `probe_format` can answer.
-SAFETENSORS = "safetensors"
-TORCH_ZIP = "torch-zip"          # torch.save's default format (a zip holding data.pkl)
-TORCH_LEGACY = "torch-legacy"    # torch.save(..., _use_new_zipfile_serialization=False) or a pickle
-TORCHSCRIPT = "torchscript"
-ZIP_ARCHIVE = "zip-archive"      # a plain zip (e.g. a checkpoint packed for download)
-HTML = "html"
-EMPTY = "empty"
-UNKNOWN = "unknown"
 
 
 def load_state_dict(path: str, key: Optional[str] = None,
@@ -56,7 +46,7 @@ def load_state_dict(path: str, key: Optional[str] = None,
     if not os.path.isfile(path):
         raise ModelError(f"Checkpoint file not found: '{path}'")
     kind = probe_format(path)
-    _refuse_non_weights(path, kind)
+    refuse_non_weights(path, kind)
     if kind == SAFETENSORS or (kind == UNKNOWN and str(path).endswith(".safetensors")):
         obj = _safetensors_load(path)
     else:
@@ -110,58 +100,6 @@ def load_into(model: torch.nn.Module, state: Dict[str, torch.Tensor], what: str,
     return model
 
 
-def probe_format(path: str) -> str:
-    """Tell what kind of file `path` is from its first bytes, without unpickling anything."""
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(64)
-    except OSError as exc:
-        raise ModelError(f"Cannot read checkpoint '{path}' ({exc.strerror or exc})") from None
-    if not head:
-        return EMPTY
-    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
-        return _probe_zip(path)
-    if len(head) >= 9 and head[8:9] == b"{":
-        header_len = int.from_bytes(head[:8], "little")
-        if 2 <= header_len <= _MAX_SAFETENSORS_HEADER:
-            return SAFETENSORS
-    if head.lstrip()[:1] == b"<":
-        return HTML
-    if head[:1] == b"\x80":  # pickle protocol marker; torch's legacy format starts with one
-        return TORCH_LEGACY
-    return UNKNOWN
-
-
-def _probe_zip(path: str) -> str:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except (zipfile.BadZipFile, OSError, ValueError):
-        return TORCH_ZIP  # looks like a zip but is damaged: torch.load reports it as corrupt
-    if any(name.endswith("constants.pkl") or "/code/" in name for name in names):
-        return TORCHSCRIPT
-    if any(name.endswith("data.pkl") for name in names):
-        return TORCH_ZIP
-    return ZIP_ARCHIVE
-
-
-def _refuse_non_weights(path: str, kind: str) -> None:
-    if kind == EMPTY:
-        raise ModelError(f"Checkpoint '{path}' is empty (0 bytes); download it again")
-    if kind == HTML:
-        raise ModelError(f"Checkpoint '{path}' is a web page (HTML), not model weights: the download "
-                         "probably failed or needed a login; download it again or import the real file")
-    if kind == TORCHSCRIPT:
-        raise ModelError(f"Checkpoint '{path}' is a TorchScript archive, which can run code; "
-                         "use a plain state-dict or safetensors file instead")
-    if kind == ZIP_ARCHIVE:
-        with zipfile.ZipFile(path) as archive:
-            inside = [n for n in archive.namelist() if not n.endswith("/")][:3]
-        raise ModelError(f"'{path}' is a zip archive, not a checkpoint (it holds {', '.join(inside)}"
-                         f"{' ...' if len(inside) == 3 else ''}); extract the checkpoint file "
-                         "and use that")
-
-
 def _safetensors_load(path: str):
     try:
         from safetensors.torch import load_file
@@ -184,7 +122,7 @@ def _torch_load(path: str):
             with torch.serialization.safe_globals([argparse.Namespace]):
                 return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if _is_torchscript(path):
+        if is_torchscript(path):
             raise ModelError(f"Checkpoint '{path}' is a TorchScript archive, which can run code; "
                              "use a plain state-dict or safetensors file instead") from None
         code = _code_globals(path)
@@ -200,14 +138,6 @@ def _torch_load(path: str):
         detail = _first_line(exc) or type(exc).__name__
         raise ModelError(f"Checkpoint '{path}' is corrupt or truncated ({detail}); "
                          "download it again") from None
-
-
-def _is_torchscript(path: str) -> bool:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return any(name.endswith("constants.pkl") or "/code/" in name for name in archive.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
 
 
 def _mentions_global(message: str) -> bool:
@@ -303,8 +233,3 @@ def _first_line(exc: BaseException) -> str:
     if ". " in line:
         line = line.split(". ", 1)[0]
     return line[:200].rstrip(".")
-
-
-def describe_file(path: str) -> Tuple[str, int]:
-    """(format, size in bytes) of a file, for messages and `models verify`."""
-    return probe_format(path), os.path.getsize(path)

@@ -1,40 +1,51 @@
 """Building open_clip models and loading their weights safely.
 
-`model_name` is an open_clip architecture ('ViT-B-16', 'ViT-L-14-quickgelu', ...) or a JSON file
-with an open_clip model config (embed_dim, vision_cfg, text_cfg). `weights` is a checkpoint
-file, a model-catalog name, an open_clip pretrained tag ('openai'), or 'random' (untrained
-weights, for tests and speed measurements only).
+    clip = load_clip(model_name, weights, device)      # -> LoadedClip(model, tokenizer)
+
+`model_name` is an open_clip architecture (the registry's DEFAULT_CLIP_MODEL, 'ViT-L-14-quickgelu',
+...) or a JSON file with an open_clip model config (embed_dim, vision_cfg, text_cfg). `weights`
+is a checkpoint file, a model-catalog name, an open_clip pretrained tag (DEFAULT_CLIP_WEIGHTS),
+or 'random' (untrained weights, for tests and speed measurements only).
 """
 from __future__ import annotations
 
 import json
 import os
 from urllib.parse import urlparse
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Union
 
 import torch
 
-from .advice import file_advice
+from ..advice import file_advice
+from ..errors import InputError, ModelError
 from .checkpoints import load_into, load_state_dict
 from .download import ensure_cached, server_reachable
-from .errors import InputError, ModelError
+from .registry import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, RANDOM_WEIGHTS
 
-DEFAULT_CLIP_MODEL = "ViT-B-16"
-DEFAULT_CLIP_WEIGHTS = "openai"
-RANDOM_WEIGHTS = "random"
+
+class LoadedClip(NamedTuple):
+    """An open_clip CLIP model in eval mode and its tokenizer (unpacks as `model, tokenizer`)."""
+
+    model: torch.nn.Module
+    tokenizer: object
 
 
 def load_clip(model_name: str = DEFAULT_CLIP_MODEL, weights: Optional[str] = DEFAULT_CLIP_WEIGHTS,
-              device: torch.device = torch.device("cpu"), cache_dir: Optional[str] = None,
-              progress=None) -> Tuple[torch.nn.Module, object]:
-    """-> (open_clip CLIP model in eval mode on `device`, tokenizer).
+              device: Union[str, torch.device] = "cpu", *, cache_dir: Optional[str] = None,
+              mirror: Optional[str] = None, progress=None) -> LoadedClip:
+    """-> LoadedClip(open_clip CLIP model in eval mode on `device`, tokenizer).
 
     weights: a checkpoint file, a catalog name ('remoteclip-vit-b-32', see `python -m drseg
-    models list`), an open_clip pretrained tag of `model_name` ('openai'), or 'random'.
+    models list`), an open_clip pretrained tag of `model_name`, or 'random'; None: the default.
     Catalog weights are downloaded once into the model cache, verified, and reused.
+    device: a torch.device or a name ('auto', 'cpu', 'cuda', ...). cache_dir, mirror: as resolved
+    by the caller (None: `settings.resolve`). progress(bytes_done, bytes_total) follows a download.
     """
     import open_clip
 
+    from ..device import as_device
+
+    torch_device = as_device(device)
     weights = weights or DEFAULT_CLIP_WEIGHTS
     is_file = os.path.isfile(str(weights))
     if not is_file and looks_like_path(str(weights)):
@@ -57,7 +68,7 @@ def load_clip(model_name: str = DEFAULT_CLIP_MODEL, weights: Optional[str] = DEF
         path = weights
         if entry is not None:
             path = ensure_cached(entry, "CLIP weights", "--clip-weights", "CLIP weights",
-                                 cache_dir, progress)
+                                 cache_dir, progress, mirror)
         elif not is_file and weights != RANDOM_WEIGHTS:
             # Fetch (or find in the cache) before building: an offline failure should be quick.
             path = _download_pretrained(model_name, weights)
@@ -68,7 +79,7 @@ def load_clip(model_name: str = DEFAULT_CLIP_MODEL, weights: Optional[str] = DEF
         state = load_state_dict(path, key=key, strip_prefixes=prefixes)
         load_into(model, state, f"CLIP {model_name} ('{os.path.basename(str(path))}')",
                   ignore_missing=("logit_bias",))
-    return model.to(device).eval(), tokenizer
+    return LoadedClip(model.to(torch_device).eval(), tokenizer)
 
 
 # Endings of checkpoint files: a weights value with one of these (or a folder in it) is a path.
@@ -82,7 +93,8 @@ def looks_like_path(weights: str) -> bool:
 
 
 def catalog_entry(model_name: str, weights: str):
-    """The catalog entry meant by `weights`: its own name, or 'clip-<model>-<tag>' ('openai')."""
+    """The catalog entry meant by `weights`: its own name, or 'clip-<model>-<tag>' (an open_clip
+    tag the catalog mirrors)."""
     from .catalog import list_models
 
     entries = {entry.name.lower(): entry for entry in list_models("clip")}

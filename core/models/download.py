@@ -8,9 +8,9 @@
   `os.replace` only then. A file that fails is deleted, never kept.
 - Each cached file gets a small record (`<file>.verified.json`) with the SHA-256 measured when it
   was verified, so `verify` can later detect damage even for checkpoints without a published hash.
-- Cache directory: `DRSEG_CACHE_DIR` overrides the setting passed in, which overrides the platform
-  default. Mirror: `DRSEG_MODEL_MIRROR` overrides the setting; a mirror serves the same file names
-  (URL = mirror + '/' + name).
+- Cache folder and mirror follow `settings.resolve`: the folder or mirror passed in, else
+  `DRSEG_CACHE_DIR` / `DRSEG_MODEL_MIRROR`, else the saved settings, else the platform default
+  (no mirror). A mirror serves the same file names (URL = mirror + '/' + name).
 - Progress is reported as (bytes_done, bytes_total or None); cancellation is a plain callable that
   returns True to stop (the partial file is kept for a later resume).
 """
@@ -30,13 +30,13 @@ import zipfile
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Union
 
-from . import checkpoints
-from .advice import download_advice, file_advice, import_advice
+from ..advice import download_advice, file_advice, import_advice
+from ..errors import ModelError, RunCancelled
+from ..settings import CACHE_ENV, MIRROR_ENV, default_cache_dir  # noqa: F401 (for callers)
+from ..settings import resolve as resolve_setting
+from . import formats
 from .catalog import ModelEntry, get_model
-from .errors import ModelError, RunCancelled
 
-CACHE_ENV = "DRSEG_CACHE_DIR"
-MIRROR_ENV = "DRSEG_MODEL_MIRROR"
 USER_AGENT = "drseg-model-downloader/1"
 RECORD_SUFFIX = ".verified.json"
 PART_SUFFIX = ".part"
@@ -48,43 +48,26 @@ StatusFn = Callable[[str], None]
 _CHUNK = 1 << 20
 
 
-# ----------------------------------------------------------------------------- settings
+# ----------------------------------------------------------------------------- cache and mirror
 
-def default_cache_dir() -> str:
-    """The platform's per-user cache folder for DR-Seg models."""
-    from .settings import default_cache_dir as platform_default
-
-    return platform_default()
-
-
-def _saved_setting(name: str) -> str:
-    """A value from the settings file the dock and the settings page write (\"\" if unset)."""
-    from .settings import load_settings_or_defaults
-
-    settings, _ = load_settings_or_defaults()
-    return str(getattr(settings, name, "") or "").strip()
+def resolve_cache_dir(cache_dir: Optional[str] = None) -> str:
+    """The model cache folder: `cache_dir` when given, else `DRSEG_CACHE_DIR`, else the saved
+    settings' folder (so the CLI, Processing and the dock share one cache), else the platform
+    default (`settings.resolve`). Not created here. Resolve it once per run and pass the folder
+    to the functions below: without one, each call reads the settings file."""
+    return resolve_setting("cache_dir", cache_dir)[0]
 
 
-def resolve_cache_dir(setting: Optional[str] = None) -> str:
-    """`DRSEG_CACHE_DIR` if set, else the given setting, else the saved settings' cache folder
-    (so the CLI, Processing and the dock share one cache), else the platform default. The folder
-    is not created here."""
-    chosen = (os.environ.get(CACHE_ENV, "").strip() or (str(setting).strip() if setting else "")
-              or _saved_setting("cache_dir"))
-    return os.path.abspath(os.path.expanduser(chosen)) if chosen else default_cache_dir()
-
-
-def resolve_mirror(setting: Optional[str] = None) -> Optional[str]:
-    """`DRSEG_MODEL_MIRROR` if set, else the given setting, else the saved settings' mirror, else
-    None (use each model's own URL)."""
-    chosen = (os.environ.get(MIRROR_ENV, "").strip() or (str(setting).strip() if setting else "")
-              or _saved_setting("mirror_url"))
+def resolve_mirror(mirror: Optional[str] = None) -> Optional[str]:
+    """The mirror: `mirror` when given, else `DRSEG_MODEL_MIRROR`, else the saved settings'
+    mirror, else None (use each model's own URL). Raises ModelError for a URL of another kind."""
+    chosen = resolve_setting("mirror_url", mirror)[0]
     if not chosen:
         return None
     if not chosen.lower().startswith(("http://", "https://", "file://")):
         raise ModelError(f"Model mirror '{chosen}' is not an http(s):// or file:// URL; fix the "
                          f"mirror setting or {MIRROR_ENV}")
-    return chosen.rstrip("/")
+    return chosen
 
 
 # ----------------------------------------------------------------------------- targets
@@ -195,11 +178,12 @@ def cached_path(entry: Union[str, ModelEntry], cache_dir: Optional[str] = None,
     was verified); files only enter the cache verified. With `verify`, the SHA-256 is recomputed.
     """
     target = _target(entry)
-    final = os.path.join(resolve_cache_dir(cache_dir), target.file)
+    folder = resolve_cache_dir(cache_dir)
+    final = os.path.join(folder, target.file)
     if not os.path.isfile(final):
         return None
     if verify:
-        return final if verify_cached(target, cache_dir).ok else None
+        return final if verify_cached(target, folder).ok else None
     actual = os.path.getsize(final)
     if target.size is not None and not target.archive_member and actual != target.size:
         return None
@@ -437,17 +421,17 @@ def _finish(part, final, target: _Target, url, cancelled, status) -> str:
 
 
 def _reject_non_weights(path: str, target: _Target, url: Optional[str]) -> None:
-    kind = checkpoints.probe_format(path)
+    kind = formats.probe_format(path)
     want_zip = bool(target.archive_member)
-    bad = kind in (checkpoints.EMPTY, checkpoints.HTML) or \
-        (want_zip and kind != checkpoints.ZIP_ARCHIVE) or \
-        (not want_zip and kind in (checkpoints.ZIP_ARCHIVE, checkpoints.TORCHSCRIPT)) or \
-        (kind == checkpoints.UNKNOWN and not target.sha256)
+    bad = kind in (formats.EMPTY, formats.HTML) or \
+        (want_zip and kind != formats.ZIP_ARCHIVE) or \
+        (not want_zip and kind in (formats.ZIP_ARCHIVE, formats.TORCHSCRIPT)) or \
+        (kind == formats.UNKNOWN and not target.sha256)
     if bad:
         _discard_part(path)
-        what = {checkpoints.HTML: "a web page (HTML)", checkpoints.EMPTY: "an empty file",
-                checkpoints.TORCHSCRIPT: "a TorchScript archive",
-                checkpoints.ZIP_ARCHIVE: "a zip archive"}.get(
+        what = {formats.HTML: "a web page (HTML)", formats.EMPTY: "an empty file",
+                formats.TORCHSCRIPT: "a TorchScript archive",
+                formats.ZIP_ARCHIVE: "a zip archive"}.get(
                     kind, "not a zip archive" if want_zip else "not in a known checkpoint format")
         source = f" from {_host(url)}" if url else ""
         raise ModelError(f"The file received for '{target.label}'{source} is {what}, not the "
@@ -523,8 +507,8 @@ def import_file(path: str, entry: Union[str, ModelEntry], cache_dir: Optional[st
     folder = resolve_cache_dir(cache_dir)
     os.makedirs(folder, exist_ok=True)
     final = os.path.join(folder, target.file)
-    kind = checkpoints.probe_format(path)
-    if target.archive_member and kind == checkpoints.ZIP_ARCHIVE:
+    kind = formats.probe_format(path)
+    if target.archive_member and kind == formats.ZIP_ARCHIVE:
         if status:
             status(f"Verifying {os.path.basename(path)}")
         result = verify_file(path, target.size, target.sha256, cancelled, os.path.basename(path))
@@ -534,11 +518,11 @@ def import_file(path: str, entry: Union[str, ModelEntry], cache_dir: Optional[st
         extracted = _extract_member(path, final, target, cancelled, delete_damaged=False)
         _write_record(final, extracted, target, "file://" + path, source_sha256=result.sha256)
         return final
-    refused = (checkpoints.EMPTY, checkpoints.HTML, checkpoints.TORCHSCRIPT, checkpoints.ZIP_ARCHIVE)
-    if kind in refused or (kind == checkpoints.UNKNOWN and not (target.sha256 and not target.archive_member)):
-        what = {checkpoints.HTML: "a web page (HTML)", checkpoints.EMPTY: "empty",
-                checkpoints.TORCHSCRIPT: "a TorchScript archive (refused: it can run code)",
-                checkpoints.ZIP_ARCHIVE: "a zip archive"}.get(kind, "in no known checkpoint format")
+    refused = (formats.EMPTY, formats.HTML, formats.TORCHSCRIPT, formats.ZIP_ARCHIVE)
+    if kind in refused or (kind == formats.UNKNOWN and not (target.sha256 and not target.archive_member)):
+        what = {formats.HTML: "a web page (HTML)", formats.EMPTY: "empty",
+                formats.TORCHSCRIPT: "a TorchScript archive (refused: it can run code)",
+                formats.ZIP_ARCHIVE: "a zip archive"}.get(kind, "in no known checkpoint format")
         raise ModelError(f"'{path}' is {what}, not a checkpoint for '{entry.name}'; nothing was imported")
     if os.path.abspath(final) == path:
         copied = path
@@ -668,20 +652,24 @@ def server_reachable(url: str, timeout: float = 5.0) -> bool:
 
 
 def ensure_cached(entry: ModelEntry, what: str, option: str, field: str,
-                  cache_dir: Optional[str] = None, progress: Optional[ProgressFn] = None) -> str:
+                  cache_dir: Optional[str] = None, progress: Optional[ProgressFn] = None,
+                  mirror: Optional[str] = None) -> str:
     """The verified cached file of a catalog entry, downloading it first when its server can be
     reached; otherwise a ModelError saying how to get the file here by hand.
 
     what: 'CLIP weights'; option: the CLI flag ('--clip-weights'); field: the QGIS field name.
+    cache_dir, mirror: as resolved by the caller (None: resolved here, once).
     """
+    cache_dir = resolve_cache_dir(cache_dir)
     path = cached_path(entry, cache_dir)
     if path:
         return path
-    url = source_url(entry)
+    mirror = resolve_mirror(mirror)
+    url = source_url(entry, mirror)
     if not server_reachable(url):
         raise ModelError(
             f"The {what} '{entry.name}' ({entry.size_text()}) are not in the model cache and "
             f"{_host(url)} cannot be reached (no network?). On a connected machine "
             f"{download_advice(entry.name)}, or download {url} and {import_advice(entry.name)}, "
             f"or {file_advice(option, field)}")
-    return download(entry, cache_dir, progress=progress)
+    return download(entry, cache_dir, mirror=mirror, progress=progress)

@@ -16,10 +16,11 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from .errors import InputError, ModelError
+from ..errors import InputError, ModelError
+from .registry import FAMILIES
 
-FAMILIES = ("clip", "dino", "sam")
-CATALOG_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "models.json")
+CATALOG_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data",
+                            "models.json")
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _SAFE_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
