@@ -7,6 +7,7 @@ import configparser
 import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -139,7 +140,9 @@ def test_unload_during_a_run_cancels_it_and_adds_nothing(spied_iface, qgis_proce
 
     assert task.on_finished is None  # detached: calls nobody back
     assert wait_for(lambda: finished, 60)
-    assert finished == ["terminated"]
+    # Cancelled before it ran (QGIS terminates it) or while running (it completes, cancelled:
+    # no "Task failed" notification for a cancel).
+    assert finished in (["terminated"], ["completed"]) and task.was_cancelled
     assert list(qgis_new_project.mapLayers()) == [layer.id()]
     assert files_under(tmp_path) == before
     assert wait_for(lambda: task not in bridge_tasks.running(), 5)
@@ -537,4 +540,6 @@ def test_qgis_desktop_loads_the_plugin_and_runs_from_the_dock(tmp_path):
     assert "drseg-main" in report["active"] and report["dock_visible"] and report["finished"]
     xfail_on_known_geos_clash(report["error"] or "")
     assert report["error"] is None
-    assert report["layers"] == ["building, water", "scene"]
+    results = [name for name in report["layers"] if name != "scene"]
+    assert "scene" in report["layers"] and len(results) == 1
+    assert re.fullmatch(r"scene: building, water \(\d\d:\d\d:\d\d\)", results[0])
