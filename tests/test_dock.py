@@ -4,8 +4,9 @@ from __future__ import annotations
 import os
 
 import pytest
-from conftest_qgis import (fake_models, files_under, isolated_settings, plugin_iface,  # noqa: F401
-                           put_in_cache, raster_layer, tiny_clip, wait_for, write_raster)
+from conftest_qgis import (fake_models, files_under, isolated_settings, koeln_scene,  # noqa: F401
+                           plugin_iface, put_in_cache, raster_layer, tiny_clip, wait_for,
+                           write_raster)
 from qgis.core import (Qgis, QgsApplication, QgsCategorizedSymbolRenderer, QgsCoordinateReferenceSystem,
                        QgsPalettedRasterRenderer, QgsRasterLayer, QgsRectangle)
 
@@ -475,3 +476,30 @@ def test_an_unsaved_project_writes_to_a_kept_documented_folder(qgis_new_project,
     assert qgis_new_project.homePath() == ""
     folder = output_folder(qgis_new_project)
     assert folder == str(tmp_path / UNSAVED_PROJECT_FOLDER) and os.path.isdir(folder)
+
+
+def test_a_dock_run_on_the_real_aerial_scene(dock, qgis_iface, qgis_new_project, koeln_scene,
+                                             tmp_path, tiny_clip, fake_models):
+    """The OpenEarthMap tile of Köln (0.5 m, EPSG:25832) at 2 m: every working pixel ends up in
+    one polygon of the result, which is named after the scene and styled by class; the progress
+    bar moved through the run's stages."""
+    layer = raster_layer(koeln_scene, "koeln")
+    qgis_new_project.addMapLayer(layer)
+    dock.layer_combo.setLayer(layer)
+    dock.classes_edit.setPlainText("building, roof; tree; water")
+    dock.device_combo.setCurrentIndex(dock.device_combo.findData("cpu"))
+    dock.clip_model_combo.setCurrentText(tiny_clip)
+    dock.clip_weights_widget.setFilePath("random")
+    dock.resolution_spin.setValue(2.0)
+    dock.threshold_spin.setValue(0.0)
+    dock.output_widget.setFilePath(str(tmp_path / "koeln.gpkg"))
+    values = []
+    dock.progress_bar.valueChanged.connect(values.append)
+    task = run_and_wait(dock)
+    vector, _ = dock.last_layers
+    assert vector.crs().authid() == "EPSG:25832"
+    assert vector.name().startswith("koeln: building, tree, water (")
+    assert vector.featureCount() == task.result.polygon_count > 0
+    total = sum(f.geometry().area() for f in vector.getFeatures())
+    assert total == pytest.approx(500.0 * 500.0, rel=1e-6)
+    assert len(set(values)) >= 5 and values == sorted(values)  # it moved, never back
