@@ -245,6 +245,9 @@ class DrSegAlgorithm(QgsProcessingAlgorithm):
 
         def progress(fraction: float, message: str) -> None:
             feedback.setProgress(100.0 * share * fraction)
+            # The log gets each stage once: "(3/8: road)" and "(16/24 windows)" details of the
+            # engine's messages only move the bar.
+            message = (message or "").split(" (")[0]
             if steps and message and message != last["message"]:
                 last["message"] = message
                 feedback.setProgressText(message)

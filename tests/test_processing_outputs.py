@@ -233,3 +233,24 @@ def test_referring_toolbox_dialog_run_adds_its_layer(drseg_provider, tmp_path, q
     assert isinstance(renderer, QgsCategorizedSymbolRenderer)
     assert [c.value() for c in renderer.categories()] == ["the red roof"]
     assert os.path.isfile(tmp_path / "roof.qml")
+
+
+def test_processing_progress_moves_and_logs_each_stage_once(drseg_provider, fake_models, tmp_path):
+    raster = write_raster(tmp_path / "scene.tif", width=96, height=64)
+
+    class Recording(QgsProcessingFeedback):
+        def __init__(self):
+            super().__init__()
+            self.texts, self.values = [], []
+            self.progressChanged.connect(self.values.append)
+
+        def setProgressText(self, text):  # noqa: N802
+            super().setProgressText(text)
+            self.texts.append(text)
+
+    feedback = Recording()
+    run_algorithm(ALG, params(raster, CLASSES="building,roof; water; tree",
+                              OUTPUT=str(tmp_path / "out.gpkg")), feedback=feedback)
+    assert feedback.texts.count("Encoding class names") == 1  # 4 queries, one log line
+    assert not any("windows" in text for text in feedback.texts)
+    assert len(set(feedback.values)) >= 6 and max(feedback.values) == pytest.approx(100.0)
