@@ -62,7 +62,6 @@ def main(argv=None):
     from drseg.core.models.clip import load_clip
     from drseg.core.dense_clip import DenseClip
     from drseg.core.device import resolve_device
-    from drseg.core.refer.run import ReferringRequest, run_referring
     from drseg.core.models.sam import load_sam
 
     device = resolve_device(args.device)
@@ -76,16 +75,7 @@ def main(argv=None):
           "random weights")
 
     with tempfile.TemporaryDirectory() as work:
-        raster = os.path.join(work, "scene.tif")
-        synthetic_scene(raster, args.size)
-        rows = []
-        for index, expression in enumerate(args.expressions):
-            request = ReferringRequest(raster, [expression], os.path.join(work, f"out{index}.gpkg"),
-                                       max_size=args.size, device=str(device))
-            result = run_referring(request, sam=sam, clip=clip)
-            item = result.expressions[0]
-            q = result.session.last_timings
-            rows.append((expression, item.timing, q, item.polygon_count))
+        rows, result = run_queries(sam, clip, args.size, device, args.expressions, work)
         print(f"area {result.width}×{result.height} px, {result.tiles} tile(s)\n")
         header = (f"{'expression':38s} {'kind':6s} {'total':>7s} {'CLIP enc':>8s} {'SAM enc':>8s} "
                   f"{'prompt+dec+sel':>14s} {'vectorize':>9s}   prompting split: maps / "
@@ -102,6 +92,23 @@ def main(argv=None):
         if cached:
             print(f"\nfirst query {first:.2f}s; cached queries {min(cached):.2f}-{max(cached):.2f}s "
                   f"(mean {np.mean(cached):.2f}s)")
+
+
+def run_queries(sam, clip, size, device, expressions, work):
+    """Each expression in turn on one synthetic size² px area (the first encodes the area, the
+    next reuse the session) -> ([(expression, timing, query timings, polygons)], last result)."""
+    from drseg.core.refer.run import ReferringRequest, run_referring
+
+    raster = os.path.join(work, "scene.tif")
+    synthetic_scene(raster, size)
+    rows = []
+    for index, expression in enumerate(expressions):
+        request = ReferringRequest(raster, [expression], os.path.join(work, f"out{index}.gpkg"),
+                                   max_size=size, device=str(device))
+        result = run_referring(request, sam=sam, clip=clip)
+        item = result.expressions[0]
+        rows.append((expression, item.timing, result.session.last_timings, item.polygon_count))
+    return rows, result
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from .device import autocast_context
 from .errors import ModelError
 from .interrupt import install_cancel_points
+from .sliding import centred_pad
 
 CLIP_MEAN = (122.771, 116.746, 104.094)  # on the 0..255 scale
 CLIP_STD = (68.501, 66.632, 70.323)
@@ -32,6 +33,27 @@ def imagenet_templates() -> List:
     from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
     return list(OPENAI_IMAGENET_TEMPLATES)
+
+
+def interpolate_positional_embedding(pos: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
+    """CLIP's (1 + side², D) positional embedding for a grid_h × grid_w token grid.
+
+    Bicubic with `scale_factor=(g + 0.1) / side` per axis, as the reference implementation does
+    (DINO's guard against a floor rounding one short); the scale, not just the output size,
+    decides where the samples fall. The square training grid is returned unchanged.
+    """
+    cls_pos, patch_pos = pos[:1], pos[1:]
+    side = int(round(patch_pos.shape[0] ** 0.5))
+    if (side, side) == (grid_h, grid_w):
+        return pos
+    grid = patch_pos.reshape(1, side, side, -1).permute(0, 3, 1, 2).float()
+    grid = F.interpolate(grid, scale_factor=((grid_h + 0.1) / side, (grid_w + 0.1) / side),
+                         mode="bicubic", align_corners=False)
+    if tuple(grid.shape[-2:]) != (grid_h, grid_w):
+        raise ModelError(f"Positional embedding interpolated to {tuple(grid.shape[-2:])}, "
+                         f"expected {(grid_h, grid_w)}")
+    patch_pos = grid.permute(0, 2, 3, 1).reshape(grid_h * grid_w, -1).to(pos.dtype)
+    return torch.cat([cls_pos, patch_pos], dim=0)
 
 
 @torch.no_grad()
@@ -63,13 +85,14 @@ def dense_logits(patches: torch.Tensor, cls: Optional[torch.Tensor], text: torch
     return logits
 
 
-
 class DenseClip:
     """Per-window class logits from an open_clip CLIP model.
 
     Implements the scorer interface the sliding-window engine uses: `set_queries(texts)` once per
-    run, then `score_windows(uint8 images (B,3,H,W)) -> logits (B,Q,H/p,W/p)`; the engine
-    multiplies by `logit_scale` before its softmax over queries.
+    run, then `score_windows(uint8 images (B,3,H,W)) -> logits (B,Q,⌈H/p⌉,⌈W/p⌉)`; the engine
+    multiplies by `logit_scale` before its softmax over queries. Images of any size are padded
+    after normalisation, centred, to a multiple of the patch size `patch_size` (see
+    core/sliding.centred_pad); the logits cover the padded image.
     """
 
     logit_scale = 50.0
@@ -126,14 +149,8 @@ class DenseClip:
     def _positional_embedding(self, grid_h: int, grid_w: int) -> torch.Tensor:
         key = (grid_h, grid_w)
         if key not in self._pos_cache:
-            pos = self.model.visual.positional_embedding
-            cls_pos, patch_pos = pos[:1], pos[1:]
-            side = int(round(patch_pos.shape[0] ** 0.5))
-            if (side, side) != key:
-                grid = patch_pos.reshape(1, side, side, -1).permute(0, 3, 1, 2)
-                grid = F.interpolate(grid.float(), size=key, mode="bicubic", align_corners=False)
-                patch_pos = grid.permute(0, 2, 3, 1).reshape(grid_h * grid_w, -1).to(pos.dtype)
-            self._pos_cache[key] = torch.cat([cls_pos, patch_pos], dim=0)
+            self._pos_cache[key] = interpolate_positional_embedding(
+                self.model.visual.positional_embedding, grid_h, grid_w)
         return self._pos_cache[key]
 
     @torch.no_grad()
@@ -191,15 +208,25 @@ class DenseClip:
         pixels = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).float()
         return (pixels - self._mean) / self._std
 
+    def normalise_padded(self, images: np.ndarray) -> torch.Tensor:
+        """Normalised pixels padded with zeros (the mean colour), centred, to patch multiples."""
+        pixels = self.normalise(images)
+        top, bottom = centred_pad(pixels.shape[-2], self.patch_size)
+        left, right = centred_pad(pixels.shape[-1], self.patch_size)
+        if top or bottom or left or right:
+            pixels = F.pad(pixels, (left, right, top, bottom))
+        return pixels
+
     @torch.no_grad()
     def score_windows(self, images: np.ndarray) -> np.ndarray:
-        """uint8 (B,3,H,W) -> logits (B,Q,H/p,W/p): cosine(patch, text) + λ·cosine(cls, text)."""
+        """uint8 (B,3,H,W) -> logits (B,Q,⌈H/p⌉,⌈W/p⌉): cosine(patch, text) + λ·cosine(cls, text)."""
         if self.text_features is None:
             raise RuntimeError("set_queries() must be called before score_windows()")
         outputs = []
         for start in range(0, len(images), self.batch_size):
             with autocast_context(self.device):  # float16 on CUDA; features come back float32
-                patches, cls = self.dense_features(self.normalise(images[start:start + self.batch_size]))
+                patches, cls = self.dense_features(
+                    self.normalise_padded(images[start:start + self.batch_size]))
             logits = dense_logits(F.normalize(patches, dim=1), F.normalize(cls, dim=-1),
                                   self.text_features, self.bias_lambda)
             outputs.append(logits.cpu().numpy().astype(np.float32))

@@ -22,6 +22,7 @@ from ..core.errors import InputError
 from ..core.models.dino import dino_help, resolve_dino_weights
 from ..core.models.registry import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DINO_MODEL,
                                     DEVICE_CHOICES, DINO_MODEL_CHOICES)
+from ..core.protocol import BLEND_LABELS, BLENDS, DEFAULT_BLEND
 from ..qgis_bridge.engine import (DEFAULT_GRAPH_K, DEFAULT_SEMANTIC_RATIO, DEFAULT_THRESHOLD,
                                   import_model_libraries, load_engine, method_label)
 from ..qgis_bridge.styling import style_class_raster, style_polygon_layer
@@ -58,8 +59,10 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
     DECOUPLE = "DECOUPLE"
     RECTIFY = "RECTIFY"
     FUSION = "FUSION"
+    BLEND = "BLEND"
     OUTPUT = "OUTPUT"
     OUTPUT_RASTER = "OUTPUT_RASTER"
+    OUTPUT_PROBABILITIES = "OUTPUT_PROBABILITIES"
     POLYGONS = "POLYGONS"
     USED_METHOD = "USED_METHOD"
     NOTE = "NOTE"
@@ -76,7 +79,9 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
         "<br><br><b>Polygons</b>: a layer (temporary, or any vector format) with fields class, "
         "class_id, score (mean probability) and area_m2, in the raster's CRS, styled by class. "
         "<b>Class raster</b> (optional): a GeoTIFF "
-        "on the same grid as the input (0 background, 1..K classes, 255 nodata)."
+        "on the same grid as the input (0 background, 1..K classes, 255 nodata). "
+        "<b>Class probabilities</b> (optional): a float32 GeoTIFF on the same grid, one band per "
+        "class named after it, the probabilities before the threshold."
         "<br><br><b>Bands</b>: one (grey) or three (RGB) band numbers, e.g. 4,3,2; empty picks "
         "the RGB bands. <b>Extent</b>: only this area (reprojected to the raster's CRS). "
         "<b>Resolution</b>: working pixel size in metres; empty or 0 keeps the native one."
@@ -87,7 +92,9 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
         "name (e.g. rs-dino-vit-b8); empty: the DINO weights of the DR-Seg settings when they are "
         "for this DINO model, else its catalog checkpoint, once downloaded (DR-Seg settings › "
         "Download models…, or <i>python -m drseg models download dino-vit-b8</i>). <b>Semantic ratio</b>, <b>Graph k</b> and the three module "
-        "switches tune DR-Seg (advanced).<br><br>Tiling (window, stride, batch) and the model "
+        "switches tune DR-Seg (advanced). <b>Blend</b> (advanced): how overlapping windows "
+        "combine; <i>Mean</i> averages them as the benchmark protocol does."
+        "<br><br>Tiling (window, stride, batch) and the model "
         "cache folder come from the DR-Seg settings (Plugins › DR-Seg › DR-Seg settings…)."
         f"<br><br><b>CLIP weights</b>: an open_clip pretrained tag (e.g. '{DEFAULT_CLIP_WEIGHTS}', "
         "downloaded on "
@@ -103,6 +110,7 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
         self._note = ""
         self._settings = None
         self._wants_raster = False
+        self._wants_probabilities = False
         self._crs = None
 
     # -- parameters -----------------------------------------------------------------------------
@@ -154,6 +162,9 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
                                           "graph", defaultValue=True),
             QgsProcessingParameterBoolean(self.FUSION, "DR-Seg: uncertainty-guided fusion",
                                           defaultValue=True),
+            QgsProcessingParameterEnum(self.BLEND, "Blend of overlapping windows",
+                                       options=[BLEND_LABELS[b] for b in BLENDS],
+                                       defaultValue=BLENDS.index(DEFAULT_BLEND)),
         ]
         self.add_advanced(advanced)
         self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, "Polygons",
@@ -162,6 +173,11 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
                                                          optional=True, createByDefault=False)
         raster.setSupportsNonFileBasedOutput(False)
         self.addParameter(raster)
+        probabilities = QgsProcessingParameterRasterDestination(
+            self.OUTPUT_PROBABILITIES, "Class probabilities (one band per class)", optional=True,
+            createByDefault=False)
+        probabilities.setSupportsNonFileBasedOutput(False)
+        self.addParameter(probabilities)
         self.addOutput(QgsProcessingOutputNumber(self.POLYGONS, "Number of polygons"))
         self.addOutput(QgsProcessingOutputString(self.USED_METHOD, "Method used (drseg or clip)"))
         self.addOutput(QgsProcessingOutputString(self.NOTE, "Note on the method"))
@@ -197,11 +213,14 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
         # Outputs are resolved in processAlgorithm(): only what is registered on its context
         # reaches the layers QGIS loads after a threaded (toolbox dialog) run.
         self._wants_raster = wants_output(self, parameters, self.OUTPUT_RASTER)
+        self._wants_probabilities = wants_output(self, parameters, self.OUTPUT_PROBABILITIES)
         self._crs = layer.crs()
 
         method, dino_model, dino_weights, self._note = self._method(parameters, context)
         request = segment.SegmentationRequest(
             raster=source, classes=text, out_vector="polygons.gpkg", out_raster=None, bands=bands,
+            out_probabilities=None,
+            blend=BLENDS[self.parameterAsEnum(parameters, self.BLEND, context)],
             extent=extent, resolution=resolution,
             threshold=self.parameterAsDouble(parameters, self.THRESHOLD, context),
             clip_model=self.parameterAsString(parameters, self.CLIP_MODEL, context).strip()
@@ -257,17 +276,21 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
 
         out_raster = (self.parameterAsOutputLayer(parameters, self.OUTPUT_RASTER, context)
                       if self._wants_raster else None)
+        out_probabilities = (
+            self.parameterAsOutputLayer(parameters, self.OUTPUT_PROBABILITIES, context)
+            if self._wants_probabilities else None)
         with engine_errors(), work_folder() as work:
             segment = load_engine()
             import_model_libraries()  # in the worker thread: the dialog stays responsive
             request = dataclasses.replace(self._request, out_vector=os.path.join(work, WORK_FILE),
-                                          out_raster=out_raster)
+                                          out_raster=out_raster, out_probabilities=out_probabilities)
             result = segment.run_segmentation(request, progress=self.engine_progress(feedback),
                                               cancelled=feedback.isCanceled)
             dest, _ = self.copy_to_sink(result.vector_path, WORK_LAYER, parameters, self.OUTPUT,
                                         context, feedback, self._crs,
                                         categorized_qml(self._classes))
-        self._destinations = {"vector": dest, "raster": out_raster}
+        self._destinations = {"vector": dest, "raster": out_raster,
+                              "probabilities": out_probabilities}
 
         t = result.timings
         note = result.note or self._note
@@ -281,6 +304,7 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
             feedback.pushInfo(f"  {name}: {pixels} px")
         return {self.OUTPUT: dest,
                 self.OUTPUT_RASTER: result.raster_path,
+                self.OUTPUT_PROBABILITIES: result.probabilities_path,
                 self.POLYGONS: result.polygon_count,
                 self.USED_METHOD: result.method, self.NOTE: note}
 

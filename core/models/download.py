@@ -651,6 +651,14 @@ def server_reachable(url: str, timeout: float = 5.0) -> bool:
         return False
 
 
+def _file_advice(entry: ModelEntry, option: str, field: str) -> str:
+    """CLIP files go through `models import`, which keeps the entry's settings (QuickGELU for
+    OpenAI weights); other checkpoints may also be passed as a file."""
+    if entry.family == "clip":
+        return " (it keeps the model's settings, such as QuickGELU)"
+    return f", or {file_advice(option, field)}"
+
+
 def ensure_cached(entry: ModelEntry, what: str, option: str, field: str,
                   cache_dir: Optional[str] = None, progress: Optional[ProgressFn] = None,
                   mirror: Optional[str] = None) -> str:
@@ -670,6 +678,6 @@ def ensure_cached(entry: ModelEntry, what: str, option: str, field: str,
         raise ModelError(
             f"The {what} '{entry.name}' ({entry.size_text()}) are not in the model cache and "
             f"{_host(url)} cannot be reached (no network?). On a connected machine "
-            f"{download_advice(entry.name)}, or download {url} and {import_advice(entry.name)}, "
-            f"or {file_advice(option, field)}")
+            f"{download_advice(entry.name)}, or download {url} and {import_advice(entry.name)}"
+            + _file_advice(entry, option, field))
     return download(entry, cache_dir, mirror=mirror, progress=progress)
