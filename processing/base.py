@@ -262,8 +262,6 @@ class DrSegAlgorithm(QgsProcessingAlgorithm):
         Called in processAlgorithm() with its own context, so the sink is registered for loading
         on the context QGIS hands back to the main thread. A cancelled copy removes what it wrote.
         """
-        from ..core.errors import RunCancelled
-
         work = QgsVectorLayer(f"{work_path}|layername={layer_name}", layer_name, "ogr")
         if not work.isValid():
             raise QgsProcessingException(f"The engine's output {work_path} cannot be read")
@@ -277,38 +275,39 @@ class DrSegAlgorithm(QgsProcessingAlgorithm):
         if sink is None:
             raise QgsProcessingException(self.invalidSinkError(parameters, name))
         total = max(1, work.featureCount())
-        copied, chunk = 0, []
+        copied, chunk, problem = 0, [], None
         feedback.setProgressText("Writing the output layer")
-        try:
-            for feature in work.getFeatures():
+        features = work.getFeatures()
+        while problem is None:
+            feature = next(features, None)
+            if feature is not None:
                 out = QgsFeature(fields)
                 out.setGeometry(feature.geometry())
                 out.setAttributes([feature[n] for n in names])
                 chunk.append(out)
-                if len(chunk) >= SINK_CHUNK:
-                    copied += self._flush(sink, chunk, feedback, total, copied)
-            copied += self._flush(sink, chunk, feedback, total, copied)
-        except RunCancelled:
-            del sink
+                if len(chunk) < SINK_CHUNK:
+                    continue
+            if feedback.isCanceled():
+                problem = "cancelled"
+            elif chunk and not sink.addFeatures(chunk, QgsFeatureSink.Flag.FastInsert):
+                problem = f"Could not write the output: {sink.lastError()}"
+            else:
+                copied += len(chunk)
+                chunk.clear()
+                feedback.setProgress(100.0 * (ENGINE_SHARE + (1 - ENGINE_SHARE) * copied / total))
+                if feature is None:
+                    break
+        # The sink is let go here, before any error is raised: an exception's traceback would
+        # keep it (and its open file) alive until after QGIS has shut down.
+        del sink, features, chunk, feature, work
+        if problem is not None:
             remove_output(dest)
-            raise
-        del sink  # closes a file sink, so its style can be stored next
+            if problem == "cancelled":
+                raise RunCancelled()
+            raise QgsProcessingException(problem)
         if qml:
             store_file_style(dest, qml)
         return dest, copied
-
-    @staticmethod
-    def _flush(sink, chunk: list, feedback, total: int, done: int) -> int:
-        from ..core.errors import RunCancelled
-
-        if feedback.isCanceled():
-            raise RunCancelled()
-        count = len(chunk)
-        if count and not sink.addFeatures(chunk, QgsFeatureSink.Flag.FastInsert):
-            raise QgsProcessingException(f"Could not write the output: {sink.lastError()}")
-        chunk.clear()
-        feedback.setProgress(100.0 * (ENGINE_SHARE + (1 - ENGINE_SHARE) * (done + count) / total))
-        return count
 
     # -- after the run (main thread) ------------------------------------------------------------
     @staticmethod
