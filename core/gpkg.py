@@ -84,7 +84,7 @@ class PolygonLayerWriter:
         with self._errors():
             self._ds.CommitTransaction()
             if self._style_qml:
-                _store_default_style(self._ds, self.layer_name, self._style_qml)
+                _store_style(self._ds, self.layer_name, self._style_qml)
             if self._ds.FlushCache() not in (None, 0):
                 raise RuntimeError("flushing the file failed")
         self._ds = None  # closes the file
@@ -120,7 +120,16 @@ class PolygonLayerWriter:
             sys.unraisablehook = hook
 
 
-def _store_default_style(ds, layer_name: str, qml: str) -> None:
+def store_default_style(path: str, layer_name: str, qml: str) -> None:
+    """Store `qml` as the default style of `layer_name` in the GeoPackage file `path`."""
+    ds = ogr.Open(path, update=1)
+    try:
+        _store_style(ds, layer_name, qml)
+    finally:
+        ds = None
+
+
+def _store_style(ds, layer_name: str, qml: str) -> None:
     """Store the style in the GeoPackage's `layer_styles` table, which QGIS applies on load."""
     styles = ds.GetLayerByName("layer_styles")
     if styles is None:

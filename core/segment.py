@@ -19,6 +19,7 @@ from .classes import ClassSpec, flatten_queries, parse_classes
 from .colors import class_colour
 from .errors import InputError
 from .gpkg import PolygonLayerWriter
+from .interrupt import cancel_points
 from .models.registry import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DEVICE, DEFAULT_DINO_MODEL
 from .outputs import (ClassRasterWriter, FloatRasterWriter, WorkDir, check_destination, check_outputs,
                       publish_all, verify_raster)
@@ -30,6 +31,9 @@ from .style import categorized_qml
 from .vectorize import vectorize
 
 DEFAULT_THRESHOLD = 0.3
+# Shares of the progress bar: loading models, encoding the class names; segmenting and writing
+# take the rest.
+MODELS_SHARE, TEXT_SHARE = 0.02, 0.08
 VECTOR_FIELDS = [("class", "str"), ("class_id", "int"), ("score", "real"), ("area_m2", "real")]
 
 
@@ -116,7 +120,8 @@ def run_segmentation(request: SegmentationRequest, scorer=None, progress=None, c
     if request.stride <= 0 or request.stride > request.window:
         raise InputError("Stride must be positive and not larger than the window")
 
-    with RasterReader(request.raster, request.bands, request.extent, request.resolution) as reader:
+    with RasterReader(request.raster, request.bands, request.extent, request.resolution) as reader, \
+            cancel_points(monitor.check):
         monitor.report(0.0, "Loading models")
         device_name, method, note = "custom", "custom", ""
         if scorer is None:
@@ -125,7 +130,13 @@ def run_segmentation(request: SegmentationRequest, scorer=None, progress=None, c
         check_window(request.window, scorer)
         queries, owner = flatten_queries(classes)
         started = time.perf_counter()
-        scorer.set_queries(queries)
+        text = monitor.stage(MODELS_SHARE, MODELS_SHARE + TEXT_SHARE)
+        for count in range(1, len(queries) + 1):
+            # One query at a time (a scorer encodes each once; 80 templates cost seconds on a
+            # CPU), so the bar moves and cancel is checked between queries.
+            text.report((count - 1) / len(queries),
+                        f"Encoding class names ({count}/{len(queries)}: {queries[count - 1]})")
+            scorer.set_queries(queries[:count])
         monitor.check()
         segmenter = SlidingWindowSegmenter(reader, scorer, owner, threshold=request.threshold,
                                            window=request.window, stride=request.stride,
@@ -138,7 +149,7 @@ def run_segmentation(request: SegmentationRequest, scorer=None, progress=None, c
         work = WorkDir(out_vector or out_raster or out_probs)
         try:
             result = _run(request, reader, segmenter, classes, work, out_vector, out_raster,
-                          out_probs, monitor)
+                          out_probs, monitor.stage(MODELS_SHARE + TEXT_SHARE, 1.0))
         finally:
             work.cleanup()
         result.device, result.method, result.note = device_name, method, note
@@ -209,7 +220,17 @@ def _run(request, reader, segmenter, classes, work, out_vector, out_raster, out_
     counts = np.zeros(256, np.int64)
     try:
         predict.report(0.0, f"Segmenting {grid.width}×{grid.height} px in {len(segmenter)} blocks")
+        current = {"block": 0}
+
+        def window_batch(scored: int, total: int) -> None:  # inside a block
+            index = current["block"]
+            predict.report((index + scored / max(total, 1)) / len(segmenter),
+                           f"Segmenting block {index + 1}/{len(segmenter)} "
+                           f"({scored}/{total} windows)")
+
+        segmenter.on_window_batch = window_batch
         for done, block in enumerate(segmenter, start=1):
+            current["block"] = done
             started = time.perf_counter()
             class_writer.write(block.window, block.classes)
             if score_writer is not None:

@@ -297,3 +297,25 @@ def test_embedding_cache_settings_and_the_clear_button(make_dialog, tmp_path, mo
     save_button(dialog).click()
     saved = load_settings(path)
     assert saved.embedding_cache and saved.embedding_cache_mb == 1024
+
+
+def test_the_dialog_fits_a_1366x768_screen_with_save_visible(make_dialog):
+    """Its form scrolls; the buttons stay below it, inside a window the height a 1366×768 screen
+    leaves (about 700 px)."""
+    from qgis.PyQt.QtWidgets import QScrollArea
+
+    dialog = make_dialog()
+    assert dialog.minimumSizeHint().height() <= 700
+    dialog.resize(720, 700)
+    dialog.show()
+    from qgis.core import QgsApplication
+
+    QgsApplication.processEvents()
+    save = save_button(dialog)
+    assert save.isVisible()
+    bottom = save.mapTo(dialog, save.rect().bottomLeft()).y()
+    assert 0 < bottom <= dialog.height()
+    (scroll,) = [s for s in dialog.findChildren(QScrollArea) if s.widget() is not None
+                 and s.widget().isAncestorOf(dialog.window_spin)]
+    assert not scroll.isAncestorOf(save)
+    dialog.close()

@@ -31,6 +31,7 @@ import zipfile
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Union
 
+from ..advice import download_advice, file_advice, import_advice
 from ..errors import ModelError, RunCancelled
 from ..settings import CACHE_ENV, MIRROR_ENV, default_cache_dir  # noqa: F401 (for callers)
 from ..settings import resolve as resolve_setting
@@ -124,8 +125,8 @@ def _source_url(target: _Target, mirror: Optional[str]) -> str:
         return mirror + "/" + urllib.parse.quote(target.download_name)
     if not target.url:
         where = f" from {target.homepage}" if target.homepage else ""
-        raise ModelError(f"'{target.label}' has no public download link. Get the file{where} and add "
-                         f"it with 'python -m drseg models import {target.label} FILE', or set a "
+        raise ModelError(f"'{target.label}' has no public download link. Get the file{where} and "
+                         f"{import_advice(target.label)}, or set a "
                          f"mirror ({MIRROR_ENV}) that serves '{target.download_name}'")
     return target.url
 
@@ -315,7 +316,8 @@ def download(source: Union[str, ModelEntry], cache_dir: Optional[str] = None, *,
                 have = os.path.getsize(part) if os.path.exists(part) else 0
                 raise ModelError(f"Download of '{target.label}' from {_host(url)} was interrupted "
                                  f"({exc}); the {have} bytes received are kept: run the download "
-                                 "again to resume where it stopped") from None
+                                 "again to resume where it stopped, or download the file on a "
+                                 f"connected machine and {import_advice(target.label)}") from None
             if status:
                 status(f"Connection lost ({exc}); resuming (retry {attempt} of {retries})")
             time.sleep(retry_wait * attempt)
@@ -356,7 +358,8 @@ def _transfer(url: str, part: str, target: _Target, progress, cancelled, timeout
         if isinstance(reason, (socket.timeout, TimeoutError, ConnectionResetError)):
             raise _Interrupted(str(reason) or "timed out") from exc
         raise ModelError(f"Could not reach {_host(url)} ({reason}); check the network connection "
-                         f"or proxy, or set a model mirror ({MIRROR_ENV})") from None
+                         f"or proxy, set a model mirror ({MIRROR_ENV}), or download {url} on a "
+                         f"connected machine and {import_advice(target.label)}") from None
     except (http.client.HTTPException, ConnectionError) as exc:
         raise _Interrupted(f"{type(exc).__name__}: {exc}") from exc
     with response:
@@ -621,10 +624,10 @@ def _http_error_message(code: int, reason: str, url: str, target: _Target) -> st
     answer = f"HTTP {code}{' ' + reason if reason else ''}"
     if code == 404:
         advice = ("the file may have moved: check for a plugin update, set a model mirror, or "
-                  f"download it by hand and add it with 'python -m drseg models import {target.label} FILE'")
+                  f"download it by hand and {import_advice(target.label)}")
     elif code in (401, 403):
         advice = ("the server wants a login or refuses access: download it by hand in a browser "
-                  f"and add it with 'python -m drseg models import {target.label} FILE'")
+                  f"and {import_advice(target.label)}")
     elif code == 429 or code >= 500:
         advice = "the server has a problem or is busy: try again later, or use a model mirror"
     else:
@@ -692,7 +695,7 @@ def _file_advice(entry: ModelEntry, option: str, field: str) -> str:
     OpenAI weights); other checkpoints may also be passed as a file."""
     if entry.family == "clip":
         return " (it keeps the model's settings, such as QuickGELU)"
-    return f", or pass the file with {option} PATH (QGIS: the '{field}' field)"
+    return f", or {file_advice(option, field)}"
 
 
 def ensure_cached(entry: ModelEntry, what: str, option: str, field: str,
@@ -715,8 +718,8 @@ def ensure_cached(entry: ModelEntry, what: str, option: str, field: str,
     if not server_reachable(url):
         raise ModelError(
             f"The {what} '{entry.name}' ({entry.size_text()}) are not in the model cache and "
-            f"{_host(url)} cannot be reached (no network?). On a connected machine run "
-            f"`python -m drseg models download {entry.name}`, or download {url} and run "
-            f"`python -m drseg models import {entry.name} FILE`" + _file_advice(entry, option, field))
+            f"{_host(url)} cannot be reached (no network?). On a connected machine "
+            f"{download_advice(entry.name)}, or download {url} and {import_advice(entry.name)}"
+            + _file_advice(entry, option, field))
     return download(entry, cache_dir, mirror=mirror, progress=progress,
                     status=getattr(progress, "status", None))

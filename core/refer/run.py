@@ -35,6 +35,7 @@ import rasterio
 import shapely
 
 from ..errors import InputError
+from ..interrupt import cancel_points
 from ..outputs import check_destination, check_outputs
 from ..progress import RunMonitor
 from ..raster_io import metres_per_pixel
@@ -72,7 +73,7 @@ def run_referring(request: ReferringRequest, progress=None, cancelled=None, sam=
         raise InputError(f"Threshold must be in [0, 1), got {request.threshold}")
     settings = request.settings or ReferringSettings()
 
-    with open_reader(request) as reader:
+    with open_reader(request) as reader, cancel_points(monitor.check):
         grid = reader.grid
         tiles = tile_windows(grid.width, grid.height, request.tile_size, request.tile_overlap)
         monitor.report(0.0, "Loading models")
