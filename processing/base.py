@@ -235,6 +235,25 @@ class DrSegAlgorithm(QgsProcessingAlgorithm):
             return None
         return self.parameterAsDouble(parameters, name, context) or None
 
+    def text_of(self, parameters, name: str, context) -> Optional[str]:
+        """A text parameter as told, or None when it was left empty."""
+        return self.parameterAsString(parameters, name, context).strip() or None
+
+    @staticmethod
+    def resolve_settings(told: dict, feedback):
+        """The run's settings, resolved once by the one precedence (parameter > environment >
+        saved DR-Seg settings > default); the log says where each value came from."""
+        from ..core.settings import load_settings_or_defaults, resolve_all
+
+        saved, problem = load_settings_or_defaults()
+        if problem and feedback is not None:
+            feedback.pushWarning(problem + " — the default settings are used")
+        resolved = resolve_all(told, saved)
+        if feedback is not None:
+            for line in resolved.describe():
+                feedback.pushInfo(f"Setting {line}")
+        return resolved
+
     # -- running (worker thread) ----------------------------------------------------------------
     @staticmethod
     def engine_progress(feedback, steps: bool = True, share: float = ENGINE_SHARE

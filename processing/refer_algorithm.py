@@ -94,11 +94,12 @@ class ReferringSegmentationAlgorithm(DrSegAlgorithm):
             self.SAM_WEIGHTS, "SAM weights (checkpoint file or catalog name; empty: default)",
             optional=True))
         self.addParameter(QgsProcessingParameterString(
-            self.CLIP_MODEL, "CLIP model (open_clip name or config .json)",
-            defaultValue=DEFAULT_CLIP_MODEL))
+            self.CLIP_MODEL, "CLIP model (open_clip name or config .json; empty: DR-Seg settings, "
+                             f"else {DEFAULT_CLIP_MODEL})", optional=True))
         self.addParameter(QgsProcessingParameterString(
-            self.CLIP_WEIGHTS, "CLIP weights (pretrained tag, catalog name or checkpoint file)",
-            defaultValue=DEFAULT_CLIP_WEIGHTS))
+            self.CLIP_WEIGHTS, "CLIP weights (pretrained tag, catalog name or checkpoint file; "
+                               f"empty: DR-Seg settings, else {DEFAULT_CLIP_WEIGHTS})",
+            optional=True))
         self.addParameter(QgsProcessingParameterEnum(
             self.DEVICE, "Device", options=list(DEVICE_CHOICES), defaultValue=0))
         advanced = [
@@ -127,7 +128,6 @@ class ReferringSegmentationAlgorithm(DrSegAlgorithm):
         return True
 
     def _build_request(self, parameters, context, feedback):
-        from ..core.settings import load_settings_or_defaults
         from ..qgis_bridge.sources import layer_crs_check, raster_source
 
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
@@ -142,14 +142,12 @@ class ReferringSegmentationAlgorithm(DrSegAlgorithm):
         extent = self.extent_of(parameters, self.EXTENT, context, layer)
         resolution = self.resolution_of(parameters, self.RESOLUTION, context)
 
-        sam_model = SAM_MODELS[self.parameterAsEnum(parameters, self.SAM_MODEL, context)]
-        sam_weights = self.parameterAsString(parameters, self.SAM_WEIGHTS, context).strip() or None
-        if sam_weights is None:
-            settings, problem = load_settings_or_defaults()
-            if problem:
-                feedback.pushWarning(problem + " — the default settings are used")
-            if settings.sam_model == sam_model:
-                sam_weights = settings.sam_weights.strip() or None
+        settings = self.resolve_settings({
+            "sam_model": SAM_MODELS[self.parameterAsEnum(parameters, self.SAM_MODEL, context)],
+            "sam_weights": self.text_of(parameters, self.SAM_WEIGHTS, context),
+            "clip_model": self.text_of(parameters, self.CLIP_MODEL, context),
+            "clip_weights": self.text_of(parameters, self.CLIP_WEIGHTS, context),
+            "cache_dir": None}, feedback)
 
         # The sink is made in processAlgorithm(): only what is registered on its context reaches
         # the layers QGIS loads after a threaded (toolbox dialog) run.
@@ -159,11 +157,9 @@ class ReferringSegmentationAlgorithm(DrSegAlgorithm):
             raster=source, expressions=expressions, out_vector=WORK_FILE, extent=extent,
             resolution=resolution,
             max_size=self.parameterAsInt(parameters, self.MAX_SIZE, context) or None,
-            bands=bands, sam_model=sam_model, sam_weights=sam_weights,
-            clip_model=self.parameterAsString(parameters, self.CLIP_MODEL, context).strip()
-            or DEFAULT_CLIP_MODEL,
-            clip_weights=self.parameterAsString(parameters, self.CLIP_WEIGHTS, context).strip()
-            or DEFAULT_CLIP_WEIGHTS,
+            bands=bands, sam_model=settings["sam_model"],
+            sam_weights=settings["sam_weights"], clip_model=settings["clip_model"],
+            clip_weights=settings["clip_weights"], cache_dir=settings["cache_dir"],
             device=DEVICE_CHOICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
             threshold=self.parameterAsDouble(parameters, self.THRESHOLD, context),
             layer_name=WORK_LAYER)

@@ -134,11 +134,12 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
         self.addParameter(QgsProcessingParameterEnum(
             self.METHOD, "Method", options=METHOD_OPTIONS, defaultValue=0))
         advanced = [
-            QgsProcessingParameterString(self.CLIP_MODEL, "CLIP model (open_clip name or config .json)",
-                                         defaultValue=DEFAULT_CLIP_MODEL),
-            QgsProcessingParameterString(self.CLIP_WEIGHTS,
-                                         "CLIP weights (pretrained tag or checkpoint file)",
-                                         defaultValue=DEFAULT_CLIP_WEIGHTS),
+            QgsProcessingParameterString(self.CLIP_MODEL, "CLIP model (open_clip name or config "
+                                         f".json; empty: DR-Seg settings, else {DEFAULT_CLIP_MODEL})",
+                                         optional=True),
+            QgsProcessingParameterString(self.CLIP_WEIGHTS, "CLIP weights (pretrained tag or "
+                                         "checkpoint file; empty: DR-Seg settings, else "
+                                         f"{DEFAULT_CLIP_WEIGHTS})", optional=True),
             QgsProcessingParameterNumber(self.SIMPLIFY, "Simplify polygons (tolerance in pixels)",
                                          type=number_type("Double"), defaultValue=0.0, minValue=0.0),
             QgsProcessingParameterNumber(self.MIN_AREA, "Minimum polygon area (m²)",
@@ -185,11 +186,14 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
     # -- running --------------------------------------------------------------------------------
     def prepareAlgorithm(self, parameters, context, feedback):  # noqa: N802
         """Main thread: validate, resolve layer and outputs, import the engine."""
-        from ..core.settings import load_settings_or_defaults
-
-        self._settings, problem = load_settings_or_defaults()
-        if problem and feedback is not None:
-            feedback.pushWarning(problem + " — the default settings are used")
+        self._settings = self.resolve_settings({
+            "clip_model": self.text_of(parameters, self.CLIP_MODEL, context),
+            "clip_weights": self.text_of(parameters, self.CLIP_WEIGHTS, context),
+            "dino_model": DINO_MODEL_CHOICES[self.parameterAsEnum(parameters, self.DINO_MODEL,
+                                                                  context)],
+            "dino_weights": self.text_of(parameters, self.DINO_WEIGHTS, context),
+            "window": None, "stride": None, "block": None, "batch_size": None,
+            "cache_dir": None}, feedback)
         with engine_errors():
             self._request = self._build_request(parameters, context)
         return True
@@ -223,18 +227,16 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
             blend=BLENDS[self.parameterAsEnum(parameters, self.BLEND, context)],
             extent=extent, resolution=resolution,
             threshold=self.parameterAsDouble(parameters, self.THRESHOLD, context),
-            clip_model=self.parameterAsString(parameters, self.CLIP_MODEL, context).strip()
-            or DEFAULT_CLIP_MODEL,
-            clip_weights=self.parameterAsString(parameters, self.CLIP_WEIGHTS, context).strip()
-            or DEFAULT_CLIP_WEIGHTS,
+            clip_model=self._settings["clip_model"], clip_weights=self._settings["clip_weights"],
             method=method, dino_model=dino_model, dino_weights=dino_weights,
             semantic_ratio=self.parameterAsDouble(parameters, self.SEMANTIC_RATIO, context),
             graph_k=self.parameterAsInt(parameters, self.GRAPH_K, context),
             decouple=self.parameterAsBoolean(parameters, self.DECOUPLE, context),
             rectify=self.parameterAsBoolean(parameters, self.RECTIFY, context),
             fusion=self.parameterAsBoolean(parameters, self.FUSION, context),
-            window=self._settings.window, stride=self._settings.stride,
-            block=self._settings.block, batch_size=self._settings.batch_size,
+            window=self._settings["window"], stride=self._settings["stride"],
+            block=self._settings["block"], batch_size=self._settings["batch_size"],
+            cache_dir=self._settings["cache_dir"],
             device=DEVICE_CHOICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
             simplify=self.parameterAsDouble(parameters, self.SIMPLIFY, context),
             min_area=self.parameterAsDouble(parameters, self.MIN_AREA, context),
@@ -243,7 +245,7 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
         return request
 
     def dino_cache_dir(self) -> Optional[str]:
-        return self._settings.effective_cache_dir()  # DRSEG_CACHE_DIR wins over the setting
+        return self._settings["cache_dir"]
 
     def _method(self, parameters, context):
         """-> (method for the engine, DINO model, DINO checkpoint file or None, note).
@@ -255,9 +257,7 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
         dino_model = DINO_MODEL_CHOICES[self.parameterAsEnum(parameters, self.DINO_MODEL, context)]
         if method == "clip":
             return "clip", dino_model, None, ""
-        weights = self.parameterAsString(parameters, self.DINO_WEIGHTS, context).strip() or None
-        if weights is None and self._settings.dino_model == dino_model:
-            weights = self._settings.dino_weights.strip() or None  # the settings' choice
+        weights = self._settings.chosen("dino_weights")  # told, or saved for this DINO model
         path = resolve_dino_weights(dino_model, weights, self.dino_cache_dir())
         if path is not None:
             return "drseg", dino_model, path, ""

@@ -231,8 +231,9 @@ def fake_models(monkeypatch):
     return fake
 
 
-# The real aerial scene (OpenEarthMap demo tile, Köln, 0.5 m, EPSG:25832), read where it lies.
-KOELN_SCENE = "/work/shared/data/oem_koeln_50.tif"
+# The real aerial scene (OpenEarthMap demo tile, Köln, 0.5 m, EPSG:25832), read where it lies:
+# the shared/ folder beside the checkout (CI lays a copy there too).
+KOELN_SCENE = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data", "oem_koeln_50.tif")
 
 
 @pytest.fixture

@@ -330,3 +330,32 @@ def test_blend_and_class_probabilities_reach_the_engine(drseg_provider, tiny_cli
             expected = np.where(p.max(axis=0) < 0.5, 0, p.argmax(axis=0) + 1)
             assert (cls.read(1) == expected).all()
     assert np.abs(probabilities[0] - probabilities[1]).max() > 1e-4   # the blend was applied
+
+
+def test_saved_clip_settings_reach_the_algorithm_and_its_log_says_so(drseg_provider, tiny_clip,
+                                                                      tmp_path, fake_models,
+                                                                      isolated_settings):
+    """CLIP model and weights left empty come from the DR-Seg settings (a local weights file
+    here); given ones win; the log names the source of each value."""
+    import os
+
+    from drseg.core.settings import Settings, save_settings
+
+    weights = str(tmp_path / "my_clip.safetensors")
+    save_settings(Settings(clip_model=tiny_clip, clip_weights=weights), os.environ["DRSEG_CONFIG"])
+    raster = write_raster(tmp_path / "scene.tif")
+    feedback = QgsProcessingFeedback()
+    run_algorithm(ALG, params(raster, None, tmp_path, CLIP_MODEL="", CLIP_WEIGHTS=None),
+                  feedback=feedback)
+    request = fake_models.requests[-1]
+    assert (request.clip_model, request.clip_weights) == (tiny_clip, weights)
+    log = feedback.textLog()
+    assert f"Setting CLIP weights: {weights} (saved settings)" in log
+    assert f"Setting Model cache folder: {isolated_settings} (environment DRSEG_CACHE_DIR)" in log
+    assert request.cache_dir == str(isolated_settings)
+
+    feedback = QgsProcessingFeedback()
+    run_algorithm(ALG, params(raster, tiny_clip, tmp_path, OUTPUT=str(tmp_path / "b.gpkg")),
+                  feedback=feedback)
+    assert fake_models.requests[-1].clip_weights == "random"
+    assert "Setting CLIP weights: random (parameter)" in feedback.textLog()
