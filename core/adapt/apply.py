@@ -80,3 +80,48 @@ def evaluate_chips(clip, adapter: Optional[Adapter], images: np.ndarray, labels:
         patches, cls = chip_features(clip, images)
         logits = class_logits(patches, cls, text, lam, bias)
     return class_iou(logits, labels_at(labels, LABEL_GRID).to(logits.device), len(class_names))
+
+
+def check_base(adapter: Adapter, clip_model: str, clip_weights: str) -> None:
+    """One clear error when the adapter was made for another base model or other weights."""
+    import os
+
+    if str(clip_model) != adapter.base_model:
+        raise InputError(f"The adapter was made for CLIP model '{adapter.base_model}', not "
+                         f"'{clip_model}': choose that model (--clip-model)")
+    if adapter.base_sha256 and os.path.isfile(str(clip_weights)):
+        from ..models.download import sha256_of
+
+        if sha256_of(str(clip_weights)) != adapter.base_sha256:
+            raise InputError(f"The adapter was made for other CLIP weights than "
+                             f"'{clip_weights}' (SHA-256 differs)")
+    elif os.path.basename(str(clip_weights)) != os.path.basename(adapter.base_weights):
+        raise InputError(f"The adapter was made for CLIP weights '{adapter.base_weights}', not "
+                         f"'{clip_weights}': choose those weights (--clip-weights)")
+
+
+def adapted_dense_clip(adapter_path: str, clip_model: str, clip_weights: str, device,
+                       cache_dir: Optional[str] = None, download_progress=None):
+    """-> (adapter, DenseClip of a private model carrying the adapter's vision weights), loaded
+    once per adapter file (and its modification time) and kept in the model cache."""
+    import os
+
+    from ..dense_clip import DenseClip
+    from ..device import as_device
+    from ..models.cache import cached
+    from ..models.clip import load_clip
+    from .adapter import load_adapter
+
+    adapter = load_adapter(adapter_path)
+    check_base(adapter, clip_model, clip_weights)
+    torch_device = as_device(device)
+
+    def build():
+        model, tokenizer = load_clip(clip_model, clip_weights, torch_device, cache_dir=cache_dir,
+                                     progress=download_progress)
+        apply_vision(model, adapter)
+        return DenseClip(model, tokenizer, torch_device, bias_lambda=adapter.bias_lambda)
+
+    key = ("adapted_clip", str(clip_model), str(clip_weights), str(torch_device),
+           os.path.abspath(adapter_path), os.path.getmtime(adapter_path))
+    return adapter, cached(key, build)
