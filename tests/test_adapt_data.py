@@ -77,3 +77,16 @@ def test_missing_field_is_one_clear_error(tmp_path):
     layer = write_polygons(tmp_path / "l.gpkg", [("a", pixel_box(0, 0, 5, 5))])
     with pytest.raises(InputError, match="no field 'class'"):
         load_chips(raster, layer, "class", chip=32)
+
+
+def test_label_features_from_a_front_end_match_the_file(tmp_path):
+    from drseg.core.adapt.data import LabelFeatures
+
+    raster = write_raster(tmp_path / "r.tif", np.full((3, 64, 64), 120, np.uint8))
+    box = pixel_box(8, 8, 40, 24)
+    layer = write_polygons(tmp_path / "l.gpkg", [("roof", box)])
+    features = LabelFeatures([box, None], ["roof", "tree"], "EPSG:32633")
+    from_file = load_chips(raster, layer, "landuse", chip=64, validation_share=0.0)
+    in_memory = load_chips(raster, features, "landuse", chip=64, validation_share=0.0)
+    assert in_memory.class_names == ["roof"]
+    np.testing.assert_array_equal(in_memory.labels, from_file.labels)

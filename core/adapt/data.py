@@ -56,11 +56,34 @@ class ChipSet:
         return self.images[index], self.labels[index]
 
 
-def read_label_polygons(path: str, class_field: str, target_crs,
+@dataclass
+class LabelFeatures:
+    """Polygons a front end already holds (e.g. a QGIS layer read in Processing): GeoJSON-like
+    geometries, their class values, and their CRS (WKT or 'EPSG:n')."""
+
+    geometries: List[dict]
+    values: List[object]
+    crs: str
+
+
+def read_label_polygons(labels, class_field: str, target_crs,
                         class_names: Optional[Sequence[str]] = None) -> LabelPolygons:
-    """Every polygon of the first layer of `path` with its class (the field's value as text),
-    reprojected into `target_crs`. class_names fixes the class order (values not listed are
-    skipped); None: the sorted distinct values."""
+    """Every polygon of `labels` (a file's first layer, or LabelFeatures) with its class (the
+    field's value as text), reprojected into `target_crs`. class_names fixes the class order
+    (values not listed are skipped); None: the sorted distinct values."""
+    if isinstance(labels, LabelFeatures):
+        try:
+            source_crs = CRS.from_user_input(labels.crs)
+        except Exception:
+            raise InputError("The label polygons have no valid coordinate reference system") from None
+        raw = [(str(v).strip(), g) for v, g in zip(labels.values, labels.geometries)
+               if g is not None and v is not None and str(v).strip() != ""
+               and g.get("type") in ("Polygon", "MultiPolygon")]
+        return _label_polygons(raw, source_crs, target_crs, class_names, "The label layer", class_field)
+    return _read_label_file(str(labels), class_field, target_crs, class_names)
+
+
+def _read_label_file(path: str, class_field: str, target_crs, class_names) -> LabelPolygons:
     from osgeo import ogr, osr
 
     ogr.UseExceptions()
@@ -92,8 +115,13 @@ def read_label_polygons(path: str, class_field: str, target_crs,
         if ogr.GT_Flatten(geometry.GetGeometryType()) not in (ogr.wkbPolygon, ogr.wkbMultiPolygon):
             continue
         raw.append((str(value).strip(), _geojson(geometry)))
+    return _label_polygons(raw, source_crs, target_crs, class_names, f"Label layer '{path}'",
+                           class_field)
+
+
+def _label_polygons(raw, source_crs, target_crs, class_names, what, class_field) -> LabelPolygons:
     if not raw:
-        raise InputError(f"Label layer '{path}' has no polygon with a value in '{class_field}'")
+        raise InputError(f"{what} has no polygon with a value in '{class_field}'")
     names = list(class_names) if class_names else sorted({value for value, _ in raw})
     if len(names) >= IGNORE_INDEX:
         raise InputError(f"Too many classes ({len(names)}); at most {IGNORE_INDEX - 1}")
@@ -168,11 +196,12 @@ def spatial_split(windows: Sequence[Window], chip: int, share: float, seed: int 
     return [i for i in range(count) if i not in chosen], sorted(validation)
 
 
-def load_chips(raster: str, labels: str, class_field: str, chip: int = DEFAULT_CHIP,
+def load_chips(raster: str, labels, class_field: str, chip: int = DEFAULT_CHIP,
                validation_share: float = DEFAULT_VALIDATION_SHARE, area=None, bands=None,
                class_names: Optional[Sequence[str]] = None, seed: int = 0,
                max_chips: int = MAX_CHIPS, monitor=None) -> ChipSet:
-    """Chips of `raster` that hold at least one labelled pixel, split spatially.
+    """Chips of `raster` that hold at least one labelled pixel, split spatially. labels: a
+    polygon file (any OGR format) or LabelFeatures.
 
     area: (xmin, ymin, xmax, ymax) in the raster's CRS; None: the whole raster."""
     with RasterReader(raster, bands, area) as reader:

@@ -36,7 +36,7 @@ CHECKPOINT_SUFFIX = ".checkpoint"
 @dataclass
 class AdaptRequest:
     raster: str
-    labels: str
+    labels: object                               # polygon file, or data.LabelFeatures
     class_field: str
     out: str
     level: str = "calibrate"
