@@ -9,9 +9,8 @@ SETTINGS = ("clip_model", "clip_weights", "device", "cache_dir")
 
 
 def add_parser(subparsers) -> None:
-    from ..core.adapt.adapter import LEVELS
-    from ..core.adapt.data import DEFAULT_CHIP, DEFAULT_VALIDATION_SHARE
-    from ..core.adapt.train import DEFAULT_BATCH, DEFAULT_LR, DEFAULT_STEPS
+    from ..core.adapt.defaults import (BACKBONE_MULTIPLIER, DEFAULT_BATCH, DEFAULT_CHIP,
+                                       DEFAULT_LR, DEFAULT_STEPS, DEFAULT_VALIDATION_SHARE, LEVELS)
     from ..core.models.registry import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DEVICE,
                                         DEVICE_CHOICES)
 
@@ -37,7 +36,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH,
                    help=f"chips per training step (default {DEFAULT_BATCH})")
     p.add_argument("--lr", type=float, help="base learning rate (default: "
-                   + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
+                   + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items())
+                   + f"; finetune trains the attention weights at {BACKBONE_MULTIPLIER:g}× of it)")
     p.add_argument("--chip", type=positive_int, default=DEFAULT_CHIP,
                    help=f"chip size in pixels (default {DEFAULT_CHIP})")
     p.add_argument("--area", type=extent_argument, help="xmin,ymin,xmax,ymax in the raster's CRS")

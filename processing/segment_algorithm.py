@@ -12,7 +12,8 @@ from typing import Optional
 
 from qgis.core import (QgsProcessingException, QgsProcessingOutputNumber, QgsProcessingOutputString,
                        QgsProcessingParameterBoolean, QgsProcessingParameterEnum,
-                       QgsProcessingParameterExtent, QgsProcessingParameterNumber,
+                       QgsProcessingParameterExtent, QgsProcessingParameterFile,
+                       QgsProcessingParameterNumber,
                        QgsProcessingParameterRasterDestination, QgsProcessingParameterRasterLayer,
                        QgsProcessingParameterString, QgsProcessingParameterVectorDestination,
                        QgsRasterLayer, QgsVectorLayer)
@@ -52,6 +53,7 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
     DECOUPLE = "DECOUPLE"
     RECTIFY = "RECTIFY"
     FUSION = "FUSION"
+    ADAPTER = "ADAPTER"
     OUTPUT = "OUTPUT"
     OUTPUT_RASTER = "OUTPUT_RASTER"
     POLYGONS = "POLYGONS"
@@ -145,6 +147,9 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
                                           "graph", defaultValue=True),
             QgsProcessingParameterBoolean(self.FUSION, "DR-Seg: uncertainty-guided fusion",
                                           defaultValue=True),
+            QgsProcessingParameterFile(self.ADAPTER, "Adapter file (from 'Adapt the model to your "
+                                       "labelled polygons'; same CLIP model and weights)",
+                                       extension="safetensors", optional=True),
         ]
         self.add_advanced(advanced)
         output = QgsProcessingParameterVectorDestination(self.OUTPUT, "Polygons (GeoPackage)",
@@ -208,6 +213,7 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
             decouple=self.parameterAsBoolean(parameters, self.DECOUPLE, context),
             rectify=self.parameterAsBoolean(parameters, self.RECTIFY, context),
             fusion=self.parameterAsBoolean(parameters, self.FUSION, context),
+            adapter=self.parameterAsFile(parameters, self.ADAPTER, context) or None,
             window=self._settings.window, stride=self._settings.stride,
             block=self._settings.block, batch_size=self._settings.batch_size,
             device=DEVICE_CHOICES[self.parameterAsEnum(parameters, self.DEVICE, context)],

@@ -16,9 +16,9 @@ from typing import Dict, List, Optional
 import torch
 
 from ..errors import InputError
+from .defaults import LEVELS
 
 ADAPTER_FORMAT = "drseg-adapter/1"
-LEVELS = ("calibrate", "prompt", "finetune")
 VISION_PREFIX = "vision."
 TEXT_OFFSET = "text_offset"
 

@@ -23,9 +23,8 @@ from rasterio.windows import Window
 from ..errors import InputError
 from ..evaluation.metrics import IGNORE_INDEX
 from ..raster_io import RasterReader
+from .defaults import DEFAULT_CHIP, DEFAULT_VALIDATION_SHARE
 
-DEFAULT_CHIP = 224
-DEFAULT_VALIDATION_SHARE = 0.2
 SPLIT_BLOCK_CHIPS = 2   # validation is taken in blocks of 2×2 neighbouring chips
 MAX_CHIPS = 2048
 

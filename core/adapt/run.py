@@ -23,11 +23,13 @@ from ..errors import InputError, RunCancelled
 from ..models.registry import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DEVICE
 from ..outputs import check_destination
 from ..progress import RunMonitor
-from .adapter import LEVELS, Adapter, save_adapter
-from .data import DEFAULT_CHIP, DEFAULT_VALIDATION_SHARE, load_chips
+from .adapter import Adapter, save_adapter
+from .data import load_chips
+from .defaults import (DEFAULT_BATCH, DEFAULT_CHIP, DEFAULT_STEPS, DEFAULT_VALIDATION_SHARE,
+                       LEVELS)
 from .features import iou_report
 from .report import report_paths, write_report
-from .train import DEFAULT_BATCH, DEFAULT_STEPS, TrainConfig, Trainer
+from .train import TrainConfig, Trainer
 
 CHECKPOINT_SECONDS = 180.0
 CHECKPOINT_SUFFIX = ".checkpoint"

@@ -25,14 +25,11 @@ import torch.nn.functional as F
 from ..dense_clip import DenseClip
 from ..evaluation.metrics import IGNORE_INDEX
 from .adapter import Adapter, ClassPrompt
+from .defaults import BACKBONE_MULTIPLIER, DEFAULT_BATCH, DEFAULT_LR, DEFAULT_STEPS
 from .features import LABEL_GRID, class_logits, labels_at, prompt_embedding
 
-DEFAULT_LR = {"prompt": 1e-3, "finetune": 2e-4}
-BACKBONE_MULTIPLIER = 0.01
 WEIGHT_DECAY = 1e-4
 GUIDANCE_WEIGHT = 0.1
-DEFAULT_STEPS = 200
-DEFAULT_BATCH = 4
 ATTENTION_PARAMETERS = ("attn.in_proj_weight", "attn.in_proj_bias", "attn.out_proj.weight",
                         "attn.out_proj.bias")
 
