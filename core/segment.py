@@ -23,6 +23,7 @@ from .models.registry import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_D
 from .outputs import ClassRasterWriter, FloatRasterWriter, WorkDir, check_destination, publish
 from .progress import RunMonitor
 from .raster_io import RasterReader
+from .protocol import BLENDS, DEFAULT_BLEND
 from .sliding import SlidingWindowSegmenter, Timings
 from .style import categorized_qml
 from .vectorize import vectorize
@@ -37,6 +38,7 @@ class SegmentationRequest:
     classes: object                        # "building,roof; road; water" or a list of such strings
     out_vector: Optional[str] = None       # GeoPackage of polygons
     out_raster: Optional[str] = None       # class-index GeoTIFF
+    out_probabilities: Optional[str] = None  # float32 GeoTIFF, one band per class (before threshold)
     bands: Optional[Sequence[int]] = None  # 1 or 3 band numbers; None: RGB automatically
     extent: Optional[Sequence[float]] = None   # xmin, ymin, xmax, ymax in the raster's CRS
     resolution: Optional[float] = None     # working pixel size in metres; None: native
@@ -54,6 +56,7 @@ class SegmentationRequest:
     device: str = DEFAULT_DEVICE
     window: int = 224
     stride: int = 112
+    blend: str = DEFAULT_BLEND             # 'smooth' (sin² weights) or 'mean' (the protocol's count map)
     block: int = 512
     batch_size: int = 8
     simplify: float = 0.0                  # polygon simplification tolerance, in pixels
@@ -80,6 +83,7 @@ class SegmentationResult:
     note: str = ""
     device_reason: str = ""
     warnings: List[str] = field(default_factory=list)
+    probabilities_path: Optional[str] = None
 
     def colour(self, name: str):
         return class_colour(name)
@@ -94,10 +98,15 @@ def run_segmentation(request: SegmentationRequest, scorer=None, progress=None, c
     """
     monitor = RunMonitor(progress, cancelled)
     classes = parse_classes(request.classes)
-    if not request.out_vector and not request.out_raster:
-        raise InputError("Choose at least one output: a GeoPackage and/or a class raster")
+    if not request.out_vector and not request.out_raster and not request.out_probabilities:
+        raise InputError("Choose at least one output: a GeoPackage, a class raster and/or a "
+                         "probability raster")
     out_vector = check_destination(request.out_vector, (".gpkg",)) if request.out_vector else None
     out_raster = check_destination(request.out_raster, (".tif", ".tiff")) if request.out_raster else None
+    out_probs = (check_destination(request.out_probabilities, (".tif", ".tiff"))
+                 if request.out_probabilities else None)
+    if request.blend not in BLENDS:
+        raise InputError(f"Unknown blend '{request.blend}'; choose {' or '.join(BLENDS)}")
     if not 0.0 <= request.threshold < 1.0:
         raise InputError(f"Threshold must be in [0, 1), got {request.threshold}")
     if request.stride <= 0 or request.stride > request.window:
@@ -115,13 +124,16 @@ def run_segmentation(request: SegmentationRequest, scorer=None, progress=None, c
         monitor.check()
         segmenter = SlidingWindowSegmenter(reader, scorer, owner, threshold=request.threshold,
                                            window=request.window, stride=request.stride,
-                                           block=request.block, batch_size=request.batch_size)
+                                           block=request.block, batch_size=request.batch_size,
+                                           blend=request.blend,
+                                           keep_probabilities=out_probs is not None)
         segmenter.timings.model += time.perf_counter() - started
         segmenter.on_batch_reduced = lambda size, reason: monitor.say(
             f"GPU memory is short: window batch reduced to {size}")
-        work = WorkDir(out_vector or out_raster)
+        work = WorkDir(out_vector or out_raster or out_probs)
         try:
-            result = _run(request, reader, segmenter, classes, work, out_vector, out_raster, monitor)
+            result = _run(request, reader, segmenter, classes, work, out_vector, out_raster,
+                          out_probs, monitor)
         finally:
             work.cleanup()
         result.device, result.method, result.note = device_name, method, note
@@ -185,12 +197,15 @@ def _adapted_scorer(request: SegmentationRequest, dino_path, cache_dir, download
     return AdaptedScorer(inner, clip, adapter), "drseg", note
 
 
-def _run(request, reader, segmenter, classes, work, out_vector, out_raster, monitor):
+def _run(request, reader, segmenter, classes, work, out_vector, out_raster, out_probs, monitor):
     grid = reader.grid
     timings = segmenter.timings
     predict = monitor.stage(0.0, 0.85 if out_vector else 1.0)
     class_writer = ClassRasterWriter(work.file("classes.tif"), grid, classes)
     score_writer = FloatRasterWriter(work.file("score.tif"), grid) if out_vector else None
+    probs_writer = (FloatRasterWriter(work.file("probabilities.tif"), grid, count=len(classes),
+                                      descriptions=[spec.name for spec in classes])
+                    if out_probs else None)
     counts = np.zeros(256, np.int64)
     try:
         predict.report(0.0, f"Segmenting {grid.width}×{grid.height} px in {len(segmenter)} blocks")
@@ -199,6 +214,8 @@ def _run(request, reader, segmenter, classes, work, out_vector, out_raster, moni
             class_writer.write(block.window, block.classes)
             if score_writer is not None:
                 score_writer.write(block.window, block.score)
+            if probs_writer is not None:
+                probs_writer.write(block.window, block.probabilities)
             counts += np.bincount(block.classes.ravel(), minlength=256)
             timings.write += time.perf_counter() - started
             predict.report(done / len(segmenter), f"Segmented block {done}/{len(segmenter)}")
@@ -206,6 +223,8 @@ def _run(request, reader, segmenter, classes, work, out_vector, out_raster, moni
         class_writer.close()
         if score_writer is not None:
             score_writer.close()
+        if probs_writer is not None:
+            probs_writer.close()
     if counts[:255].sum() == 0:
         raise InputError(f"Raster '{request.raster}' has no valid pixels in the chosen area "
                          "(all nodata)")
@@ -233,10 +252,13 @@ def _run(request, reader, segmenter, classes, work, out_vector, out_raster, moni
     monitor.check()  # last chance to cancel before anything appears under the output names
     if out_raster:
         publish(class_writer.path, out_raster)
+    if out_probs:
+        publish(probs_writer.path, out_probs)
     if out_vector:
         publish(work.file("polygons.gpkg"), out_vector)
     monitor.report(1.0, "Done")
     class_pixels = {"background": int(counts[0])}
     class_pixels.update({spec.name: int(counts[i]) for i, spec in enumerate(classes, start=1)})
     return SegmentationResult(out_vector, out_raster, request.layer_name, classes, polygon_count,
-                              class_pixels, grid.width, grid.height, grid.crs.to_wkt(), "", timings)
+                              class_pixels, grid.width, grid.height, grid.crs.to_wkt(), "", timings,
+                              probabilities_path=out_probs)
