@@ -99,3 +99,16 @@ def test_resume_after_interruption_continues_from_the_checkpoint(tmp_path, label
     for name in a.vision_state:
         assert torch.allclose(a.vision_state[name], b.vision_state[name], atol=1e-6)
     assert resumed.report["after"] == straight.report["after"]
+
+
+def test_calibration_run_without_validation_never_lowers_training_miou(tmp_path, labelled_scene):
+    raster, labels, config, weights = labelled_scene
+    result = run_adaptation(AdaptRequest(
+        raster=raster, labels=labels, class_field="landuse", out=str(tmp_path / "c.safetensors"),
+        level="calibrate", chip=64, validation_share=0.0, clip_model=config, clip_weights=weights,
+        device="cpu"))
+    report = result.report
+    assert report["held_out"].startswith("training") and report["validation_chips"] == 0
+    assert report["after"]["mIoU"] >= report["before"]["mIoU"]
+    adapter = load_adapter(result.adapter_path)
+    assert adapter.level == "calibrate" and adapter.text_offset is None and not adapter.vision_state
