@@ -208,6 +208,13 @@ class DenseClip:
 
         vanilla=True runs the unmodified last block (for checking against open_clip itself).
         """
+        return self.forward_features(pixels, vanilla)
+
+    def forward_features(self, pixels: torch.Tensor, vanilla: bool = False,
+                         hidden: Optional[List[torch.Tensor]] = None
+                         ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """`dense_features` with gradients (for adaptation, core/adapt). ``hidden``, when given,
+        receives the tokens (B,L,W) after each block but the last."""
         visual = self.model.visual
         self.forward_calls += 1
         x = visual.conv1(pixels.to(visual.conv1.weight.dtype))
@@ -223,6 +230,8 @@ class DenseClip:
             x = x.transpose(0, 1)
         for block in blocks[:-1]:
             x = block(x)
+            if hidden is not None:
+                hidden.append(x if batch_first else x.transpose(0, 1))
         if vanilla:
             x = blocks[-1](x)
         if not batch_first:

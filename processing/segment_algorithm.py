@@ -14,7 +14,8 @@ from typing import Optional
 from qgis.core import (QgsProcessingException, QgsProcessingOutputNumber, QgsProcessingOutputString,
                        QgsProcessingParameterBoolean, QgsProcessingParameterEnum,
                        QgsProcessingParameterExtent, QgsProcessingParameterFeatureSink,
-                       QgsProcessingParameterNumber, QgsProcessingParameterRasterDestination,
+                       QgsProcessingParameterFile, QgsProcessingParameterNumber,
+                       QgsProcessingParameterRasterDestination,
                        QgsProcessingParameterRasterLayer, QgsProcessingParameterString,
                        QgsRasterLayer, QgsVectorLayer)
 
@@ -59,6 +60,7 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
     DECOUPLE = "DECOUPLE"
     RECTIFY = "RECTIFY"
     FUSION = "FUSION"
+    ADAPTER = "ADAPTER"
     BLEND = "BLEND"
     OUTPUT = "OUTPUT"
     OUTPUT_RASTER = "OUTPUT_RASTER"
@@ -163,6 +165,9 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
                                           "graph", defaultValue=True),
             QgsProcessingParameterBoolean(self.FUSION, "DR-Seg: uncertainty-guided fusion",
                                           defaultValue=True),
+            QgsProcessingParameterFile(self.ADAPTER, "Adapter file (from 'Adapt the model to your "
+                                       "labelled polygons'; same CLIP model and weights)",
+                                       extension="safetensors", optional=True),
             QgsProcessingParameterEnum(self.BLEND, "Blend of overlapping windows",
                                        options=[BLEND_LABELS[b] for b in BLENDS],
                                        defaultValue=BLENDS.index(DEFAULT_BLEND)),
@@ -234,6 +239,7 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
             decouple=self.parameterAsBoolean(parameters, self.DECOUPLE, context),
             rectify=self.parameterAsBoolean(parameters, self.RECTIFY, context),
             fusion=self.parameterAsBoolean(parameters, self.FUSION, context),
+            adapter=self.parameterAsFile(parameters, self.ADAPTER, context) or None,
             window=self._settings["window"], stride=self._settings["stride"],
             block=self._settings["block"], batch_size=self._settings["batch_size"],
             cache_dir=self._settings["cache_dir"],
