@@ -5,7 +5,8 @@ import os
 
 import pytest
 from conftest_qgis import (fake_models, files_under, isolated_settings, put_in_cache,  # noqa: F401
-                           raster_layer, tiny_clip, wait_for, write_raster)
+                           raster_layer, tiny_clip, wait_for)
+from support.rasters import write_halves_raster as write_raster
 from qgis.core import (Qgis, QgsApplication, QgsCategorizedSymbolRenderer, QgsCoordinateReferenceSystem,
                        QgsPalettedRasterRenderer, QgsRasterLayer, QgsRectangle)
 
