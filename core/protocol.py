@@ -1,4 +1,7 @@
-"""The training-free benchmark protocol's fixed settings (DESIGN.md section 8), torch-free.
+"""The training-free benchmark protocol's fixed settings, torch-free.
+
+The protocol is SegEarth-OV's (CVPR 2025) training-free evaluation on mmseg: the image resized
+to a 448-pixel long side, then 224-pixel windows at a 112-pixel stride, each pixel averaging the windows over it.
 
 The engine's defaults for rasters differ on purpose (smooth blend, no resize); `evaluate` uses
 these, per data set from core/data/datasets/*.json ("protocol"), and writes them into its report.

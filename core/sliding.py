@@ -9,7 +9,7 @@ memory depends only on the block size and the raster width in windows.
 
 Blends: "smooth" (the product's default) weights each window pixel by a sin² ramp, highest in the
 window's centre; "mean" counts every window pixel once, the benchmark protocol's count map
-(DESIGN.md section 8). A raster smaller than a window is scored at its own size: a scorer that
+(core/protocol.py). A raster smaller than a window is scored at its own size: a scorer that
 declares `patch_size` pads it, centred, to a multiple of that size after normalisation (the
 padding is the mean colour, not black pixels) and the pad is cut off its logits again.
 """
