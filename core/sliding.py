@@ -24,7 +24,7 @@ import torch
 from rasterio.windows import Window
 
 from .device import run_with_oom_retry
-from .protocol import BLENDS, DEFAULT_BLEND
+from .protocol import BLENDS, DEFAULT_BATCH_SIZE, DEFAULT_BLEND, DEFAULT_STRIDE, DEFAULT_WINDOW
 from .raster_io import Grid
 
 BLEND_FLOOR = 1e-3  # keeps raster-edge pixels, covered by one window's rim only, weighted
@@ -173,10 +173,10 @@ class SlidingWindowSegmenter:
     scorer: WindowScorer
     query_owner: Sequence[int]
     threshold: float = 0.0
-    window: int = 224
-    stride: int = 112
+    window: int = DEFAULT_WINDOW
+    stride: int = DEFAULT_STRIDE
     block: int = 512
-    batch_size: int = 8
+    batch_size: int = DEFAULT_BATCH_SIZE
     keep_probabilities: bool = False
     keep_logits: bool = False
     blend: str = DEFAULT_BLEND
