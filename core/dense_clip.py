@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from .device import autocast_context
 from .disk_cache import USE_DEFAULT, model_fingerprint, resolve_cache
 from .errors import ModelError
+from .interrupt import install_cancel_points
 from .protocol import DEFAULT_BATCH_SIZE, DEFAULT_WINDOW
 from .sliding import centred_pad
 
@@ -140,6 +141,7 @@ class DenseClip:
         if attention not in ATTENTION_VARIANTS:
             raise ValueError(f"attention must be one of {sorted(ATTENTION_VARIANTS)}")
         self.model = model.to(device).eval()
+        install_cancel_points(self.model)  # a cancelled run stops between transformer blocks
         self.tokenizer = tokenizer
         self.device = device
         self.attention = attention

@@ -101,13 +101,14 @@ class FakeModels:
     deciding the method like the engine does ('auto': DR-Seg when DINO weights were given).
     `note` is the engine note it reports."""
 
-    def __init__(self, note: str = ""):
+    def __init__(self, note: str = "", delay: float = 0.0):
         self.requests = []
         self.note = note
+        self.delay = delay      # seconds per scorer call (cancel tests)
 
     def __call__(self, request, monitor):
         self.requests.append(request)
-        scorer = ColourScorer()
+        scorer = ColourScorer(self.delay)
         scorer.device = "cpu"
         method = request.method
         if method == "auto":

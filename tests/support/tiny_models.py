@@ -38,12 +38,13 @@ def load_tiny_clip(folder, seed: int = 0, name: str = "tiny.json"):
     return model, tokenizer, config
 
 
-def build_tiny_sam(embed_dim: int = 32):
-    """segment_anything's real architecture with small dimensions (random weights)."""
+def build_tiny_sam(embed_dim: int = 32, depth: int = 1):
+    """segment_anything's real architecture with small dimensions (random weights); `depth`
+    image encoder blocks."""
     from segment_anything.modeling import (ImageEncoderViT, MaskDecoder, PromptEncoder, Sam,
                                            TwoWayTransformer)
 
-    encoder = ImageEncoderViT(img_size=1024, patch_size=16, embed_dim=embed_dim, depth=1,
+    encoder = ImageEncoderViT(img_size=1024, patch_size=16, embed_dim=embed_dim, depth=depth,
                               num_heads=2, mlp_ratio=2.0, out_chans=256, window_size=4,
                               global_attn_indexes=())
     prompt = PromptEncoder(embed_dim=256, image_embedding_size=(64, 64),
