@@ -93,6 +93,8 @@ class SlidingWindowSegmenter:
     """Turns a `reader` (RasterReader-like) and a `scorer` into class blocks.
 
     scorer: `score_windows(uint8 (B,3,S,S)) -> logits (B,Q,h,w)` with attribute `logit_scale`;
+    a scorer with `outputs = "probabilities"` (SAM 3) returns per-query probabilities instead,
+    which are blended as they are (no softmax across queries: each query is scored on its own);
     query_owner: for each query the 0-based class it belongs to (synonyms share a class).
     When the GPU runs out of memory the batch is halved (down to 1) and `on_batch_reduced(size,
     reason)` is told; `oom_retries` lists the reasons.
@@ -226,8 +228,11 @@ class SlidingWindowSegmenter:
         if accumulated is None:
             probs = np.zeros((self.num_classes, bh, bw), np.float32) if self.keep_probabilities else None
             return BlockResult(block, classes, score, probs)
-        logits = torch.from_numpy(accumulated / np.maximum(weight_sum, 1e-12))
-        query_probs = torch.softmax(self.scorer.logit_scale * logits, dim=0)
+        blended = torch.from_numpy(accumulated / np.maximum(weight_sum, 1e-12))
+        if getattr(self.scorer, "outputs", "logits") == "probabilities":
+            query_probs = blended.clamp(0.0, 1.0)
+        else:
+            query_probs = torch.softmax(self.scorer.logit_scale * blended, dim=0)
         # A class is as likely as its most likely synonym.
         class_probs = torch.stack([query_probs[queries].amax(dim=0) for queries in self._synonyms])
         top, arg = class_probs.max(dim=0)

@@ -61,6 +61,38 @@ TINY_CLIP_CONFIG = {
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
 }
 
+# The real SAM 3 architecture (transformers Sam3Model) at tiny widths: 112-px tiles (8×8 patches of
+# 14 px, windowed and global attention), one layer per transformer, 8 object queries, 32×32 masks.
+TINY_SAM3_SIZE = 112
+TINY_SAM3_WIDTH = 32
+
+
+def tiny_sam3_config():
+    from transformers import Sam3Config
+
+    h, ffn = TINY_SAM3_WIDTH, 64
+    small = dict(hidden_size=h, num_attention_heads=2, intermediate_size=ffn)
+    return Sam3Config(
+        vision_config=dict(
+            backbone_config=dict(model_type="sam3_vit_model", num_hidden_layers=2, image_size=TINY_SAM3_SIZE,
+                                 patch_size=14, window_size=4, global_attn_indexes=[1],
+                                 pretrain_image_size=56, **small),
+            fpn_hidden_size=h, backbone_feature_sizes=[[32, 32], [16, 16], [8, 8]]),
+        text_config=dict(model_type="clip_text_model", num_hidden_layers=1, projection_dim=h,
+                         max_position_embeddings=32, vocab_size=49408, **small),
+        geometry_encoder_config=dict(num_layers=1, **small),
+        detr_encoder_config=dict(num_layers=1, **small),
+        detr_decoder_config=dict(num_layers=1, num_queries=8, **small),
+        mask_decoder_config=dict(hidden_size=h, num_attention_heads=2))
+
+
+@pytest.fixture
+def tiny_sam3_json(tmp_path):
+    """A config.json of the tiny SAM 3, usable as --sam3-model (weights 'random')."""
+    path = tmp_path / "tiny_sam3.json"
+    tiny_sam3_config().to_json_file(str(path))
+    return str(path)
+
 
 def write_raster(path, data, crs="EPSG:32633", transform=None, nodata=None, dtype=None):
     data = np.asarray(data)
