@@ -32,6 +32,7 @@ SAM3_STD = 0.5
 TEXT_LENGTH = 32  # SAM 3's text context (max_position_embeddings of its CLIP text tower)
 DEFAULT_FEATURE_CACHE_MB = 2048
 PROMPTS_PER_PASS = 8  # concept prompts decoded together against one tile
+MAX_TILES_PER_BATCH = 2  # SAM 3 tiles are 20× a CLIP window: the engine batches few at once
 
 
 def combine_concept(mask_logits: torch.Tensor, score_logits: torch.Tensor,
