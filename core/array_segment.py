@@ -2,6 +2,7 @@
 long side resized to 448, 224 windows with stride 112, probabilities resized back bilinearly.
 
 Benchmark tiles are small, so holding one in memory is fine; rasters go through core/segment.py.
+core/evaluation/predictors.py wraps this as the benchmark predictor.
 """
 from __future__ import annotations
 
@@ -59,70 +60,3 @@ def segment_array(image: np.ndarray, classes, scorer, threshold: float = 0.0,
     labels = (arg + 1).to(torch.uint8)
     labels[top < threshold] = 0
     return labels.numpy()
-
-
-def engine_options(parser, task: str) -> None:
-    """The engine's options on `python -m drseg evaluate ...`."""
-    from .models.registry import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DEVICE,
-                                  DEFAULT_SAM_MODEL, SAM_MODELS)
-
-    parser.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL)
-    parser.add_argument("--clip-weights", default=DEFAULT_CLIP_WEIGHTS)
-    parser.add_argument("--device", default=DEFAULT_DEVICE)
-    if task == "refer":
-        parser.add_argument("--sam-model", default=DEFAULT_SAM_MODEL, choices=list(SAM_MODELS))
-        parser.add_argument("--sam-weights", help="SAM checkpoint file or catalog name")
-    else:
-        parser.add_argument("--long-side", type=int, default=448,
-                            help="benchmark images are resized to this long side (0: keep the size)")
-
-
-def ovss_predictor_factory(task: str, dataset, args):
-    """predict_fn(image_path) -> the data set's class indices, for core.evaluate."""
-    from PIL import Image
-
-    from .errors import InputError
-    from .evaluate import engine_to_dataset_labels
-    from .models.shared import dense_clip_scorer
-
-    if task == "refer":
-        return refer_predictor(args)
-    scorer = dense_clip_scorer(args.clip_model, args.clip_weights, args.device)
-
-    def predict(image_path: str) -> np.ndarray:
-        with Image.open(image_path) as img:
-            image = np.asarray(img.convert("RGB"))
-        class_map = segment_array(image, dataset.prompt, scorer, threshold=dataset.threshold,
-                                  long_side=args.long_side or None)
-        return engine_to_dataset_labels(class_map, dataset.background_index, dataset.num_classes)
-
-    return predict
-
-
-def refer_predictor(args):
-    """predict_fn(image_path, expression) -> mask of every object the expression refers to.
-
-    One ReferringSession per image (its SAM embedding and CLIP features), reused while the data
-    set's expressions for the same image follow each other."""
-    from PIL import Image
-
-    from .models.shared import dense_clip_scorer, sam_model
-    from .refer.localize import Localizer
-    from .refer.pipeline import ReferringSession
-
-    sam = sam_model(args.sam_model, args.sam_weights, args.device)
-    localizer = Localizer(dense_clip_scorer(args.clip_model, args.clip_weights, args.device))
-    current = {}
-
-    def predict(image_path: str, expression: str) -> np.ndarray:
-        if current.get("path") != image_path:
-            with Image.open(image_path) as img:
-                image = np.asarray(img.convert("RGB"))
-            current.update(path=image_path, session=ReferringSession(image, sam, localizer))
-        session = current["session"]
-        mask = np.zeros((session.height, session.width), bool)
-        for result in session.query(expression):
-            mask |= result.mask
-        return mask
-
-    return predict

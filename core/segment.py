@@ -65,6 +65,7 @@ class SegmentationRequest:
     simplify: float = 0.0                  # polygon simplification tolerance, in pixels
     min_area: float = 0.0                  # smallest polygon kept, m²
     layer_name: str = "segmentation"
+    cache_dir: Optional[str] = None        # model cache; None: resolved from the settings here
 
 
 @dataclass
@@ -163,7 +164,8 @@ def build_segmenter(request: SegmentationRequest, reader, queries, owner, monito
                                 + (f" of {total / 2 ** 20:.0f} MB" if total else " MB"))
 
         scorer = sam3_scorer(request.sam3_model, request.sam3_weights, request.device,
-                             download_progress=downloading, cache_dir=resolve_cache_dir())
+                             download_progress=downloading,
+                             cache_dir=request.cache_dir or resolve_cache_dir())
         scorer.set_queries(queries)
         tile = scorer.window
         sam3 = _sliding(request, reader, scorer, owner, window=tile,
@@ -201,7 +203,7 @@ def build_scorer(request: SegmentationRequest, monitor: RunMonitor):
         monitor.report(0.0, f"Downloading CLIP weights: {done / 2 ** 20:.0f}"
                             + (f" of {total / 2 ** 20:.0f} MB" if total else " MB"))
 
-    cache_dir = resolve_cache_dir()  # once per run, for every model below
+    cache_dir = request.cache_dir or resolve_cache_dir()  # once per run, for every model below
     dino_path = None
     if request.method != "clip":
         dino_path = resolve_dino_weights(request.dino_model, request.dino_weights, cache_dir)

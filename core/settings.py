@@ -269,6 +269,49 @@ def resolve(name: str, explicit=None, settings: Optional["Settings"] = None,
     return value, source
 
 
+# Weights belong to a model: saved weights are used only with the saved model.
+_WEIGHTS_OF = {"clip_weights": "clip_model", "dino_weights": "dino_model", "sam_weights": "sam_model"}
+
+
+@dataclass(frozen=True)
+class ResolvedSettings:
+    """Values of several settings with where each came from, resolved once by a front end."""
+    values: Dict[str, object]
+    sources: Dict[str, str]
+
+    def __getitem__(self, name: str):
+        return self.values[name]
+
+    def chosen(self, name: str):
+        """The value when it was told or saved, else None (the engine's own default applies:
+        e.g. DINO weights that are used only once downloaded)."""
+        return None if self.sources[name].startswith(SOURCE_DEFAULT) else self.values[name]
+
+    def describe(self) -> List[str]:
+        """One line per setting for a front end's log: 'CLIP weights: /w.pt (saved settings)'."""
+        return [f"{_LABELS.get(name, name)}: {self.values[name]} ({self.sources[name]})"
+                for name in self.values]
+
+
+def resolve_all(explicit: Mapping[str, object], settings: Optional["Settings"] = None,
+                environ: Optional[Mapping[str, str]] = None) -> ResolvedSettings:
+    """`resolve()` for every setting named in `explicit` ({name: value told, or None}), reading
+    the settings file at most once. Saved weights follow their model: when the model was told and
+    differs from the saved one, the saved weights do not apply and the weights are the model's
+    default (None for DINO and SAM: the catalog checkpoint of that model)."""
+    if settings is None:
+        settings = load_settings_or_defaults()[0]
+    values, sources = {}, {}
+    for name, told in explicit.items():
+        values[name], sources[name] = resolve(name, told, settings, environ)
+    for weights, model in _WEIGHTS_OF.items():
+        if (weights in values and sources[weights] == SOURCE_SAVED and model in values
+                and values[model] != getattr(settings, model)):
+            values[weights] = DEFAULT_CLIP_WEIGHTS if weights == "clip_weights" else None
+            sources[weights] = f"{SOURCE_DEFAULT} for {values[model]}"
+    return ResolvedSettings(values, sources)
+
+
 def _blank(value) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 

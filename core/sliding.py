@@ -11,15 +11,39 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 import torch
 from rasterio.windows import Window
 
 from .device import run_with_oom_retry
+from .raster_io import Grid
 
 BLEND_FLOOR = 1e-3  # keeps raster-edge pixels, covered by one window's rim only, weighted
+
+
+class WindowReader(Protocol):
+    """Pixels of the working raster (raster_io.RasterReader, array_segment.ArrayReader)."""
+
+    grid: Grid
+
+    def read(self, window: Window) -> Tuple[np.ndarray, np.ndarray]:
+        """(uint8 (3, h, w) image, bool (h, w) valid mask) of ``window``."""
+
+
+class WindowScorer(Protocol):
+    """Scores square windows against text queries (DenseClip, drseg.rectify.DrSegScorer)."""
+
+    logit_scale: float  # multiplies the logits before the softmax over queries
+    # A scorer with `outputs = "probabilities"` (SAM 3) returns per-query probabilities instead of
+    # logits; they are blended as they are, without a softmax across queries (each query is
+    # scored on its own), and logit_scale is unused.
+
+    def set_queries(self, queries: Sequence[str]) -> None: ...
+
+    def score_windows(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (B, 3, S, S) -> logits (B, Q, h, w) on each window's token grid."""
 
 
 def window_starts(length: int, window: int, stride: int) -> List[int]:
@@ -90,18 +114,15 @@ class BlockResult:
 
 @dataclass
 class SlidingWindowSegmenter:
-    """Turns a `reader` (RasterReader-like) and a `scorer` into class blocks.
+    """Turns a `reader` and a `scorer` (whose queries are set) into class blocks.
 
-    scorer: `score_windows(uint8 (B,3,S,S)) -> logits (B,Q,h,w)` with attribute `logit_scale`;
-    a scorer with `outputs = "probabilities"` (SAM 3) returns per-query probabilities instead,
-    which are blended as they are (no softmax across queries: each query is scored on its own);
     query_owner: for each query the 0-based class it belongs to (synonyms share a class).
     When the GPU runs out of memory the batch is halved (down to 1) and `on_batch_reduced(size,
     reason)` is told; `oom_retries` lists the reasons.
     """
 
-    reader: object
-    scorer: object
+    reader: WindowReader
+    scorer: WindowScorer
     query_owner: Sequence[int]
     threshold: float = 0.0
     window: int = 224

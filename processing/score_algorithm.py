@@ -4,7 +4,7 @@ mACC and aAcc, as papers report them.
 
 prepareAlgorithm() (main thread) resolves the layers and the area; processAlgorithm() (worker
 thread) reads the polygons through a thread-safe feature source snapshot and leaves the pixels to
-core/score_raster.py, which reads both sides block by block on the prediction's grid.
+core/evaluation/scoring.py, which reads both sides block by block on the prediction's grid.
 """
 from __future__ import annotations
 
@@ -128,7 +128,7 @@ class ScoreClassificationAlgorithm(DrSegAlgorithm):
         from ..qgis_bridge.sources import layer_crs_check, raster_source
 
         try:
-            from ..core import score_raster  # noqa: F401 (rasterio: say what is missing now)
+            from ..core.evaluation import scoring  # noqa: F401 (rasterio: say what is missing now)
         except ImportError as exc:
             raise InputError(dependency_message(["rasterio"], f"{type(exc).__name__}: {exc}")) from None
         predicted = self.parameterAsRasterLayer(parameters, self.INPUT, context)
@@ -174,7 +174,7 @@ class ScoreClassificationAlgorithm(DrSegAlgorithm):
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         """Worker thread: read polygons from the snapshot, score block by block, write the table."""
-        from ..core import score_raster
+        from ..core.evaluation import scoring as score_raster
 
         job = self._job
         if job is None:

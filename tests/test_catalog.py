@@ -7,7 +7,7 @@ import urllib.parse
 
 import pytest
 
-from drseg.core import models_cli
+from drseg import cli
 from drseg.core.models import catalog, registry
 from drseg.core.models import download as dl
 from drseg.core.models.catalog import get_model, list_models, load_catalog, parse_catalog
@@ -144,17 +144,17 @@ def test_cli_list_shows_catalog_and_cache_state(tmp_path, monkeypatch, capsys):
     cache.mkdir()
     sam = get_model("sam-vit-b")
     (cache / sam.file).write_bytes(b"\0" * 10)  # wrong size: not counted as downloaded
-    assert models_cli.main(["models", "list", "--cache-dir", str(cache), "--json"]) == 0
+    assert cli.main(["models", "list", "--cache-dir", str(cache), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert [m["name"] for m in data["models"]] == [e.name for e in list_models()]
     by_name = {m["name"]: m for m in data["models"]}
     assert by_name["sam-vit-b"]["cached_path"] is None
     assert by_name["sam-vit-b"]["sha256"] == sam.sha256
-    assert models_cli.main(["models", "list", "--family", "sam", "--cache-dir", str(cache)]) == 0
+    assert cli.main(["models", "list", "--family", "sam", "--cache-dir", str(cache)]) == 0
     text = capsys.readouterr().out
     assert "sam-vit-h" in text and "dino-vit-b8" not in text
 
 
 def test_cli_unknown_model_is_a_user_error(capsys):
-    assert models_cli.main(["models", "download", "no-such-model"]) == 2
+    assert cli.main(["models", "download", "no-such-model"]) == 2
     assert "Valid names" in capsys.readouterr().err

@@ -15,8 +15,9 @@ import zipfile
 import pytest
 import torch
 
+from drseg import cli
+from drseg.cli import models as cli_models
 from drseg.core.models import download as dl
-from drseg.core import models_cli
 from drseg.core.models.catalog import ModelEntry
 from drseg.core.models.checkpoints import load_state_dict
 from drseg.core.errors import ModelError, RunCancelled
@@ -427,26 +428,26 @@ def test_import_file_rejects_wrong_file_and_keeps_nothing(tmp_path, cache):
 def test_cli_download_and_verify(server, cache, monkeypatch, capsys):
     content = _payload()
     entry = _entry(server.put("weights.pth", content), content, name="tiny-model")
-    monkeypatch.setattr(models_cli, "get_model", lambda name: entry)
+    monkeypatch.setattr(cli_models, "get_model", lambda name: entry)
     monkeypatch.setattr(dl, "get_model", lambda name: entry)
-    monkeypatch.setattr(models_cli, "list_models", lambda family=None: [entry])
-    assert models_cli.main(["models", "download", "tiny-model", "--cache-dir", cache]) == 0
+    monkeypatch.setattr(cli_models, "list_models", lambda family=None: [entry])
+    assert cli.main(["models", "download", "tiny-model", "--cache-dir", cache]) == 0
     out = capsys.readouterr().out
     assert "tiny-model" in out and "size and SHA-256 verified" in out
-    assert models_cli.main(["models", "--cache-dir", cache, "verify"]) == 0
+    assert cli.main(["models", "--cache-dir", cache, "verify"]) == 0
     assert "tiny-model: ok" in capsys.readouterr().out
     with open(os.path.join(cache, "weights.pth"), "r+b") as handle:
         handle.write(b"\xff\xfe")
-    assert models_cli.main(["models", "verify", "tiny-model", "--cache-dir", cache]) == 1
+    assert cli.main(["models", "verify", "tiny-model", "--cache-dir", cache]) == 1
     assert "tiny-model: FAILED" in capsys.readouterr().out
 
 
 def test_cli_reports_server_error_with_exit_code_2(server, cache, monkeypatch, capsys):
     content = _payload()
     entry = _entry(server.put("weights.pth", content, plan=["500"]), content, name="tiny-model")
-    monkeypatch.setattr(models_cli, "get_model", lambda name: entry)
+    monkeypatch.setattr(cli_models, "get_model", lambda name: entry)
     monkeypatch.setattr(dl, "get_model", lambda name: entry)
-    assert models_cli.main(["models", "download", "tiny-model", "--cache-dir", cache, "--quiet"]) == 2
+    assert cli.main(["models", "download", "tiny-model", "--cache-dir", cache, "--quiet"]) == 2
     assert "HTTP 500" in capsys.readouterr().err
 
 

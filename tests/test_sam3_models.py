@@ -105,13 +105,14 @@ def test_no_access_message_explains_the_import(tmp_path, monkeypatch):
 
 
 def test_download_command_shows_the_licence_first(tmp_path, monkeypatch, capsys):
-    from drseg.core import models_cli
+    from drseg.cli import app
+    from drseg.cli import models as models_cli
 
     shown = []
     monkeypatch.setattr(download, "download",
                         lambda entry, *a, **k: shown.append(capsys.readouterr().err) or str(tmp_path / "f"))
     monkeypatch.setattr(models_cli, "_verified_text", lambda *a: "checked")
-    code = models_cli.main(["models", "download", "sam3", "--cache-dir", str(tmp_path), "--quiet"])
+    code = app.main(["models", "download", "sam3", "--cache-dir", str(tmp_path), "--quiet"])
     assert code == 0 and "licence SAM License" in shown[0]
 
 

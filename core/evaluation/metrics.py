@@ -20,19 +20,21 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
-DEFAULT_IGNORE_INDEX = 255
+IGNORE_INDEX = 255  # ground-truth value of a pixel that is not scored (mmseg's)
 PRECISION_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 _CHUNK = 1 << 22  # pixels per bincount pass, so a 6000x6000 tile never needs a 288 MB index array
 
 
-def _percent(value: float) -> Optional[float]:
+def percent(value: float) -> Optional[float]:
+    """A share as a percentage; NaN (undefined) as None."""
     value = float(value)
     return None if math.isnan(value) else 100.0 * value
 
 
-def _nanmean(values: np.ndarray) -> float:
+def nanmean(values: np.ndarray) -> float:
+    """Mean of the defined values (NaN: undefined, left out); NaN when none is defined."""
     finite = values[~np.isnan(values)]
     return float(finite.mean()) if finite.size else float("nan")
 
@@ -51,7 +53,7 @@ def _same_shape(gt: np.ndarray, pred: np.ndarray, what: str) -> None:
 class ConfusionMatrix:
     """Accumulates a (ground truth x prediction) pixel count matrix over many images."""
 
-    def __init__(self, num_classes: int, ignore_index: int = DEFAULT_IGNORE_INDEX):
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX):
         if num_classes < 1:
             raise InputError(f"A confusion matrix needs at least one class, got {num_classes}")
         self.num_classes = int(num_classes)
@@ -137,17 +139,17 @@ def ovss_metrics(confusion: ConfusionMatrix, class_names: Optional[Sequence[str]
     total_gt = int(confusion.gt_pixels.sum())
     a_acc = confusion.true_positives.sum() / total_gt if total_gt else float("nan")
     return {
-        "mIoU": _percent(_nanmean(iou)),
-        "mACC": _percent(_nanmean(acc)),
-        "aAcc": _percent(a_acc),
-        "per_class": {name: _percent(v) for name, v in zip(names, iou)},
+        "mIoU": percent(nanmean(iou)),
+        "mACC": percent(nanmean(acc)),
+        "aAcc": percent(a_acc),
+        "per_class": {name: percent(v) for name, v in zip(names, iou)},
     }
 
 
 def per_class_accuracy(confusion: ConfusionMatrix,
                        class_names: Optional[Sequence[str]] = None) -> Dict[str, Optional[float]]:
     names = _class_names(class_names, confusion.num_classes)
-    return {name: _percent(v) for name, v in zip(names, confusion.accuracy())}
+    return {name: percent(v) for name, v in zip(names, confusion.accuracy())}
 
 
 # ------------------------------------------------------------------------------------------
@@ -219,10 +221,10 @@ def refer_metrics(ious: Sequence[float], intersections: Sequence[int], unions: S
     n = ious_arr.size
     total_u = int(sum(unions))
     result = {
-        "gIoU": _percent(ious_arr.mean()) if n else None,
-        "cIoU": _percent(sum(intersections) / total_u) if total_u else None,
+        "gIoU": percent(ious_arr.mean()) if n else None,
+        "cIoU": percent(sum(intersections) / total_u) if total_u else None,
     }
     for t in thresholds:
         # a tiny tolerance so IoU = 7/10 counts at 0.7 whatever the float rounding
-        result[_threshold_key(t)] = _percent(np.mean(ious_arr >= t - 1e-12)) if n else None
+        result[_threshold_key(t)] = percent(np.mean(ious_arr >= t - 1e-12)) if n else None
     return result

@@ -1,10 +1,12 @@
-"""Metrics checked against numbers worked out by hand in the comments."""
+"""core/evaluation/metrics.py: metrics checked against numbers worked out by hand in the
+comments."""
 import numpy as np
 import pytest
 
 from drseg.core.errors import InputError
-from drseg.core.metrics import (ConfusionMatrix, ReferAccumulator, mask_intersection_union,
-                                per_class_accuracy, refer_metrics)
+from drseg.core.evaluation.metrics import (ConfusionMatrix, ReferAccumulator,
+                                           mask_intersection_union, per_class_accuracy,
+                                           refer_metrics)
 
 
 def _two_image_confusion():
@@ -65,7 +67,7 @@ def test_chunked_accumulation_equals_one_pass(monkeypatch):
     pred = rng.integers(0, 5, size=gt.shape)
     whole = ConfusionMatrix(4)
     whole.update(gt, pred)
-    import drseg.core.metrics as metrics
+    import drseg.core.evaluation.metrics as metrics
     monkeypatch.setattr(metrics, "_CHUNK", 7)
     chunked = ConfusionMatrix(4)
     chunked.update(gt, pred)

@@ -1,5 +1,5 @@
 """Score a predicted class raster against a reference over an area: per-class IoU and accuracy,
-mIoU, mACC and aAcc (core/metrics.py's confusion matrix, the protocol papers use).
+mIoU, mACC and aAcc (core/evaluation/metrics.py's confusion matrix, the protocol papers use).
 
 The prediction's grid is the grid of the comparison. Both sides are read block by block, never
 whole: a reference raster is warped onto the prediction's grid (nearest neighbour, in the
@@ -28,12 +28,12 @@ from rasterio import features, windows
 from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 
-from .errors import InputError, RunCancelled
-from .metrics import ConfusionMatrix
+from ..errors import InputError, RunCancelled
+from .metrics import IGNORE_INDEX, ConfusionMatrix, nanmean, percent
 
 IGNORE = -1                # reference code of a pixel that is not scored
 _UNMATCHED_BASE = -2       # reference codes -2, -3, ...: the k-th label without a predicted class
-DEFAULT_IGNORE_VALUE = 255
+DEFAULT_IGNORE_VALUE = IGNORE_INDEX
 BLOCK = 1024
 MATCH_AUTO, MATCH_NAME, MATCH_ID = "auto", "name", "id"
 UNCOVERED_BACKGROUND, UNCOVERED_IGNORE = "background", "ignore"
@@ -400,24 +400,14 @@ def _result(confusion, classes, ignored, prediction_nodata, unmatched, matching,
     tp, gt, pr = confusion.true_positives, confusion.gt_pixels, confusion.pred_pixels
     indices = sorted(classes.names) if classes.names else [
         i for i in range(classes.count) if gt[i] or pr[i]]
-    rows = [ClassScore(i, classes.name(i), _pct(iou[i]), _pct(acc[i]), int(tp[i]), int(gt[i]),
-                       int(pr[i])) for i in indices]
+    rows = [ClassScore(i, classes.name(i), percent(iou[i]), percent(acc[i]), int(tp[i]),
+                       int(gt[i]), int(pr[i])) for i in indices]
     kept = np.asarray(indices, np.int64)
     total = int(gt.sum())
     return ScoreResult(
-        classes=rows, miou=_pct(_nanmean(iou[kept])), macc=_pct(_nanmean(acc[kept])),
-        aacc=_pct(tp.sum() / total) if total else None, scored_pixels=total,
+        classes=rows, miou=percent(nanmean(iou[kept])), macc=percent(nanmean(acc[kept])),
+        aacc=percent(tp.sum() / total) if total else None, scored_pixels=total,
         ignored_pixels=ignored, prediction_nodata=prediction_nodata, unmatched=unmatched,
         matching=matching, window=(int(area.col_off), int(area.row_off), int(area.width),
                                    int(area.height)),
         confusion=confusion)
-
-
-def _nanmean(values: np.ndarray) -> float:
-    finite = values[~np.isnan(values)]
-    return float(finite.mean()) if finite.size else float("nan")
-
-
-def _pct(value) -> Optional[float]:
-    value = float(value)
-    return None if math.isnan(value) else 100.0 * value

@@ -1,27 +1,19 @@
-"""`python -m drseg models ...`: list, download, verify and import model checkpoints.
-
-The main command line adds these with `add_models_parser(subparsers)` and runs them with
-`run_models_command(args)`; `main(argv)` runs them on their own.
-"""
+"""`python -m drseg models ...`: list, download, verify and import model checkpoints."""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from typing import Optional, Sequence
 
-from .models import download as dl
-from .models.catalog import ModelEntry, get_model, list_models
-from .models.registry import FAMILIES
-from .errors import DrSegError, RunCancelled
-
-EXIT_OK = 0
-EXIT_FAILED = 1      # a verification found a damaged or missing file
-EXIT_USER_ERROR = 2  # a DrSegError: message printed, nothing else
-EXIT_CANCELLED = 130
+from ..core.errors import InputError
+from ..core.models import download as dl
+from ..core.models.catalog import get_model, list_models
+from ..core.models.registry import FAMILIES
+from .exit_codes import EXIT_FAILED, EXIT_OK
+from .progress import ProgressBar
 
 
-def add_models_parser(subparsers) -> argparse.ArgumentParser:
+def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the `models` command (with list/download/verify/import) to an argparse subparsers."""
     parser = subparsers.add_parser("models", help="list, download, verify and import model checkpoints",
                                    description="Manage the checkpoints DR-Seg can use.")
@@ -50,7 +42,7 @@ def add_models_parser(subparsers) -> argparse.ArgumentParser:
     imp.add_argument("name", metavar="NAME", help="catalog name the file belongs to")
     imp.add_argument("path", metavar="FILE", help="the checkpoint (or, for archive models, the zip)")
 
-    parser.set_defaults(handler=run_models_command)
+    parser.set_defaults(run=run_models_command, cancel_note="run the same command again to resume")
     return parser
 
 
@@ -64,32 +56,25 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def run_models_command(args: argparse.Namespace, out=None, err=None) -> int:
-    """Run a parsed `models` command; returns the exit code. User errors are printed, not raised."""
+    """Run a parsed `models` command; returns the exit code. Problems the user can fix raise
+    DrSegError (the main command line shows them, exit 2)."""
     out = out or sys.stdout
     err = err or sys.stderr
     cache = getattr(args, "cache_dir", None)
     mirror = getattr(args, "mirror", None)
-    try:
-        command = args.models_command
-        if command == "list":
-            return _list(args, cache, out)
-        if command == "download":
-            return _download(args, cache, mirror, out, err)
-        if command == "verify":
-            return _verify(args, cache, out)
-        if command == "import":
-            path = dl.import_file(args.path, args.name, cache,
-                                  status=lambda text: print(text, file=err))
-            print(f"{args.name}: imported to {path} ({_verified_text(args.name, cache)})", file=out)
-            return EXIT_OK
-        print(f"error: unknown models action '{command}'", file=err)
-        return EXIT_USER_ERROR
-    except DrSegError as exc:
-        print(f"error: {exc}", file=err)
-        return EXIT_USER_ERROR
-    except (RunCancelled, KeyboardInterrupt):
-        print("cancelled; run the same command again to resume", file=err)
-        return EXIT_CANCELLED
+    command = args.models_command
+    if command == "list":
+        return _list(args, cache, out)
+    if command == "download":
+        return _download(args, cache, mirror, out, err)
+    if command == "verify":
+        return _verify(args, cache, out)
+    if command == "import":
+        path = dl.import_file(args.path, args.name, cache,
+                              status=lambda text: print(text, file=err))
+        print(f"{args.name}: imported to {path} ({_verified_text(args.name, cache)})", file=out)
+        return EXIT_OK
+    raise InputError(f"unknown models action '{command}'")
 
 
 def _list(args, cache, out) -> int:
@@ -127,10 +112,10 @@ def _download(args, cache, mirror, out, err) -> int:
     for entry in entries:
         # The licence is shown before any byte is fetched (SAM 3's is not an open-source one).
         print(f"{entry.name}: licence {entry.licence}", file=err)
-        bar = None if args.quiet else _ProgressBar(entry, err)
+        bar = None if args.quiet else ProgressBar(leave=False, stream=err, label=entry.name)
         try:
             path = dl.download(entry, cache, mirror=mirror, force=args.force,
-                               progress=bar.update if bar else None,
+                               progress=bar.transfer if bar else None,
                                status=bar.write if bar else None)
         finally:
             if bar:
@@ -165,56 +150,3 @@ def _verified_text(entry, cache) -> str:
     if entry.verifiable == "nothing":
         return "no published size or SHA-256: only its format was checked; hash recorded for later 'verify'"
     return f"{entry.verifiable} verified"
-
-
-class _ProgressBar:
-    """tqdm progress bar fed by the downloader's (bytes_done, bytes_total) callback."""
-
-    def __init__(self, entry: ModelEntry, stream):
-        from tqdm import tqdm
-        self._tqdm = tqdm
-        self._stream = stream
-        self._bar = None
-        self._entry = entry
-
-    def update(self, done: int, total: Optional[int]) -> None:
-        if self._bar is None or (total is not None and self._bar.total != total):
-            if self._bar is not None:
-                self._bar.close()
-            self._bar = self._tqdm(total=total, initial=done, unit="B", unit_scale=True,
-                                   unit_divisor=1024, desc=self._entry.name, file=self._stream,
-                                   leave=False, dynamic_ncols=True)
-            return
-        if done < self._bar.n:  # the server sent the whole file again
-            self._bar.reset(total=total)
-        self._bar.update(done - self._bar.n)
-
-    def write(self, text: str) -> None:
-        if self._bar is not None:
-            self._bar.write(text, file=self._stream)
-        else:
-            print(text, file=self._stream)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m drseg",
-                                     description="DR-Seg model management")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    subparsers.required = True
-    add_models_parser(subparsers)
-    return parser
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Standalone entry point: `python -m drseg.core.models_cli models list`."""
-    args = build_parser().parse_args(list(argv) if argv is not None else None)
-    return run_models_command(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

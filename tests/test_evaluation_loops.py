@@ -1,6 +1,7 @@
-"""End-to-end evaluation on tiny synthetic benchmarks with predictions of known confusion.
+"""core/evaluation/loops.py: scoring tiny synthetic benchmarks with predictions of known confusion.
 
-Every number asserted (and every number the command prints) is worked out by hand below.
+Every number asserted is worked out by hand below; test_evaluation_writers.py and
+test_cli_evaluate.py use the same benchmarks.
 """
 import csv
 import json
@@ -10,14 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from drseg.cli import main as drseg_main
-from test_datasets import tif  # the same GeoTIFF writer
-from drseg.core.datasets import get_dataset
+from test_evaluation_datasets import tif  # the same GeoTIFF writer
 from drseg.core.errors import InputError
-from drseg.core.evaluate import (confusion_image_pillow, engine_to_dataset_labels,
-                                 evaluate_ovss, evaluate_refer, format_ovss_table, heat_colour, write_ovss_outputs,
-                                 write_refer_outputs, _row_normalised)
-from drseg.core.evaluate_cli import set_predictor_factory
+from drseg.core.evaluation.datasets import get_dataset
+from drseg.core.evaluation.loops import evaluate_ovss, evaluate_refer
+from drseg.core.evaluation.reports import format_ovss_table
+from drseg.core.evaluation.writers import write_refer_outputs
 
 X = 255
 
@@ -67,13 +66,6 @@ def loveda(tmp_path):
     return root, preds
 
 
-@pytest.fixture
-def no_factory():
-    set_predictor_factory(None)
-    yield
-    set_predictor_factory(None)
-
-
 def check_ovss_metrics(report):
     m = report.metrics
     assert set(m) == {"mIoU", "mACC", "aAcc", "per_class"}
@@ -120,17 +112,6 @@ def test_ovss_from_predict_function(loveda):
     check_ovss_metrics(report)
     assert seen == ["a.png", "b.png"] and report.source == "engine"
     assert any("1 predicted pixels hold no class index" in w for w in report.warnings)
-
-
-def test_engine_class_map_to_dataset_indices():
-    # engine: 0 = below prob_thd, k = k-th prompt class (1-based), 255 = no data
-    engine = np.array([[0, 1, 6], [7, 255, 9]])
-    # Potsdam-like: 6 classes, background (clutter) is class 5
-    assert engine_to_dataset_labels(engine, 5, 6).tolist() == [[5, 0, 5], [X, X, X]]
-    # LoveDA-like: 7 classes, background is class 0
-    assert engine_to_dataset_labels(engine, 0, 7).tolist() == [[0, 0, 5], [6, X, X]]
-    with pytest.raises(InputError, match="background index 7"):
-        engine_to_dataset_labels(engine, 7, 7)
 
 
 def test_limit_scores_only_the_first_samples(loveda):
@@ -182,58 +163,6 @@ def test_repeated_file_names_need_relative_paths(tmp_path):
     assert report.metrics["per_class"]["building"] == 100.0
     assert report.metrics["per_class"]["background"] == 100.0
     assert report.metrics["mIoU"] == 100.0      # the 5 classes absent everywhere are left out
-
-
-def test_ovss_output_files(loveda, tmp_path):
-    root, preds = loveda
-    report = evaluate_ovss(get_dataset("LoveDA", root), predictions_dir=preds)
-    out = tmp_path / "out"
-    written = write_ovss_outputs(report, out, json_path=tmp_path / "m.json")
-    metrics = json.loads((tmp_path / "m.json").read_text())
-    assert set(metrics) == {"mIoU", "mACC", "aAcc", "per_class"}
-    assert metrics["per_class"]["barren"] is None
-    assert metrics["mIoU"] == pytest.approx(EXPECTED_MIOU)
-    full = json.loads(Path(written["results"]).read_text())
-    assert full["dataset"] == "LoveDA" and full["split"] == "val" and full["samples"] == 2
-    assert full["confusion_matrix"][5] == [0, 0, 0, 0, 0, 1, 1]      # forest: 1x5, 1x6
-    assert full["confusion_matrix"][6] == [0, 0, 0, 0, 0, 0, 1]      # agricultural: 1x6
-    assert full["unassigned"] == [0, 0, 0, 0, 0, 0, 1]
-    assert full["settings"]["prob_thd"] == 0.3
-    rows = list(csv.reader(open(written["csv"])))
-    assert rows[0] == ["class", "IoU", "Acc", "gt_pixels", "pred_pixels"]
-    assert rows[1] == ["background", "57.1429", "66.6667", "6", "5"]
-    assert rows[5] == ["barren", "", "", "0", "0"]
-    assert rows[-2] == ["mean", "56.7460", "69.4444", "", ""]
-    assert rows[-1] == ["overall", "", "66.6667", "15", "14"]
-    confusion = list(csv.reader(open(written["confusion_csv"])))
-    assert confusion[0][-1] == "(no class)"
-    assert confusion[7] == ["agricultural", "0", "0", "0", "0", "0", "0", "1", "1"]
-    with Image.open(written["confusion_png"]) as image:
-        assert image.format == "PNG" and image.width > 200 and image.height > 200
-    assert Path(written["confusion_png"]).name == "LoveDA_val_confusion.png"
-
-
-def test_pillow_heat_map_colours(tmp_path):
-    # row-normalised: background row [4, 2] / 6 -> 2/3, 1/3; water row 1.0; barren row empty -> 0
-    matrix = np.array([[4, 2, 0], [0, 0, 0], [0, 0, 3]])
-    norm = _row_normalised(matrix)
-    assert norm[0].tolist() == pytest.approx([2 / 3, 1 / 3, 0.0])
-    assert norm[1].tolist() == [0.0, 0.0, 0.0]
-    image, (x0, y0), cell = confusion_image_pillow(norm, ["bg", "barren", "water"],
-                                                   ["bg", "barren", "water"], "t")
-    pixel = lambda r, c: image.getpixel((x0 + c * cell + 2, y0 + r * cell + 2))
-    assert heat_colour(1.0) == (8, 48, 107) and heat_colour(0.0) == (255, 255, 255)
-    assert pixel(2, 2) == (8, 48, 107)
-    assert pixel(1, 1) == (255, 255, 255)
-    # 1/3 of the way from white to (8, 48, 107): 255 - 247/3, 255 - 207/3, 255 - 148/3
-    assert pixel(0, 1) == (173, 186, 206)
-    # the writer's fallback path produces a PNG as well
-    from drseg.core.evaluate import save_confusion_png
-    path = save_confusion_png(matrix, ["bg", "barren", "water"], ["bg", "barren", "water"],
-                              tmp_path / "p.png", title="t",
-                              use_matplotlib=False)
-    with Image.open(path) as saved:
-        assert saved.size == image.size
 
 
 # ----------------------------------------------------------------------------------------
@@ -305,81 +234,3 @@ def test_refer_missing_prediction(refsegrs, tmp_path):
     (preds / "12.png").unlink()
     with pytest.raises(InputError, match=r"No prediction for sample 12 \('the object number 12'\)"):
         evaluate_refer(get_dataset("RefSegRS", root), predictions_dir=preds)
-
-
-# ----------------------------------------------------------------------------------------
-# Command line (through drseg's own main)
-# ----------------------------------------------------------------------------------------
-
-def test_cli_ovss_with_predictions(loveda, tmp_path, capsys, no_factory):
-    root, preds = loveda
-    out_json = tmp_path / "results" / "loveda.json"
-    code = drseg_main(["evaluate", "ovss", "--dataset", "LoveDA", "--root", str(root),
-                       "--predictions", str(preds), "--json", str(out_json), "--quiet"])
-    captured = capsys.readouterr()
-    assert code == 0, captured.err
-    lines = captured.out.splitlines()
-    assert lines[0] == f"LoveDA val (converted layout), 2 samples, predictions: {preds}"
-    assert "building        50.00   100.00" in lines
-    assert "water          100.00   100.00" in lines
-    assert "mIoU 56.75  mACC 69.44  aAcc 66.67" in lines
-    metrics = json.loads(out_json.read_text())
-    assert set(metrics) == {"mIoU", "mACC", "aAcc", "per_class"}
-    assert metrics["aAcc"] == pytest.approx(EXPECTED_AACC)
-    for name in ("LoveDA_val_results.json", "LoveDA_val.csv", "LoveDA_val_confusion.png",
-                 "LoveDA_val_confusion.csv"):
-        assert (out_json.parent / name).is_file()
-        assert f"wrote {out_json.parent / name}" in lines
-
-
-def test_cli_needs_engine_or_predictions(loveda, tmp_path, capsys, no_factory, monkeypatch):
-    import drseg.cli
-    monkeypatch.setattr(drseg.cli, "register_evaluation_engine", lambda: None)  # a build without engine
-    root, _ = loveda
-    code = drseg_main(["evaluate", "ovss", "--dataset", "loveda", "--root", str(root),
-                       "--out", str(tmp_path / "o")])
-    assert code == 2
-    assert "needs the segmentation engine" in capsys.readouterr().err
-    assert not (tmp_path / "o").exists()
-
-
-def test_cli_uses_registered_engine(loveda, tmp_path, capsys, no_factory):
-    root, _ = loveda
-    decoded = {"a.png": np.array([[0, 1, 1, 1], [2, 0, 4, 3]]),
-               "b.png": np.array([[5, 6, 6, X], [0, 0, 1, 0]])}
-    received = {}
-
-    def factory(task, dataset, args):
-        received.update(task=task, prompt=dataset.prompt, thd=dataset.threshold,
-                        bg=dataset.background_index, limit=args.limit)
-        return lambda image_path: decoded[Path(image_path).name]
-
-    set_predictor_factory(factory)
-    code = drseg_main(["evaluate", "ovss", "--dataset", "LoveDA", "--root", str(root),
-                       "--limit", "1", "--out", str(tmp_path / "o"), "--quiet"])
-    out = capsys.readouterr().out
-    assert code == 0
-    assert received == {"task": "ovss", "thd": 0.3, "bg": 0, "limit": 1,
-                        "prompt": "background; building,roof,house; road; water; barren; "
-                                  "forest; agricultural"}
-    assert "1 samples, engine" in out.splitlines()[0]
-    assert "mIoU 62.50" in out                  # image a only, as in test_limit...
-
-
-def test_cli_refer_table(refsegrs, tmp_path, capsys, no_factory):
-    root, preds = refsegrs
-    code = drseg_main(["evaluate", "refer", "--dataset", "RefSegRS", "--root", str(root),
-                       "--predictions", str(preds), "--out", str(tmp_path / "o"), "--quiet"])
-    lines = capsys.readouterr().out.splitlines()
-    assert code == 0
-    assert lines[1].split() == ["gIoU", "cIoU", "Pr@0.5", "Pr@0.6", "Pr@0.7", "Pr@0.8", "Pr@0.9"]
-    assert lines[2].split() == ["43.33", "50.00", "66.67", "33.33", "33.33", "33.33", "0.00"]
-    assert (tmp_path / "o" / "RefSegRS_test.csv").is_file()
-
-
-def test_cli_wrong_task_for_dataset(refsegrs, capsys, no_factory):
-    root, preds = refsegrs
-    code = drseg_main(["evaluate", "ovss", "--dataset", "RefSegRS", "--root", str(root),
-                       "--predictions", str(preds)])
-    assert code == 2
-    assert "use 'evaluate refer'" in capsys.readouterr().err

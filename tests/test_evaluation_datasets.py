@@ -1,4 +1,5 @@
-"""Benchmark readers on tiny data sets written here in each released and converted layout.
+"""core/evaluation/datasets/: benchmark readers on tiny data sets written here in each released
+and converted layout.
 
 Every expected label below is decoded by hand from the dataset's documented encoding
 (e.g. LoveDA raw 0 = no-data, 1..7 = classes 0..6; Potsdam white = impervious surface).
@@ -13,10 +14,11 @@ import rasterio
 from PIL import Image
 from rasterio.transform import from_origin
 
-from drseg.core.datasets import (IGNORE_INDEX, OvssDataset, ReferDataset, dataset_spec,
-                                 get_dataset, list_datasets, polygons_to_mask, rle_counts_from_string,
-                                 rle_decode, safe_load_pickle, segmentation_to_mask)
 from drseg.core.errors import InputError
+from drseg.core.evaluation.datasets import (IGNORE_INDEX, OvssDataset, ReferDataset, dataset_spec,
+                                            get_dataset, list_datasets, polygons_to_mask,
+                                            rle_counts_from_string, rle_decode, safe_load_pickle,
+                                            segmentation_to_mask)
 
 X = IGNORE_INDEX
 

@@ -1,45 +1,24 @@
 """`python -m drseg evaluate ovss|refer ...`: score the engine or saved predictions on a benchmark.
 
-The engine is plugged in through a registration hook so this module needs no model code:
-
-    set_predictor_factory(factory)
-    factory(task, dataset, args) -> predict_fn
-
-``task`` is "ovss" or "refer", ``dataset`` the opened data set (classes, prompt, background
-index, prob_thd), ``args`` the parsed command line (engine options added by
-``add_evaluate_parser(..., engine_options=...)``). The returned ``predict_fn`` follows
-`core.evaluate`: OVSS ``predict_fn(image_path) -> class indices``; referring
-``predict_fn(image_path, expression) -> mask``.
+The method comes from the ``PredictorFactory`` the main command line hands to `add_parser`
+(core/evaluation/predictors.py: ``factory(task, dataset, settings) -> predict``); with none, only
+saved predictions (--predictions DIR) can be scored.
 """
 from __future__ import annotations
 
-import argparse
+import functools
 import sys
-from typing import Callable, Optional
+from typing import Optional
 
-from .console import ProgressBar
-from .errors import InputError
-
-PredictorFactory = Callable[[str, object, argparse.Namespace], Callable]
-
-_predictor_factory: Optional[PredictorFactory] = None
-
-
-def set_predictor_factory(factory: Optional[PredictorFactory]) -> None:
-    """Register (or, with None, remove) the factory that builds the engine's predict function."""
-    global _predictor_factory
-    if factory is not None and not callable(factory):
-        raise TypeError("the predictor factory must be callable")
-    _predictor_factory = factory
-
-
-def get_predictor_factory() -> Optional[PredictorFactory]:
-    return _predictor_factory
+from ..core.errors import InputError
+from ..core.evaluation.predictors import EngineSettings, PredictorFactory
+from .arguments import positive_int
+from .progress import ProgressBar
 
 
 def _dataset_help(task: str) -> str:
     try:
-        from .datasets import list_datasets
+        from ..core.evaluation.datasets import list_datasets
 
         names = ", ".join(list_datasets(task))
     except Exception:                        # a broken JSON file must not break --help
@@ -47,21 +26,9 @@ def _dataset_help(task: str) -> str:
     return f"benchmark name ({names}) or the path of a data set JSON file"
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be a positive whole number")
-    return value
-
-
-def add_evaluate_parser(subparsers, engine_options: Optional[Callable] = None):
-    """Add `evaluate ovss` and `evaluate refer` to a sub-command parser.
-
-    ``engine_options(parser, task)`` may add the engine's method/settings options to each.
-    """
+def add_parser(subparsers, predictor_factory: Optional[PredictorFactory] = None):
+    """Add `evaluate ovss` and `evaluate refer`; ``predictor_factory`` runs the method."""
+    run = functools.partial(run_evaluate_command, predictor_factory=predictor_factory)
     parser = subparsers.add_parser(
         "evaluate", help="score the engine or saved predictions on a standard benchmark",
         description="Evaluate on a benchmark split exactly as papers do: confusion-matrix mIoU, "
@@ -75,7 +42,7 @@ def add_evaluate_parser(subparsers, engine_options: Optional[Callable] = None):
         p.add_argument("--root", required=True, help="folder holding the data set")
         p.add_argument("--split", help="split to score (default: the set's evaluation split, "
                                        "e.g. val for LoveDA, test for RRSIS-D)")
-        p.add_argument("--limit", type=_positive_int, help="score only the first N samples")
+        p.add_argument("--limit", type=positive_int, help="score only the first N samples")
         p.add_argument("--predictions", metavar="DIR",
                        help="score saved masks instead of running the engine" +
                             (" (same file names and label values as the ground truth)"
@@ -88,35 +55,57 @@ def add_evaluate_parser(subparsers, engine_options: Optional[Callable] = None):
             p.add_argument("--layout", help="force a folder layout of the data set "
                                             "(e.g. released, converted) instead of detecting it")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
-        if engine_options is not None:
-            engine_options(p, task)
-        p.set_defaults(run=run_evaluate_command)
-    parser.set_defaults(run=run_evaluate_command)
+        _engine_options(p, task)
+        p.set_defaults(run=run)
+    parser.set_defaults(run=run)
     return parser
 
 
-def _predict_fn(task: str, dataset, args):
-    factory = get_predictor_factory()
-    if factory is None:
+def _engine_options(parser, task: str) -> None:
+    """The engine's models and options (read only when the engine runs)."""
+    from ..core.models.registry import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DEVICE,
+                                        DEFAULT_SAM_MODEL, SAM_MODELS)
+
+    parser.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL)
+    parser.add_argument("--clip-weights", default=DEFAULT_CLIP_WEIGHTS)
+    parser.add_argument("--device", default=DEFAULT_DEVICE)
+    if task == "refer":
+        parser.add_argument("--sam-model", default=DEFAULT_SAM_MODEL, choices=list(SAM_MODELS))
+        parser.add_argument("--sam-weights", help="SAM checkpoint file or catalog name")
+    else:
+        parser.add_argument("--long-side", type=int, default=448,
+                            help="benchmark images are resized to this long side (0: keep the size)")
+
+
+def engine_settings(args) -> EngineSettings:
+    return EngineSettings(clip_model=args.clip_model, clip_weights=args.clip_weights,
+                          device=args.device, long_side=getattr(args, "long_side", None),
+                          sam_model=getattr(args, "sam_model", None),
+                          sam_weights=getattr(args, "sam_weights", None))
+
+
+def _predict_fn(task: str, dataset, args, predictor_factory: Optional[PredictorFactory]):
+    if predictor_factory is None:
         raise InputError("Running the engine for evaluation needs the segmentation engine, and "
-                         "none is registered in this build; score saved masks with "
+                         "none is given to this command line; score saved masks with "
                          "--predictions DIR instead")
-    predict_fn = factory(task, dataset, args)
+    predict_fn = predictor_factory(task, dataset, engine_settings(args))
     if not callable(predict_fn):
-        raise InputError("The registered predictor factory did not return a predict function")
+        raise InputError("The predictor factory did not return a predict function")
     return predict_fn
 
 
-def run_evaluate_command(args) -> int:
+def run_evaluate_command(args, predictor_factory: Optional[PredictorFactory] = None) -> int:
     """Run `evaluate ovss|refer`; prints a table, writes the files, returns the exit code 0.
 
     Problems the user can fix raise `InputError` (the main command line shows them, exit 2).
     """
     from pathlib import Path
 
-    from .datasets import get_dataset
-    from .evaluate import (DEFAULT_OUT_DIR, evaluate_ovss, evaluate_refer, format_ovss_table,
-                           format_refer_table, write_ovss_outputs, write_refer_outputs)
+    from ..core.evaluation.datasets import get_dataset
+    from ..core.evaluation.loops import evaluate_ovss, evaluate_refer
+    from ..core.evaluation.reports import format_ovss_table, format_refer_table
+    from ..core.evaluation.writers import DEFAULT_OUT_DIR, write_ovss_outputs, write_refer_outputs
 
     task = getattr(args, "eval_task", None)
     if task not in ("ovss", "refer"):
@@ -126,7 +115,7 @@ def run_evaluate_command(args) -> int:
         other = "refer" if dataset.task == "refer" else "ovss"
         raise InputError(f"{dataset.name} is a{' referring' if other == 'refer' else 'n OVSS'} "
                          f"benchmark; use 'evaluate {other}'")
-    predict_fn = None if args.predictions else _predict_fn(task, dataset, args)
+    predict_fn = None if args.predictions else _predict_fn(task, dataset, args, predictor_factory)
     progress = ProgressBar(getattr(args, "quiet", False), leave=False)
     try:
         if task == "ovss":

@@ -1,22 +1,22 @@
-"""Command line: `python -m drseg segment RASTER --classes "building;water" --out result.gpkg`.
-
-Exit codes: 0 success, 2 bad input or missing weights (one-line message), 130 cancelled.
-"""
+"""`python -m drseg segment RASTER --classes "building;water" --out result.gpkg`: open-vocabulary
+segmentation of a raster into polygons and/or a class raster."""
 from __future__ import annotations
 
-import argparse
-import sys
-from typing import List, Optional
+from ..core.errors import DrSegError
+from .arguments import SETTINGS_HELP, extent_argument, resolve_settings
 
-from .core.console import ProgressBar, extent_argument
-from .core.errors import DrSegError, RunCancelled
+# Options that fall back on the saved settings when not given.
+SETTINGS = ("clip_model", "clip_weights", "device", "dino_model", "dino_weights", "window",
+            "stride", "block", "batch_size", "cache_dir")
+from .progress import ProgressBar
 
 
-def add_segment_parser(subparsers) -> None:
-    from .core.models.registry import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DEVICE,
-                                       DEFAULT_DINO_MODEL, DEFAULT_SAM3_MODEL, DEVICE_CHOICES,
-                                       DINO_MODEL_CHOICES, ENGINE_CHOICES)
-    from .core.segment import DEFAULT_THRESHOLD
+def add_parser(subparsers) -> None:
+    from ..core.models.registry import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DEVICE,
+                                        DEFAULT_DINO_MODEL, DEFAULT_SAM3_MODEL, DEVICE_CHOICES,
+                                        DINO_MODEL_CHOICES, ENGINE_CHOICES)
+    from ..core.segment import DEFAULT_THRESHOLD
+    from ..core.settings import Settings
 
     p = subparsers.add_parser("segment", help="open-vocabulary segmentation of a raster into classes",
                               description="Segment RASTER into the classes typed with --classes and "
@@ -26,10 +26,13 @@ def add_segment_parser(subparsers) -> None:
                    help="classes separated by ';', synonyms by ',', e.g. 'building,roof;road;water'")
     p.add_argument("--out", help="output GeoPackage of polygons (.gpkg)")
     p.add_argument("--raster-out", help="output class-index GeoTIFF (.tif)")
-    p.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL, help="open_clip model name or JSON config")
-    p.add_argument("--clip-weights", default=DEFAULT_CLIP_WEIGHTS,
-                   help="open_clip pretrained tag (downloaded on first use) or checkpoint file")
-    p.add_argument("--device", default=DEFAULT_DEVICE, choices=DEVICE_CHOICES)
+    p.add_argument("--clip-model", help="open_clip model name or JSON config"
+                   + SETTINGS_HELP.format(DEFAULT_CLIP_MODEL))
+    p.add_argument("--clip-weights",
+                   help="open_clip pretrained tag (downloaded on first use), catalog name or "
+                        "checkpoint file" + SETTINGS_HELP.format(DEFAULT_CLIP_WEIGHTS))
+    p.add_argument("--device", choices=DEVICE_CHOICES, help="device"
+                   + SETTINGS_HELP.format(DEFAULT_DEVICE))
     p.add_argument("--method", default="auto", choices=["auto", "drseg", "clip"],
                    help="drseg: dense CLIP rectified with DINO structure; clip: plain dense CLIP; "
                         "auto (default): drseg when DINO weights are set up")
@@ -41,9 +44,11 @@ def add_segment_parser(subparsers) -> None:
                    help="SAM 3 architecture or a transformers config.json")
     p.add_argument("--sam3-weights", help="SAM 3 model.safetensors file or folder, or catalog name "
                                           "(default: the imported 'sam3' checkpoint)")
-    p.add_argument("--dino-model", default=DEFAULT_DINO_MODEL, choices=sorted(DINO_MODEL_CHOICES))
-    p.add_argument("--dino-weights", help="DINO checkpoint file or catalog name "
-                                           "(default: the downloaded catalog checkpoint, if any)")
+    p.add_argument("--dino-model", choices=sorted(DINO_MODEL_CHOICES),
+                   help="DINO backbone" + SETTINGS_HELP.format(DEFAULT_DINO_MODEL))
+    p.add_argument("--dino-weights", help="DINO checkpoint file or catalog name (default: the "
+                                           "saved settings', else the downloaded catalog "
+                                           "checkpoint, if any)")
     p.add_argument("--semantic-ratio", type=float, default=0.3,
                    help="share of CLIP channels kept as semantic (DR-Seg ρ)")
     p.add_argument("--graph-k", type=int, default=8, help="neighbours per token in the DINO graph")
@@ -58,26 +63,33 @@ def add_segment_parser(subparsers) -> None:
                    help="pixels whose top class probability is below this become background")
     p.add_argument("--simplify", type=float, default=0.0, help="polygon simplification, in pixels")
     p.add_argument("--min-area", type=float, default=0.0, help="drop polygons smaller than this, m²")
-    p.add_argument("--window", type=int, default=224, help="sliding window, working pixels")
-    p.add_argument("--stride", type=int, default=112, help="sliding window stride, working pixels")
+    p.add_argument("--window", type=int, help="sliding window, working pixels"
+                   + SETTINGS_HELP.format(Settings.window))
+    p.add_argument("--stride", type=int, help="sliding window stride, working pixels"
+                   + SETTINGS_HELP.format(Settings.stride))
+    p.add_argument("--cache-dir", help="model cache folder (default: DRSEG_CACHE_DIR, else the "
+                                        "saved settings, else the platform's cache folder)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run_segment_command)
 
 
 def run_segment_command(args) -> int:
-    from .core.raster_io import parse_bands
-    from .core.segment import SegmentationRequest, run_segmentation
+    from ..core.raster_io import parse_bands
+    from ..core.segment import SegmentationRequest, run_segmentation
 
     if not args.out and not args.raster_out:
         raise DrSegError("Give an output: --out result.gpkg and/or --raster-out classes.tif")
+    settings = resolve_settings(args, SETTINGS)
     request = SegmentationRequest(
         raster=args.raster, classes=args.classes, out_vector=args.out, out_raster=args.raster_out,
         bands=parse_bands(args.bands), extent=args.extent, resolution=args.resolution,
-        threshold=args.threshold, clip_model=args.clip_model, clip_weights=args.clip_weights,
-        device=args.device, window=args.window, stride=args.stride, simplify=args.simplify,
-        min_area=args.min_area, method=args.method, engine=args.engine,
-        sam3_model=args.sam3_model, sam3_weights=args.sam3_weights, dino_model=args.dino_model,
-        dino_weights=args.dino_weights, semantic_ratio=args.semantic_ratio, graph_k=args.graph_k,
+        threshold=args.threshold, clip_model=settings["clip_model"],
+        clip_weights=settings["clip_weights"], device=settings["device"],
+        window=settings["window"], stride=settings["stride"], block=settings["block"],
+        batch_size=settings["batch_size"], cache_dir=settings["cache_dir"],
+        simplify=args.simplify, min_area=args.min_area, method=args.method, engine=args.engine,
+        sam3_model=args.sam3_model, sam3_weights=args.sam3_weights,
+        dino_model=settings["dino_model"], dino_weights=settings.chosen("dino_weights"), semantic_ratio=args.semantic_ratio, graph_k=args.graph_k,
         decouple=not args.no_decouple, rectify=not args.no_rectify, fusion=not args.no_fusion)
     with ProgressBar(args.quiet) as bar:
         result = run_segmentation(request, progress=bar.update)
@@ -94,50 +106,3 @@ def run_segment_command(args) -> int:
         if path:
             print(f"wrote {path}")
     return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m drseg",
-                                     description="DR-Seg: segment remote sensing rasters from text")
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    add_segment_parser(subparsers)
-    _add_optional_commands(subparsers)
-    return parser
-
-
-def _add_optional_commands(subparsers) -> None:
-    """Sub-commands living beside the engine modules they drive."""
-    from .core.array_segment import engine_options
-    from .core.evaluate_cli import add_evaluate_parser, run_evaluate_command
-    from .core.models_cli import add_models_parser, run_models_command
-    from .core.refer.cli import add_refer_parser, run_refer_command
-
-    add_models_parser(subparsers)
-    subparsers.choices["models"].set_defaults(run=run_models_command)
-    add_refer_parser(subparsers)
-    subparsers.choices["refer"].set_defaults(run=run_refer_command)
-    register_evaluation_engine()
-    add_evaluate_parser(subparsers, engine_options=engine_options)
-    subparsers.choices["evaluate"].set_defaults(run=run_evaluate_command)
-
-
-def register_evaluation_engine() -> None:
-    """`evaluate` runs our engine unless the embedding program registered another one."""
-    from .core.array_segment import ovss_predictor_factory
-    from .core.evaluate_cli import get_predictor_factory, set_predictor_factory
-
-    if get_predictor_factory() is None:
-        set_predictor_factory(ovss_predictor_factory)
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return args.run(args)
-    except DrSegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (RunCancelled, KeyboardInterrupt):
-        print("cancelled", file=sys.stderr)
-        return 130
