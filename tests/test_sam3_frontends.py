@@ -103,3 +103,19 @@ def test_processing_sam3_errors_are_processing_exceptions(drseg_provider, tiny_c
                             "SAM3_MODEL": "sam4", "SAM3_WEIGHTS": "random",
                             "OUTPUT": str(tmp_path / "polygons.gpkg")})
     assert not os.path.exists(tmp_path / "polygons.gpkg")
+
+
+def test_processing_referring_with_sam3(drseg_provider, tiny_sam3_json, tmp_path):  # noqa: F811
+    from drseg.core.refer.sessions import SESSIONS
+
+    SESSIONS.clear()
+    raster = write_qgis_raster(tmp_path / "scene.tif", width=96, height=64)
+    alg = QgsApplication.processingRegistry().algorithmById("drseg:referringsegmentation")
+    assert len(alg.parameterDefinition("ENGINE").options()) == 2
+    result = run_algorithm("drseg:referringsegmentation", {
+        "INPUT": raster, "EXPRESSION": "all the buildings", "DEVICE": 1, "ENGINE": 1,
+        "SAM3_MODEL": tiny_sam3_json, "SAM3_WEIGHTS": "random",
+        "OUTPUT": str(tmp_path / "objects.gpkg")})
+    layer = QgsVectorLayer(result["OUTPUT"], "objects", "ogr")
+    assert layer.isValid() and layer.crs().authid() == "EPSG:32633"
+    assert {"expression", "score", "area_m2"} <= set(layer.fields().names())

@@ -90,6 +90,9 @@ SAM3_OVERLAP = 0.25          # fraction of a tile shared with its neighbour
 # 'sam3' runs SAM 3 concept prompts; 'hybrid' fuses SAM 3 with the CLIP engine per pixel.
 ENGINE_CHOICES = ("drseg", "clip", "sam3", "hybrid")
 SAM3_ENGINES = ("sam3", "hybrid")
+# Referring: 'sam' (dense CLIP localises, SAM delineates) or 'sam3' (SAM 3 concept prompts).
+REFER_ENGINE_CHOICES = ("sam", "sam3")
+DEFAULT_REFER_ENGINE = REFER_ENGINE_CHOICES[0]
 
 
 # ----------------------------------------------------------------------------- devices
