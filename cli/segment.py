@@ -15,6 +15,7 @@ def add_parser(subparsers) -> None:
     from ..core.models.registry import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DEVICE,
                                         DEFAULT_DINO_MODEL, DEFAULT_SAM3_MODEL, DEVICE_CHOICES,
                                         DINO_MODEL_CHOICES, ENGINE_CHOICES)
+    from ..core.protocol import BLENDS, DEFAULT_BLEND
     from ..core.segment import DEFAULT_THRESHOLD
     from ..core.settings import Settings
 
@@ -26,6 +27,9 @@ def add_parser(subparsers) -> None:
                    help="classes separated by ';', synonyms by ',', e.g. 'building,roof;road;water'")
     p.add_argument("--out", help="output GeoPackage of polygons (.gpkg)")
     p.add_argument("--raster-out", help="output class-index GeoTIFF (.tif)")
+    p.add_argument("--probabilities-out", metavar="FILE.tif",
+                   help="output per-class probabilities before the threshold (float32 GeoTIFF, "
+                        "one band per class, named after it)")
     p.add_argument("--clip-model", help="open_clip model name or JSON config"
                    + SETTINGS_HELP.format(DEFAULT_CLIP_MODEL))
     p.add_argument("--clip-weights",
@@ -67,6 +71,9 @@ def add_parser(subparsers) -> None:
                    + SETTINGS_HELP.format(Settings.window))
     p.add_argument("--stride", type=int, help="sliding window stride, working pixels"
                    + SETTINGS_HELP.format(Settings.stride))
+    p.add_argument("--blend", default=DEFAULT_BLEND, choices=BLENDS,
+                   help="how overlapping windows combine: smooth (sin² weights, default) or mean "
+                        "(every window pixel counts once, as the benchmark protocol does)")
     p.add_argument("--cache-dir", help="model cache folder (default: DRSEG_CACHE_DIR, else the "
                                         "saved settings, else the platform's cache folder)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -77,11 +84,13 @@ def run_segment_command(args) -> int:
     from ..core.raster_io import parse_bands
     from ..core.segment import SegmentationRequest, run_segmentation
 
-    if not args.out and not args.raster_out:
-        raise DrSegError("Give an output: --out result.gpkg and/or --raster-out classes.tif")
+    if not args.out and not args.raster_out and not args.probabilities_out:
+        raise DrSegError("Give an output: --out result.gpkg, --raster-out classes.tif and/or "
+                         "--probabilities-out probabilities.tif")
     settings = resolve_settings(args, SETTINGS)
     request = SegmentationRequest(
         raster=args.raster, classes=args.classes, out_vector=args.out, out_raster=args.raster_out,
+        out_probabilities=args.probabilities_out, blend=args.blend,
         bands=parse_bands(args.bands), extent=args.extent, resolution=args.resolution,
         threshold=args.threshold, clip_model=settings["clip_model"],
         clip_weights=settings["clip_weights"], device=settings["device"],
@@ -102,7 +111,7 @@ def run_segment_command(args) -> int:
           f"vectorize {t.vectorize:.1f}s")
     for name, pixels in result.class_pixels.items():
         print(f"  {name}: {pixels} px")
-    for path in (result.vector_path, result.raster_path):
+    for path in (result.vector_path, result.raster_path, result.probabilities_path):
         if path:
             print(f"wrote {path}")
     return 0

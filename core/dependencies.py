@@ -314,7 +314,7 @@ def build_constraints(distributions: Iterable[Tuple[str, str]],
         lines.append(f"{key}=={public}")
         pinned.add(key)
     for line in extra:
-        if canonical_name(re.split(r"[<>=!~ ;\[]", line, 1)[0]) not in pinned:
+        if canonical_name(re.split(r"[<>=!~ ;\[]", line, maxsplit=1)[0]) not in pinned:
             lines.append(line)
     return lines
 

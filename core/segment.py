@@ -26,6 +26,7 @@ from .models.registry import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_
 from .outputs import ClassRasterWriter, FloatRasterWriter, WorkDir, check_destination, publish
 from .progress import RunMonitor
 from .raster_io import RasterReader
+from .protocol import BLENDS, DEFAULT_BLEND
 from .sliding import SlidingWindowSegmenter, Timings
 from .style import categorized_qml
 from .vectorize import vectorize
@@ -40,6 +41,7 @@ class SegmentationRequest:
     classes: object                        # "building,roof; road; water" or a list of such strings
     out_vector: Optional[str] = None       # GeoPackage of polygons
     out_raster: Optional[str] = None       # class-index GeoTIFF
+    out_probabilities: Optional[str] = None  # float32 GeoTIFF, one band per class (before threshold)
     bands: Optional[Sequence[int]] = None  # 1 or 3 band numbers; None: RGB automatically
     extent: Optional[Sequence[float]] = None   # xmin, ymin, xmax, ymax in the raster's CRS
     resolution: Optional[float] = None     # working pixel size in metres; None: native
@@ -60,6 +62,7 @@ class SegmentationRequest:
     device: str = DEFAULT_DEVICE
     window: int = 224
     stride: int = 112
+    blend: str = DEFAULT_BLEND             # 'smooth' (sin² weights) or 'mean' (the protocol's count map)
     block: int = 512
     batch_size: int = 8
     simplify: float = 0.0                  # polygon simplification tolerance, in pixels
@@ -85,6 +88,7 @@ class SegmentationResult:
     note: str = ""
     device_reason: str = ""
     warnings: List[str] = field(default_factory=list)
+    probabilities_path: Optional[str] = None
 
     def colour(self, name: str):
         return class_colour(name)
@@ -99,10 +103,15 @@ def run_segmentation(request: SegmentationRequest, scorer=None, progress=None, c
     """
     monitor = RunMonitor(progress, cancelled)
     classes = parse_classes(request.classes)
-    if not request.out_vector and not request.out_raster:
-        raise InputError("Choose at least one output: a GeoPackage and/or a class raster")
+    if not request.out_vector and not request.out_raster and not request.out_probabilities:
+        raise InputError("Choose at least one output: a GeoPackage, a class raster and/or a "
+                         "probability raster")
     out_vector = check_destination(request.out_vector, (".gpkg",)) if request.out_vector else None
     out_raster = check_destination(request.out_raster, (".tif", ".tiff")) if request.out_raster else None
+    out_probs = (check_destination(request.out_probabilities, (".tif", ".tiff"))
+                 if request.out_probabilities else None)
+    if request.blend not in BLENDS:
+        raise InputError(f"Unknown blend '{request.blend}'; choose {' or '.join(BLENDS)}")
     if not 0.0 <= request.threshold < 1.0:
         raise InputError(f"Threshold must be in [0, 1), got {request.threshold}")
     if request.stride <= 0 or request.stride > request.window:
@@ -123,12 +132,14 @@ def run_segmentation(request: SegmentationRequest, scorer=None, progress=None, c
             segmenter, device_name, method, note = build_segmenter(request, reader, queries, owner,
                                                                    monitor)
         monitor.check()
+        segmenter.keep_probabilities = out_probs is not None
         segmenter.timings.model += time.perf_counter() - started
         segmenter.on_batch_reduced = lambda size, reason: monitor.say(
             f"GPU memory is short: window batch reduced to {size}")
-        work = WorkDir(out_vector or out_raster)
+        work = WorkDir(out_vector or out_raster or out_probs)
         try:
-            result = _run(request, reader, segmenter, classes, work, out_vector, out_raster, monitor)
+            result = _run(request, reader, segmenter, classes, work, out_vector, out_raster,
+                          out_probs, monitor)
         finally:
             work.cleanup()
         result.device, result.method, result.note = device_name, method, note
@@ -141,7 +152,7 @@ def run_segmentation(request: SegmentationRequest, scorer=None, progress=None, c
 
 def _sliding(request, reader, scorer, owner, **options) -> SlidingWindowSegmenter:
     settings = dict(threshold=request.threshold, window=request.window, stride=request.stride,
-                    block=request.block, batch_size=request.batch_size)
+                    block=request.block, batch_size=request.batch_size, blend=request.blend)
     settings.update(options)
     return SlidingWindowSegmenter(reader, scorer, owner, **settings)
 
@@ -223,12 +234,15 @@ def build_scorer(request: SegmentationRequest, monitor: RunMonitor):
     return scorer, "drseg", ""
 
 
-def _run(request, reader, segmenter, classes, work, out_vector, out_raster, monitor):
+def _run(request, reader, segmenter, classes, work, out_vector, out_raster, out_probs, monitor):
     grid = reader.grid
     timings = segmenter.timings
     predict = monitor.stage(0.0, 0.85 if out_vector else 1.0)
     class_writer = ClassRasterWriter(work.file("classes.tif"), grid, classes)
     score_writer = FloatRasterWriter(work.file("score.tif"), grid) if out_vector else None
+    probs_writer = (FloatRasterWriter(work.file("probabilities.tif"), grid, count=len(classes),
+                                      descriptions=[spec.name for spec in classes])
+                    if out_probs else None)
     counts = np.zeros(256, np.int64)
     try:
         predict.report(0.0, f"Segmenting {grid.width}×{grid.height} px in {len(segmenter)} blocks")
@@ -237,6 +251,8 @@ def _run(request, reader, segmenter, classes, work, out_vector, out_raster, moni
             class_writer.write(block.window, block.classes)
             if score_writer is not None:
                 score_writer.write(block.window, block.score)
+            if probs_writer is not None:
+                probs_writer.write(block.window, block.probabilities)
             counts += np.bincount(block.classes.ravel(), minlength=256)
             timings.write += time.perf_counter() - started
             predict.report(done / len(segmenter), f"Segmented block {done}/{len(segmenter)}")
@@ -244,6 +260,8 @@ def _run(request, reader, segmenter, classes, work, out_vector, out_raster, moni
         class_writer.close()
         if score_writer is not None:
             score_writer.close()
+        if probs_writer is not None:
+            probs_writer.close()
     if counts[:255].sum() == 0:
         raise InputError(f"Raster '{request.raster}' has no valid pixels in the chosen area "
                          "(all nodata)")
@@ -271,10 +289,13 @@ def _run(request, reader, segmenter, classes, work, out_vector, out_raster, moni
     monitor.check()  # last chance to cancel before anything appears under the output names
     if out_raster:
         publish(class_writer.path, out_raster)
+    if out_probs:
+        publish(probs_writer.path, out_probs)
     if out_vector:
         publish(work.file("polygons.gpkg"), out_vector)
     monitor.report(1.0, "Done")
     class_pixels = {"background": int(counts[0])}
     class_pixels.update({spec.name: int(counts[i]) for i, spec in enumerate(classes, start=1)})
     return SegmentationResult(out_vector, out_raster, request.layer_name, classes, polygon_count,
-                              class_pixels, grid.width, grid.height, grid.crs.to_wkt(), "", timings)
+                              class_pixels, grid.width, grid.height, grid.crs.to_wkt(), "", timings,
+                              probabilities_path=out_probs)

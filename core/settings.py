@@ -40,7 +40,8 @@ SOURCE_DEFAULT = "default"
 
 _CUDA_INDEX = re.compile(r"^cuda:\d+$")
 _WEIGHT_FILE = re.compile(r"\.(pt|pth|bin|safetensors|ckpt|zip)$", re.IGNORECASE)
-LIMITS = {"window": (32, 4096), "stride": (1, 4096), "block": (64, 16384), "batch_size": (1, 1024)}
+LIMITS = {"window": (32, 4096), "stride": (1, 4096), "block": (64, 16384), "batch_size": (1, 1024),
+          "embedding_cache_mb": (16, 10 ** 7)}
 
 
 @dataclass
@@ -58,6 +59,8 @@ class Settings:
     stride: int = 112                # window step; overlap = window - stride
     block: int = 512                 # output block size, working pixels
     batch_size: int = 8              # windows per model call (halved on GPU out-of-memory)
+    embedding_cache: bool = True     # keep image/text embeddings on disk (core.disk_cache)
+    embedding_cache_mb: int = 2048   # its size budget; least recently used entries go first
     extra: Dict[str, object] = field(default_factory=dict, repr=False, compare=False)
 
     # -- derived ----------------------------------------------------------------------------
@@ -99,6 +102,9 @@ class Settings:
                      "dino_weights", "sam_model", "sam_weights", "device"):
             if not isinstance(getattr(self, name), str):
                 problems.append(f"{_LABELS[name]} must be text, got {getattr(self, name)!r}")
+        if not isinstance(self.embedding_cache, bool):
+            problems.append(f"{_LABELS['embedding_cache']} must be true or false, "
+                            f"got {self.embedding_cache!r}")
         if problems:  # the checks below need the right types
             return problems
         for name, (low, high) in LIMITS.items():
@@ -170,7 +176,8 @@ _LABELS = {"window": "Window size", "stride": "Stride", "block": "Block size",
            "batch_size": "Batch size", "cache_dir": "Model cache folder", "mirror_url": "Mirror URL",
            "clip_model": "CLIP model", "clip_weights": "CLIP weights", "dino_model": "DINO model",
            "dino_weights": "DINO weights", "sam_model": "SAM model", "sam_weights": "SAM weights",
-           "device": "Device"}
+           "device": "Device", "embedding_cache": "Embedding cache",
+           "embedding_cache_mb": "Embedding cache size (MB)"}
 
 
 def _looks_like_file(value: str) -> bool:

@@ -22,6 +22,7 @@ from ..core.models.dino import dino_help, resolve_dino_weights
 from ..core.models.registry import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DINO_MODEL,
                                     DEFAULT_SAM3_MODEL, DEVICE_CHOICES, DINO_MODEL_CHOICES,
                                     SAM3_LICENCE)
+from ..core.protocol import BLEND_LABELS, BLENDS, DEFAULT_BLEND
 from ..qgis_bridge.engine import (DEFAULT_GRAPH_K, DEFAULT_SEMANTIC_RATIO, DEFAULT_THRESHOLD,
                                   load_engine, method_label)
 from ..qgis_bridge.styling import style_class_raster, style_polygon_layer
@@ -61,8 +62,10 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
     DECOUPLE = "DECOUPLE"
     RECTIFY = "RECTIFY"
     FUSION = "FUSION"
+    BLEND = "BLEND"
     OUTPUT = "OUTPUT"
     OUTPUT_RASTER = "OUTPUT_RASTER"
+    OUTPUT_PROBABILITIES = "OUTPUT_PROBABILITIES"
     POLYGONS = "POLYGONS"
     USED_METHOD = "USED_METHOD"
     NOTE = "NOTE"
@@ -78,7 +81,9 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
         "';', synonyms of one class by ',': <i>building,roof; road,street; tree,forest; water</i>."
         "<br><br><b>Polygons</b>: a GeoPackage with fields class, class_id, score (mean "
         "probability) and area_m2, in the raster's CRS. <b>Class raster</b> (optional): a GeoTIFF "
-        "on the same grid as the input (0 background, 1..K classes, 255 nodata)."
+        "on the same grid as the input (0 background, 1..K classes, 255 nodata). "
+        "<b>Class probabilities</b> (optional): a float32 GeoTIFF on the same grid, one band per "
+        "class named after it, the probabilities before the threshold."
         "<br><br><b>Bands</b>: one (grey) or three (RGB) band numbers, e.g. 4,3,2; empty picks "
         "the RGB bands. <b>Extent</b>: only this area (reprojected to the raster's CRS). "
         "<b>Resolution</b>: working pixel size in metres; empty or 0 keeps the native one."
@@ -89,7 +94,9 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
         "name (e.g. rs-dino-vit-b8); empty: the DINO weights of the DR-Seg settings when they are "
         "for this DINO model, else its catalog checkpoint, once downloaded (DR-Seg settings › "
         "Download models…, or <i>python -m drseg models download dino-vit-b8</i>). <b>Semantic ratio</b>, <b>Graph k</b> and the three module "
-        "switches tune DR-Seg (advanced).<br><br><b>Engine</b>: the CLIP engine above, <i>SAM 3</i> "
+        "switches tune DR-Seg (advanced). <b>Blend</b> (advanced): how overlapping windows "
+        "combine; <i>Mean</i> averages them as the benchmark protocol does."
+        "<br><br><b>Engine</b>: the CLIP engine above, <i>SAM 3</i> "
         "(every class is a SAM 3 concept prompt; best on countable objects, slow without a GPU) "
         "or <i>Hybrid</i> (SAM 3 and the CLIP engine fused per pixel by their confidence, so "
         "land cover SAM 3 misses comes from CLIP). SAM 3 weights are gated under the "
@@ -162,6 +169,9 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
                                           "graph", defaultValue=True),
             QgsProcessingParameterBoolean(self.FUSION, "DR-Seg: uncertainty-guided fusion",
                                           defaultValue=True),
+            QgsProcessingParameterEnum(self.BLEND, "Blend of overlapping windows",
+                                       options=[BLEND_LABELS[b] for b in BLENDS],
+                                       defaultValue=BLENDS.index(DEFAULT_BLEND)),
             QgsProcessingParameterString(self.SAM3_MODEL, "SAM 3 model (architecture or "
                                          "config.json)", defaultValue=DEFAULT_SAM3_MODEL),
             QgsProcessingParameterString(self.SAM3_WEIGHTS, "SAM 3 weights (model.safetensors "
@@ -177,6 +187,11 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
                                                          optional=True, createByDefault=False)
         raster.setSupportsNonFileBasedOutput(False)
         self.addParameter(raster)
+        probabilities = QgsProcessingParameterRasterDestination(
+            self.OUTPUT_PROBABILITIES, "Class probabilities (one band per class)", optional=True,
+            createByDefault=False)
+        probabilities.setSupportsNonFileBasedOutput(False)
+        self.addParameter(probabilities)
         self.addOutput(QgsProcessingOutputNumber(self.POLYGONS, "Number of polygons"))
         self.addOutput(QgsProcessingOutputString(self.USED_METHOD, "Engine used (drseg, clip, sam3 or hybrid)"))
         self.addOutput(QgsProcessingOutputString(self.NOTE, "Note on the method"))
@@ -214,6 +229,10 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
         out_raster: Optional[str] = None
         if parameters.get(self.OUTPUT_RASTER) not in (None, ""):
             out_raster = self.parameterAsOutputLayer(parameters, self.OUTPUT_RASTER, context) or None
+        out_probabilities: Optional[str] = None
+        if parameters.get(self.OUTPUT_PROBABILITIES) not in (None, ""):
+            out_probabilities = self.parameterAsOutputLayer(
+                parameters, self.OUTPUT_PROBABILITIES, context) or None
 
         engine = ENGINE_CHOICES[self.parameterAsEnum(parameters, self.ENGINE, context)]
         if engine == "sam3":  # no CLIP engine runs, so its DINO weights are not looked up
@@ -222,6 +241,8 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
             method, dino_model, dino_weights, self._note = self._method(parameters, context)
         request = segment.SegmentationRequest(
             raster=source, classes=text, out_vector=out_vector, out_raster=out_raster, bands=bands,
+            out_probabilities=out_probabilities,
+            blend=BLENDS[self.parameterAsEnum(parameters, self.BLEND, context)],
             extent=extent, resolution=resolution,
             threshold=self.parameterAsDouble(parameters, self.THRESHOLD, context),
             clip_model=self.parameterAsString(parameters, self.CLIP_MODEL, context).strip()
@@ -244,7 +265,8 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
             simplify=self.parameterAsDouble(parameters, self.SIMPLIFY, context),
             min_area=self.parameterAsDouble(parameters, self.MIN_AREA, context),
             layer_name=table or os.path.splitext(os.path.basename(out_vector))[0] or "segmentation")
-        self._destinations = {"vector": dest, "raster": out_raster}
+        self._destinations = {"vector": dest, "raster": out_raster,
+                              "probabilities": out_probabilities}
         self._classes = classes
         return request
 
@@ -295,6 +317,7 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
             feedback.pushInfo(f"  {name}: {pixels} px")
         return {self.OUTPUT: self._destinations["vector"],
                 self.OUTPUT_RASTER: result.raster_path,
+                self.OUTPUT_PROBABILITIES: result.probabilities_path,
                 self.POLYGONS: result.polygon_count,
                 self.USED_METHOD: result.method, self.NOTE: note}
 

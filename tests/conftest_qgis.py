@@ -5,6 +5,7 @@ into a test module are found by pytest like local ones.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -93,8 +94,26 @@ def run_algorithm(algorithm, parameters, load_results: bool = False, **kwargs):
     import processing
 
     if load_results:
-        return processing.runAndLoadResults(algorithm, parameters, **kwargs)
+        with desktop_layer_tree_view():
+            return processing.runAndLoadResults(algorithm, parameters, **kwargs)
     return processing.run(algorithm, parameters, **kwargs)
+
+
+@contextlib.contextmanager
+def desktop_layer_tree_view():
+    """A real layer tree view of the project behind `iface.layerTreeView()`, as QGIS desktop has:
+    from QGIS 3.44 on, Processing adds result layers through it (C++, refusing pytest-qgis's mock)."""
+    from qgis.core import QgsLayerTreeModel, QgsProject
+    from qgis.gui import QgsLayerTreeView
+    from qgis.utils import iface
+
+    view = QgsLayerTreeView()
+    view.setModel(QgsLayerTreeModel(QgsProject.instance().layerTreeRoot(), view))
+    iface.layerTreeView = lambda: view
+    try:
+        yield view
+    finally:
+        del iface.layerTreeView
 
 
 def wait_for(predicate, timeout: float = 60.0, step: float = 0.01) -> bool:

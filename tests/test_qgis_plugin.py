@@ -439,7 +439,7 @@ def test_qgis_process_runs_the_algorithm(qgis_profile, tmp_path):
 def test_torch_import_survives_a_process_with_system_llvm(tmp_path):
     """QGIS desktop has the system's LLVM loaded (Mesa OpenGL); triton's own LLVM then crashes the
     process when torchvision imports it. load_engine() keeps triton out, so nothing crashes."""
-    llvm = sorted(glob.glob("/usr/lib/x86_64-linux-gnu/libLLVM-*.so.1"))
+    llvm = sorted(glob.glob("/usr/lib/x86_64-linux-gnu/libLLVM*.so.*"))  # -15.so.1, .so.19.1
     if not llvm:
         pytest.skip("no system libLLVM to reproduce the clash with")
     script = ("from drseg.qgis_bridge.engine import load_engine; load_engine(); import sys, torchvision; "
