@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from .device import autocast_context
 from .disk_cache import USE_DEFAULT, model_fingerprint, resolve_cache
 from .errors import ModelError
+from .interrupt import install_cancel_points
 from .sliding import centred_pad
 
 CLIP_MEAN = (122.771, 116.746, 104.094)  # on the 0..255 scale
@@ -139,6 +140,7 @@ class DenseClip:
         if attention not in ATTENTION_VARIANTS:
             raise ValueError(f"attention must be one of {sorted(ATTENTION_VARIANTS)}")
         self.model = model.to(device).eval()
+        install_cancel_points(self.model)  # a cancelled run stops between transformer blocks
         self.tokenizer = tokenizer
         self.device = device
         self.attention = attention

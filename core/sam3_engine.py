@@ -113,16 +113,23 @@ class Sam3Scorer:
         self.queries: List[str] = []
         self._text: Optional[torch.Tensor] = None
         self._text_mask: Optional[torch.Tensor] = None
+        self._phrases: dict = {}  # phrase -> (text features, attention mask)
 
     # -- text ---------------------------------------------------------------------------------
     @torch.no_grad()
     def set_queries(self, queries: Sequence[str]) -> None:
-        """Encode the concept prompts once for the whole run."""
+        """Encode the concept prompts; each phrase once per scorer (the engine sets the list one
+        query at a time, and later runs reuse phrases)."""
         self.queries = [str(q) for q in queries]
-        ids = self.tokenizer(self.queries).to(self.device)
-        mask = (ids != 0).long()
-        out = self.model.get_text_features(input_ids=ids, attention_mask=mask)
-        self._text, self._text_mask = out.pooler_output, mask
+        missing = [q for q in dict.fromkeys(self.queries) if q not in self._phrases]
+        if missing:
+            ids = self.tokenizer(missing).to(self.device)
+            mask = (ids != 0).long()
+            out = self.model.get_text_features(input_ids=ids, attention_mask=mask)
+            for i, phrase in enumerate(missing):
+                self._phrases[phrase] = (out.pooler_output[i], mask[i])
+        self._text = torch.stack([self._phrases[q][0] for q in self.queries])
+        self._text_mask = torch.stack([self._phrases[q][1] for q in self.queries])
 
     # -- images -------------------------------------------------------------------------------
     @torch.no_grad()

@@ -192,7 +192,7 @@ class ScoreClassificationAlgorithm(DrSegAlgorithm):
                                                          ignore_value=job["ignore"])
             result = score_raster.score_classification(
                 job["prediction"], reference, extent=job["extent"],
-                progress=self.engine_progress(feedback, steps=False), cancelled=feedback.isCanceled)
+                progress=self.engine_progress(feedback, steps=False, share=1.0), cancelled=feedback.isCanceled)
 
         fields = QgsFields()
         for name, kind in TABLE_FIELDS:
