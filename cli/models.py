@@ -111,6 +111,8 @@ def _list(args, cache, out) -> int:
 def _download(args, cache, mirror, out, err) -> int:
     entries = [get_model(name) for name in args.names]  # every name checked before any transfer
     for entry in entries:
+        # The licence is shown before any byte is fetched (SAM 3's is not an open-source one).
+        print(f"{entry.name}: licence {entry.licence}", file=err)
         bar = None if args.quiet else ProgressBar(leave=False, stream=err, label=entry.name)
         try:
             path = dl.download(entry, cache, mirror=mirror, force=args.force,

@@ -17,7 +17,8 @@ from .progress import ProgressBar
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     from ..core.models.registry import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DEVICE,
-                                        DEFAULT_SAM_MODEL, DEVICE_CHOICES, SAM_MODELS)
+                                        DEFAULT_REFER_ENGINE, DEFAULT_SAM3_MODEL, DEFAULT_SAM_MODEL,
+                                        DEVICE_CHOICES, REFER_ENGINE_CHOICES, SAM_MODELS)
     from ..core.refer.run import DEFAULT_MAX_SIZE, DEFAULT_TILE_SIZE
 
     p = subparsers.add_parser(
@@ -29,6 +30,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--expression", "-e", action="append", required=True, metavar="TEXT",
                    help="a referring expression; repeat for several")
     p.add_argument("--out", required=True, help="output GeoPackage (.gpkg)")
+    p.add_argument("--engine", choices=REFER_ENGINE_CHOICES, default=DEFAULT_REFER_ENGINE,
+                   help="sam (default): dense CLIP finds, SAM delineates; sam3: the target is a SAM 3 "
+                        "concept prompt (gated weights, SAM License)")
+    p.add_argument("--sam3-model", default=DEFAULT_SAM3_MODEL,
+                   help="SAM 3 architecture or a transformers config.json (--engine sam3)")
+    p.add_argument("--sam3-weights", help="SAM 3 model.safetensors file or folder, or catalog name")
     p.add_argument("--sam-model", choices=SAM_MODELS,
                    help="SAM architecture" + SETTINGS_HELP.format(DEFAULT_SAM_MODEL))
     p.add_argument("--sam-weights",
@@ -71,7 +78,8 @@ def run_refer_command(args) -> int:
         bands=parse_bands(args.bands), sam_model=settings["sam_model"],
         sam_weights=settings["sam_weights"], clip_model=settings["clip_model"],
         clip_weights=settings["clip_weights"], device=settings["device"],
-        cache_dir=settings["cache_dir"],
+        cache_dir=settings["cache_dir"], engine=args.engine, sam3_model=args.sam3_model,
+        sam3_weights=args.sam3_weights,
         threshold=args.threshold, tile_size=args.tile_size, simplify=args.simplify)
     with ProgressBar(args.quiet) as bar:
         result = run_referring(request, progress=bar.update)

@@ -13,7 +13,8 @@ from .progress import ProgressBar
 
 def add_parser(subparsers) -> None:
     from ..core.models.registry import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DEVICE,
-                                        DEFAULT_DINO_MODEL, DEVICE_CHOICES, DINO_MODEL_CHOICES)
+                                        DEFAULT_DINO_MODEL, DEFAULT_SAM3_MODEL, DEVICE_CHOICES,
+                                        DINO_MODEL_CHOICES, ENGINE_CHOICES)
     from ..core.protocol import BLENDS, DEFAULT_BLEND
     from ..core.segment import DEFAULT_THRESHOLD
     from ..core.settings import Settings
@@ -39,6 +40,14 @@ def add_parser(subparsers) -> None:
     p.add_argument("--method", default="auto", choices=["auto", "drseg", "clip"],
                    help="drseg: dense CLIP rectified with DINO structure; clip: plain dense CLIP; "
                         "auto (default): drseg when DINO weights are set up")
+    p.add_argument("--engine", choices=ENGINE_CHOICES,
+                   help="drseg | clip (as --method); sam3: SAM 3 concept prompts (gated weights, "
+                        "SAM License); hybrid: SAM 3 fused per pixel with the --method engine. "
+                        "Default: as --method says")
+    p.add_argument("--sam3-model", default=DEFAULT_SAM3_MODEL,
+                   help="SAM 3 architecture or a transformers config.json")
+    p.add_argument("--sam3-weights", help="SAM 3 model.safetensors file or folder, or catalog name "
+                                          "(default: the imported 'sam3' checkpoint)")
     p.add_argument("--dino-model", choices=sorted(DINO_MODEL_CHOICES),
                    help="DINO backbone" + SETTINGS_HELP.format(DEFAULT_DINO_MODEL))
     p.add_argument("--dino-weights", help="DINO checkpoint file or catalog name (default: the "
@@ -89,7 +98,8 @@ def run_segment_command(args) -> int:
         clip_weights=settings["clip_weights"], device=settings["device"],
         window=settings["window"], stride=settings["stride"], block=settings["block"],
         batch_size=settings["batch_size"], cache_dir=settings["cache_dir"],
-        simplify=args.simplify, min_area=args.min_area, method=args.method,
+        simplify=args.simplify, min_area=args.min_area, method=args.method, engine=args.engine,
+        sam3_model=args.sam3_model, sam3_weights=args.sam3_weights,
         dino_model=settings["dino_model"], dino_weights=settings.chosen("dino_weights"), semantic_ratio=args.semantic_ratio, graph_k=args.graph_k,
         decouple=not args.no_decouple, rectify=not args.no_rectify, fusion=not args.no_fusion,
         adapter=args.adapter)

@@ -9,6 +9,7 @@ leaves no file behind.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
@@ -20,7 +21,9 @@ from .colors import class_colour
 from .errors import InputError
 from .gpkg import PolygonLayerWriter
 from .interrupt import cancel_points
-from .models.registry import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DEVICE, DEFAULT_DINO_MODEL
+from .models.registry import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DEVICE,
+                              DEFAULT_DINO_MODEL, DEFAULT_SAM3_MODEL, ENGINE_CHOICES, SAM3_ENGINES,
+                              SAM3_OVERLAP)
 from .outputs import (ClassRasterWriter, FloatRasterWriter, WorkDir, check_destination, check_outputs,
                       publish_all, verify_raster)
 from .progress import RunMonitor
@@ -51,6 +54,9 @@ class SegmentationRequest:
     clip_model: str = DEFAULT_CLIP_MODEL
     clip_weights: str = DEFAULT_CLIP_WEIGHTS
     method: str = "auto"                   # 'drseg', 'clip', or 'auto' (DR-Seg when DINO is set up)
+    engine: Optional[str] = None           # 'drseg', 'clip', 'sam3', 'hybrid'; None: as `method` says
+    sam3_model: str = DEFAULT_SAM3_MODEL   # a SAM 3 architecture or a config.json
+    sam3_weights: Optional[str] = None     # safetensors file/folder or catalog name; None: 'sam3'
     dino_model: str = DEFAULT_DINO_MODEL
     dino_weights: Optional[str] = None     # file or catalog name; None: the downloaded default
     semantic_ratio: float = 0.3
@@ -98,8 +104,8 @@ def run_segmentation(request: SegmentationRequest, scorer=None, progress=None, c
                      ) -> SegmentationResult:
     """Segment `request.raster` into `request.classes`.
 
-    scorer: a window scorer (see core/sliding.py); None loads dense CLIP per the request (shared
-    with later runs through core.models.shared).
+    scorer: a window scorer (see core/sliding.py); None loads the request's engine (dense CLIP,
+    DR-Seg, SAM 3 or both fused; models shared with later runs through core.models.shared).
     """
     monitor = RunMonitor(progress, cancelled)
     classes = parse_classes(request.classes)
@@ -121,29 +127,25 @@ def run_segmentation(request: SegmentationRequest, scorer=None, progress=None, c
     if request.stride <= 0 or request.stride > request.window:
         raise InputError("Stride must be positive and not larger than the window")
 
+    if request.engine is not None and request.engine not in ENGINE_CHOICES:
+        raise InputError(f"Unknown engine '{request.engine}'; choose one of {', '.join(ENGINE_CHOICES)}")
+
     with RasterReader(request.raster, request.bands, request.extent, request.resolution) as reader, \
             cancel_points(monitor.check):
         monitor.report(0.0, "Loading models")
-        device_name, method, note = "custom", "custom", ""
-        if scorer is None:
-            scorer, method, note = build_scorer(request, monitor)
-            device_name = str(getattr(scorer, "device", None) or scorer.clip.device)
-        check_window(request.window, scorer)
         queries, owner = flatten_queries(classes)
-        started = time.perf_counter()
         text = monitor.stage(MODELS_SHARE, MODELS_SHARE + TEXT_SHARE)
-        for count in range(1, len(queries) + 1):
-            # One query at a time (a scorer encodes each once; 80 templates cost seconds on a
-            # CPU), so the bar moves and cancel is checked between queries.
-            text.report((count - 1) / len(queries),
-                        f"Encoding class names ({count}/{len(queries)}: {queries[count - 1]})")
-            scorer.set_queries(queries[:count])
+        started = time.perf_counter()
+        if scorer is not None:
+            device_name, method, note = "custom", "custom", ""
+            check_window(request.window, scorer)
+            encode_queries(scorer, queries, text)
+            segmenter = _sliding(request, reader, scorer, owner)
+        else:
+            segmenter, device_name, method, note = build_segmenter(request, reader, queries, owner,
+                                                                   monitor, text)
         monitor.check()
-        segmenter = SlidingWindowSegmenter(reader, scorer, owner, threshold=request.threshold,
-                                           window=request.window, stride=request.stride,
-                                           block=request.block, batch_size=request.batch_size,
-                                           blend=request.blend,
-                                           keep_probabilities=out_probs is not None)
+        segmenter.keep_probabilities = out_probs is not None
         segmenter.timings.model += time.perf_counter() - started
         segmenter.on_batch_reduced = lambda size, reason: monitor.say(
             f"GPU memory is short: window batch reduced to {size}")
@@ -155,7 +157,7 @@ def run_segmentation(request: SegmentationRequest, scorer=None, progress=None, c
             work.cleanup()
         result.device, result.method, result.note = device_name, method, note
         result.warnings = list(segmenter.oom_retries)
-        if scorer is not None and method != "custom":
+        if method != "custom":
             from .device import describe_device_choice
             result.device_reason = describe_device_choice(request.device)[1]
         return result
@@ -169,6 +171,68 @@ def check_window(window: int, scorer) -> None:
     if window < patch:
         raise InputError(f"Window {window} px is smaller than the model's {patch}-px patch; "
                          f"use at least {patch} (default 224)")
+
+
+def _sliding(request, reader, scorer, owner, **options) -> SlidingWindowSegmenter:
+    settings = dict(threshold=request.threshold, window=request.window, stride=request.stride,
+                    block=request.block, batch_size=request.batch_size, blend=request.blend)
+    settings.update(options)
+    return SlidingWindowSegmenter(reader, scorer, owner, **settings)
+
+
+def encode_queries(scorer, queries, stage) -> None:
+    """One query at a time (a scorer encodes each once; 80 templates cost seconds on a CPU), so
+    the bar moves and cancel is checked between queries."""
+    for count in range(1, len(queries) + 1):
+        stage.report((count - 1) / len(queries),
+                     f"Encoding class names ({count}/{len(queries)}: {queries[count - 1]})")
+        scorer.set_queries(queries[:count])
+
+
+def build_segmenter(request: SegmentationRequest, reader, queries, owner, monitor: RunMonitor,
+                    text=None):
+    """-> (segmenter, device name, engine used, note) for the request's engine, queries set.
+
+    'sam3' tiles the raster at SAM 3's input size (overlap SAM3_OVERLAP); 'hybrid' runs SAM 3 and
+    the CLIP engine of `request.method` over the same blocks and fuses them (core/hybrid.py).
+    """
+    engine = request.engine or request.method
+    sam3 = None
+    if engine in SAM3_ENGINES:
+        from .models.download import resolve_cache_dir
+        from .models.shared import sam3_scorer
+        from .sam3_engine import MAX_TILES_PER_BATCH
+
+        def downloading(done, total):
+            monitor.report(0.0, f"Downloading SAM 3 weights: {done / 2 ** 20:.0f}"
+                                + (f" of {total / 2 ** 20:.0f} MB" if total else " MB"))
+
+        scorer = sam3_scorer(request.sam3_model, request.sam3_weights, request.device,
+                             download_progress=downloading,
+                             cache_dir=request.cache_dir or resolve_cache_dir())
+        encode_queries(scorer, queries, text or monitor)
+        tile = scorer.window
+        sam3 = _sliding(request, reader, scorer, owner, window=tile,
+                        stride=max(1, tile - int(round(tile * SAM3_OVERLAP))),
+                        batch_size=min(request.batch_size, MAX_TILES_PER_BATCH),
+                        threshold=0.0 if engine == "hybrid" else request.threshold)
+        if engine == "sam3":
+            return sam3, str(scorer.device), "sam3", ""
+    clip_request = request
+    if engine in ("drseg", "clip"):
+        clip_request = dataclasses.replace(request, method=engine)
+    scorer, method, note = build_scorer(clip_request, monitor)
+    check_window(request.window, scorer)
+    encode_queries(scorer, queries, text or monitor)
+    device = str(getattr(scorer, "device", None) or scorer.clip.device)
+    if engine != "hybrid":
+        return _sliding(request, reader, scorer, owner), device, method, note
+    from .hybrid import HybridSegmenter
+
+    clip = _sliding(request, reader, scorer, owner, threshold=0.0)
+    branch = "DR-Seg" if method == "drseg" else "dense CLIP"
+    note = f"SAM 3 fused with {branch}" + (f". {note}" if note else "")
+    return HybridSegmenter(sam3, clip, request.threshold), device, "hybrid", note
 
 
 def build_scorer(request: SegmentationRequest, monitor: RunMonitor):

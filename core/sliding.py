@@ -49,6 +49,9 @@ class WindowScorer(Protocol):
     its logits cover the padded crop. A scorer without it gets whole windows, black-padded."""
 
     logit_scale: float  # multiplies the logits before the softmax over queries
+    # A scorer with `outputs = "probabilities"` (SAM 3) returns per-query probabilities instead of
+    # logits; they are blended as they are, without a softmax across queries (each query is
+    # scored on its own), and logit_scale is unused.
 
     def set_queries(self, queries: Sequence[str]) -> None: ...
 
@@ -334,7 +337,12 @@ class SlidingWindowSegmenter:
                       if self.keep_logits else None)
             return BlockResult(block, classes, score, probs, logits)
         logits = torch.from_numpy(accumulated / np.maximum(weight_sum, 1e-12))
-        class_probs = class_probabilities(logits, self.scorer.logit_scale, self._synonyms)
+        if getattr(self.scorer, "outputs", "logits") == "probabilities":
+            # per-query probabilities (SAM 3), blended as they are; a class is its best synonym
+            class_probs = torch.stack([logits[list(queries)].clamp(0.0, 1.0).amax(dim=0)
+                                       for queries in self._synonyms])
+        else:
+            class_probs = class_probabilities(logits, self.scorer.logit_scale, self._synonyms)
         label, top = label_classes(class_probs, self.threshold)
         valid = valid & (weight_sum > 0)
         classes = np.where(valid, label.numpy(), np.uint8(255)).astype(np.uint8)

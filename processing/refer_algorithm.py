@@ -20,7 +20,8 @@ from qgis.core import (QgsProcessingException, QgsProcessingOutputNumber,
                        QgsProcessingParameterRasterLayer, QgsProcessingParameterString,
                        QgsVectorLayer)
 
-from ..core.models.registry import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEVICE_CHOICES, SAM_MODELS
+from ..core.models.registry import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_SAM3_MODEL,
+                                    DEVICE_CHOICES, REFER_ENGINE_CHOICES, SAM_MODELS)
 from ..qgis_bridge.engine import (DEFAULT_MAX_SIZE, REFER_LIBRARIES, import_model_libraries,
                                   load_refer_engine)
 from ..qgis_bridge.styling import style_referring_layer
@@ -36,11 +37,17 @@ def split_expressions(text: str) -> List[str]:
     return [line.strip() for line in (text or "").splitlines() if line.strip()]
 
 
+# ENGINE's options, in the order of REFER_ENGINE_CHOICES.
+REFER_ENGINE_OPTIONS = ["CLIP finds, SAM delineates", "SAM 3 concept prompt (SAM License)"]
+
 class ReferringSegmentationAlgorithm(DrSegAlgorithm):
     INPUT = "INPUT"
     EXPRESSION = "EXPRESSION"
     EXTENT = "EXTENT"
     SAM_MODEL = "SAM_MODEL"
+    ENGINE = "ENGINE"
+    SAM3_MODEL = "SAM3_MODEL"
+    SAM3_WEIGHTS = "SAM3_WEIGHTS"
     SAM_WEIGHTS = "SAM_WEIGHTS"
     CLIP_MODEL = "CLIP_MODEL"
     CLIP_WEIGHTS = "CLIP_WEIGHTS"
@@ -115,7 +122,14 @@ class ReferringSegmentationAlgorithm(DrSegAlgorithm):
             QgsProcessingParameterNumber(self.THRESHOLD, "Drop results scoring below",
                                          type=number_type("Double"), defaultValue=0.0, minValue=0.0,
                                          maxValue=0.99),
+            QgsProcessingParameterString(self.SAM3_MODEL, "SAM 3 model (architecture or "
+                                         "config.json)", defaultValue=DEFAULT_SAM3_MODEL),
+            QgsProcessingParameterString(self.SAM3_WEIGHTS, "SAM 3 weights (model.safetensors file "
+                                         "or folder, or catalog name; empty: the imported 'sam3')",
+                                         optional=True),
         ]
+        self.addParameter(QgsProcessingParameterEnum(
+            self.ENGINE, "Engine", options=REFER_ENGINE_OPTIONS, defaultValue=0))
         self.add_advanced(advanced)
         self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, "Referred objects",
                                                             type=source_type("VectorPolygon")))
@@ -163,6 +177,10 @@ class ReferringSegmentationAlgorithm(DrSegAlgorithm):
             bands=bands, sam_model=settings["sam_model"],
             sam_weights=settings["sam_weights"], clip_model=settings["clip_model"],
             clip_weights=settings["clip_weights"], cache_dir=settings["cache_dir"],
+            engine=REFER_ENGINE_CHOICES[self.parameterAsEnum(parameters, self.ENGINE, context)],
+            sam3_model=self.parameterAsString(parameters, self.SAM3_MODEL, context).strip()
+            or DEFAULT_SAM3_MODEL,
+            sam3_weights=self.parameterAsString(parameters, self.SAM3_WEIGHTS, context).strip() or None,
             device=DEVICE_CHOICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
             threshold=self.parameterAsDouble(parameters, self.THRESHOLD, context),
             layer_name=WORK_LAYER)

@@ -22,7 +22,8 @@ from qgis.core import (QgsProcessingException, QgsProcessingOutputNumber, QgsPro
 from ..core.errors import InputError
 from ..core.models.dino import dino_help, resolve_dino_weights
 from ..core.models.registry import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DINO_MODEL,
-                                    DEVICE_CHOICES, DINO_MODEL_CHOICES)
+                                    DEFAULT_SAM3_MODEL, DEVICE_CHOICES, DINO_MODEL_CHOICES,
+                                    SAM3_LICENCE)
 from ..core.protocol import BLEND_LABELS, BLENDS, DEFAULT_BLEND
 from ..qgis_bridge.engine import (DEFAULT_GRAPH_K, DEFAULT_SEMANTIC_RATIO, DEFAULT_THRESHOLD,
                                   import_model_libraries, load_engine, method_label)
@@ -34,6 +35,11 @@ from .base import (DrSegAlgorithm, destination_files, engine_errors, number_type
 METHOD_CHOICES = ("auto", "drseg", "clip")
 METHOD_OPTIONS = ["Auto: DR-Seg when DINO weights are set up, else dense CLIP",
                   "DR-Seg (dense CLIP rectified with DINO structure)", "Dense CLIP"]
+
+# ENGINE's options (values of SegmentationRequest.engine; None: the CLIP engine METHOD picks).
+ENGINE_CHOICES = (None, "sam3", "hybrid")
+ENGINE_OPTIONS = ["CLIP engine (as Method says)", "SAM 3 (concept prompts)",
+                  "Hybrid: SAM 3 fused with the CLIP engine"]
 
 
 # The engine's GeoPackage in the run's work folder, copied into the OUTPUT sink afterwards.
@@ -53,6 +59,9 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
     SIMPLIFY = "SIMPLIFY"
     MIN_AREA = "MIN_AREA"
     METHOD = "METHOD"
+    ENGINE = "ENGINE"
+    SAM3_MODEL = "SAM3_MODEL"
+    SAM3_WEIGHTS = "SAM3_WEIGHTS"
     DINO_MODEL = "DINO_MODEL"
     DINO_WEIGHTS = "DINO_WEIGHTS"
     SEMANTIC_RATIO = "SEMANTIC_RATIO"
@@ -96,6 +105,12 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
         "Download models…, or <i>python -m drseg models download dino-vit-b8</i>). <b>Semantic ratio</b>, <b>Graph k</b> and the three module "
         "switches tune DR-Seg (advanced). <b>Blend</b> (advanced): how overlapping windows "
         "combine; <i>Mean</i> averages them as the benchmark protocol does."
+        "<br><br><b>Engine</b>: the CLIP engine above, <i>SAM 3</i> "
+        "(every class is a SAM 3 concept prompt; best on countable objects, slow without a GPU) "
+        "or <i>Hybrid</i> (SAM 3 and the CLIP engine fused per pixel by their confidence, so "
+        "land cover SAM 3 misses comes from CLIP). SAM 3 weights are gated under the "
+        f"{SAM3_LICENCE}: download model.safetensors from huggingface.co/facebook/sam3 and run "
+        "<i>python -m drseg models import sam3 FILE</i>, or give the file in <b>SAM 3 weights</b>."
         "<br><br>Tiling (window, stride, batch) and the model "
         "cache folder come from the DR-Seg settings (Plugins › DR-Seg › DR-Seg settings…)."
         f"<br><br><b>CLIP weights</b>: an open_clip pretrained tag (e.g. '{DEFAULT_CLIP_WEIGHTS}', "
@@ -135,6 +150,8 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
             self.DEVICE, "Device", options=list(DEVICE_CHOICES), defaultValue=0))
         self.addParameter(QgsProcessingParameterEnum(
             self.METHOD, "Method", options=METHOD_OPTIONS, defaultValue=0))
+        self.addParameter(QgsProcessingParameterEnum(
+            self.ENGINE, "Engine", options=ENGINE_OPTIONS, defaultValue=0))
         advanced = [
             QgsProcessingParameterString(self.CLIP_MODEL, "CLIP model (open_clip name or config "
                                          f".json; empty: DR-Seg settings, else {DEFAULT_CLIP_MODEL})",
@@ -171,6 +188,11 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
             QgsProcessingParameterEnum(self.BLEND, "Blend of overlapping windows",
                                        options=[BLEND_LABELS[b] for b in BLENDS],
                                        defaultValue=BLENDS.index(DEFAULT_BLEND)),
+            QgsProcessingParameterString(self.SAM3_MODEL, "SAM 3 model (architecture or "
+                                         "config.json)", defaultValue=DEFAULT_SAM3_MODEL),
+            QgsProcessingParameterString(self.SAM3_WEIGHTS, "SAM 3 weights (model.safetensors "
+                                         "file or folder, or catalog name; empty: the imported "
+                                         "'sam3')", optional=True),
         ]
         self.add_advanced(advanced)
         self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, "Polygons",
@@ -185,7 +207,7 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
         probabilities.setSupportsNonFileBasedOutput(False)
         self.addParameter(probabilities)
         self.addOutput(QgsProcessingOutputNumber(self.POLYGONS, "Number of polygons"))
-        self.addOutput(QgsProcessingOutputString(self.USED_METHOD, "Method used (drseg or clip)"))
+        self.addOutput(QgsProcessingOutputString(self.USED_METHOD, "Engine used (drseg, clip, sam3 or hybrid)"))
         self.addOutput(QgsProcessingOutputString(self.NOTE, "Note on the method"))
 
     # -- running --------------------------------------------------------------------------------
@@ -229,7 +251,11 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
         self._wants_probabilities = wants_output(self, parameters, self.OUTPUT_PROBABILITIES)
         self._crs = layer.crs()
 
-        method, dino_model, dino_weights, self._note = self._method(parameters, context)
+        engine = ENGINE_CHOICES[self.parameterAsEnum(parameters, self.ENGINE, context)]
+        if engine == "sam3":  # no CLIP engine runs, so its DINO weights are not looked up
+            method, dino_model, dino_weights, self._note = "clip", DEFAULT_DINO_MODEL, None, ""
+        else:
+            method, dino_model, dino_weights, self._note = self._method(parameters, context)
         request = segment.SegmentationRequest(
             raster=source, classes=text, out_vector="polygons.gpkg", out_raster=None, bands=bands,
             out_probabilities=None,
@@ -238,6 +264,10 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
             threshold=self.parameterAsDouble(parameters, self.THRESHOLD, context),
             clip_model=self._settings["clip_model"], clip_weights=self._settings["clip_weights"],
             method=method, dino_model=dino_model, dino_weights=dino_weights,
+            engine=engine,
+            sam3_model=self.parameterAsString(parameters, self.SAM3_MODEL, context).strip()
+            or DEFAULT_SAM3_MODEL,
+            sam3_weights=self.parameterAsString(parameters, self.SAM3_WEIGHTS, context).strip() or None,
             semantic_ratio=self.parameterAsDouble(parameters, self.SEMANTIC_RATIO, context),
             graph_k=self.parameterAsInt(parameters, self.GRAPH_K, context),
             decouple=self.parameterAsBoolean(parameters, self.DECOUPLE, context),

@@ -20,7 +20,8 @@ DEFAULT_GRAPH_K = 8                # core.segment.SegmentationRequest.graph_k
 DEFAULT_MAX_SIZE = 1024            # core.refer.request.DEFAULT_MAX_SIZE
 
 # Segmentation methods: the engine's SegmentationRequest.method values and their names for users.
-METHOD_LABELS = {"drseg": "DR-Seg", "clip": "dense CLIP", "custom": "custom scorer"}
+METHOD_LABELS = {"drseg": "DR-Seg", "clip": "dense CLIP", "sam3": "SAM 3",
+                 "hybrid": "SAM 3 + CLIP hybrid", "custom": "custom scorer"}
 
 # What a segmentation run cannot start without (import names of core.dependencies.REQUIREMENTS,
 # the one list of packages; a referring run also needs segment_anything).

@@ -57,8 +57,17 @@ def qgis_processing_not_shadowed():
 # names from conftest; new code imports them from support.*.
 from support.oracles import ColourOracleScorer, iou  # noqa: E402,F401
 from support.rasters import SCENE_COLOURS, scene_image, scene_labels, write_raster  # noqa: E402,F401
-from support.tiny_models import (TINY_CLIP_CONFIG, TINY_DINO_DIMS,  # noqa: E402,F401
-                                 write_tiny_clip_config)
+from support.tiny_models import (TINY_CLIP_CONFIG, TINY_DINO_DIMS, TINY_SAM3_SIZE,  # noqa: E402,F401
+                                 tiny_sam3_config, write_tiny_clip_config)
+
+
+@pytest.fixture
+def tiny_sam3_json(tmp_path):
+    """A config.json of the tiny SAM 3, usable as --sam3-model (weights 'random')."""
+    path = tmp_path / "tiny_sam3.json"
+    tiny_sam3_config().to_json_file(str(path))
+    return str(path)
+
 
 
 @pytest.fixture

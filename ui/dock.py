@@ -25,7 +25,8 @@ from ..core.classes import parse_classes
 from ..core.errors import DrSegError, InputError
 from ..core.models.dino import dino_help, resolve_dino_weights
 from ..core.models.registry import (CLIP_MODEL_CHOICES, DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS,
-                                    DEFAULT_DINO_MODEL, DINO_MODEL_CHOICES, DINO_MODELS)
+                                    DEFAULT_DINO_MODEL, DEFAULT_SAM3_MODEL, DINO_MODEL_CHOICES,
+                                    DINO_MODELS, SAM3_ENGINES, SAM3_LICENCE)
 from ..core.protocol import BLEND_LABELS, BLENDS, DEFAULT_BLEND
 from ..core.settings import LIMITS, Settings, load_settings_or_defaults
 from ..qgis_bridge.engine import (DEFAULT_GRAPH_K, DEFAULT_SEMANTIC_RATIO, DEFAULT_THRESHOLD,
@@ -47,6 +48,9 @@ DEVICE_LABELS = (("auto", "Auto (GPU if available)"), ("cpu", "CPU"), ("cuda", "
                  ("mps", "Apple GPU (MPS)"))
 METHOD_DRSEG, METHOD_CLIP = "drseg", "clip"
 METHOD_ITEMS = ((METHOD_DRSEG, "DR-Seg (CLIP + DINO)"), (METHOD_CLIP, "Dense CLIP"))
+# SegmentationRequest.engine values; None: the CLIP engine of the Method combo
+ENGINE_ITEMS = ((None, "CLIP engine (Method)"), ("sam3", "SAM 3"),
+                ("hybrid", "Hybrid: SAM 3 + CLIP engine"))
 
 
 # An empty result is a warning with what to try.
@@ -167,6 +171,25 @@ class DrSegDock(QDockWidget):
         self.method_note.setWordWrap(True)
         self.method_note.setVisible(False)
         form.addRow(self.method_note)
+
+        self.engine_combo = QComboBox(body)
+        for value, label in ENGINE_ITEMS:
+            self.engine_combo.addItem(label, value)
+        self.engine_combo.setToolTip(
+            "SAM 3 finds every instance of each class (best on countable objects; slow without a "
+            "GPU); Hybrid fuses it per pixel with the CLIP engine, which fills in land cover SAM 3 "
+            f"misses. SAM 3 weights are gated ({SAM3_LICENCE}): import them with "
+            "'python -m drseg models import sam3 FILE' or choose the file below")
+        self.engine_combo.currentIndexChanged.connect(self._update_engine_widgets)
+        form.addRow("Engine", self.engine_combo)
+        self.sam3_weights_widget = QgsFileWidget(body)
+        self.sam3_weights_widget.setStorageMode(QgsFileWidget.StorageMode.GetFile)
+        self.sam3_weights_widget.setFilter("safetensors (*.safetensors)")
+        self.sam3_weights_widget.lineEdit().setPlaceholderText("[The imported 'sam3' checkpoint]")
+        self.sam3_weights_label = QLabel("SAM 3 weights", body)
+        form.addRow(self.sam3_weights_label, self.sam3_weights_widget)
+        self.sam3_model = DEFAULT_SAM3_MODEL  # an architecture or config.json (tests: tiny)
+        self._update_engine_widgets()
 
         self.output_widget = QgsFileWidget(body)
         self.output_widget.setStorageMode(QgsFileWidget.StorageMode.SaveFile)
@@ -467,6 +490,14 @@ class DrSegDock(QDockWidget):
             self.set_method(METHOD_DRSEG if self.dino_path else METHOD_CLIP)
         self._update_method_widgets()
 
+    def engine(self) -> Optional[str]:
+        return self.engine_combo.currentData()
+
+    def _update_engine_widgets(self, *_args) -> None:
+        uses_sam3 = self.engine() in SAM3_ENGINES
+        self.sam3_weights_widget.setVisible(uses_sam3)
+        self.sam3_weights_label.setVisible(uses_sam3)
+
     def _update_method_widgets(self, *_args) -> None:
         drseg = self.method() == METHOD_DRSEG
         self.drseg_group.setEnabled(drseg)
@@ -561,7 +592,8 @@ class DrSegDock(QDockWidget):
         clip_weights = self.clip_weights_widget.filePath().strip() or DEFAULT_CLIP_WEIGHTS
         method, dino_model = self.method(), self.dino_model_combo.currentText()
         dino_weights = None
-        if method == METHOD_DRSEG:
+        engine = self.engine()
+        if method == METHOD_DRSEG and engine != "sam3":
             self.refresh_dino_state()
             if self.dino_path is None:
                 raise InputError(f"DR-Seg needs DINO weights: {self.dino_problem}. "
@@ -576,6 +608,8 @@ class DrSegDock(QDockWidget):
             extent=extent, resolution=self.resolution_spin.value() or None,
             threshold=self.threshold_spin.value(), clip_model=clip_model, clip_weights=clip_weights,
             method=method, dino_model=dino_model, dino_weights=dino_weights,
+            engine=engine, sam3_model=self.sam3_model,
+            sam3_weights=self.sam3_weights_widget.filePath().strip() or None,
             semantic_ratio=self.semantic_ratio_spin.value(), graph_k=self.graph_k_spin.value(),
             decouple=self.decouple_check.isChecked(), rectify=self.rectify_check.isChecked(),
             fusion=self.fusion_check.isChecked(),

@@ -53,3 +53,38 @@ def fuse(logits_a: torch.Tensor, logits_b: torch.Tensor, logit_scale: float = 50
         p_b = torch.softmax(logit_scale * logits_b.float(), dim=dim)
         return w_a * p_a + w_b * p_b
     return (w_a.to(logits_a.dtype) * logits_a + w_b.to(logits_b.dtype) * logits_b)
+
+
+# ----------------------------------------------------------------------------- two engines
+
+def engine_confidence(probs: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """An engine's confidence per pixel from its class probabilities `probs` (in [0, 1], classes on
+    `dim`, not necessarily summing to 1: SAM 3 scores each class on its own).
+
+    ``c = max_k p_k · (1 − H(p/Σp)/log K)``: the normalised-entropy confidence of the branches
+    above, times the engine's belief in its best class, so an engine that finds nothing at a pixel
+    (all p ≈ 0: a class SAM 3 misses) has no say there, whatever the shape of its near-zero
+    scores. In [0, 1]; with one class it is that class's probability.
+    """
+    probs = probs.float().clamp(0.0, 1.0)
+    peak = probs.amax(dim=dim)
+    k = probs.shape[dim]
+    if k < 2:
+        return peak
+    shares = probs / probs.sum(dim=dim, keepdim=True).clamp_min(1e-12)
+    entropy = -(shares * shares.clamp_min(1e-12).log()).sum(dim=dim)
+    return peak * (1.0 - entropy / math.log(k)).clamp(0.0, 1.0)
+
+
+def fuse_engines(probs_a: torch.Tensor, probs_b: torch.Tensor, dim: int = 0, power: float = 1.0,
+                 eps: float = 1e-6) -> torch.Tensor:
+    """Fuse two engines' class probabilities per pixel by their confidence (`engine_confidence`),
+    with the branch weights above: ``w_a = (c_a^γ + ε)/(c_a^γ + c_b^γ + 2ε)``, ``w_b = 1 − w_a``.
+    Identical inputs come back unchanged; where one engine is sure and the other finds nothing,
+    the sure one decides."""
+    if probs_a.shape != probs_b.shape:
+        raise ValueError(f"engines differ in shape: {tuple(probs_a.shape)} vs {tuple(probs_b.shape)}")
+    conf_a = engine_confidence(probs_a, dim).pow(power) + eps
+    conf_b = engine_confidence(probs_b, dim).pow(power) + eps
+    w_a = (conf_a / (conf_a + conf_b)).unsqueeze(dim)
+    return w_a * probs_a.float() + (1.0 - w_a) * probs_b.float()

@@ -9,6 +9,8 @@ QGIS builds its Processing parameters and the dock at start-up, perhaps without 
 - DINO: our names for the DINO/DINOv2 backbones, each with its timm definition (sizes, patch) and
   the catalog checkpoint it uses by default.
 - SAM: segment_anything registry keys and the catalog checkpoint of each.
+- SAM 3: the transformers SAM 3 detector (concept prompts) and its catalog checkpoint.
+- Engines: what the class segmentation runs (dense CLIP, DR-Seg, SAM 3 or both fused).
 - Devices: the choices front ends offer (`core/device.py` resolves them).
 """
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict
 
-FAMILIES = ("clip", "dino", "sam")
+FAMILIES = ("clip", "dino", "sam", "sam3")
 
 # Untrained weights: tests and speed measurements only.
 RANDOM_WEIGHTS = "random"
@@ -70,6 +72,29 @@ SAM_CATALOG: Dict[str, str] = {DEFAULT_SAM_MODEL: "sam-vit-b", "vit_l": "sam-vit
                                "vit_h": "sam-vit-h"}
 SAM_MODELS = tuple(SAM_CATALOG)
 DEFAULT_SAM_WEIGHTS = SAM_CATALOG[DEFAULT_SAM_MODEL]
+
+
+# ----------------------------------------------------------------------------- SAM 3
+
+# Our architecture name for the released SAM 3 detector (transformers' default Sam3Config).
+DEFAULT_SAM3_MODEL = "sam3"
+SAM3_CATALOG: Dict[str, str] = {DEFAULT_SAM3_MODEL: "sam3"}
+SAM3_MODELS = tuple(SAM3_CATALOG)
+DEFAULT_SAM3_WEIGHTS = SAM3_CATALOG[DEFAULT_SAM3_MODEL]
+SAM3_LICENCE = "SAM License"
+SAM3_IMAGE_SIZE = 1008       # the released model's input size: the tile the sam3 engine scores
+SAM3_OVERLAP = 0.25          # fraction of a tile shared with its neighbour
+
+
+# ----------------------------------------------------------------------------- engines
+
+# 'drseg' and 'clip' are the two CLIP engines ('auto' method picks DR-Seg when DINO is set up);
+# 'sam3' runs SAM 3 concept prompts; 'hybrid' fuses SAM 3 with the CLIP engine per pixel.
+ENGINE_CHOICES = ("drseg", "clip", "sam3", "hybrid")
+SAM3_ENGINES = ("sam3", "hybrid")
+# Referring: 'sam' (dense CLIP localises, SAM delineates) or 'sam3' (SAM 3 concept prompts).
+REFER_ENGINE_CHOICES = ("sam", "sam3")
+DEFAULT_REFER_ENGINE = REFER_ENGINE_CHOICES[0]
 
 
 # ----------------------------------------------------------------------------- devices

@@ -7,6 +7,8 @@ Each function resolves what it can cheaply (device, weights file), then asks the
     dino_backbone(dino_model, weights_path, device)       # `load_dino`
     drseg_scorer(..., **rectifier_options)               # both, plus a light rectifier per call
     sam_model(sam_model, sam_weights, device)             # `load_sam`
+    sam3_scorer(sam3_model, sam3_weights, device)         # `load_sam3` in a Sam3Scorer (its
+                                                          # per-tile image features live on)
 
 cache_dir / mirror: the model cache folder and mirror as the front end resolved them once per
 run (`settings.resolve`); None resolves them here.
@@ -16,7 +18,7 @@ from __future__ import annotations
 from typing import Optional
 
 from .cache import cached
-from .registry import DEFAULT_DEVICE, DEFAULT_SAM_MODEL
+from .registry import DEFAULT_DEVICE, DEFAULT_SAM3_MODEL, DEFAULT_SAM_MODEL
 
 
 def dense_clip_scorer(model_name: str, weights: str, device: str = DEFAULT_DEVICE,
@@ -73,3 +75,18 @@ def sam_model(model_type: Optional[str] = DEFAULT_SAM_MODEL, weights: Optional[s
     key_type, path = resolve_sam_weights(model_type, weights, cache_dir, download_progress, mirror)
     return cached(("sam", key_type, str(path), str(torch_device)),
                   lambda: load_sam(key_type, path, torch_device))
+
+
+def sam3_scorer(model_name: Optional[str] = DEFAULT_SAM3_MODEL, weights: Optional[str] = None,
+                device: str = DEFAULT_DEVICE, download_progress=None,
+                cache_dir: Optional[str] = None, mirror: Optional[str] = None):
+    """The SAM 3 window scorer, one per process, model and device: later runs over the same area
+    reuse the image features it keeps per tile."""
+    from ..device import as_device
+    from ..sam3_engine import Sam3Scorer
+    from .sam3 import load_sam3, resolve_sam3_weights
+
+    torch_device = as_device(device)
+    name, path = resolve_sam3_weights(model_name, weights, cache_dir, download_progress, mirror)
+    return cached(("sam3", name, str(path), str(torch_device)),
+                  lambda: Sam3Scorer(load_sam3(name, path, torch_device), torch_device))

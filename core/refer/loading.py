@@ -28,10 +28,16 @@ def localizer_for(clip):
 
 
 def load_models(request: ReferringRequest, sam=None, clip=None, monitor: Optional[RunMonitor] = None):
-    """-> (sam, localizer, device name): the given ones, or the request's through the model cache."""
+    """-> (sam, localizer, device name): the given ones, or the request's through the model cache.
+    For request.engine 'sam3', `sam` is the SAM 3 scorer and there is no localizer."""
     from ..device import resolve_device
+    from ..errors import InputError
+    from ..models.registry import REFER_ENGINE_CHOICES
 
     device = resolve_device(request.device)
+    if request.engine not in REFER_ENGINE_CHOICES:
+        raise InputError(f"Unknown referring engine '{request.engine}'; choose one of "
+                         f"{', '.join(REFER_ENGINE_CHOICES)}")
 
     def downloading(what):
         def report(done, total):
@@ -45,6 +51,13 @@ def load_models(request: ReferringRequest, sam=None, clip=None, monitor: Optiona
         from ..models.download import resolve_cache_dir
 
         cache_dir = resolve_cache_dir()  # once for both models
+    if request.engine == "sam3":
+        if sam is None:
+            from ..models.shared import sam3_scorer
+
+            sam = sam3_scorer(request.sam3_model, request.sam3_weights, str(device),
+                              download_progress=downloading("SAM 3"), cache_dir=cache_dir)
+        return sam, None, str(device)
     if sam is None:
         from ..models.shared import sam_model
 

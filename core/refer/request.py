@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
 from ..errors import InputError
-from ..models.registry import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DEVICE, DEFAULT_SAM_MODEL
+from ..models.registry import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DEVICE,
+                               DEFAULT_REFER_ENGINE, DEFAULT_SAM3_MODEL, DEFAULT_SAM_MODEL)
 from .parse import ParsedExpression, parse_expression
 from .pipeline import QueryTimings, ReferringResult, ReferringSession, ReferringSettings
 
@@ -28,6 +29,9 @@ class ReferringRequest:
     bands: Optional[Sequence[int]] = None
     sam_model: str = DEFAULT_SAM_MODEL
     sam_weights: Optional[str] = None          # file, catalog name, None: the catalog's for sam_model
+    engine: str = DEFAULT_REFER_ENGINE         # 'sam' (CLIP + SAM) or 'sam3' (SAM 3 concepts)
+    sam3_model: str = DEFAULT_SAM3_MODEL       # 'sam3' engine: architecture or config.json
+    sam3_weights: Optional[str] = None         # safetensors file/folder or catalog name
     clip_model: str = DEFAULT_CLIP_MODEL
     clip_weights: str = DEFAULT_CLIP_WEIGHTS
     device: str = DEFAULT_DEVICE

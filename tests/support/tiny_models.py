@@ -54,3 +54,28 @@ def build_tiny_sam(embed_dim: int = 32, depth: int = 1):
                                                         num_heads=8),
                           iou_head_depth=3, iou_head_hidden_dim=64)
     return Sam(encoder, prompt, decoder).eval()
+
+
+# The real SAM 3 architecture (transformers Sam3Model) at tiny widths: 112-px tiles (8×8 patches of
+# 14 px, windowed and global attention), one layer per transformer, 8 object queries, 32×32 masks.
+TINY_SAM3_SIZE = 112
+TINY_SAM3_WIDTH = 32
+
+
+def tiny_sam3_config():
+    from transformers import Sam3Config
+
+    h, ffn = TINY_SAM3_WIDTH, 64
+    small = dict(hidden_size=h, num_attention_heads=2, intermediate_size=ffn)
+    return Sam3Config(
+        vision_config=dict(
+            backbone_config=dict(model_type="sam3_vit_model", num_hidden_layers=2, image_size=TINY_SAM3_SIZE,
+                                 patch_size=14, window_size=4, global_attn_indexes=[1],
+                                 pretrain_image_size=56, **small),
+            fpn_hidden_size=h, backbone_feature_sizes=[[32, 32], [16, 16], [8, 8]]),
+        text_config=dict(model_type="clip_text_model", num_hidden_layers=1, projection_dim=h,
+                         max_position_embeddings=32, vocab_size=49408, **small),
+        geometry_encoder_config=dict(num_layers=1, **small),
+        detr_encoder_config=dict(num_layers=1, **small),
+        detr_decoder_config=dict(num_layers=1, num_queries=8, **small),
+        mask_decoder_config=dict(hidden_size=h, num_attention_heads=2))

@@ -1,0 +1,176 @@
+"""Referring segmentation with SAM 3: the expression's target is a concept prompt, SAM 3 returns
+every instance, and the selection rules (`select.py`) apply the position, relation, size, order
+and count modifiers.
+
+    session = Sam3ReferringSession(image, sam3_scorer)       # image: H×W×3 uint8, one area
+    answer = session.query("the largest tank north of the road")
+    answer = session.query("all the cars")                   # image encoder not run again
+
+The concept prompt is the parser's target noun phrase (colours first, then the head noun:
+"red car"); a relation's reference ("the road") is a concept prompt too, and the union of its
+instances is the reference mask. The area is scored as one SAM 3 image (SAM 3 resizes any image to
+its input size, as its own processor does); its image features are computed at the first query
+and kept, so later expressions cost the text encoder and the decoders (`encoder_calls`).
+The instance source is a seam (`detect(phrase) -> (candidates, activation)`) so the selection can
+be checked with known instances.
+
+The session answers like `pipeline.ReferringSession` (`query(..., local_only)`, `last_timings`,
+`encoded`, `to_geometry`), so `run.run_referring` serves request.engine 'sam3' with it, tiled or
+not; click refinement is not offered for SAM 3 sessions.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import replace
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputError
+from .parse import ParsedExpression, parse_expression
+from .pipeline import QueryTimings, ReferringResult, mask_to_geometry
+from .select import Candidate, ScoredCandidate, SelectionWeights, select_candidates
+
+MIN_INSTANCE_SCORE = 0.3   # σ(score)·σ(presence) below this is not an instance
+MASK_THRESHOLD = 0.5       # σ(mask logit) at or above this is inside the instance
+
+Detection = Tuple[List[Candidate], Optional[np.ndarray]]
+
+
+def concept_prompt(parsed: ParsedExpression) -> str:
+    """The SAM 3 concept prompt of the target: its colours, then its head noun."""
+    return " ".join(tuple(parsed.colours) + (parsed.target.head,)).strip()
+
+
+class Sam3ReferringSession:
+    """One area image and SAM 3 (a `core.sam3_engine.Sam3Scorer`), or a `detect` seam."""
+
+    def __init__(self, image: np.ndarray, scorer=None, *,
+                 detect: Optional[Callable[[str], Detection]] = None,
+                 min_score: Optional[float] = None,
+                 weights: Optional[SelectionWeights] = None,
+                 valid: Optional[np.ndarray] = None, transform=None, crs=None):
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise InputError(f"The area image must be H×W×3, not {image.shape}")
+        if scorer is None and detect is None:
+            raise ValueError("give a SAM 3 scorer or a detect function")
+        self.image = np.ascontiguousarray(image, dtype=np.uint8)
+        self.valid = (np.ones(image.shape[:2], bool) if valid is None else np.asarray(valid, bool))
+        self.transform, self.crs = transform, crs
+        self.last_timings = QueryTimings()
+        self._lock = threading.RLock()
+        self.scorer = scorer
+        self.min_score = float(MIN_INSTANCE_SCORE if min_score is None else min_score)
+        self.weights = weights
+        self._detect = detect or self._sam3_instances
+        self._features = None
+        self._encode_seconds = 0.0
+        self._detections: Dict[str, Detection] = {}
+        self.encoder_calls = 0
+
+    @property
+    def encoded(self) -> bool:
+        return self._features is not None or self.scorer is None
+
+    # -- queries -------------------------------------------------------------------------------
+    def select(self, expression: Union[str, ParsedExpression], *,
+               local_only: bool = False) -> List[ScoredCandidate]:
+        """The instance(s) `expression` refers to, best first (empty when SAM 3 finds none).
+
+        local_only: ignore absolute position and order and return every instance (a tiled run
+        applies those across tiles afterwards)."""
+        parsed = expression if isinstance(expression, ParsedExpression) else parse_expression(expression)
+        selection = parsed
+        if local_only:
+            selection = replace(parsed, position=None, order=None, plural=True, count=None)
+        candidates, activation = self.detect(concept_prompt(parsed))
+        if not candidates:
+            return []
+        references = {}
+        for relation in parsed.relations:
+            for phrase in (relation.reference, relation.second):
+                if phrase is not None and phrase.text not in references:
+                    references[phrase.text] = self._union(self.detect(phrase.head)[0])
+        return select_candidates(candidates, activation, selection, references or None,
+                                 self.weights)
+
+    def query(self, expression: Union[str, ParsedExpression], *,
+              local_only: bool = False) -> List[ReferringResult]:
+        """`select` as `pipeline.ReferringResult`s, with this query's `last_timings`."""
+        text = expression.text if isinstance(expression, ParsedExpression) else str(expression)
+        with self._lock:
+            started = time.perf_counter()
+            before = self.encoder_calls
+            chosen = self.select(expression, local_only=local_only)
+            timings = QueryTimings(cached=self.encoder_calls == before)
+            timings.sam_encode = self._encode_seconds if not timings.cached else 0.0
+            timings.total = time.perf_counter() - started
+            timings.decode = timings.total - timings.sam_encode
+            timings.candidates = len(chosen)
+            self.last_timings = timings
+        return [ReferringResult(mask=c.mask, score=float(c.score), expression=text.strip(),
+                                target_score=c.target_score, modifier_score=c.modifier_score,
+                                terms=dict(c.terms), source="sam3", component=c.component)
+                for c in chosen]
+
+    def to_geometry(self, result: Union[ReferringResult, np.ndarray]):
+        """A result (or mask) as a shapely (Multi)Polygon in the area's CRS; None when empty."""
+        if self.transform is None:
+            raise InputError("This session has no georeferencing.")
+        mask = result.mask if isinstance(result, ReferringResult) else np.asarray(result, bool)
+        return mask_to_geometry(mask, self.transform)
+
+    def detect(self, phrase: str) -> Detection:
+        """Instances of one concept (cached per phrase for this area)."""
+        if phrase not in self._detections:
+            self._detections[phrase] = self._detect(phrase)
+        return self._detections[phrase]
+
+    def _union(self, candidates: Sequence[Candidate]) -> Optional[np.ndarray]:
+        if not candidates:
+            return None
+        return np.logical_or.reduce([c.mask for c in candidates])
+
+    # -- SAM 3 ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _sam3_instances(self, phrase: str) -> Detection:
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+        from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
+
+        from ..sam3_engine import combine_concept
+
+        scorer = self.scorer
+        if self._features is None:
+            size = scorer.window
+            pixels = torch.from_numpy(self.image).permute(2, 0, 1)[None].float()
+            pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False)
+            tile = pixels.round().clamp(0, 255).to(torch.uint8).numpy()
+            started = time.perf_counter()
+            self._features = scorer._encode(tile)[0]
+            self._encode_seconds = time.perf_counter() - started
+            self.encoder_calls += 1
+        levels, positions = self._features
+        ids = scorer.tokenizer([phrase]).to(scorer.device)
+        mask = (ids != 0).long()
+        text = scorer.model.get_text_features(input_ids=ids, attention_mask=mask).pooler_output
+        out = scorer.model(vision_embeds=Sam3VisionEncoderOutput(fpn_hidden_states=levels,
+                                                                 fpn_position_encoding=positions),
+                           text_embeds=BaseModelOutputWithPooling(pooler_output=text),
+                           attention_mask=mask)
+        height, width = self.image.shape[:2]
+        scores = (torch.sigmoid(out.pred_logits[0].float())
+                  * torch.sigmoid(out.presence_logits[0].float().reshape(())))
+        masks = F.interpolate(out.pred_masks[0][None].float(), size=(height, width),
+                              mode="bilinear", align_corners=False)[0]
+        candidates = [Candidate(mask=(torch.sigmoid(masks[i]) >= MASK_THRESHOLD).numpy() & self.valid,
+                                sam_iou=float(scores[i]), source=f"sam3/{i}")
+                      for i in range(len(scores)) if float(scores[i]) >= self.min_score]
+        activation = combine_concept(out.pred_masks[0], out.pred_logits[0], out.presence_logits[0],
+                                     out.semantic_seg[0, 0])
+        activation = F.interpolate(activation[None, None], size=(height, width), mode="bilinear",
+                                   align_corners=False)[0, 0].numpy()
+        return candidates, activation
