@@ -5,10 +5,12 @@
                               progress=lambda fraction, message: ..., cancelled=lambda: False)
 
 Nothing is written under the output names until the run has completed; a failed or cancelled run
-leaves no file behind.
+leaves no file behind. With `request.dask` the blocks are computed by the workers of a Dask cluster
+(core/cluster/segment.py) and the outputs are bit for bit those of a run in this process.
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
@@ -59,6 +61,8 @@ class SegmentationRequest:
     simplify: float = 0.0                  # polygon simplification tolerance, in pixels
     min_area: float = 0.0                  # smallest polygon kept, m²
     layer_name: str = "segmentation"
+    dask: Optional[str] = None             # local:N or tcp://HOST:PORT (core/cluster); None: here
+    task_blocks: int = 0                   # Dask: k×k blocks per task; 0 chooses
 
 
 @dataclass
@@ -83,12 +87,14 @@ class SegmentationResult:
         return class_colour(name)
 
 
-def run_segmentation(request: SegmentationRequest, scorer=None, progress=None, cancelled=None
-                     ) -> SegmentationResult:
+def run_segmentation(request: SegmentationRequest, scorer=None, progress=None, cancelled=None,
+                     scorer_factory=None) -> SegmentationResult:
     """Segment `request.raster` into `request.classes`.
 
     scorer: a window scorer (see core/sliding.py); None loads dense CLIP per the request (shared
     with later runs through core.models.shared).
+    scorer_factory: instead of `scorer`, a picklable, hashable callable returning one; on a Dask
+    cluster each worker builds it once (core/cluster/tasks.py). None: the request's models.
     """
     monitor = RunMonitor(progress, cancelled)
     classes = parse_classes(request.classes)
@@ -100,50 +106,59 @@ def run_segmentation(request: SegmentationRequest, scorer=None, progress=None, c
         raise InputError(f"Threshold must be in [0, 1), got {request.threshold}")
     if request.stride <= 0 or request.stride > request.window:
         raise InputError("Stride must be positive and not larger than the window")
+    from .cluster.spec import parse_dask_spec
+
+    cluster = parse_dask_spec(request.dask)
+    if cluster is not None and scorer is not None:
+        raise InputError("A Dask run builds its scorer on each worker: pass scorer_factory")
 
     with RasterReader(request.raster, request.bands, request.extent, request.resolution) as reader:
         monitor.report(0.0, "Loading models")
         device_name, method, note = "custom", "custom", ""
-        if scorer is None:
-            scorer, method, note = build_scorer(request, monitor)
-            device_name = str(getattr(scorer, "device", None) or scorer.clip.device)
         queries, owner = flatten_queries(classes)
-        started = time.perf_counter()
-        scorer.set_queries(queries)
-        monitor.check()
-        segmenter = SlidingWindowSegmenter(reader, scorer, owner, threshold=request.threshold,
-                                           window=request.window, stride=request.stride,
-                                           block=request.block, batch_size=request.batch_size)
-        segmenter.timings.model += time.perf_counter() - started
-        segmenter.on_batch_reduced = lambda size, reason: monitor.say(
-            f"GPU memory is short: window batch reduced to {size}")
+        if cluster is not None:
+            if scorer_factory is None:
+                method, dino_path, note = choose_method(request)
+                scorer_factory = ScorerRecipe.of(request, method, dino_path)
+            from .cluster.segment import ClusterBlocks
+
+            source = ClusterBlocks(cluster, request, reader, queries, owner, scorer_factory, monitor)
+            device_name = ""
+        else:
+            if scorer is None and scorer_factory is not None:
+                scorer = scorer_factory()
+            if scorer is None:
+                scorer, method, note = build_scorer(request, monitor)
+                device_name = str(getattr(scorer, "device", None) or scorer.clip.device)
+            started = time.perf_counter()
+            scorer.set_queries(queries)
+            monitor.check()
+            source = SlidingWindowSegmenter(reader, scorer, owner, threshold=request.threshold,
+                                            window=request.window, stride=request.stride,
+                                            block=request.block, batch_size=request.batch_size)
+            source.timings.model += time.perf_counter() - started
+            source.on_batch_reduced = lambda size, reason: monitor.say(
+                f"GPU memory is short: window batch reduced to {size}")
         work = WorkDir(out_vector or out_raster)
         try:
-            result = _run(request, reader, segmenter, classes, work, out_vector, out_raster, monitor)
+            result = _run(request, reader.grid, source, classes, work, out_vector, out_raster,
+                          monitor)
         finally:
             work.cleanup()
-        result.device, result.method, result.note = device_name, method, note
-        result.warnings = list(segmenter.oom_retries)
-        if scorer is not None and method != "custom":
+        result.device, result.method, result.note = device_name or source.device, method, note
+        result.warnings = list(source.oom_retries)
+        if method != "custom":
             from .device import describe_device_choice
             result.device_reason = describe_device_choice(request.device)[1]
         return result
 
 
-def build_scorer(request: SegmentationRequest, monitor: RunMonitor):
-    """-> (scorer, method used, note for the user) for the request's method and models."""
+def choose_method(request: SegmentationRequest, cache_dir: Optional[str] = None):
+    """-> (method 'drseg' or 'clip', DINO checkpoint file or None, note for the user)."""
     from .models.dino import resolve_dino_weights
-    from .models.download import resolve_cache_dir
-    from .models.shared import drseg_scorer, dense_clip_scorer
 
     if request.method not in ("auto", "drseg", "clip"):
         raise InputError(f"Unknown method '{request.method}'; choose drseg, clip or auto")
-
-    def downloading(done, total):
-        monitor.report(0.0, f"Downloading CLIP weights: {done / 2 ** 20:.0f}"
-                            + (f" of {total / 2 ** 20:.0f} MB" if total else " MB"))
-
-    cache_dir = resolve_cache_dir()  # once per run, for every model below
     dino_path = None
     if request.method != "clip":
         dino_path = resolve_dino_weights(request.dino_model, request.dino_weights, cache_dir)
@@ -154,32 +169,89 @@ def build_scorer(request: SegmentationRequest, monitor: RunMonitor):
     if dino_path is None:
         note = ("Plain dense CLIP: no DINO weights are set up, so DR-Seg's structure rectification "
                 "was skipped" if request.method == "auto" else "")
-        return (dense_clip_scorer(request.clip_model, request.clip_weights, request.device,
-                                  download_progress=downloading, cache_dir=cache_dir), "clip", note)
-    scorer = drseg_scorer(request.clip_model, request.clip_weights, request.dino_model, dino_path,
-                          request.device, download_progress=downloading, cache_dir=cache_dir,
-                          decouple=request.decouple, rectify=request.rectify, fusion=request.fusion,
-                          semantic_ratio=request.semantic_ratio, graph_k=request.graph_k)
-    return scorer, "drseg", ""
+        return "clip", None, note
+    return "drseg", dino_path, ""
 
 
-def _run(request, reader, segmenter, classes, work, out_vector, out_raster, monitor):
-    grid = reader.grid
-    timings = segmenter.timings
+def build_scorer(request: SegmentationRequest, monitor: RunMonitor):
+    """-> (scorer, method used, note for the user) for the request's method and models."""
+    from .models.download import resolve_cache_dir
+
+    def downloading(done, total):
+        monitor.report(0.0, f"Downloading CLIP weights: {done / 2 ** 20:.0f}"
+                            + (f" of {total / 2 ** 20:.0f} MB" if total else " MB"))
+
+    cache_dir = resolve_cache_dir()  # once per run, for every model below
+    method, dino_path, note = choose_method(request, cache_dir)
+    recipe = ScorerRecipe.of(request, method, dino_path, cache_dir)
+    return recipe(download_progress=downloading), method, note
+
+
+@dataclass(frozen=True)
+class ScorerRecipe:
+    """The models of a request, as a picklable and hashable value: a Dask worker builds its
+    scorer from it once (models through core.models.shared's cache) and keeps it."""
+
+    method: str                        # 'clip' or 'drseg'
+    clip_model: str
+    clip_weights: str
+    dino_model: str
+    dino_path: Optional[str]           # the checkpoint file for 'drseg'
+    dino_weights: Optional[str]        # as the user named them (found again where the file is not)
+    device: str
+    cache_dir: Optional[str] = None    # None: the settings of the process building the scorer
+    semantic_ratio: float = 0.3
+    graph_k: int = 8
+    decouple: bool = True
+    rectify: bool = True
+    fusion: bool = True
+
+    @classmethod
+    def of(cls, request: SegmentationRequest, method: str, dino_path: Optional[str],
+           cache_dir: Optional[str] = None) -> "ScorerRecipe":
+        return cls(method, request.clip_model, request.clip_weights, request.dino_model, dino_path,
+                   request.dino_weights, request.device, cache_dir, request.semantic_ratio,
+                   request.graph_k, request.decouple, request.rectify, request.fusion)
+
+    def __call__(self, download_progress=None, device: Optional[str] = None):
+        from .models.shared import dense_clip_scorer, drseg_scorer
+
+        device = device or self.device
+        if self.method == "clip":
+            return dense_clip_scorer(self.clip_model, self.clip_weights, device,
+                                     download_progress=download_progress, cache_dir=self.cache_dir)
+        dino_path = self.dino_path
+        if not dino_path or not os.path.isfile(dino_path):  # another machine: its own cache
+            from .models.dino import resolve_dino_weights
+            dino_path = resolve_dino_weights(self.dino_model, self.dino_weights, self.cache_dir)
+            if dino_path is None:
+                raise InputError(f"DR-Seg needs DINO weights for {self.dino_model} on this machine")
+        return drseg_scorer(self.clip_model, self.clip_weights, self.dino_model, dino_path,
+                            device, download_progress=download_progress, cache_dir=self.cache_dir,
+                            decouple=self.decouple, rectify=self.rectify, fusion=self.fusion,
+                            semantic_ratio=self.semantic_ratio, graph_k=self.graph_k)
+
+
+def _run(request, grid, source, classes, work, out_vector, out_raster, monitor):
+    """source: the blocks, in any order (a SlidingWindowSegmenter, or cluster.ClusterBlocks);
+    `len(source)` blocks in all, `source.parts(monitor)` yields (BlockResult, blocks it covers)."""
+    timings = source.timings
     predict = monitor.stage(0.0, 0.85 if out_vector else 1.0)
     class_writer = ClassRasterWriter(work.file("classes.tif"), grid, classes)
     score_writer = FloatRasterWriter(work.file("score.tif"), grid) if out_vector else None
     counts = np.zeros(256, np.int64)
     try:
-        predict.report(0.0, f"Segmenting {grid.width}×{grid.height} px in {len(segmenter)} blocks")
-        for done, block in enumerate(segmenter, start=1):
+        predict.report(0.0, f"Segmenting {grid.width}×{grid.height} px in {len(source)} blocks")
+        done = 0
+        for block, covered in source.parts(predict, work):
             started = time.perf_counter()
             class_writer.write(block.window, block.classes)
             if score_writer is not None:
                 score_writer.write(block.window, block.score)
             counts += np.bincount(block.classes.ravel(), minlength=256)
             timings.write += time.perf_counter() - started
-            predict.report(done / len(segmenter), f"Segmented block {done}/{len(segmenter)}")
+            done += covered
+            predict.report(done / len(source), f"Segmented block {done}/{len(source)}")
     finally:
         class_writer.close()
         if score_writer is not None:
