@@ -3,23 +3,31 @@ segmentation of a raster into polygons and/or a class raster."""
 from __future__ import annotations
 
 from ..core.errors import DrSegError
-from .arguments import extent_argument
+from .arguments import extent_argument, positive_int
 from .progress import ProgressBar
 
 
 def add_parser(subparsers) -> None:
-    from ..core.models.registry import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DEVICE,
-                                        DEFAULT_DINO_MODEL, DEVICE_CHOICES, DINO_MODEL_CHOICES)
-    from ..core.segment import DEFAULT_THRESHOLD
-
     p = subparsers.add_parser("segment", help="open-vocabulary segmentation of a raster into classes",
                               description="Segment RASTER into the classes typed with --classes and "
                                           "write polygons (GeoPackage) and/or a class raster.")
     p.add_argument("raster", help="input raster (GeoTIFF or any GDAL format)")
-    p.add_argument("--classes", required=True,
-                   help="classes separated by ';', synonyms by ',', e.g. 'building,roof;road;water'")
     p.add_argument("--out", help="output GeoPackage of polygons (.gpkg)")
     p.add_argument("--raster-out", help="output class-index GeoTIFF (.tif)")
+    add_request_arguments(p)
+    add_dask_arguments(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run_segment_command)
+
+
+def add_request_arguments(p) -> None:
+    """The classes, models and options of a segmentation (segment and segment-batch)."""
+    from ..core.models.registry import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DEVICE,
+                                        DEFAULT_DINO_MODEL, DEVICE_CHOICES, DINO_MODEL_CHOICES)
+    from ..core.segment import DEFAULT_THRESHOLD
+
+    p.add_argument("--classes", required=True,
+                   help="classes separated by ';', synonyms by ',', e.g. 'building,roof;road;water'")
     p.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL, help="open_clip model name or JSON config")
     p.add_argument("--clip-weights", default=DEFAULT_CLIP_WEIGHTS,
                    help="open_clip pretrained tag (downloaded on first use) or checkpoint file")
@@ -46,24 +54,50 @@ def add_parser(subparsers) -> None:
     p.add_argument("--min-area", type=float, default=0.0, help="drop polygons smaller than this, m²")
     p.add_argument("--window", type=int, default=224, help="sliding window, working pixels")
     p.add_argument("--stride", type=int, default=112, help="sliding window stride, working pixels")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(run=run_segment_command)
 
 
-def run_segment_command(args) -> int:
+def add_dask_arguments(p) -> None:
+    from ..core.cluster.spec import HELP
+
+    p.add_argument("--dask", metavar="CLUSTER",
+                   help=f"run on a Dask cluster: {HELP}; default: $DRSEG_DASK, else the saved "
+                        "setting, else this process")
+    p.add_argument("--task-blocks", type=positive_int, metavar="K",
+                   help="Dask: blocks per task side (K×K blocks per task); default: chosen from "
+                        "the raster and the number of workers")
+
+
+def resolve_dask(args) -> str:
+    """The cluster: --dask, else $DRSEG_DASK, else the saved setting; '' runs here."""
+    from ..core.settings import resolve
+
+    value, source = resolve("dask", args.dask)
+    if value and not args.quiet:
+        print(f"Dask cluster: {value} ({source})")
+    return value or ""
+
+
+def request_from_args(args, raster, out_vector, out_raster, dask):
     from ..core.raster_io import parse_bands
-    from ..core.segment import SegmentationRequest, run_segmentation
+    from ..core.segment import SegmentationRequest
 
-    if not args.out and not args.raster_out:
-        raise DrSegError("Give an output: --out result.gpkg and/or --raster-out classes.tif")
-    request = SegmentationRequest(
-        raster=args.raster, classes=args.classes, out_vector=args.out, out_raster=args.raster_out,
+    return SegmentationRequest(
+        raster=raster, classes=args.classes, out_vector=out_vector, out_raster=out_raster,
         bands=parse_bands(args.bands), extent=args.extent, resolution=args.resolution,
         threshold=args.threshold, clip_model=args.clip_model, clip_weights=args.clip_weights,
         device=args.device, window=args.window, stride=args.stride, simplify=args.simplify,
         min_area=args.min_area, method=args.method, dino_model=args.dino_model,
         dino_weights=args.dino_weights, semantic_ratio=args.semantic_ratio, graph_k=args.graph_k,
-        decouple=not args.no_decouple, rectify=not args.no_rectify, fusion=not args.no_fusion)
+        decouple=not args.no_decouple, rectify=not args.no_rectify, fusion=not args.no_fusion,
+        dask=dask or None, task_blocks=args.task_blocks or 0)
+
+
+def run_segment_command(args) -> int:
+    from ..core.segment import run_segmentation
+
+    if not args.out and not args.raster_out:
+        raise DrSegError("Give an output: --out result.gpkg and/or --raster-out classes.tif")
+    request = request_from_args(args, args.raster, args.out, args.raster_out, resolve_dask(args))
     with ProgressBar(args.quiet) as bar:
         result = run_segmentation(request, progress=bar.update)
     t = result.timings

@@ -52,6 +52,7 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
     DECOUPLE = "DECOUPLE"
     RECTIFY = "RECTIFY"
     FUSION = "FUSION"
+    DASK = "DASK"
     OUTPUT = "OUTPUT"
     OUTPUT_RASTER = "OUTPUT_RASTER"
     POLYGONS = "POLYGONS"
@@ -145,6 +146,9 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
                                           "graph", defaultValue=True),
             QgsProcessingParameterBoolean(self.FUSION, "DR-Seg: uncertainty-guided fusion",
                                           defaultValue=True),
+            QgsProcessingParameterString(self.DASK, "Dask cluster (local:N or tcp://HOST:PORT; "
+                                         "empty: DRSEG_DASK, else the DR-Seg settings, else here)",
+                                         optional=True),
         ]
         self.add_advanced(advanced)
         output = QgsProcessingParameterVectorDestination(self.OUTPUT, "Polygons (GeoPackage)",
@@ -194,6 +198,12 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
             out_raster = self.parameterAsOutputLayer(parameters, self.OUTPUT_RASTER, context) or None
 
         method, dino_model, dino_weights, self._note = self._method(parameters, context)
+        from ..core.cluster.spec import parse_dask_spec
+        from ..core.settings import resolve
+
+        dask = resolve("dask", self.parameterAsString(parameters, self.DASK, context),
+                       self._settings)[0] or None
+        parse_dask_spec(dask)  # a wrong address fails here, before the run
         request = segment.SegmentationRequest(
             raster=source, classes=text, out_vector=out_vector, out_raster=out_raster, bands=bands,
             extent=extent, resolution=resolution,
@@ -213,7 +223,8 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
             device=DEVICE_CHOICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
             simplify=self.parameterAsDouble(parameters, self.SIMPLIFY, context),
             min_area=self.parameterAsDouble(parameters, self.MIN_AREA, context),
-            layer_name=table or os.path.splitext(os.path.basename(out_vector))[0] or "segmentation")
+            layer_name=table or os.path.splitext(os.path.basename(out_vector))[0] or "segmentation",
+            dask=dask)
         self._destinations = {"vector": dest, "raster": out_raster}
         self._classes = classes
         return request
@@ -248,6 +259,8 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
         """Worker thread: run the engine; no GUI, layer or project access here."""
         if self._request is None:  # prepareAlgorithm always runs first; be safe anyway
             raise QgsProcessingException("The algorithm was not prepared")
+        if self._request.dask:
+            feedback.pushInfo(f"Running on the Dask cluster {self._request.dask}")
         with engine_errors():
             segment = load_engine()
             result = segment.run_segmentation(self._request, progress=self.engine_progress(feedback),

@@ -12,7 +12,6 @@ from typing import Optional
 
 from ..errors import InputError
 
-DASK_ENV = "DRSEG_DASK"
 LOCAL_PREFIX = "local:"
 SCHEDULER_SCHEMES = ("tcp://", "tls://", "ws://", "wss://")
 MAX_LOCAL_WORKERS = 256
