@@ -24,7 +24,7 @@ def add_request_arguments(p) -> None:
     """The classes, models and options of a segmentation (segment and segment-batch)."""
     from ..core.models.registry import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DEVICE,
                                         DEFAULT_DINO_MODEL, DEVICE_CHOICES, DINO_MODEL_CHOICES)
-    from ..core.segment import DEFAULT_THRESHOLD
+    from ..core.segment import DEFAULT_THRESHOLD, SegmentationRequest
 
     p.add_argument("--classes", required=True,
                    help="classes separated by ';', synonyms by ',', e.g. 'building,roof;road;water'")
@@ -54,6 +54,8 @@ def add_request_arguments(p) -> None:
     p.add_argument("--min-area", type=float, default=0.0, help="drop polygons smaller than this, m²")
     p.add_argument("--window", type=int, default=224, help="sliding window, working pixels")
     p.add_argument("--stride", type=int, default=112, help="sliding window stride, working pixels")
+    p.add_argument("--block", type=positive_int, default=SegmentationRequest.block,
+                   help="output block size, working pixels (results do not depend on it)")
 
 
 def add_dask_arguments(p) -> None:
@@ -72,7 +74,7 @@ def resolve_dask(args) -> str:
     from ..core.settings import resolve
 
     value, source = resolve("dask", args.dask)
-    if value and not args.quiet:
+    if value:
         print(f"Dask cluster: {value} ({source})")
     return value or ""
 
@@ -85,8 +87,8 @@ def request_from_args(args, raster, out_vector, out_raster, dask):
         raster=raster, classes=args.classes, out_vector=out_vector, out_raster=out_raster,
         bands=parse_bands(args.bands), extent=args.extent, resolution=args.resolution,
         threshold=args.threshold, clip_model=args.clip_model, clip_weights=args.clip_weights,
-        device=args.device, window=args.window, stride=args.stride, simplify=args.simplify,
-        min_area=args.min_area, method=args.method, dino_model=args.dino_model,
+        device=args.device, window=args.window, stride=args.stride, block=args.block,
+        simplify=args.simplify, min_area=args.min_area, method=args.method, dino_model=args.dino_model,
         dino_weights=args.dino_weights, semantic_ratio=args.semantic_ratio, graph_k=args.graph_k,
         decouple=not args.no_decouple, rectify=not args.no_rectify, fusion=not args.no_fusion,
         dask=dask or None, task_blocks=args.task_blocks or 0)

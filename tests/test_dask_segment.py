@@ -210,7 +210,7 @@ def blocks_of(raster, indices, batch_size=GEOMETRY["batch_size"]):
 def test_blocks_computed_in_groups_equal_the_whole_run(raster):
     whole, scored = blocks_of(raster, None)
     assert scored == 288 and len(whole) == 25  # every window once
-    for k in (1, 2, 3):
+    for k in (2, 3):
         parts, extra = {}, 0
         for group in group_blocks(520, 600, 128, k):
             found, windows = blocks_of(raster, group)
@@ -244,7 +244,7 @@ def test_dask_spec_and_its_setting(monkeypatch, tmp_path):
     assert parse_dask_spec("local:3") == DaskSpec(local_workers=3)
     assert parse_dask_spec(" tcp://10.1.2.3:8786 ") == DaskSpec(address="tcp://10.1.2.3:8786")
     assert parse_dask_spec("") is None and parse_dask_spec(None) is None
-    for bad in ("local:0", "local:x", "10.1.2.3:8786", "http://host:8786"):
+    for bad in ("local:0", "local:x", "10.1.2.3:8786", "http://host:8786", "tcp://host"):
         with pytest.raises(InputError, match="Dask cluster"):
             parse_dask_spec(bad)
     saved = st.Settings(dask="local:2")
@@ -324,7 +324,10 @@ def test_cancel_stops_the_run_and_leaves_no_file(cluster, raster, tmp_path):
             time.sleep(0.2)
 
 
-def test_unreachable_scheduler_is_one_clear_error(raster, tmp_path):
+def test_unreachable_scheduler_is_one_clear_error(raster, tmp_path, monkeypatch):
+    from drseg.core.cluster import client
+
+    monkeypatch.setattr(client, "CONNECT_TIMEOUT_S", 2)
     with pytest.raises(InputError, match="Cannot reach the Dask scheduler"):
         segment(raster, tmp_path, dask="tcp://127.0.0.1:9")
 
@@ -350,11 +353,13 @@ def drseg(*args):
                           env=worker_env(), timeout=600)
 
 
-def test_segment_command_on_the_cluster_equals_one_process(cluster, raster, tiny_clip, tmp_path):
+def test_segment_command_on_the_cluster_equals_one_process(cluster, tiny_clip, tmp_path):
     config, weights = tiny_clip
+    raster = write_raster(tmp_path / "small.tif", scene_image(scene_labels(192, 256)))
+    # 3×2 blocks, 35 windows: real (tiny) CLIP, whose logits change with the batch size.
     common = [raster, "--classes", "building; water; road", "--clip-model", config,
               "--clip-weights", weights, "--device", "cpu", "--threshold", "0.2", "--window",
-              "64", "--stride", "32", "--quiet"]
+              "64", "--stride", "32", "--block", "96", "--quiet"]
     here = drseg("segment", *common, "--raster-out", str(tmp_path / "here.tif"),
                  "--out", str(tmp_path / "here.gpkg"))
     assert here.returncode == 0, here.stderr
@@ -366,8 +371,19 @@ def test_segment_command_on_the_cluster_equals_one_process(cluster, raster, tiny
     assert np.array_equal(read_classes(tmp_path / "here.tif"), read_classes(tmp_path / "there.tif"))
     assert_same_polygons(read_polygons(str(tmp_path / "there.gpkg")),
                          read_polygons(str(tmp_path / "here.gpkg")))
-    bad = drseg("segment", *common, "--out", str(tmp_path / "x.gpkg"), "--dask", "local:lots")
-    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: Dask cluster 'local:lots'")
+
+
+def test_a_wrong_cluster_is_one_line_and_exit_two(tmp_path, capsys, monkeypatch):
+    from drseg.cli import main
+
+    raster = write_raster(tmp_path / "in.tif", np.zeros((3, 20, 20), np.uint8))
+    assert main(["segment", raster, "--classes", "water", "--out", str(tmp_path / "x.gpkg"),
+                 "--dask", "local:lots"]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: Dask cluster 'local:lots'")
+    monkeypatch.setenv("DRSEG_DASK", "tcp://nowhere")
+    assert main(["segment-batch", raster, "--classes", "water", "--out-dir", str(tmp_path)]) == 2
+    assert "error: Dask cluster 'tcp://nowhere'" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == ["in.tif"]
 
 
 # -- batches ---------------------------------------------------------------------------------
@@ -454,8 +470,8 @@ def test_segment_batch_command(tmp_path, tiny_clip):
     out = tmp_path / "out"
     out.mkdir()
     args = ["segment-batch", str(inputs), "--out-dir", str(out), "--classes", "building; water",
-            "--clip-model", config, "--clip-weights", weights, "--device", "cpu", "--window", "64",
-            "--stride", "32", "--quiet"]
+            "--clip-model", config, "--clip-weights", weights, "--device", "cpu", "--window", "96",
+            "--stride", "96", "--quiet"]
     first = drseg(*args)
     assert first.returncode == 1, first.stderr  # one input failed
     assert "2 done, 1 failed" in first.stdout

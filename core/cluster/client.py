@@ -35,7 +35,7 @@ def dask_client(spec: DaskSpec) -> Iterator[object]:
         return
     try:
         client = distributed.Client(spec.address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
-    except (OSError, TimeoutError) as exc:
+    except (OSError, TimeoutError, ValueError) as exc:
         raise InputError(f"Cannot reach the Dask scheduler at {spec.address} ({exc}); start it "
                          "with `dask scheduler` and check the address") from None
     with client:
@@ -53,8 +53,10 @@ def _local_cluster(distributed, workers: int):
     try:
         with dask.config.set({"distributed.nanny.pre-spawn-environ." + name: threads
                               for name in THREAD_VARIABLES}):
+            # No dashboard; its HTTP server (health checks) on a free port, not 8787.
             cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1,
                                                processes=True, dashboard_address=None,
+                                               scheduler_kwargs={"dashboard_address": ":0"},
                                                silence_logs=logging.ERROR)
     finally:
         for name, value in saved.items():  # the Nanny changed this process's environment

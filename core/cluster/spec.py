@@ -15,7 +15,8 @@ from ..errors import InputError
 LOCAL_PREFIX = "local:"
 SCHEDULER_SCHEMES = ("tcp://", "tls://", "ws://", "wss://")
 MAX_LOCAL_WORKERS = 256
-_ADDRESS = re.compile(r"^(tcp|tls|ws|wss)://[^\s/:]+(:\d{1,5})?/?$")
+# HOST:PORT (IPv6 in brackets); the port is required
+_ADDRESS = re.compile(r"^(tcp|tls|ws|wss)://(\[[0-9A-Fa-f:.]+\]|[^\s/:\[\]]+):\d{1,5}/?$")
 HELP = "local:N (N worker processes here) or tcp://HOST:PORT (a running Dask scheduler)"
 
 
