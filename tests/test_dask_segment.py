@@ -234,7 +234,12 @@ def test_task_groups_partition_the_blocks():
         flat = [i for group in groups for i in group]
         assert sorted(flat) == list(range(columns * rows))
         assert all(group == sorted(group) and len(group) <= k * k for group in groups)
-    assert choose_task_blocks(25, 2) == 2 and choose_task_blocks(4, 8) == 1
+    # Tasks at least 4 windows wide where the raster has a task for each worker ...
+    assert choose_task_blocks(25, 2, block=128, window=64) == 2
+    assert choose_task_blocks(64, 1, block=128, window=224) == 7   # not 4: halo
+    assert choose_task_blocks(100, 2, block=512, window=224) == 4  # 3 tasks per worker
+    assert choose_task_blocks(9, 4, block=512, window=224) == 1  # ... and at least one task each
+    assert choose_task_blocks(4, 8) == 1
     assert choose_task_blocks(100_000, 2) == 8
 
 

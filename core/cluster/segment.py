@@ -45,7 +45,8 @@ class ClusterBlocks:
 
     def _tasks(self, workers: int, work_dir: str, cancel_event: str):
         request, grid = self.request, self.reader.grid
-        k = request.task_blocks or choose_task_blocks(len(self.blocks), workers)
+        k = request.task_blocks or choose_task_blocks(len(self.blocks), workers,
+                                                         request.block, request.window)
         raster = request.raster
         if os.path.exists(raster):  # workers may start elsewhere; GDAL paths (/vsicurl/…) stay
             raster = os.path.abspath(raster)

@@ -25,6 +25,7 @@ from ..models.cache import cached
 
 TASKS_PER_WORKER = 3     # enough tasks to balance uneven blocks and to survive a lost worker
 MAX_TASK_BLOCKS = 8      # k of the largest k×k task: bounds a task's memory and halo reading
+HALO_WINDOWS = 4         # a task side spans at least this many windows where the raster allows
 
 _LOCKS: Dict[object, threading.Lock] = {}
 _LOCKS_GUARD = threading.Lock()
@@ -53,10 +54,20 @@ class BlockTask:
     cancel_event: str        # name of the run's distributed.Event, set when the run is cancelled
 
 
-def choose_task_blocks(block_count: int, workers: int) -> int:
-    """k for k×k-block tasks: at least TASKS_PER_WORKER tasks per worker where the raster allows,
-    large tasks otherwise (fewer halo windows scored twice)."""
-    k = int(math.sqrt(block_count / max(1, TASKS_PER_WORKER * workers)))
+def choose_task_blocks(block_count: int, workers: int, block: int = 512, window: int = 224) -> int:
+    """k for k×k-block tasks. A task also scores the halo of windows around it, so a task side
+    of HALO_WINDOWS windows at least keeps that extra work small; within that, tasks small enough
+    for TASKS_PER_WORKER tasks per worker (balance, and little lost with a worker), and never so
+    large that a worker gets none."""
+    def tasks(k):
+        return block_count / (k * k)
+
+    k = max(1, int(math.sqrt(block_count / max(1, TASKS_PER_WORKER * workers))))
+    halo_k = -(-HALO_WINDOWS * window // block)
+    if k < halo_k:
+        k = halo_k
+        while k > 1 and tasks(k) < workers:
+            k -= 1
     return max(1, min(MAX_TASK_BLOCKS, k))
 
 
