@@ -147,7 +147,7 @@ def run_segmentation(request: SegmentationRequest, scorer=None, progress=None, c
             work.cleanup()
         result.device, result.method, result.note = device_name or source.device, method, note
         result.warnings = list(source.oom_retries)
-        if method != "custom":
+        if method != "custom" and cluster is None:  # on a cluster each worker chooses its own
             from .device import describe_device_choice
             result.device_reason = describe_device_choice(request.device)[1]
         return result
