@@ -79,18 +79,22 @@ CELL = 48      # scene cells (fields, roofs): not a multiple of the 16-px tokens
 ROAD = (997, 20)  # a 20 px road every 997 px, both ways
 
 
-def scene_block(row: int, col: int, height: int, width: int) -> np.ndarray:
-    """uint8 (3, height, width) of the synthetic scene at (row, col): every pixel's colour is a
-    function of its position only, so blocks can be made independently."""
-    ys = (np.arange(row, row + height, dtype=np.int64) // CELL)[:, None]
-    xs = (np.arange(col, col + width, dtype=np.int64) // CELL)[None, :]
-    key = (ys * 73856093) ^ (xs * 19349663)
+def scene_index(ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """Palette index of the synthetic scene at pixel coordinates (ys, xs) (broadcast): a function
+    of the position only, so blocks can be made independently."""
+    cell_y, cell_x = ys // CELL, xs // CELL
+    key = (cell_y * 73856093) ^ (cell_x * 19349663)
     key = ((key ^ (key >> 7)) * 2654435761) & 0xFFFFFFFF
     index = (key >> 11) % len(PALETTE)
-    road_y = ((np.arange(row, row + height) % ROAD[0]) < ROAD[1])[:, None]
-    road_x = ((np.arange(col, col + width) % ROAD[0]) < ROAD[1])[None, :]
-    index = np.where(road_y | road_x, 6, index)
-    return np.ascontiguousarray(PALETTE[index].transpose(2, 0, 1))
+    road = ((ys % ROAD[0]) < ROAD[1]) | ((xs % ROAD[0]) < ROAD[1])
+    return np.where(road, len(PALETTE) - 1, index)
+
+
+def scene_block(row: int, col: int, height: int, width: int) -> np.ndarray:
+    """uint8 (3, height, width) of the synthetic scene at (row, col)."""
+    ys = np.arange(row, row + height, dtype=np.int64)[:, None]
+    xs = np.arange(col, col + width, dtype=np.int64)[None, :]
+    return np.ascontiguousarray(PALETTE[scene_index(ys, xs)].transpose(2, 0, 1))
 
 
 def write_scene(path: str, height: int, width: int, block: int = 1024) -> None:

@@ -22,9 +22,14 @@ purpose) so that the two must produce the same class map: that is how the benchm
 tests/test_research_baseline.py check that they compare the same computation.
 
 No nodata handling, no reprojection, no vectorizing: research code has none of them either.
+
+`protocol_probabilities` (at the end) is the whole benchmark protocol of DESIGN.md section 8,
+from the uint8 image to class probabilities, on an open_clip model: the yardstick that
+tests/test_protocol_parity.py holds `python -m drseg evaluate`'s path against.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
@@ -157,3 +162,177 @@ def segment_raster(path: str, scorer, query_owner: Sequence[int], out_raster: Op
             dst.write(result.classes[None])
         timings.write += time.perf_counter() - started
     return result
+
+
+# ------------------------------------------------------------------------------------------------
+# The benchmark protocol, whole (DESIGN.md section 8), written out plainly as the yardstick of
+# `python -m drseg evaluate` (tests/test_protocol_parity.py). Nothing here is imported from
+# drseg: the input resize follows OpenCV's C++ loops, the dense CLIP forward is spelled out on
+# the open_clip modules, and the windows are stitched as mmseg's slide inference does.
+# ------------------------------------------------------------------------------------------------
+
+CLIP_MEAN_255 = (122.771, 116.746, 104.094)
+CLIP_STD_255 = (68.501, 66.632, 70.323)
+
+
+def mmcv_rescale_size(height: int, width: int, long_side: int):
+    factor = min(long_side / max(height, width), long_side / min(height, width))
+    return int(height * float(factor) + 0.5), int(width * float(factor) + 0.5)
+
+
+def opencv_resize_linear(image: np.ndarray, new_h: int, new_w: int) -> np.ndarray:
+    """cv2.resize(..., INTER_LINEAR) of an (H, W, C) uint8 image, following OpenCV's C++ code:
+    coefficient tables per output column/row, horizontal pass into int rows, 8-bit vertical pass;
+    an exact halving is INTER_AREA's 2×2 mean."""
+    src_h, src_w, cn = image.shape
+    if (new_h, new_w) == (src_h, src_w):
+        return image.copy()
+    inv_x, inv_y = new_w / src_w, new_h / src_h
+    scale_x, scale_y = 1.0 / inv_x, 1.0 / inv_y
+    if scale_x == 2.0 and scale_y == 2.0:
+        s = image.astype(np.int64)
+        out = np.empty((new_h, new_w, cn), np.uint8)
+        for dy in range(new_h):
+            for dx in range(new_w):
+                total = (s[2 * dy, 2 * dx] + s[2 * dy, 2 * dx + 1] + s[2 * dy + 1, 2 * dx]
+                         + s[2 * dy + 1, 2 * dx + 1])
+                out[dy, dx] = (total + 2) >> 2
+        return out
+    xofs, ialpha, xmax = [], [], new_w
+    for dx in range(new_w):
+        fx = np.float32((dx + 0.5) * scale_x - 0.5)
+        sx = int(np.floor(fx))
+        fx = np.float32(fx - np.float32(sx))
+        if sx < 0:
+            fx, sx = np.float32(0), 0
+        if sx + 1 >= src_w:
+            xmax = min(xmax, dx)
+            if sx >= src_w - 1:
+                fx, sx = np.float32(0), src_w - 1
+        xofs.append(sx)
+        ialpha.append((int(np.rint(np.float32(np.float32(1) - fx) * np.float32(2048))),
+                       int(np.rint(fx * np.float32(2048)))))
+    yofs, ibeta = [], []
+    for dy in range(new_h):
+        fy = np.float32((dy + 0.5) * scale_y - 0.5)
+        sy = int(np.floor(fy))
+        fy = np.float32(fy - np.float32(sy))
+        yofs.append(sy)
+        ibeta.append((int(np.rint(np.float32(np.float32(1) - fy) * np.float32(2048))),
+                      int(np.rint(fy * np.float32(2048)))))
+    s = image.astype(np.int64)
+    rows = np.zeros((src_h, new_w, cn), np.int64)   # every source row, resized horizontally
+    for dx in range(new_w):
+        sx = xofs[dx]
+        if dx < xmax:
+            rows[:, dx] = s[:, sx] * ialpha[dx][0] + s[:, sx + 1] * ialpha[dx][1]
+        else:
+            rows[:, dx] = s[:, sx] * 2048
+    out = np.empty((new_h, new_w, cn), np.uint8)
+    for dy in range(new_h):
+        r0 = rows[min(max(yofs[dy], 0), src_h - 1)]
+        r1 = rows[min(max(yofs[dy] + 1, 0), src_h - 1)]
+        b0, b1 = ibeta[dy]
+        out[dy] = (((b0 * (r0 >> 4)) >> 16) + ((b1 * (r1 >> 4)) >> 16) + 2) >> 2
+    return out
+
+
+def _positional_embedding(visual, rows: int, cols: int) -> torch.Tensor:
+    """The reference's interpolate_pos_encoding: unchanged for the square training grid, else
+    bicubic with scale_factor (g + 0.1) / side."""
+    pos = visual.positional_embedding
+    side = int(math.sqrt(pos.shape[0] - 1))
+    if rows == side and cols == side:
+        return pos
+    grid = pos[1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, scale_factor=((rows + 0.1) / side, (cols + 0.1) / side),
+                         mode="bicubic")
+    assert grid.shape[-2:] == (rows, cols)
+    return torch.cat([pos[:1], grid.permute(0, 2, 3, 1).reshape(rows * cols, -1)])
+
+
+@torch.no_grad()
+def protocol_window_logits(model, text: torch.Tensor, crop: torch.Tensor,
+                           bias_lambda: float = -0.3) -> torch.Tensor:
+    """One normalised crop (1, 3, H, W), H and W multiples of the patch -> logits (1, Q, H, W):
+    SegEarth-OV's last block (q-q + k-k + v-v attention, no residual, no MLP), cosine with the
+    text, the CLS term times λ, bilinear to the crop."""
+    visual = model.visual
+    patch = visual.conv1.kernel_size[0]
+    rows, cols = crop.shape[2] // patch, crop.shape[3] // patch
+    x = visual.conv1(crop).flatten(2).transpose(1, 2)
+    x = torch.cat([visual.class_embedding.reshape(1, 1, -1), x], dim=1)
+    x = visual.ln_pre(x + _positional_embedding(visual, rows, cols))
+    blocks = list(visual.transformer.resblocks)
+    for block in blocks[:-1]:
+        x = block(x)
+    last = blocks[-1]
+    y = last.ln_1(x)
+    heads = last.attn.num_heads
+    q, k, v = F.linear(y, last.attn.in_proj_weight, last.attn.in_proj_bias).chunk(3, dim=-1)
+    q, k, v = [t.reshape(1, -1, heads, t.shape[-1] // heads).transpose(1, 2) for t in (q, k, v)]
+    scale = q.shape[-1] ** -0.5
+    attention = sum(torch.softmax(scale * t @ t.transpose(-2, -1), dim=-1) for t in (q, k, v))
+    x = last.attn.out_proj((attention @ v).transpose(1, 2).reshape(1, -1, y.shape[-1]))
+    x = visual.ln_post(x) @ visual.proj
+    x = x / x.norm(dim=-1, keepdim=True)
+    logits = x[:, 1:] @ text.T + bias_lambda * (x[:, :1] @ text.T)
+    logits = logits.transpose(1, 2).reshape(1, -1, rows, cols)
+    return F.interpolate(logits, size=crop.shape[2:], mode="bilinear")
+
+
+def protocol_pad(height: int, width: int, patch: int):
+    """(left, right, top, bottom) as the reference's compute_padsize."""
+    left = right = top = bottom = 0
+    if width % patch:
+        extra = patch - width % patch
+        left, right = extra // 2, extra - extra // 2
+    if height % patch:
+        extra = patch - height % patch
+        top, bottom = extra // 2, extra - extra // 2
+    return left, right, top, bottom
+
+
+@torch.no_grad()
+def protocol_probabilities(image: np.ndarray, model, text: torch.Tensor,
+                           query_owner: Sequence[int], logit_scale: float = 50.0,
+                           long_side: Optional[int] = 448, window: int = 224, stride: int = 112,
+                           threshold: float = 0.0):
+    """(H, W, 3) uint8 -> (class probabilities (K, H, W), labels (H, W): 0 background, 1..K)."""
+    height, width = image.shape[:2]
+    working = image
+    if long_side:
+        working = opencv_resize_linear(image, *mmcv_rescale_size(height, width, long_side))
+    mean = torch.tensor(CLIP_MEAN_255).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD_255).view(1, 3, 1, 1)
+    img = (torch.from_numpy(working).permute(2, 0, 1)[None].float() - mean) / std
+    h_img, w_img = img.shape[2:]
+    patch = model.visual.conv1.kernel_size[0]
+    preds = torch.zeros((1, text.shape[0], h_img, w_img))
+    count = torch.zeros((1, 1, h_img, w_img))
+    h_grids = max(h_img - window + stride - 1, 0) // stride + 1
+    w_grids = max(w_img - window + stride - 1, 0) // stride + 1
+    for h_idx in range(h_grids):
+        for w_idx in range(w_grids):
+            y2, x2 = min(h_idx * stride + window, h_img), min(w_idx * stride + window, w_img)
+            y1, x1 = max(y2 - window, 0), max(x2 - window, 0)
+            crop = img[:, :, y1:y2, x1:x2]
+            crop_h, crop_w = crop.shape[2:]
+            pad = protocol_pad(crop_h, crop_w, patch)
+            if any(pad):
+                crop = F.pad(crop, pad)
+            logits = protocol_window_logits(model, text, crop)
+            if any(pad):
+                logits = logits[:, :, pad[2]:pad[2] + crop_h, pad[0]:pad[0] + crop_w]
+            preds += F.pad(logits, (x1, w_img - x2, y1, h_img - y2))
+            count[:, :, y1:y2, x1:x2] += 1
+    logits = F.interpolate(preds / count, size=(height, width), mode="bilinear")[0]
+    probs = (logits * logit_scale).softmax(0)
+    owner = torch.tensor(list(query_owner))
+    num_classes = int(owner.max()) + 1
+    if num_classes != len(owner):
+        one_hot = F.one_hot(owner, num_classes).T.view(num_classes, len(owner), 1, 1)
+        probs = (probs[None] * one_hot).max(1)[0]
+    labels = probs.argmax(0) + 1
+    labels[probs.max(0)[0] < threshold] = 0
+    return probs.numpy(), labels.to(torch.uint8).numpy()

@@ -11,7 +11,7 @@ from typing import List, Optional
 
 from ..core.errors import DrSegError, RunCancelled
 from ..core.evaluation.predictors import PredictorFactory, engine_predictor
-from . import evaluate, models, refer, segment, segment_batch
+from . import cache, evaluate, models, refer, segment, segment_batch
 from .exit_codes import EXIT_BAD_INPUT, EXIT_CANCELLED
 
 
@@ -27,6 +27,7 @@ def build_parser(predictor_factory: Optional[PredictorFactory] = engine_predicto
     models.add_parser(subparsers)
     refer.add_parser(subparsers)
     evaluate.add_parser(subparsers, predictor_factory)
+    cache.add_parser(subparsers)
     return parser
 
 

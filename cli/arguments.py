@@ -23,3 +23,21 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be a positive whole number")
     return value
+
+
+# Options whose default comes from the saved settings (core.settings.resolve_all).
+SETTINGS_HELP = " (default: the saved DR-Seg settings, else {})"
+
+
+def resolve_settings(args, names):
+    """Resolve the settings behind the options `names` once (parameter > environment > saved
+    settings > default) and print where each value came from, as every front end logs it."""
+    import sys
+
+    from ..core.settings import resolve_all
+
+    resolved = resolve_all({name: getattr(args, name, None) for name in names})
+    if not getattr(args, "quiet", False):
+        for line in resolved.describe():
+            print(f"setting {line}", file=sys.stderr)
+    return resolved

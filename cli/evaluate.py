@@ -73,8 +73,9 @@ def _engine_options(parser, task: str) -> None:
         parser.add_argument("--sam-model", default=DEFAULT_SAM_MODEL, choices=list(SAM_MODELS))
         parser.add_argument("--sam-weights", help="SAM checkpoint file or catalog name")
     else:
-        parser.add_argument("--long-side", type=int, default=448,
-                            help="benchmark images are resized to this long side (0: keep the size)")
+        parser.add_argument("--long-side", type=int,
+                            help="resize images to this long side (0: keep the size); default: "
+                                 "the data set's protocol (448)")
 
 
 def engine_settings(args) -> EngineSettings:
@@ -121,7 +122,7 @@ def run_evaluate_command(args, predictor_factory: Optional[PredictorFactory] = N
         if task == "ovss":
             report = evaluate_ovss(dataset, predict_fn=predict_fn,
                                    predictions_dir=args.predictions, limit=args.limit,
-                                   progress=progress)
+                                   progress=progress, engine=getattr(predict_fn, "settings", None))
         else:
             report = evaluate_refer(dataset, predict_fn=predict_fn,
                                     predictions_dir=args.predictions, limit=args.limit,

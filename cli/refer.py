@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 
-from .arguments import extent_argument
+from .arguments import SETTINGS_HELP, extent_argument, resolve_settings
+
+# Options that fall back on the saved settings when not given.
+SETTINGS = ("sam_model", "sam_weights", "clip_model", "clip_weights", "device", "cache_dir")
 from .progress import ProgressBar
 
 
@@ -26,14 +29,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--expression", "-e", action="append", required=True, metavar="TEXT",
                    help="a referring expression; repeat for several")
     p.add_argument("--out", required=True, help="output GeoPackage (.gpkg)")
-    p.add_argument("--sam-model", default=DEFAULT_SAM_MODEL, choices=SAM_MODELS, help="SAM architecture")
+    p.add_argument("--sam-model", choices=SAM_MODELS,
+                   help="SAM architecture" + SETTINGS_HELP.format(DEFAULT_SAM_MODEL))
     p.add_argument("--sam-weights",
-                   help="SAM checkpoint file or catalog name (default: the catalog's checkpoint "
-                        "of --sam-model, e.g. sam-vit-b; see 'models list')")
-    p.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL, help="open_clip model name or JSON config")
-    p.add_argument("--clip-weights", default=DEFAULT_CLIP_WEIGHTS,
-                   help="open_clip pretrained tag, catalog name or checkpoint file")
-    p.add_argument("--device", default=DEFAULT_DEVICE, choices=DEVICE_CHOICES)
+                   help="SAM checkpoint file or catalog name (default: the saved settings', else "
+                        "the catalog's checkpoint of --sam-model, e.g. sam-vit-b; see 'models list')")
+    p.add_argument("--clip-model", help="open_clip model name or JSON config"
+                   + SETTINGS_HELP.format(DEFAULT_CLIP_MODEL))
+    p.add_argument("--clip-weights", help="open_clip pretrained tag, catalog name or checkpoint "
+                                           "file" + SETTINGS_HELP.format(DEFAULT_CLIP_WEIGHTS))
+    p.add_argument("--device", choices=DEVICE_CHOICES,
+                   help="device" + SETTINGS_HELP.format(DEFAULT_DEVICE))
+    p.add_argument("--cache-dir", help="model cache folder (default: DRSEG_CACHE_DIR, else the "
+                                        "saved settings, else the platform's cache folder)")
     p.add_argument("--bands", help="band numbers, 1 (grey) or 3 (RGB), e.g. 4,3,2; default: RGB")
     p.add_argument("--extent", type=extent_argument, help="xmin,ymin,xmax,ymax in the raster's CRS")
     p.add_argument("--resolution", type=float,
@@ -56,11 +64,14 @@ def run_refer_command(args) -> int:
     from ..core.raster_io import parse_bands
     from ..core.refer.run import ReferringRequest, run_referring
 
+    settings = resolve_settings(args, SETTINGS)
     request = ReferringRequest(
         raster=args.raster, expressions=list(args.expression), out_vector=args.out,
         extent=args.extent, resolution=args.resolution, max_size=args.max_size or None,
-        bands=parse_bands(args.bands), sam_model=args.sam_model, sam_weights=args.sam_weights,
-        clip_model=args.clip_model, clip_weights=args.clip_weights, device=args.device,
+        bands=parse_bands(args.bands), sam_model=settings["sam_model"],
+        sam_weights=settings.chosen("sam_weights"), clip_model=settings["clip_model"],
+        clip_weights=settings["clip_weights"], device=settings["device"],
+        cache_dir=settings["cache_dir"],
         threshold=args.threshold, tile_size=args.tile_size, simplify=args.simplify)
     with ProgressBar(args.quiet) as bar:
         result = run_referring(request, progress=bar.update)

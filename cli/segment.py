@@ -3,8 +3,12 @@ segmentation of a raster into polygons and/or a class raster."""
 from __future__ import annotations
 
 from ..core.errors import DrSegError
-from .arguments import extent_argument, positive_int
+from .arguments import SETTINGS_HELP, extent_argument, positive_int, resolve_settings
 from .progress import ProgressBar
+
+# Options that fall back on the saved settings when not given.
+SETTINGS = ("clip_model", "clip_weights", "device", "dino_model", "dino_weights", "window",
+            "stride", "block", "batch_size", "cache_dir", "dask")
 
 
 def add_parser(subparsers) -> None:
@@ -14,8 +18,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("raster", help="input raster (GeoTIFF or any GDAL format)")
     p.add_argument("--out", help="output GeoPackage of polygons (.gpkg)")
     p.add_argument("--raster-out", help="output class-index GeoTIFF (.tif)")
+    p.add_argument("--probabilities-out", metavar="FILE.tif",
+                   help="output per-class probabilities before the threshold (float32 GeoTIFF, "
+                        "one band per class, named after it)")
     add_request_arguments(p)
-    add_dask_arguments(p)
+    add_dask_arguments(p, tasks=True)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run_segment_command)
 
@@ -24,20 +31,27 @@ def add_request_arguments(p) -> None:
     """The classes, models and options of a segmentation (segment and segment-batch)."""
     from ..core.models.registry import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DEVICE,
                                         DEFAULT_DINO_MODEL, DEVICE_CHOICES, DINO_MODEL_CHOICES)
-    from ..core.segment import DEFAULT_THRESHOLD, SegmentationRequest
+    from ..core.protocol import BLENDS, DEFAULT_BLEND
+    from ..core.segment import DEFAULT_THRESHOLD
+    from ..core.settings import Settings
 
     p.add_argument("--classes", required=True,
                    help="classes separated by ';', synonyms by ',', e.g. 'building,roof;road;water'")
-    p.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL, help="open_clip model name or JSON config")
-    p.add_argument("--clip-weights", default=DEFAULT_CLIP_WEIGHTS,
-                   help="open_clip pretrained tag (downloaded on first use) or checkpoint file")
-    p.add_argument("--device", default=DEFAULT_DEVICE, choices=DEVICE_CHOICES)
+    p.add_argument("--clip-model", help="open_clip model name or JSON config"
+                   + SETTINGS_HELP.format(DEFAULT_CLIP_MODEL))
+    p.add_argument("--clip-weights",
+                   help="open_clip pretrained tag (downloaded on first use), catalog name or "
+                        "checkpoint file" + SETTINGS_HELP.format(DEFAULT_CLIP_WEIGHTS))
+    p.add_argument("--device", choices=DEVICE_CHOICES, help="device"
+                   + SETTINGS_HELP.format(DEFAULT_DEVICE))
     p.add_argument("--method", default="auto", choices=["auto", "drseg", "clip"],
                    help="drseg: dense CLIP rectified with DINO structure; clip: plain dense CLIP; "
                         "auto (default): drseg when DINO weights are set up")
-    p.add_argument("--dino-model", default=DEFAULT_DINO_MODEL, choices=sorted(DINO_MODEL_CHOICES))
-    p.add_argument("--dino-weights", help="DINO checkpoint file or catalog name "
-                                           "(default: the downloaded catalog checkpoint, if any)")
+    p.add_argument("--dino-model", choices=sorted(DINO_MODEL_CHOICES),
+                   help="DINO backbone" + SETTINGS_HELP.format(DEFAULT_DINO_MODEL))
+    p.add_argument("--dino-weights", help="DINO checkpoint file or catalog name (default: the "
+                                           "saved settings', else the downloaded catalog "
+                                           "checkpoint, if any)")
     p.add_argument("--semantic-ratio", type=float, default=0.3,
                    help="share of CLIP channels kept as semantic (DR-Seg ρ)")
     p.add_argument("--graph-k", type=int, default=8, help="neighbours per token in the DINO graph")
@@ -52,54 +66,67 @@ def add_request_arguments(p) -> None:
                    help="pixels whose top class probability is below this become background")
     p.add_argument("--simplify", type=float, default=0.0, help="polygon simplification, in pixels")
     p.add_argument("--min-area", type=float, default=0.0, help="drop polygons smaller than this, m²")
-    p.add_argument("--window", type=int, default=224, help="sliding window, working pixels")
-    p.add_argument("--stride", type=int, default=112, help="sliding window stride, working pixels")
-    p.add_argument("--block", type=positive_int, default=SegmentationRequest.block,
-                   help="output block size, working pixels (results do not depend on it)")
+    p.add_argument("--window", type=int, help="sliding window, working pixels"
+                   + SETTINGS_HELP.format(Settings.window))
+    p.add_argument("--stride", type=int, help="sliding window stride, working pixels"
+                   + SETTINGS_HELP.format(Settings.stride))
+    p.add_argument("--block", type=positive_int, help="output block, working pixels; the result "
+                   "does not depend on it" + SETTINGS_HELP.format(Settings.block))
+    p.add_argument("--blend", default=DEFAULT_BLEND, choices=BLENDS,
+                   help="how overlapping windows combine: smooth (sin² weights, default) or mean "
+                        "(every window pixel counts once, as the benchmark protocol does)")
+    p.add_argument("--cache-dir", help="model cache folder (default: DRSEG_CACHE_DIR, else the "
+                                        "saved settings, else the platform's cache folder)")
 
 
-def add_dask_arguments(p) -> None:
+def add_dask_arguments(p, tasks: bool) -> None:
     from ..core.cluster.spec import HELP
 
     p.add_argument("--dask", metavar="CLUSTER",
-                   help=f"run on a Dask cluster: {HELP}; default: $DRSEG_DASK, else the saved "
-                        "setting, else this process")
-    p.add_argument("--task-blocks", type=positive_int, metavar="K",
-                   help="Dask: blocks per task side (K×K blocks per task); default: chosen from "
-                        "the raster and the number of workers")
+                   help=f"run on a Dask cluster: {HELP}; default: DRSEG_DASK, else the saved "
+                        "settings, else this process")
+    if tasks:
+        p.add_argument("--task-blocks", type=positive_int, metavar="K",
+                       help="Dask: K×K blocks per task; default: chosen from the raster, the "
+                            "window and the number of workers")
 
 
-def resolve_dask(args) -> str:
-    """The cluster: --dask, else $DRSEG_DASK, else the saved setting; '' runs here."""
-    from ..core.settings import resolve
-
-    value, source = resolve("dask", args.dask)
-    if value:
-        print(f"Dask cluster: {value} ({source})")
-    return value or ""
-
-
-def request_from_args(args, raster, out_vector, out_raster, dask):
+def request_from_args(args, raster, settings, out_vector=None, out_raster=None,
+                      out_probabilities=None):
+    """The engine request of the options, with `settings` as resolve_settings(args, SETTINGS)."""
     from ..core.raster_io import parse_bands
     from ..core.segment import SegmentationRequest
 
     return SegmentationRequest(
         raster=raster, classes=args.classes, out_vector=out_vector, out_raster=out_raster,
+        out_probabilities=out_probabilities, blend=args.blend,
         bands=parse_bands(args.bands), extent=args.extent, resolution=args.resolution,
-        threshold=args.threshold, clip_model=args.clip_model, clip_weights=args.clip_weights,
-        device=args.device, window=args.window, stride=args.stride, block=args.block,
-        simplify=args.simplify, min_area=args.min_area, method=args.method, dino_model=args.dino_model,
-        dino_weights=args.dino_weights, semantic_ratio=args.semantic_ratio, graph_k=args.graph_k,
+        threshold=args.threshold, clip_model=settings["clip_model"],
+        clip_weights=settings["clip_weights"], device=settings["device"],
+        window=settings["window"], stride=settings["stride"], block=settings["block"],
+        batch_size=settings["batch_size"], cache_dir=settings["cache_dir"],
+        simplify=args.simplify, min_area=args.min_area, method=args.method,
+        dino_model=settings["dino_model"], dino_weights=settings.chosen("dino_weights"),
+        semantic_ratio=args.semantic_ratio, graph_k=args.graph_k,
         decouple=not args.no_decouple, rectify=not args.no_rectify, fusion=not args.no_fusion,
-        dask=dask or None, task_blocks=args.task_blocks or 0)
+        dask=settings["dask"] or None, task_blocks=getattr(args, "task_blocks", None) or 0)
+
+
+def say_cluster(settings) -> None:
+    if settings["dask"]:
+        print(f"Dask cluster: {settings['dask']} ({settings.sources['dask']})")
 
 
 def run_segment_command(args) -> int:
     from ..core.segment import run_segmentation
 
-    if not args.out and not args.raster_out:
-        raise DrSegError("Give an output: --out result.gpkg and/or --raster-out classes.tif")
-    request = request_from_args(args, args.raster, args.out, args.raster_out, resolve_dask(args))
+    if not args.out and not args.raster_out and not args.probabilities_out:
+        raise DrSegError("Give an output: --out result.gpkg, --raster-out classes.tif and/or "
+                         "--probabilities-out probabilities.tif")
+    settings = resolve_settings(args, SETTINGS)
+    say_cluster(settings)
+    request = request_from_args(args, args.raster, settings, args.out, args.raster_out,
+                                args.probabilities_out)
     with ProgressBar(args.quiet) as bar:
         result = run_segmentation(request, progress=bar.update)
     t = result.timings
@@ -111,7 +138,7 @@ def run_segment_command(args) -> int:
           f"vectorize {t.vectorize:.1f}s")
     for name, pixels in result.class_pixels.items():
         print(f"  {name}: {pixels} px")
-    for path in (result.vector_path, result.raster_path):
+    for path in (result.vector_path, result.raster_path, result.probabilities_path):
         if path:
             print(f"wrote {path}")
     return 0

@@ -3,14 +3,14 @@ rasters, one output pair each (NAME.gpkg, NAME_classes.tif) and DIR/summary.csv;
 done with the same options are skipped; exit code 1 when an input failed."""
 from __future__ import annotations
 
+from .arguments import resolve_settings
 from .exit_codes import EXIT_FAILED, EXIT_OK
 from .progress import ProgressBar
-from .segment import add_request_arguments, request_from_args, resolve_dask
+from .segment import (SETTINGS, add_dask_arguments, add_request_arguments, request_from_args,
+                      say_cluster)
 
 
 def add_parser(subparsers) -> None:
-    from ..core.cluster.spec import HELP
-
     p = subparsers.add_parser(
         "segment-batch", help="segment many rasters: one GeoPackage and class raster each",
         description="Segment every input into the classes of --classes: files, folders (their "
@@ -21,9 +21,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="raster, folder, glob or @list.txt")
     p.add_argument("--out-dir", required=True, help="folder for the outputs and the summary")
     add_request_arguments(p)
-    p.add_argument("--dask", metavar="CLUSTER",
-                   help=f"run the inputs on a Dask cluster, one task each: {HELP}; default: "
-                        "$DRSEG_DASK, else the saved setting, else one after another here")
+    add_dask_arguments(p, tasks=False)  # one task per input
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run_batch_command)
 
@@ -32,8 +30,9 @@ def run_batch_command(args) -> int:
     from ..core.batch import FAILED, run_batch
 
     args.cancel_note = "summary.csv lists the inputs done so far; run again to resume"
-    args.task_blocks = 0
-    template = request_from_args(args, "", None, None, resolve_dask(args))
+    settings = resolve_settings(args, SETTINGS)
+    say_cluster(settings)
+    template = request_from_args(args, "", settings)
     with ProgressBar(args.quiet) as bar:
         rows = run_batch(template, args.inputs, args.out_dir, progress=bar.update)
     counts = {}

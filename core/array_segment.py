@@ -1,11 +1,18 @@
-"""Segmenting an image held in memory, as the training-free benchmark protocol does:
-long side resized to 448, 224 windows with stride 112, probabilities resized back bilinearly.
+"""Segmenting an image held in memory exactly as the benchmark protocol does (DESIGN.md section 8).
+
+The long side is resized to 448 as mmcv `imrescale` does with OpenCV (core/cv_resize.py); windows
+of 224 px every 112 px are averaged with a count map (blend "mean"); the averaged query logits are
+resized bilinearly back to the image's size, *then* ×logit scale, softmax over all queries, a class
+takes its most likely synonym, and pixels below the threshold become background. An image (or
+crop) smaller than a window is scored at its own size, padded after normalisation (see
+core/sliding.py).
 
 Benchmark tiles are small, so holding one in memory is fine; rasters go through core/segment.py.
 core/evaluation/predictors.py wraps this as the benchmark predictor.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -14,8 +21,10 @@ import torch.nn.functional as F
 from rasterio.transform import Affine
 
 from .classes import flatten_queries, parse_classes
+from .cv_resize import imrescale
+from .protocol import PROTOCOL_BLEND, PROTOCOL_LONG_SIDE, PROTOCOL_STRIDE, PROTOCOL_WINDOW
 from .raster_io import Grid
-from .sliding import SlidingWindowSegmenter
+from .sliding import SlidingWindowSegmenter, class_probabilities, label_classes, synonym_groups
 
 
 class ArrayReader:
@@ -33,30 +42,40 @@ class ArrayReader:
 
 
 def resize_long_side(image: np.ndarray, long_side: int) -> np.ndarray:
-    height, width = image.shape[:2]
-    scale = long_side / max(height, width)
-    size = (max(1, round(height * scale)), max(1, round(width * scale)))
-    tensor = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)[None].float()
-    resized = F.interpolate(tensor, size=size, mode="bilinear", align_corners=False)
-    return resized[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+    """(H, W, 3) uint8 with its long side resized to `long_side` as the protocol does."""
+    return imrescale(np.asarray(image, np.uint8), long_side)
 
 
-def segment_array(image: np.ndarray, classes, scorer, threshold: float = 0.0,
-                  long_side: Optional[int] = 448, window: int = 224, stride: int = 112) -> np.ndarray:
-    """(H, W, 3) uint8 -> class map (H, W) uint8: 0 background (below threshold), 1..K classes."""
+@dataclass
+class ArraySegmentation:
+    labels: np.ndarray         # uint8 (H, W): 0 background (below threshold), 1..K classes
+    probabilities: np.ndarray  # float32 (K, H, W): class probabilities before the threshold
+
+
+def segment_array_probabilities(image: np.ndarray, classes, scorer, threshold: float = 0.0,
+                                long_side: Optional[int] = PROTOCOL_LONG_SIDE,
+                                window: int = PROTOCOL_WINDOW, stride: int = PROTOCOL_STRIDE,
+                                blend: str = PROTOCOL_BLEND) -> ArraySegmentation:
+    """(H, W, 3) uint8 -> class map and class probabilities at the image's own size."""
     specs = parse_classes(classes)
     queries, owner = flatten_queries(specs)
     scorer.set_queries(queries)
-    working = resize_long_side(image, long_side) if long_side else image
+    working = resize_long_side(image, long_side) if long_side else np.asarray(image, np.uint8)
     segmenter = SlidingWindowSegmenter(ArrayReader(working), scorer, owner, threshold=0.0,
                                        window=window, stride=stride, block=max(working.shape[:2]),
-                                       keep_probabilities=True)
+                                       keep_logits=True, blend=blend)
     (block,) = list(segmenter)
-    probabilities = torch.from_numpy(block.probabilities)
-    if probabilities.shape[1:] != image.shape[:2]:
-        probabilities = F.interpolate(probabilities[None], size=image.shape[:2], mode="bilinear",
-                                      align_corners=False)[0]
-    top, arg = probabilities.max(dim=0)
-    labels = (arg + 1).to(torch.uint8)
-    labels[top < threshold] = 0
-    return labels.numpy()
+    # Logits are resized back (an identity at equal size), then turned into probabilities.
+    logits = F.interpolate(torch.from_numpy(block.logits)[None], size=image.shape[:2],
+                           mode="bilinear", align_corners=False)[0]
+    probabilities = class_probabilities(logits, scorer.logit_scale, synonym_groups(owner))
+    labels, _ = label_classes(probabilities, threshold)
+    return ArraySegmentation(labels.numpy(), probabilities.numpy())
+
+
+def segment_array(image: np.ndarray, classes, scorer, threshold: float = 0.0,
+                  long_side: Optional[int] = PROTOCOL_LONG_SIDE, window: int = PROTOCOL_WINDOW,
+                  stride: int = PROTOCOL_STRIDE, blend: str = PROTOCOL_BLEND) -> np.ndarray:
+    """(H, W, 3) uint8 -> class map (H, W) uint8: 0 background (below threshold), 1..K classes."""
+    return segment_array_probabilities(image, classes, scorer, threshold, long_side, window,
+                                       stride, blend).labels

@@ -13,7 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from .device import autocast_context
+from .disk_cache import USE_DEFAULT, model_fingerprint, resolve_cache
 from .errors import ModelError
+from .sliding import centred_pad
 
 CLIP_MEAN = (122.771, 116.746, 104.094)  # on the 0..255 scale
 CLIP_STD = (68.501, 66.632, 70.323)
@@ -33,6 +35,27 @@ def imagenet_templates() -> List:
     return list(OPENAI_IMAGENET_TEMPLATES)
 
 
+def interpolate_positional_embedding(pos: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
+    """CLIP's (1 + side², D) positional embedding for a grid_h × grid_w token grid.
+
+    Bicubic with `scale_factor=(g + 0.1) / side` per axis, as the reference implementation does
+    (DINO's guard against a floor rounding one short); the scale, not just the output size,
+    decides where the samples fall. The square training grid is returned unchanged.
+    """
+    cls_pos, patch_pos = pos[:1], pos[1:]
+    side = int(round(patch_pos.shape[0] ** 0.5))
+    if (side, side) == (grid_h, grid_w):
+        return pos
+    grid = patch_pos.reshape(1, side, side, -1).permute(0, 3, 1, 2).float()
+    grid = F.interpolate(grid, scale_factor=((grid_h + 0.1) / side, (grid_w + 0.1) / side),
+                         mode="bicubic", align_corners=False)
+    if tuple(grid.shape[-2:]) != (grid_h, grid_w):
+        raise ModelError(f"Positional embedding interpolated to {tuple(grid.shape[-2:])}, "
+                         f"expected {(grid_h, grid_w)}")
+    patch_pos = grid.permute(0, 2, 3, 1).reshape(grid_h * grid_w, -1).to(pos.dtype)
+    return torch.cat([cls_pos, patch_pos], dim=0)
+
+
 @torch.no_grad()
 def encode_prompts(model, tokenizer, device, names: Sequence[str], templates: Sequence,
                    names_per_batch: Optional[int] = None) -> torch.Tensor:
@@ -45,10 +68,36 @@ def encode_prompts(model, tokenizer, device, names: Sequence[str], templates: Se
     for start in range(0, len(names), step):
         group = names[start:start + step]
         prompts = [t(name) if callable(t) else t.format(name) for name in group for t in templates]
-        emb = F.normalize(model.encode_text(tokenizer(prompts).to(device)).float(), dim=-1)
+        emb = F.normalize(encode_text(model, tokenizer(prompts).to(device)).float(), dim=-1)
         emb = emb.reshape(len(group), len(templates), -1)
         features.append(F.normalize(emb.mean(dim=1), dim=-1))
     return torch.cat(features)
+
+
+def encode_text(model, tokens: torch.Tensor) -> torch.Tensor:
+    """``model.encode_text(tokens)``, for open_clip's plain CLIP on only the tokens up to the
+    longest prompt's end-of-text token. Exact: the text tower's attention is causal and the
+    embedding is read at the end-of-text token, so the padding after it changes nothing (a
+    short prompt is a few of the 77 positions: several times less work)."""
+    from open_clip.model import CLIP
+
+    if (type(model).encode_text is not CLIP.encode_text or model.text_pool_type != "argmax"
+            or model.attn_mask is None or tokens.ndim != 2):
+        return model.encode_text(tokens)
+    length = int(tokens.argmax(dim=-1).max()) + 1          # the end-of-text token is the largest id
+    tokens = tokens[:, :length]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast_dtype)
+    x = x + model.positional_embedding[:length].to(cast_dtype)
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+    x = model.ln_final(x)
+    x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
+    if model.text_projection is not None:
+        if isinstance(model.text_projection, torch.nn.Linear):
+            x = model.text_projection(x)
+        else:
+            x = x @ model.text_projection
+    return x
 
 
 def dense_logits(patches: torch.Tensor, cls: Optional[torch.Tensor], text: torch.Tensor,
@@ -62,13 +111,14 @@ def dense_logits(patches: torch.Tensor, cls: Optional[torch.Tensor], text: torch
     return logits
 
 
-
 class DenseClip:
     """Per-window class logits from an open_clip CLIP model.
 
     Implements the scorer interface the sliding-window engine uses: `set_queries(texts)` once per
-    run, then `score_windows(uint8 images (B,3,H,W)) -> logits (B,Q,H/p,W/p)`; the engine
-    multiplies by `logit_scale` before its softmax over queries.
+    run, then `score_windows(uint8 images (B,3,H,W)) -> logits (B,Q,⌈H/p⌉,⌈W/p⌉)`; the engine
+    multiplies by `logit_scale` before its softmax over queries. Images of any size are padded
+    after normalisation, centred, to a multiple of the patch size `patch_size` (see
+    core/sliding.centred_pad); the logits cover the padded image.
     """
 
     logit_scale = 50.0
@@ -103,6 +153,8 @@ class DenseClip:
         self.text_features: Optional[torch.Tensor] = None
         self._text_cache: Dict[str, torch.Tensor] = {}
         self.forward_calls = 0
+        self.text_encodes = 0
+        self.disk_cache = USE_DEFAULT      # query embeddings on disk (core/disk_cache.py)
 
     # -- text ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -116,22 +168,35 @@ class DenseClip:
         """Text embeddings for this run; each query is encoded once per model (80 templates of a
         ViT text tower cost seconds per query on a CPU) and reused by later runs."""
         missing = [q for q in dict.fromkeys(queries) if q not in self._text_cache]
+        disk = None
         if missing:
-            self._text_cache.update(zip(missing, self.encode_texts(missing)))
+            self.disk_cache = disk = resolve_cache(self.disk_cache)
+        if disk is not None:
+            for query in list(missing):
+                stored = disk.get("dense-text", self._text_key(query))
+                if stored is not None and "embedding" in stored:
+                    self._text_cache[query] = stored["embedding"].to(self.device)
+                    missing.remove(query)
+        if missing:
+            encoded = self.encode_texts(missing)
+            self.text_encodes += len(missing)
+            for query, vector in zip(missing, encoded):
+                self._text_cache[query] = vector
+                if disk is not None:
+                    disk.put("dense-text", self._text_key(query), {"embedding": vector})
         self.text_features = torch.stack([self._text_cache[q] for q in queries])
+
+    def _text_key(self, query: str) -> Dict[str, object]:
+        # callables (open_clip's templates are lambdas) are known by what they make of '{}'
+        templates = [t("{}") if callable(t) else t for t in self.templates]
+        return {"clip": model_fingerprint(self.model), "templates": templates, "query": query}
 
     # -- image --------------------------------------------------------------------------------
     def _positional_embedding(self, grid_h: int, grid_w: int) -> torch.Tensor:
         key = (grid_h, grid_w)
         if key not in self._pos_cache:
-            pos = self.model.visual.positional_embedding
-            cls_pos, patch_pos = pos[:1], pos[1:]
-            side = int(round(patch_pos.shape[0] ** 0.5))
-            if (side, side) != key:
-                grid = patch_pos.reshape(1, side, side, -1).permute(0, 3, 1, 2)
-                grid = F.interpolate(grid.float(), size=key, mode="bicubic", align_corners=False)
-                patch_pos = grid.permute(0, 2, 3, 1).reshape(grid_h * grid_w, -1).to(pos.dtype)
-            self._pos_cache[key] = torch.cat([cls_pos, patch_pos], dim=0)
+            self._pos_cache[key] = interpolate_positional_embedding(
+                self.model.visual.positional_embedding, grid_h, grid_w)
         return self._pos_cache[key]
 
     @torch.no_grad()
@@ -189,15 +254,25 @@ class DenseClip:
         pixels = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).float()
         return (pixels - self._mean) / self._std
 
+    def normalise_padded(self, images: np.ndarray) -> torch.Tensor:
+        """Normalised pixels padded with zeros (the mean colour), centred, to patch multiples."""
+        pixels = self.normalise(images)
+        top, bottom = centred_pad(pixels.shape[-2], self.patch_size)
+        left, right = centred_pad(pixels.shape[-1], self.patch_size)
+        if top or bottom or left or right:
+            pixels = F.pad(pixels, (left, right, top, bottom))
+        return pixels
+
     @torch.no_grad()
     def score_windows(self, images: np.ndarray) -> np.ndarray:
-        """uint8 (B,3,H,W) -> logits (B,Q,H/p,W/p): cosine(patch, text) + λ·cosine(cls, text)."""
+        """uint8 (B,3,H,W) -> logits (B,Q,⌈H/p⌉,⌈W/p⌉): cosine(patch, text) + λ·cosine(cls, text)."""
         if self.text_features is None:
             raise RuntimeError("set_queries() must be called before score_windows()")
         outputs = []
         for start in range(0, len(images), self.batch_size):
             with autocast_context(self.device):  # float16 on CUDA; features come back float32
-                patches, cls = self.dense_features(self.normalise(images[start:start + self.batch_size]))
+                patches, cls = self.dense_features(
+                    self.normalise_padded(images[start:start + self.batch_size]))
             logits = dense_logits(F.normalize(patches, dim=1), F.normalize(cls, dim=-1),
                                   self.text_features, self.bias_lambda)
             outputs.append(logits.cpu().numpy().astype(np.float32))

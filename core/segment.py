@@ -25,6 +25,7 @@ from .models.registry import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_D
 from .outputs import ClassRasterWriter, FloatRasterWriter, WorkDir, check_destination, publish
 from .progress import RunMonitor
 from .raster_io import RasterReader
+from .protocol import BLENDS, DEFAULT_BLEND
 from .sliding import SlidingWindowSegmenter, Timings
 from .style import categorized_qml
 from .vectorize import vectorize
@@ -39,6 +40,7 @@ class SegmentationRequest:
     classes: object                        # "building,roof; road; water" or a list of such strings
     out_vector: Optional[str] = None       # GeoPackage of polygons
     out_raster: Optional[str] = None       # class-index GeoTIFF
+    out_probabilities: Optional[str] = None  # float32 GeoTIFF, one band per class (before threshold)
     bands: Optional[Sequence[int]] = None  # 1 or 3 band numbers; None: RGB automatically
     extent: Optional[Sequence[float]] = None   # xmin, ymin, xmax, ymax in the raster's CRS
     resolution: Optional[float] = None     # working pixel size in metres; None: native
@@ -56,11 +58,13 @@ class SegmentationRequest:
     device: str = DEFAULT_DEVICE
     window: int = 224
     stride: int = 112
+    blend: str = DEFAULT_BLEND             # 'smooth' (sin² weights) or 'mean' (the protocol's count map)
     block: int = 512
     batch_size: int = 8
     simplify: float = 0.0                  # polygon simplification tolerance, in pixels
     min_area: float = 0.0                  # smallest polygon kept, m²
     layer_name: str = "segmentation"
+    cache_dir: Optional[str] = None        # model cache; None: resolved from the settings here
     dask: Optional[str] = None             # local:N or tcp://HOST:PORT (core/cluster); None: here
     task_blocks: int = 0                   # Dask: k×k blocks per task; 0 chooses
 
@@ -82,6 +86,7 @@ class SegmentationResult:
     note: str = ""
     device_reason: str = ""
     warnings: List[str] = field(default_factory=list)
+    probabilities_path: Optional[str] = None
 
     def colour(self, name: str):
         return class_colour(name)
@@ -98,10 +103,15 @@ def run_segmentation(request: SegmentationRequest, scorer=None, progress=None, c
     """
     monitor = RunMonitor(progress, cancelled)
     classes = parse_classes(request.classes)
-    if not request.out_vector and not request.out_raster:
-        raise InputError("Choose at least one output: a GeoPackage and/or a class raster")
+    if not request.out_vector and not request.out_raster and not request.out_probabilities:
+        raise InputError("Choose at least one output: a GeoPackage, a class raster and/or a "
+                         "probability raster")
     out_vector = check_destination(request.out_vector, (".gpkg",)) if request.out_vector else None
     out_raster = check_destination(request.out_raster, (".tif", ".tiff")) if request.out_raster else None
+    out_probs = (check_destination(request.out_probabilities, (".tif", ".tiff"))
+                 if request.out_probabilities else None)
+    if request.blend not in BLENDS:
+        raise InputError(f"Unknown blend '{request.blend}'; choose {' or '.join(BLENDS)}")
     if not 0.0 <= request.threshold < 1.0:
         raise InputError(f"Threshold must be in [0, 1), got {request.threshold}")
     if request.stride <= 0 or request.stride > request.window:
@@ -122,7 +132,8 @@ def run_segmentation(request: SegmentationRequest, scorer=None, progress=None, c
                 scorer_factory = ScorerRecipe.of(request, method, dino_path)
             from .cluster.segment import ClusterBlocks
 
-            source = ClusterBlocks(cluster, request, reader, queries, owner, scorer_factory, monitor)
+            source = ClusterBlocks(cluster, request, reader, queries, owner, scorer_factory,
+                                   keep_probabilities=out_probs is not None)
             device_name = ""
         else:
             if scorer is None and scorer_factory is not None:
@@ -135,14 +146,16 @@ def run_segmentation(request: SegmentationRequest, scorer=None, progress=None, c
             monitor.check()
             source = SlidingWindowSegmenter(reader, scorer, owner, threshold=request.threshold,
                                             window=request.window, stride=request.stride,
-                                            block=request.block, batch_size=request.batch_size)
+                                            block=request.block, batch_size=request.batch_size,
+                                            blend=request.blend,
+                                            keep_probabilities=out_probs is not None)
             source.timings.model += time.perf_counter() - started
             source.on_batch_reduced = lambda size, reason: monitor.say(
                 f"GPU memory is short: window batch reduced to {size}")
-        work = WorkDir(out_vector or out_raster)
+        work = WorkDir(out_vector or out_raster or out_probs)
         try:
-            result = _run(request, reader.grid, source, classes, work, out_vector, out_raster,
-                          monitor)
+            result = _run(request, reader, source, classes, work, out_vector, out_raster,
+                          out_probs, monitor)
         finally:
             work.cleanup()
         result.device, result.method, result.note = device_name or source.device, method, note
@@ -161,7 +174,8 @@ def choose_method(request: SegmentationRequest, cache_dir: Optional[str] = None)
         raise InputError(f"Unknown method '{request.method}'; choose drseg, clip or auto")
     dino_path = None
     if request.method != "clip":
-        dino_path = resolve_dino_weights(request.dino_model, request.dino_weights, cache_dir)
+        dino_path = resolve_dino_weights(request.dino_model, request.dino_weights,
+                                         cache_dir or request.cache_dir)
         if dino_path is None and request.method == "drseg":
             raise InputError(f"DR-Seg needs DINO weights for {request.dino_model}: download them "
                              "with `python -m drseg models download <name>` or give a file "
@@ -181,7 +195,7 @@ def build_scorer(request: SegmentationRequest, monitor: RunMonitor):
         monitor.report(0.0, f"Downloading CLIP weights: {done / 2 ** 20:.0f}"
                             + (f" of {total / 2 ** 20:.0f} MB" if total else " MB"))
 
-    cache_dir = resolve_cache_dir()  # once per run, for every model below
+    cache_dir = request.cache_dir or resolve_cache_dir()  # once per run, for every model below
     method, dino_path, note = choose_method(request, cache_dir)
     recipe = ScorerRecipe.of(request, method, dino_path, cache_dir)
     return recipe(download_progress=downloading), method, note
@@ -210,35 +224,42 @@ class ScorerRecipe:
     def of(cls, request: SegmentationRequest, method: str, dino_path: Optional[str],
            cache_dir: Optional[str] = None) -> "ScorerRecipe":
         return cls(method, request.clip_model, request.clip_weights, request.dino_model, dino_path,
-                   request.dino_weights, request.device, cache_dir, request.semantic_ratio,
-                   request.graph_k, request.decouple, request.rectify, request.fusion)
+                   request.dino_weights, request.device, cache_dir or request.cache_dir,
+                   request.semantic_ratio, request.graph_k, request.decouple, request.rectify,
+                   request.fusion)
 
     def __call__(self, download_progress=None, device: Optional[str] = None):
         from .models.shared import dense_clip_scorer, drseg_scorer
 
         device = device or self.device
+        cache_dir = self.cache_dir if self.cache_dir and os.path.isdir(self.cache_dir) else None
         if self.method == "clip":
             return dense_clip_scorer(self.clip_model, self.clip_weights, device,
-                                     download_progress=download_progress, cache_dir=self.cache_dir)
+                                     download_progress=download_progress, cache_dir=cache_dir)
         dino_path = self.dino_path
         if not dino_path or not os.path.isfile(dino_path):  # another machine: its own cache
             from .models.dino import resolve_dino_weights
-            dino_path = resolve_dino_weights(self.dino_model, self.dino_weights, self.cache_dir)
+            dino_path = resolve_dino_weights(self.dino_model, self.dino_weights, cache_dir)
             if dino_path is None:
                 raise InputError(f"DR-Seg needs DINO weights for {self.dino_model} on this machine")
         return drseg_scorer(self.clip_model, self.clip_weights, self.dino_model, dino_path,
-                            device, download_progress=download_progress, cache_dir=self.cache_dir,
+                            device, download_progress=download_progress, cache_dir=cache_dir,
                             decouple=self.decouple, rectify=self.rectify, fusion=self.fusion,
                             semantic_ratio=self.semantic_ratio, graph_k=self.graph_k)
 
 
-def _run(request, grid, source, classes, work, out_vector, out_raster, monitor):
+def _run(request, reader, source, classes, work, out_vector, out_raster, out_probs, monitor):
     """source: the blocks, in any order (a SlidingWindowSegmenter, or cluster.ClusterBlocks);
-    `len(source)` blocks in all, `source.parts(monitor)` yields (BlockResult, blocks it covers)."""
+    `len(source)` blocks in all, `source.parts(monitor, work)` yields (BlockResult, blocks it
+    covers)."""
+    grid = reader.grid
     timings = source.timings
     predict = monitor.stage(0.0, 0.85 if out_vector else 1.0)
     class_writer = ClassRasterWriter(work.file("classes.tif"), grid, classes)
     score_writer = FloatRasterWriter(work.file("score.tif"), grid) if out_vector else None
+    probs_writer = (FloatRasterWriter(work.file("probabilities.tif"), grid, count=len(classes),
+                                      descriptions=[spec.name for spec in classes])
+                    if out_probs else None)
     counts = np.zeros(256, np.int64)
     try:
         predict.report(0.0, f"Segmenting {grid.width}×{grid.height} px in {len(source)} blocks")
@@ -248,6 +269,8 @@ def _run(request, grid, source, classes, work, out_vector, out_raster, monitor):
             class_writer.write(block.window, block.classes)
             if score_writer is not None:
                 score_writer.write(block.window, block.score)
+            if probs_writer is not None:
+                probs_writer.write(block.window, block.probabilities)
             counts += np.bincount(block.classes.ravel(), minlength=256)
             timings.write += time.perf_counter() - started
             done += covered
@@ -256,6 +279,8 @@ def _run(request, grid, source, classes, work, out_vector, out_raster, monitor):
         class_writer.close()
         if score_writer is not None:
             score_writer.close()
+        if probs_writer is not None:
+            probs_writer.close()
     if counts[:255].sum() == 0:
         raise InputError(f"Raster '{request.raster}' has no valid pixels in the chosen area "
                          "(all nodata)")
@@ -283,10 +308,13 @@ def _run(request, grid, source, classes, work, out_vector, out_raster, monitor):
     monitor.check()  # last chance to cancel before anything appears under the output names
     if out_raster:
         publish(class_writer.path, out_raster)
+    if out_probs:
+        publish(probs_writer.path, out_probs)
     if out_vector:
         publish(work.file("polygons.gpkg"), out_vector)
     monitor.report(1.0, "Done")
     class_pixels = {"background": int(counts[0])}
     class_pixels.update({spec.name: int(counts[i]) for i, spec in enumerate(classes, start=1)})
     return SegmentationResult(out_vector, out_raster, request.layer_name, classes, polygon_count,
-                              class_pixels, grid.width, grid.height, grid.crs.to_wkt(), "", timings)
+                              class_pixels, grid.width, grid.height, grid.crs.to_wkt(), "", timings,
+                              probabilities_path=out_probs)

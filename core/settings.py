@@ -41,7 +41,8 @@ SOURCE_DEFAULT = "default"
 
 _CUDA_INDEX = re.compile(r"^cuda:\d+$")
 _WEIGHT_FILE = re.compile(r"\.(pt|pth|bin|safetensors|ckpt|zip)$", re.IGNORECASE)
-LIMITS = {"window": (32, 4096), "stride": (1, 4096), "block": (64, 16384), "batch_size": (1, 1024)}
+LIMITS = {"window": (32, 4096), "stride": (1, 4096), "block": (64, 16384), "batch_size": (1, 1024),
+          "embedding_cache_mb": (16, 10 ** 7)}
 
 
 @dataclass
@@ -59,6 +60,8 @@ class Settings:
     stride: int = 112                # window step; overlap = window - stride
     block: int = 512                 # output block size, working pixels
     batch_size: int = 8              # windows per model call (halved on GPU out-of-memory)
+    embedding_cache: bool = True     # keep image/text embeddings on disk (core.disk_cache)
+    embedding_cache_mb: int = 2048   # its size budget; least recently used entries go first
     dask: str = ""                   # Dask cluster: local:N or tcp://HOST:PORT; "" = this process
     extra: Dict[str, object] = field(default_factory=dict, repr=False, compare=False)
 
@@ -101,6 +104,9 @@ class Settings:
                      "dino_weights", "sam_model", "sam_weights", "device", "dask"):
             if not isinstance(getattr(self, name), str):
                 problems.append(f"{_LABELS[name]} must be text, got {getattr(self, name)!r}")
+        if not isinstance(self.embedding_cache, bool):
+            problems.append(f"{_LABELS['embedding_cache']} must be true or false, "
+                            f"got {self.embedding_cache!r}")
         if problems:  # the checks below need the right types
             return problems
         for name, (low, high) in LIMITS.items():
@@ -177,7 +183,8 @@ _LABELS = {"window": "Window size", "stride": "Stride", "block": "Block size",
            "batch_size": "Batch size", "cache_dir": "Model cache folder", "mirror_url": "Mirror URL",
            "clip_model": "CLIP model", "clip_weights": "CLIP weights", "dino_model": "DINO model",
            "dino_weights": "DINO weights", "sam_model": "SAM model", "sam_weights": "SAM weights",
-           "device": "Device", "dask": "Dask cluster"}
+           "device": "Device", "embedding_cache": "Embedding cache",
+           "embedding_cache_mb": "Embedding cache size (MB)", "dask": "Dask cluster"}
 
 
 def _looks_like_file(value: str) -> bool:
@@ -274,6 +281,49 @@ def resolve(name: str, explicit=None, settings: Optional["Settings"] = None,
     elif isinstance(value, str):
         value = value.strip()
     return value, source
+
+
+# Weights belong to a model: saved weights are used only with the saved model.
+_WEIGHTS_OF = {"clip_weights": "clip_model", "dino_weights": "dino_model", "sam_weights": "sam_model"}
+
+
+@dataclass(frozen=True)
+class ResolvedSettings:
+    """Values of several settings with where each came from, resolved once by a front end."""
+    values: Dict[str, object]
+    sources: Dict[str, str]
+
+    def __getitem__(self, name: str):
+        return self.values[name]
+
+    def chosen(self, name: str):
+        """The value when it was told or saved, else None (the engine's own default applies:
+        e.g. DINO weights that are used only once downloaded)."""
+        return None if self.sources[name].startswith(SOURCE_DEFAULT) else self.values[name]
+
+    def describe(self) -> List[str]:
+        """One line per setting for a front end's log: 'CLIP weights: /w.pt (saved settings)'."""
+        return [f"{_LABELS.get(name, name)}: {self.values[name]} ({self.sources[name]})"
+                for name in self.values]
+
+
+def resolve_all(explicit: Mapping[str, object], settings: Optional["Settings"] = None,
+                environ: Optional[Mapping[str, str]] = None) -> ResolvedSettings:
+    """`resolve()` for every setting named in `explicit` ({name: value told, or None}), reading
+    the settings file at most once. Saved weights follow their model: when the model was told and
+    differs from the saved one, the saved weights do not apply and the weights are the model's
+    default (None for DINO and SAM: the catalog checkpoint of that model)."""
+    if settings is None:
+        settings = load_settings_or_defaults()[0]
+    values, sources = {}, {}
+    for name, told in explicit.items():
+        values[name], sources[name] = resolve(name, told, settings, environ)
+    for weights, model in _WEIGHTS_OF.items():
+        if (weights in values and sources[weights] == SOURCE_SAVED and model in values
+                and values[model] != getattr(settings, model)):
+            values[weights] = DEFAULT_CLIP_WEIGHTS if weights == "clip_weights" else None
+            sources[weights] = f"{SOURCE_DEFAULT} for {values[model]}"
+    return ResolvedSettings(values, sources)
 
 
 def _blank(value) -> bool:

@@ -4,8 +4,14 @@ Windows (e.g. 224 px, stride 112) lie on one global grid over the working raster
 window of a row or column is shifted back to stay inside. Output is produced in blocks that
 partition the raster (every pixel exactly once). Each window's logits are computed once, kept on
 the coarse token grid in a cache while later blocks still need them, and blended into a block with
-a smooth weight window, so the result is identical to running the whole raster in one piece while
+a weight window, so the result is identical to running the whole raster in one piece while
 memory depends only on the block size and the raster width in windows.
+
+Blends: "smooth" (the product's default) weights each window pixel by a sin² ramp, highest in the
+window's centre; "mean" counts every window pixel once, the benchmark protocol's count map
+(DESIGN.md section 8). A raster smaller than a window is scored at its own size: a scorer that
+declares `patch_size` pads it, centred, to a multiple of that size after normalisation (the
+padding is the mean colour, not black pixels) and the pad is cut off its logits again.
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ import torch
 from rasterio.windows import Window
 
 from .device import run_with_oom_retry
+from .protocol import BLENDS, DEFAULT_BLEND
 from .raster_io import Grid
 
 BLEND_FLOOR = 1e-3  # keeps raster-edge pixels, covered by one window's rim only, weighted
@@ -33,14 +40,18 @@ class WindowReader(Protocol):
 
 
 class WindowScorer(Protocol):
-    """Scores square windows against text queries (DenseClip, drseg.rectify.DrSegScorer)."""
+    """Scores windows against text queries (DenseClip, drseg.rectify.DrSegScorer).
+
+    A scorer with an integer `patch_size` attribute also takes crops smaller than a window (a
+    raster smaller than one) and pads them itself, centred, to multiples of it (`centred_pad`);
+    its logits cover the padded crop. A scorer without it gets whole windows, black-padded."""
 
     logit_scale: float  # multiplies the logits before the softmax over queries
 
     def set_queries(self, queries: Sequence[str]) -> None: ...
 
     def score_windows(self, images: np.ndarray) -> np.ndarray:
-        """uint8 (B, 3, S, S) -> logits (B, Q, h, w) on each window's token grid."""
+        """uint8 (B, 3, H, W) -> logits (B, Q, h, w) on each crop's token grid."""
 
 
 def window_starts(length: int, window: int, stride: int) -> List[int]:
@@ -65,9 +76,47 @@ def blend_ramp(window: int) -> np.ndarray:
     return np.maximum(ramp, BLEND_FLOOR).astype(np.float32)
 
 
-def blend_weights(window: int) -> np.ndarray:
-    ramp = blend_ramp(window)
+def window_ramp(window: int, blend: str) -> np.ndarray:
+    """The 1-D weight of `blend`: the sin² ramp ("smooth") or ones, a count map ("mean")."""
+    if blend == "smooth":
+        return blend_ramp(window)
+    if blend == "mean":
+        return np.ones(window, np.float32)
+    raise ValueError(f"blend must be one of {', '.join(BLENDS)}, got {blend!r}")
+
+
+def blend_weights(window: int, blend: str = DEFAULT_BLEND) -> np.ndarray:
+    ramp = window_ramp(window, blend)
     return np.outer(ramp, ramp)
+
+
+def centred_pad(length: int, patch: int) -> Tuple[int, int]:
+    """(before, after): padding that brings `length` to a multiple of `patch`, split centred with
+    the odd pixel after, as the benchmark protocol pads crops smaller than a window."""
+    total = (-length) % patch
+    return total // 2, total - total // 2
+
+
+def class_probabilities(logits: torch.Tensor, logit_scale: float,
+                        synonyms: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Query logits (Q, ...) -> class probabilities (K, ...): ×scale, softmax over all queries, a
+    class as likely as its most likely synonym."""
+    query_probs = torch.softmax(logit_scale * logits, dim=0)
+    return torch.stack([query_probs[list(queries)].amax(dim=0) for queries in synonyms])
+
+
+def label_classes(class_probs: torch.Tensor, threshold: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """-> (labels uint8: 1..K the most likely class, 0 where its probability < threshold; top)."""
+    top, arg = class_probs.max(dim=0)
+    labels = (arg + 1).to(torch.uint8)
+    labels[top < threshold] = 0
+    return labels, top
+
+
+def synonym_groups(query_owner: Sequence[int]) -> List[List[int]]:
+    """For each class (0-based) the queries that belong to it."""
+    owner = list(query_owner)
+    return [[q for q, c in enumerate(owner) if c == k] for k in range(max(owner) + 1)]
 
 
 def bilinear_matrix(size_out: int, size_in: int) -> np.ndarray:
@@ -107,6 +156,7 @@ class BlockResult:
     classes: np.ndarray       # uint8 (h, w): 0 background, 1..K classes, 255 nodata
     score: np.ndarray         # float32 (h, w): probability of the chosen class (0 on nodata)
     probabilities: Optional[np.ndarray] = None  # float32 (K, h, w) when asked for
+    logits: Optional[np.ndarray] = None  # float32 (Q, h, w): blended query logits, when asked for
 
 
 @dataclass
@@ -114,6 +164,7 @@ class SlidingWindowSegmenter:
     """Turns a `reader` and a `scorer` (whose queries are set) into class blocks.
 
     query_owner: for each query the 0-based class it belongs to (synonyms share a class).
+    blend: "smooth" (sin² weights) or "mean" (count map, the benchmark protocol).
     When the GPU runs out of memory the batch is halved (down to 1) and `on_batch_reduced(size,
     reason)` is told; `oom_retries` lists the reasons.
     """
@@ -127,6 +178,8 @@ class SlidingWindowSegmenter:
     block: int = 512
     batch_size: int = 8
     keep_probabilities: bool = False
+    keep_logits: bool = False
+    blend: str = DEFAULT_BLEND
     timings: Timings = field(default_factory=Timings)
     on_batch_reduced: Optional[Callable[[int, str], None]] = None
     oom_retries: List[str] = field(default_factory=list)
@@ -136,12 +189,15 @@ class SlidingWindowSegmenter:
         self.width, self.height = grid.width, grid.height
         self._xs = window_starts(self.width, self.window, self.stride)
         self._ys = window_starts(self.height, self.window, self.stride)
-        self._ramp = blend_ramp(self.window)
-        self._resize: Dict[int, np.ndarray] = {}
+        self._ramp = window_ramp(self.window, self.blend)
+        self._resize: Dict[Tuple[int, int], np.ndarray] = {}
         self._cache: Dict[Tuple[int, int], Optional[np.ndarray]] = {}
-        owner = list(self.query_owner)
-        self.num_classes = max(owner) + 1
-        self._synonyms = [[q for q, c in enumerate(owner) if c == k] for k in range(self.num_classes)]
+        self._synonyms = synonym_groups(self.query_owner)
+        self.num_classes = len(self._synonyms)
+        # Crops are window-sized unless the raster is smaller than a window along an axis.
+        self._crop = (min(self.window, self.height), min(self.window, self.width))
+        patch = getattr(self.scorer, "patch_size", None)
+        self._patch = int(patch) if patch else None
         self.blocks = block_windows(self.width, self.height, self.block)
 
     def __len__(self) -> int:
@@ -238,8 +294,8 @@ class SlidingWindowSegmenter:
                 ry0, ry1 = max(by, y) - y, min(by + bh, y + self.window, self.height) - y
                 rx0, rx1 = max(bx, x) - x, min(bx + bw, x + self.window, self.width) - x
                 wy, wx = self._ramp[ry0:ry1], self._ramp[rx0:rx1]
-                resize_y = self._resize_matrix(logits.shape[1])[ry0:ry1] * wy[:, None]
-                resize_x = self._resize_matrix(logits.shape[2])[rx0:rx1] * wx[:, None]
+                resize_y = self._resize_matrix(self._crop[0], logits.shape[1])[ry0:ry1] * wy[:, None]
+                resize_x = self._resize_matrix(self._crop[1], logits.shape[2])[rx0:rx1] * wx[:, None]
                 part = np.matmul(np.matmul(resize_y, logits), resize_x.T)  # weighted, resized
                 if accumulated is None:
                     accumulated = np.zeros((part.shape[0], bh, bw), np.float32)
@@ -251,10 +307,18 @@ class SlidingWindowSegmenter:
         self.timings.stitch += time.perf_counter() - started
         return result
 
-    def _resize_matrix(self, tokens: int) -> np.ndarray:
-        if tokens not in self._resize:
-            self._resize[tokens] = bilinear_matrix(self.window, tokens)
-        return self._resize[tokens]
+    def _resize_matrix(self, length: int, tokens: int) -> np.ndarray:
+        """Token logits -> the crop's pixels along one axis. A scorer with `patch_size` scored the
+        crop padded centred to a multiple of it: resize to the padded length, cut the pad off."""
+        key = (length, tokens)
+        if key not in self._resize:
+            if self._patch is None:
+                self._resize[key] = bilinear_matrix(self.window, tokens)
+            else:
+                before, after = centred_pad(length, self._patch)
+                full = bilinear_matrix(length + before + after, tokens)
+                self._resize[key] = np.ascontiguousarray(full[before:before + length])
+        return self._resize[key]
 
     def _score_missing(self, image, valid, x0, y0, xs, ys, block, needed=None) -> None:
         """Score the windows `block` owns that are not cached yet, batch by batch; with `needed`,
@@ -270,7 +334,8 @@ class SlidingWindowSegmenter:
                     self._cache[(y, x)] = None  # all nodata: nothing to predict
                     continue
                 crop = image[:, y - y0:y - y0 + self.window, x - x0:x - x0 + self.window]
-                if crop.shape[1:] != (self.window, self.window):  # raster smaller than a window
+                if self._patch is None and crop.shape[1:] != (self.window, self.window):
+                    # A scorer without `patch_size` takes whole windows only: black padding.
                     padded = np.zeros((3, self.window, self.window), np.uint8)
                     padded[:, :crop.shape[1], :crop.shape[2]] = crop
                     crop = padded
@@ -306,16 +371,15 @@ class SlidingWindowSegmenter:
         score = np.zeros((bh, bw), np.float32)
         if accumulated is None:
             probs = np.zeros((self.num_classes, bh, bw), np.float32) if self.keep_probabilities else None
-            return BlockResult(block, classes, score, probs)
+            logits = (np.zeros((len(self.query_owner), bh, bw), np.float32)
+                      if self.keep_logits else None)
+            return BlockResult(block, classes, score, probs, logits)
         logits = torch.from_numpy(accumulated / np.maximum(weight_sum, 1e-12))
-        query_probs = torch.softmax(self.scorer.logit_scale * logits, dim=0)
-        # A class is as likely as its most likely synonym.
-        class_probs = torch.stack([query_probs[queries].amax(dim=0) for queries in self._synonyms])
-        top, arg = class_probs.max(dim=0)
-        label = (arg + 1).to(torch.uint8)
-        label[top < self.threshold] = 0
+        class_probs = class_probabilities(logits, self.scorer.logit_scale, self._synonyms)
+        label, top = label_classes(class_probs, self.threshold)
         valid = valid & (weight_sum > 0)
         classes = np.where(valid, label.numpy(), np.uint8(255)).astype(np.uint8)
         score = np.where(valid, top.numpy(), 0.0).astype(np.float32)
         probs = class_probs.numpy() * valid if self.keep_probabilities else None
-        return BlockResult(block, classes, score, probs)
+        return BlockResult(block, classes, score, probs,
+                           logits.numpy() if self.keep_logits else None)

@@ -1,9 +1,10 @@
 """Class raster -> polygons with class, mean score and area, block by block.
 
-Each block is polygonised with `rasterio.features.shapes` (4-connected regions). Regions that touch
-an inner block edge may continue in the next block: they are kept aside and, at the end, pieces
-of one class that share an edge are dissolved into one polygon (their score sums and pixel
-counts added), so the result equals polygonising the whole raster at once.
+Each block's regions (4-connected pixels of one class) are labelled and polygonised with
+`rasterio.features.shapes`. Regions that touch an inner block edge may continue in the next
+block: the labels on both sides of each seam say which pieces join (see SeamJoiner), and each
+joined group becomes one polygon (score sums and pixel counts added), so the result equals
+polygonising the whole raster at once, in time linear in the raster's area.
 """
 from __future__ import annotations
 
@@ -15,14 +16,17 @@ import rasterio
 import shapely
 from rasterio import features
 from rasterio.crs import CRS
+from rasterio.transform import Affine
 from rasterio.warp import transform_geom
 from shapely.geometry import mapping, shape
 from shapely.strtree import STRtree
 
 from .classes import BACKGROUND_INDEX, NODATA_INDEX
 from .sliding import block_windows
+from .union_find import UnionFind
 
 VECTOR_BLOCK = 2048  # pixels per side of a polygonising block
+CONNECTIVITY = 4     # regions are 4-connected: polygonising, labelling and seam joining agree
 
 
 @dataclass
@@ -71,114 +75,145 @@ def vectorize(class_path: str, score_path: str, monitor=None, simplify: float = 
         area_meter = AreaMeter(classes_ds.crs, classes_ds.bounds)
         tolerance = simplify * (abs(transform.a) + abs(transform.e)) / 2.0
         blocks = block_windows(classes_ds.width, classes_ds.height, block)
-        seams = SeamJoiner()
+        seams = SeamJoiner(classes_ds.width, classes_ds.height)
+
+        def finish(regions):
+            return _finish(regions, transform, area_meter, tolerance, min_area_m2)
+
         for index, window in enumerate(blocks):
             if monitor is not None:
                 monitor.report(index / len(blocks), "Vectorizing")
             labels = classes_ds.read(1, window=window)
             scores = score_ds.read(1, window=window)
-            for region, touches_seam, touches_bottom in _block_regions(labels, scores, window,
-                                                                        classes_ds):
-                if touches_seam:
-                    seams.add(region, touches_bottom)
-                else:
-                    yield from _finish([region], area_meter, tolerance, min_area_m2)
+            yield from finish(seams.add_block(labels, scores, window))
             if index + 1 == len(blocks) or blocks[index + 1].row_off != window.row_off:
-                yield from _finish(seams.end_row(), area_meter, tolerance, min_area_m2)
+                yield from finish(seams.end_row())
 
 
 class SeamJoiner:
-    """Joins pieces cut by block seams, one row of blocks at a time.
+    """Joins regions cut by block seams by comparing the region labels on both sides of each seam.
 
-    At the end of a row, the row's pieces are matched (shared edge, same class) with each other
-    and with the previous row's pieces on the seam between the rows, so each comparison involves
-    two rows at most. Pieces are kept in a union-find; a group is final once none of its pieces
-    reaches the next row, and is then dissolved with one union."""
+    Blocks come row by row. Every block's regions are polygonised, burnt back into a label raster
+    and given global keys; the pixel rows/columns on both sides of a seam give the pairs of keys
+    that touch across it (same class, side by side: 4-connectivity, as polygonising), joined in a
+    union-find. Regions that touch no inner block edge are final at once; the others (pieces, in pixel coordinates) are kept aside
+    until the end of a block row, when every group none of whose pieces lies on the row's bottom
+    seam can no longer grow: it is assembled once from its pieces (`_assemble`), and its pieces
+    and union-find entries are dropped. So memory holds one row of blocks' pieces plus the groups
+    still open, and no geometric predicate is evaluated."""
 
-    def __init__(self):
-        self.pending: Dict[int, Region] = {}   # pieces of groups that may still grow
-        self.parent: Dict[int, int] = {}
-        self.row: List[int] = []               # this row's pieces
-        self.reaching: List[int] = []          # previous row's pieces on its bottom seam
-        self.bottom: set = set()               # this row's pieces on its bottom seam
+    def __init__(self, width: int, height: int):
+        self.width, self.height = width, height
+        self.pieces: Dict[int, Region] = {}   # pieces of groups that may still grow
+        self.groups = UnionFind()
+        self.bottom: List[int] = []           # this row's pieces on its bottom seam
+        # Keys (-1: none) and classes of the pixels just above the current row's top seam, and
+        # just left of the current block's left seam.
+        self.above = (np.full(width, -1, np.int64), np.zeros(width, np.int64))
+        self.left = None
         self._next_key = 0
 
-    def add(self, region: Region, touches_bottom: bool) -> None:
-        key = self._next_key
-        self._next_key += 1
-        self.pending[key] = region
-        self.parent[key] = key
-        self.row.append(key)
-        if touches_bottom:
-            self.bottom.add(key)
+    def add_block(self, labels: np.ndarray, scores: np.ndarray, window) -> List[Region]:
+        """Polygonise and label one block; -> its regions that touch no inner seam (final)."""
+        col, row = int(window.col_off), int(window.row_off)
+        height, width = labels.shape
+        pixel_transform = Affine.translation(col, row)  # global pixel coordinates: exact
+        shapes = list(features.shapes(labels, mask=(labels != BACKGROUND_INDEX)
+                                      & (labels != NODATA_INDEX),
+                                      connectivity=CONNECTIVITY, transform=pixel_transform))
+        # Region labels: burn region numbers back (boundaries follow pixel edges, so exact).
+        ids = np.zeros(labels.shape, np.int32)
+        if shapes:
+            ids = features.rasterize(((geom, i + 1) for i, (geom, _) in enumerate(shapes)),
+                                     out_shape=labels.shape, transform=pixel_transform,
+                                     dtype="int32")
+        classes = np.array([0] + [int(value) for _, value in shapes], np.int64)
+        count = len(classes) - 1
+        base = self._next_key - 1             # global key of region i: base + i
+        self._next_key += count
 
-    def _root(self, key: int) -> int:
-        while self.parent[key] != key:
-            self.parent[key] = self.parent[self.parent[key]]
-            key = self.parent[key]
-        return key
+        def edge(ids_line):                   # -> (keys, classes) of a row or column of pixels
+            return np.where(ids_line > 0, ids_line + base, -1), classes[ids_line]
+
+        inner_bottom = row + height < self.height
+        inner_right = col + width < self.width
+        on_seam = np.zeros(count + 1, bool)
+        if col > 0:
+            on_seam[ids[:, 0]] = True
+            self._join(self.left, edge(ids[:, 0]))
+        if row > 0:
+            on_seam[ids[0]] = True
+            self._join((self.above[0][col:col + width], self.above[1][col:col + width]),
+                       edge(ids[0]))
+        if inner_right:
+            on_seam[ids[:, -1]] = True
+        self.left = edge(ids[:, -1])
+        on_bottom = np.zeros(count + 1, bool)
+        if inner_bottom:
+            on_seam[ids[-1]] = on_bottom[ids[-1]] = True
+            self.above[0][col:col + width], self.above[1][col:col + width] = edge(ids[-1])
+        if count == 0:
+            return []
+        flat = ids.ravel()
+        score_sums = np.bincount(flat, weights=scores.ravel(), minlength=count + 1)
+        pixels = np.bincount(flat, minlength=count + 1)
+        final = []
+        for i, (geojson, _) in enumerate(shapes, start=1):
+            rings = [np.asarray(ring, np.float64) for ring in geojson["coordinates"]]
+            region = Region(int(classes[i]), shapely.Polygon(rings[0], rings[1:]),
+                            float(score_sums[i]), int(pixels[i]))
+            if not on_seam[i]:
+                final.append(region)
+                continue
+            key = base + i
+            self.pieces[key] = region
+            self.groups.add(key)
+            if on_bottom[i]:
+                self.bottom.append(key)
+        return final
+
+    def _join(self, side_a, side_b) -> None:
+        """Union the keys of pixels facing each other across a seam with the same class."""
+        keys_a, classes_a = side_a
+        keys_b, classes_b = side_b
+        touch = (keys_a >= 0) & (keys_b >= 0) & (classes_a == classes_b)
+        if touch.any():
+            pairs = np.unique(np.stack([keys_a[touch], keys_b[touch]], axis=1), axis=0)
+            for a, b in pairs.tolist():
+                self.groups.union(a, b)
 
     def end_row(self) -> List[Region]:
-        by_class: Dict[int, List[int]] = {}
-        for key in self.row + self.reaching:
-            by_class.setdefault(self.pending[key].class_index, []).append(key)
-        for keys in by_class.values():  # pieces of different classes never join
-            if len(keys) < 2:
-                continue
-            geoms = [self.pending[k].geometry for k in keys]
-            left, right = STRtree(geoms).query(geoms, predicate="touches")
-            for a, b in zip(left, right):
-                ka, kb = keys[a], keys[b]
-                if (a < b and self._root(ka) != self._root(kb)
-                        and geoms[a].intersection(geoms[b]).length > 0):  # an edge, not a corner
-                    self.parent[self._root(ka)] = self._root(kb)
-        open_roots = {self._root(k) for k in self.bottom}
-        groups: Dict[int, List[int]] = {}
-        for key in self.pending:
-            root = self._root(key)
+        """-> the groups finished with this row of blocks, each assembled into one Region."""
+        open_roots = {self.groups.find(k) for k in self.bottom}
+        members: Dict[int, List[int]] = {}
+        for key in self.pieces:
+            root = self.groups.find(key)
             if root not in open_roots:
-                groups.setdefault(root, []).append(key)
+                members.setdefault(root, []).append(key)
         finished = []
-        for members in groups.values():
-            pieces = [self.pending.pop(k) for k in members]
+        for keys in members.values():
+            pieces = [self.pieces.pop(k) for k in keys]
             geometry = (pieces[0].geometry if len(pieces) == 1
-                        else shapely.union_all([p.geometry for p in pieces]))
+                        else _assemble([p.geometry for p in pieces]))
             finished.append(Region(pieces[0].class_index, geometry,
                                    sum(p.score_sum for p in pieces), sum(p.pixels for p in pieces)))
-        # Union-find entries of finished groups are no longer needed.
-        self.parent = {k: self._root(k) for k in self.pending}
-        self.reaching = sorted(self.bottom)
-        self.row, self.bottom = [], set()
+        self.groups.retain(self.pieces)
+        self.bottom = []
+        self.left = None
         return finished
 
 
-def _block_regions(labels, scores, window, dataset):
-    mask = (labels != BACKGROUND_INDEX) & (labels != NODATA_INDEX)
-    if not mask.any():
-        return
-    transform = rasterio.windows.transform(window, dataset.transform)
-    shapes = list(features.shapes(labels, mask=mask, connectivity=4))
-    # Per-region sums of score: burn region ids back (boundaries follow pixel edges, so exact).
-    ids = features.rasterize(((geom, i + 1) for i, (geom, _) in enumerate(shapes)),
-                             out_shape=labels.shape, dtype="int32")
-    score_sums = np.bincount(ids.ravel(), weights=scores.ravel().astype(np.float64),
-                             minlength=len(shapes) + 1)
-    counts = np.bincount(ids.ravel(), minlength=len(shapes) + 1)
-    col_off, row_off = int(window.col_off), int(window.row_off)
-    height, width = labels.shape
-    inner_left, inner_top = col_off > 0, row_off > 0
-    inner_right = col_off + width < dataset.width
-    inner_bottom = row_off + height < dataset.height
-    coeffs = [transform.a, transform.b, transform.d, transform.e, transform.c, transform.f]
-    for i, (geom, value) in enumerate(shapes):
-        pixel_shape = shape(geom)
-        minx, miny, maxx, maxy = pixel_shape.bounds
-        bottom = inner_bottom and maxy >= height
-        touches = ((inner_left and minx <= 0) or (inner_top and miny <= 0)
-                   or (inner_right and maxx >= width) or bottom)
-        geometry = shapely.affinity.affine_transform(pixel_shape, coeffs)
-        yield (Region(int(value), geometry, float(score_sums[i + 1]), int(counts[i + 1])),
-               touches, bottom)
+def _assemble(pieces: Sequence) -> object:
+    """One polygon from the pieces of one region, which share edges along block seams.
+
+    A piece's holes lie strictly inside its block (a gap reaching the block's edge is outside
+    the piece there), so no other piece can fill them: only the outer rings are unioned, and
+    every hole is added back unchanged. That keeps the union (GEOS overlay, n·log n) to the
+    rings that can change."""
+    pieces = np.asarray(pieces, dtype=object)
+    joined = shapely.union_all(shapely.polygons(shapely.get_exterior_ring(pieces)))
+    holes = list(joined.interiors) + [ring for piece in pieces for ring in piece.interiors]
+    return shapely.Polygon(joined.exterior, holes)
 
 
 def connected_groups(geoms: Sequence, predicate: str = "touches") -> List[List[int]]:
@@ -187,38 +222,32 @@ def connected_groups(geoms: Sequence, predicate: str = "touches") -> List[List[i
     predicate: the STRtree query that finds candidate pairs ('touches' for pieces that only
     meet at their boundaries, 'intersects' when they may overlap too).
     """
-    parent = list(range(len(geoms)))
-
-    def root(i):
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
+    groups = UnionFind(range(len(geoms)))
     if len(geoms) > 1:
         left, right = STRtree(geoms).query(geoms, predicate=predicate)
         for a, b in zip(left, right):
-            if a < b and root(a) != root(b):
+            if a < b and groups.find(a) != groups.find(b):
                 shared = geoms[a].intersection(geoms[b])
                 if shared.length > 0 or shared.area > 0:  # an edge or an overlap, not a corner
-                    parent[root(a)] = root(b)
-    groups: Dict[int, List[int]] = {}
-    for i in range(len(geoms)):
-        groups.setdefault(root(i), []).append(i)
-    return list(groups.values())
+                    groups.union(int(a), int(b))
+    return groups.groups()
 
 
-def _finish(regions, area_meter: AreaMeter, tolerance: float, min_area_m2: float):
-    geoms = []
-    for region in regions:
-        geometry = region.geometry
-        if tolerance > 0:
-            geometry = geometry.simplify(tolerance, preserve_topology=True)
-        if not geometry.is_valid:
-            geometry = shapely.make_valid(geometry)
-        region.geometry = geometry
-        geoms.append(geometry)
-    for region, area in zip(regions, area_meter.area(geoms)):
-        if area >= min_area_m2 and not region.geometry.is_empty:
+def _finish(regions, transform, area_meter: AreaMeter, tolerance: float, min_area_m2: float):
+    """Regions in pixel coordinates -> in the raster's CRS, simplified, valid, with areas."""
+    if not regions:
+        return
+    geoms = shapely.transform(np.array([r.geometry for r in regions], dtype=object),
+                              lambda xy: np.column_stack([
+                                  transform.a * xy[:, 0] + transform.b * xy[:, 1] + transform.c,
+                                  transform.d * xy[:, 0] + transform.e * xy[:, 1] + transform.f]))
+    if tolerance > 0:
+        geoms = shapely.simplify(geoms, tolerance, preserve_topology=True)
+    invalid = ~shapely.is_valid(geoms)
+    if invalid.any():
+        geoms[invalid] = shapely.make_valid(geoms[invalid])
+    for region, geometry, area in zip(regions, geoms, area_meter.area(geoms)):
+        if area >= min_area_m2 and not geometry.is_empty:
+            region.geometry = geometry
             region.area_m2 = area
             yield region

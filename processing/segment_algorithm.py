@@ -21,6 +21,7 @@ from ..core.errors import InputError
 from ..core.models.dino import dino_help, resolve_dino_weights
 from ..core.models.registry import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DINO_MODEL,
                                     DEVICE_CHOICES, DINO_MODEL_CHOICES)
+from ..core.protocol import BLEND_LABELS, BLENDS, DEFAULT_BLEND
 from ..qgis_bridge.engine import (DEFAULT_GRAPH_K, DEFAULT_SEMANTIC_RATIO, DEFAULT_THRESHOLD,
                                   load_engine, method_label)
 from ..qgis_bridge.styling import style_class_raster, style_polygon_layer
@@ -52,9 +53,11 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
     DECOUPLE = "DECOUPLE"
     RECTIFY = "RECTIFY"
     FUSION = "FUSION"
+    BLEND = "BLEND"
     DASK = "DASK"
     OUTPUT = "OUTPUT"
     OUTPUT_RASTER = "OUTPUT_RASTER"
+    OUTPUT_PROBABILITIES = "OUTPUT_PROBABILITIES"
     POLYGONS = "POLYGONS"
     USED_METHOD = "USED_METHOD"
     NOTE = "NOTE"
@@ -70,7 +73,9 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
         "';', synonyms of one class by ',': <i>building,roof; road,street; tree,forest; water</i>."
         "<br><br><b>Polygons</b>: a GeoPackage with fields class, class_id, score (mean "
         "probability) and area_m2, in the raster's CRS. <b>Class raster</b> (optional): a GeoTIFF "
-        "on the same grid as the input (0 background, 1..K classes, 255 nodata)."
+        "on the same grid as the input (0 background, 1..K classes, 255 nodata). "
+        "<b>Class probabilities</b> (optional): a float32 GeoTIFF on the same grid, one band per "
+        "class named after it, the probabilities before the threshold."
         "<br><br><b>Bands</b>: one (grey) or three (RGB) band numbers, e.g. 4,3,2; empty picks "
         "the RGB bands. <b>Extent</b>: only this area (reprojected to the raster's CRS). "
         "<b>Resolution</b>: working pixel size in metres; empty or 0 keeps the native one."
@@ -81,7 +86,9 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
         "name (e.g. rs-dino-vit-b8); empty: the DINO weights of the DR-Seg settings when they are "
         "for this DINO model, else its catalog checkpoint, once downloaded (DR-Seg settings › "
         "Download models…, or <i>python -m drseg models download dino-vit-b8</i>). <b>Semantic ratio</b>, <b>Graph k</b> and the three module "
-        "switches tune DR-Seg (advanced).<br><br>Tiling (window, stride, batch) and the model "
+        "switches tune DR-Seg (advanced). <b>Blend</b> (advanced): how overlapping windows "
+        "combine; <i>Mean</i> averages them as the benchmark protocol does."
+        "<br><br>Tiling (window, stride, batch) and the model "
         "cache folder come from the DR-Seg settings (Plugins › DR-Seg › DR-Seg settings…)."
         f"<br><br><b>CLIP weights</b>: an open_clip pretrained tag (e.g. '{DEFAULT_CLIP_WEIGHTS}', "
         "downloaded on "
@@ -146,6 +153,9 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
                                           "graph", defaultValue=True),
             QgsProcessingParameterBoolean(self.FUSION, "DR-Seg: uncertainty-guided fusion",
                                           defaultValue=True),
+            QgsProcessingParameterEnum(self.BLEND, "Blend of overlapping windows",
+                                       options=[BLEND_LABELS[b] for b in BLENDS],
+                                       defaultValue=BLENDS.index(DEFAULT_BLEND)),
             QgsProcessingParameterString(self.DASK, "Dask cluster (local:N or tcp://HOST:PORT; "
                                          "empty: DRSEG_DASK, else the DR-Seg settings, else here)",
                                          optional=True),
@@ -159,6 +169,11 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
                                                          optional=True, createByDefault=False)
         raster.setSupportsNonFileBasedOutput(False)
         self.addParameter(raster)
+        probabilities = QgsProcessingParameterRasterDestination(
+            self.OUTPUT_PROBABILITIES, "Class probabilities (one band per class)", optional=True,
+            createByDefault=False)
+        probabilities.setSupportsNonFileBasedOutput(False)
+        self.addParameter(probabilities)
         self.addOutput(QgsProcessingOutputNumber(self.POLYGONS, "Number of polygons"))
         self.addOutput(QgsProcessingOutputString(self.USED_METHOD, "Method used (drseg or clip)"))
         self.addOutput(QgsProcessingOutputString(self.NOTE, "Note on the method"))
@@ -196,6 +211,10 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
         out_raster: Optional[str] = None
         if parameters.get(self.OUTPUT_RASTER) not in (None, ""):
             out_raster = self.parameterAsOutputLayer(parameters, self.OUTPUT_RASTER, context) or None
+        out_probabilities: Optional[str] = None
+        if parameters.get(self.OUTPUT_PROBABILITIES) not in (None, ""):
+            out_probabilities = self.parameterAsOutputLayer(
+                parameters, self.OUTPUT_PROBABILITIES, context) or None
 
         method, dino_model, dino_weights, self._note = self._method(parameters, context)
         from ..core.cluster.spec import parse_dask_spec
@@ -206,6 +225,8 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
         parse_dask_spec(dask)  # a wrong address fails here, before the run
         request = segment.SegmentationRequest(
             raster=source, classes=text, out_vector=out_vector, out_raster=out_raster, bands=bands,
+            out_probabilities=out_probabilities,
+            blend=BLENDS[self.parameterAsEnum(parameters, self.BLEND, context)],
             extent=extent, resolution=resolution,
             threshold=self.parameterAsDouble(parameters, self.THRESHOLD, context),
             clip_model=self.parameterAsString(parameters, self.CLIP_MODEL, context).strip()
@@ -225,7 +246,8 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
             min_area=self.parameterAsDouble(parameters, self.MIN_AREA, context),
             layer_name=table or os.path.splitext(os.path.basename(out_vector))[0] or "segmentation",
             dask=dask)
-        self._destinations = {"vector": dest, "raster": out_raster}
+        self._destinations = {"vector": dest, "raster": out_raster,
+                              "probabilities": out_probabilities}
         self._classes = classes
         return request
 
@@ -278,6 +300,7 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
             feedback.pushInfo(f"  {name}: {pixels} px")
         return {self.OUTPUT: self._destinations["vector"],
                 self.OUTPUT_RASTER: result.raster_path,
+                self.OUTPUT_PROBABILITIES: result.probabilities_path,
                 self.POLYGONS: result.polygon_count,
                 self.USED_METHOD: result.method, self.NOTE: note}
 

@@ -15,6 +15,9 @@ from rasterio.transform import from_origin
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 # The user's own DR-Seg settings file (cache folder, mirror, models) must not change test results.
 os.environ["DRSEG_CONFIG"] = os.path.join(tempfile.mkdtemp(prefix="drseg-test-config-"), "settings.json")
+# Nor may embeddings another test (or the user) stored on disk: tests that use the disk cache
+# name their own folder.
+os.environ["DRSEG_EMBEDDING_CACHE"] = "off"
 
 # Colours of the synthetic scene's classes; the oracle recognises a class by its colour.
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -325,3 +325,24 @@ def test_drseg_without_dino_weights_is_refused_with_advice(dock, qgis_iface, qgi
     dock.dino_weights_widget.setFilePath(str(tmp_path / "gone.pth"))
     assert dock.run() is None
     assert "gone.pth' does not exist" in messages(qgis_iface, Qgis.MessageLevel.Critical)[-1]
+
+
+def test_blend_and_class_probabilities_reach_the_request_and_the_file(dock, qgis_new_project,
+                                                                       tmp_path, tiny_clip):
+    import rasterio
+
+    fill_form(dock, qgis_new_project, tmp_path, tiny_clip, width=300, height=250)
+    request = dock.build_request()
+    assert request.blend == "smooth" and request.out_probabilities is None
+    dock.blend_combo.setCurrentIndex(dock.blend_combo.findData("mean"))
+    dock.probabilities_check.setChecked(True)
+    request = dock.build_request()
+    assert request.blend == "mean"
+    assert request.out_probabilities == str(tmp_path / "result_probabilities.tif")
+    finished = []
+    dock.runFinished.connect(finished.append)
+    dock.run_button.click()
+    assert wait_for(lambda: finished, 60) and finished[0].succeeded, finished[0].error
+    with rasterio.open(tmp_path / "result_probabilities.tif") as src:
+        assert src.descriptions == ("building", "water", "tree")
+        assert src.dtypes == ("float32",) * 3 and (src.width, src.height) == (300, 250)

@@ -94,7 +94,10 @@ def test_ovss_from_prediction_files(loveda):
     assert "background      57.14    66.67" in table
     assert "barren              -        -" in table
     assert "agricultural    33.33    50.00" in table
-    assert table.endswith("mIoU 56.75  mACC 69.44  aAcc 66.67")
+    lines = table.splitlines()
+    assert lines[lines.index("mIoU 56.75  mACC 69.44  aAcc 66.67") + 1] == (
+        "protocol: long side 448, windows 224/112 (mean blend), prob_thd 0.3, background index 0")
+    assert lines[-1].startswith("protocol source: SegEarth-OV")
 
 
 def test_ovss_from_predict_function(loveda):

@@ -305,6 +305,32 @@ def test_tiling_and_the_model_cache_come_from_the_settings(drseg_provider, tiny_
     assert fake_models.requests[-1].method == "clip" and "dino_vits8" in result["NOTE"]
 
 
+def test_blend_and_class_probabilities_reach_the_engine(drseg_provider, tiny_clip, tmp_path):
+    """BLEND picks the engine's window blend; OUTPUT_PROBABILITIES is a float32 raster on the
+    input's grid, one band per class named after it, whose argmax and threshold give the classes."""
+    import numpy as np
+
+    alg = QgsApplication.processingRegistry().algorithmById(ALG)
+    assert alg.parameterDefinition("BLEND").options()[alg.parameterDefinition("BLEND")
+                                                      .defaultValue()].startswith("Smooth")
+    raster = write_raster(tmp_path / "scene.tif", width=300, height=250)
+    probabilities = {}
+    for blend in (0, 1):
+        out = str(tmp_path / f"p{blend}.tif")
+        classes = str(tmp_path / f"c{blend}.tif")
+        result = run_algorithm(ALG, params(raster, tiny_clip, tmp_path, BLEND=blend, THRESHOLD=0.5,
+                                           OUTPUT=str(tmp_path / f"o{blend}.gpkg"),
+                                           OUTPUT_RASTER=classes, OUTPUT_PROBABILITIES=out))
+        assert result["OUTPUT_PROBABILITIES"] == out
+        with rasterio.open(out) as src, rasterio.open(raster) as ref, rasterio.open(classes) as cls:
+            assert src.descriptions == ("building", "water") and src.dtypes == ("float32",) * 2
+            assert (src.transform, src.crs, src.shape) == (ref.transform, ref.crs, ref.shape)
+            probabilities[blend] = p = src.read()
+            expected = np.where(p.max(axis=0) < 0.5, 0, p.argmax(axis=0) + 1)
+            assert (cls.read(1) == expected).all()
+    assert np.abs(probabilities[0] - probabilities[1]).max() > 1e-4   # the blend was applied
+
+
 def test_dask_cluster_parameter_then_environment_then_settings(drseg_provider, tiny_clip, tmp_path,
                                                                isolated_settings, monkeypatch):
     import json

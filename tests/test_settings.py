@@ -201,3 +201,21 @@ def test_config_path_per_platform_and_override(monkeypatch, tmp_path):
     assert st.config_path() == str(target)
     save_settings(Settings(device="cpu"))
     assert load_settings().device == "cpu" and target.exists()
+
+
+def test_resolve_all_reads_once_and_saved_weights_follow_their_model(tmp_path):
+    from drseg.core.models.registry import DEFAULT_CLIP_WEIGHTS
+    from drseg.core.settings import Settings, resolve_all
+
+    saved = Settings(clip_model="ViT-B-32", clip_weights="/w/b32.pt", sam_model="vit_l",
+                     sam_weights="/w/sam_l.pth", device="cpu")
+    same = resolve_all({"clip_model": None, "clip_weights": None, "device": "cuda"}, saved, {})
+    assert same["clip_weights"] == "/w/b32.pt" and same.sources["clip_weights"] == "saved settings"
+    assert same["device"] == "cuda" and same.sources["device"] == "parameter"
+    other = resolve_all({"clip_model": "ViT-L-14", "clip_weights": None, "sam_model": "vit_h",
+                         "sam_weights": None}, saved, {})
+    assert other["clip_weights"] == DEFAULT_CLIP_WEIGHTS      # not ViT-B-32's file for ViT-L-14
+    assert other.sources["clip_weights"] == "default for ViT-L-14"
+    assert other.chosen("sam_weights") is None                 # vit_h's catalog checkpoint
+    env = resolve_all({"cache_dir": None}, saved, {"DRSEG_CACHE_DIR": str(tmp_path)})
+    assert env.describe() == [f"Model cache folder: {tmp_path} (environment DRSEG_CACHE_DIR)"]

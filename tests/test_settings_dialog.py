@@ -8,6 +8,7 @@ import torch
 from conftest_qgis import wait_for
 from qgis.PyQt.QtWidgets import QDialog, QDialogButtonBox
 
+from drseg.core import disk_cache
 from drseg.core import settings as st
 from drseg.core.models.catalog import list_models
 from drseg.core.settings import Settings, load_settings, save_settings
@@ -264,3 +265,25 @@ def test_closing_the_dialog_cancels_and_detaches_the_transfer(make_dialog, tmp_p
     assert task in bridge_tasks.running() and dialog.task is None   # still kept alive
     assert wait_for(lambda: task not in bridge_tasks.running(), 10)
     assert task.was_cancelled and calls == []     # the closed dialog is not called back
+
+
+def test_embedding_cache_settings_and_the_clear_button(make_dialog, tmp_path, monkeypatch):
+    monkeypatch.delenv(disk_cache.EMBEDDINGS_ENV, raising=False)
+    folder = tmp_path / "models" / disk_cache.SUBFOLDER
+    stored = disk_cache.DiskCache(str(folder))
+    stored.put("t", "a", {"x": torch.zeros(10)})
+    stored.put("t", "b", {"x": torch.ones(10)})
+    path = str(tmp_path / "settings.json")
+    save_settings(Settings(cache_dir=str(tmp_path / "models"), embedding_cache=False,
+                           embedding_cache_mb=512), path)
+    dialog = make_dialog(path=path)
+    assert not dialog.embedding_cache_check.isChecked()
+    assert dialog.embedding_cache_spin.value() == 512
+    assert dialog.cache_info_label.text().startswith("2 entries")
+    assert dialog.clear_embedding_cache() == 2 and stored.info().entries == 0
+    assert dialog.cache_info_label.text().startswith("0 entries")
+    dialog.embedding_cache_check.setChecked(True)
+    dialog.embedding_cache_spin.setValue(1024)
+    save_button(dialog).click()
+    saved = load_settings(path)
+    assert saved.embedding_cache and saved.embedding_cache_mb == 1024

@@ -25,6 +25,7 @@ from ..core.errors import DrSegError, InputError
 from ..core.models.dino import dino_help, resolve_dino_weights
 from ..core.models.registry import (CLIP_MODEL_CHOICES, DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS,
                                     DEFAULT_DINO_MODEL, DINO_MODEL_CHOICES, DINO_MODELS)
+from ..core.protocol import BLEND_LABELS, BLENDS, DEFAULT_BLEND
 from ..core.settings import LIMITS, Settings, load_settings_or_defaults
 from ..qgis_bridge.engine import (DEFAULT_GRAPH_K, DEFAULT_SEMANTIC_RATIO, DEFAULT_THRESHOLD,
                                   MissingDependencies, load_engine, method_label)
@@ -167,6 +168,20 @@ class DrSegDock(QDockWidget):
         form.addRow(self.raster_check)
         form.addRow("Class raster", self.raster_widget)
 
+        self.probabilities_check = QCheckBox("Also write class probabilities", body)
+        self.probabilities_check.setToolTip("A float32 GeoTIFF on the input's grid, one band per "
+                                            "class named after it: the probabilities before the "
+                                            "threshold")
+        self.probabilities_widget = QgsFileWidget(body)
+        self.probabilities_widget.setStorageMode(QgsFileWidget.StorageMode.SaveFile)
+        self.probabilities_widget.setFilter("GeoTIFF (*.tif *.tiff)")
+        self.probabilities_widget.lineEdit().setPlaceholderText(
+            "[Automatic: beside the GeoPackage]")
+        self.probabilities_widget.setEnabled(False)
+        self.probabilities_check.toggled.connect(self.probabilities_widget.setEnabled)
+        form.addRow(self.probabilities_check)
+        form.addRow("Probabilities", self.probabilities_widget)
+
         advanced = QgsCollapsibleGroupBox("Model", body)
         advanced.setCollapsed(True)
         adv = QFormLayout(advanced)
@@ -209,6 +224,13 @@ class DrSegDock(QDockWidget):
         self.stride_spin.setToolTip("Step between windows; smaller than the window, windows "
                                     "overlap and are blended (no seams)")
         adv.addRow("Stride", self.stride_spin)
+        self.blend_combo = QComboBox(advanced)
+        for value in BLENDS:
+            self.blend_combo.addItem(BLEND_LABELS[value], value)
+        self.blend_combo.setCurrentIndex(BLENDS.index(DEFAULT_BLEND))
+        self.blend_combo.setToolTip("How overlapping windows combine: smooth weights hide window "
+                                    "seams; the mean is the benchmark protocol's")
+        adv.addRow("Blend", self.blend_combo)
         self.simplify_spin = QgsDoubleSpinBox(advanced)
         self.simplify_spin.setRange(0.0, 100.0)
         self.simplify_spin.setSuffix(" px")
@@ -430,6 +452,18 @@ class DrSegDock(QDockWidget):
                 raise InputError(f"Output folder of '{raster}' does not exist")
         return vector, raster
 
+    def probabilities_path(self, vector: str) -> Optional[str]:
+        """The class-probability GeoTIFF asked for, or None."""
+        if not self.probabilities_check.isChecked():
+            return None
+        path = (self.probabilities_widget.filePath().strip()
+                or os.path.splitext(vector)[0] + "_probabilities.tif")
+        if not path.lower().endswith((".tif", ".tiff")):
+            path += ".tif"
+        if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise InputError(f"Output folder of '{path}' does not exist")
+        return path
+
     def build_request(self):
         """Validate the form -> SegmentationRequest. Raises InputError or MissingDependencies."""
         layer = self.layer_combo.currentLayer()
@@ -440,6 +474,7 @@ class DrSegDock(QDockWidget):
         bands = self.selected_bands()
         extent = self.selected_extent(layer)
         vector, raster = self.output_paths(layer)
+        probabilities = self.probabilities_path(vector)
         window, stride = self.window_spin.value(), self.stride_spin.value()
         if stride > window:
             raise InputError(f"The stride ({stride} px) must not be larger than the window "
@@ -459,6 +494,7 @@ class DrSegDock(QDockWidget):
         table = os.path.splitext(os.path.basename(vector))[0]
         return segment.SegmentationRequest(
             raster=source, classes=text, out_vector=vector, out_raster=raster, bands=bands,
+            out_probabilities=probabilities, blend=self.blend_combo.currentData(),
             extent=extent, resolution=self.resolution_spin.value() or None,
             threshold=self.threshold_spin.value(), clip_model=clip_model, clip_weights=clip_weights,
             method=method, dino_model=dino_model, dino_weights=dino_weights,

@@ -14,11 +14,12 @@ from typing import Callable, List, Optional
 
 from qgis.gui import QgsFileWidget
 from qgis.PyQt.QtCore import Qt, pyqtSignal
-from qgis.PyQt.QtWidgets import (QAbstractItemView, QComboBox, QDialog, QDialogButtonBox,
+from qgis.PyQt.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QDialog, QDialogButtonBox,
                                  QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
                                  QLineEdit, QProgressBar, QPushButton, QSpinBox, QTreeWidget,
                                  QTreeWidgetItem, QVBoxLayout, QWidget)
 
+from ..core import disk_cache
 from ..core import settings as core_settings
 from ..core.errors import DrSegError, InputError
 from ..core.models import download
@@ -161,6 +162,23 @@ class SettingsDialog(QDialog):
         form.addRow("Dask cluster", self.dask_edit)
         for spin in (self.window_spin, self.stride_spin):
             spin.valueChanged.connect(self._update_overlap)
+        self.embedding_cache_check = QCheckBox("Keep image and text embeddings on disk", processing)
+        self.embedding_cache_check.setToolTip(
+            "An area or phrase encoded once is not encoded again, in later runs and QGIS "
+            "sessions too (SAM and CLIP image embeddings, text embeddings)")
+        self.embedding_cache_spin = self._spin("embedding_cache_mb", " MB", "Largest size of the "
+                                               "embedding cache; the least recently used go first")
+        self.clear_cache_button = QPushButton("Clear", processing)
+        self.clear_cache_button.setToolTip("Remove every stored embedding now")
+        self.clear_cache_button.clicked.connect(self.clear_embedding_cache)
+        row = QHBoxLayout()
+        row.addWidget(self.embedding_cache_check, 1)
+        row.addWidget(self.embedding_cache_spin)
+        row.addWidget(self.clear_cache_button)
+        form.addRow("Embedding cache", _wrap(row, processing))
+        self.cache_info_label = QLabel("", processing)
+        self.cache_info_label.setWordWrap(True)
+        form.addRow("", self.cache_info_label)
         layout.addWidget(processing)
 
         layout.addWidget(self._build_models_section())
@@ -246,6 +264,8 @@ class SettingsDialog(QDialog):
             device=self.device_combo.currentData() or self.device_combo.currentText(),
             window=self.window_spin.value(), stride=self.stride_spin.value(),
             block=self.block_spin.value(), batch_size=self.batch_spin.value(),
+            embedding_cache=self.embedding_cache_check.isChecked(),
+            embedding_cache_mb=self.embedding_cache_spin.value(),
             dask=self.dask_edit.text().strip(), extra=dict(self._extra))
 
     def set_settings(self, settings: Settings) -> None:
@@ -263,9 +283,32 @@ class SettingsDialog(QDialog):
         self.stride_spin.setValue(settings.stride)
         self.block_spin.setValue(settings.block)
         self.batch_spin.setValue(settings.batch_size)
+        self.embedding_cache_check.setChecked(bool(settings.embedding_cache))
+        self.embedding_cache_spin.setValue(int(settings.embedding_cache_mb))
         self.dask_edit.setText(settings.dask)
         self._update_overlap()
+        self._show_cache_info()
         self.refresh_models()
+
+    def _embedding_folder(self) -> Optional[str]:
+        """The folder the entered settings point at (the environment still wins)."""
+        return disk_cache.cache_folder(Settings(cache_dir=self.cache_dir_widget.filePath().strip()))
+
+    def _show_cache_info(self) -> None:
+        folder = self._embedding_folder()
+        if folder is None:
+            self.cache_info_label.setText(f"Turned off by {disk_cache.EMBEDDINGS_ENV}")
+            return
+        info = disk_cache.DiskCache(folder).info()
+        self.cache_info_label.setText(f"{info.entries} entries, {info.bytes / 2 ** 20:.0f} MB "
+                                      f"in {folder}")
+
+    def clear_embedding_cache(self) -> int:
+        """Remove every stored embedding; -> how many."""
+        folder = self._embedding_folder()
+        removed = disk_cache.DiskCache(folder).clear() if folder else 0
+        self._show_cache_info()
+        return removed
 
     def restore_defaults(self) -> None:
         self.set_settings(Settings())

@@ -26,13 +26,15 @@ WORKER_WAIT_S = 60       # how long a scheduler without workers is waited for
 class ClusterBlocks:
     """The block source of core/segment.py for a run on `spec`'s cluster."""
 
-    def __init__(self, spec: DaskSpec, request, reader, queries, owner, factory, monitor):
+    def __init__(self, spec: DaskSpec, request, reader, queries, owner, factory,
+                 keep_probabilities: bool = False):
         self.spec = spec
         self.request = request
         self.reader = reader
         self.queries = tuple(queries)
         self.owner = tuple(owner)
         self.factory = factory
+        self.keep_probabilities = keep_probabilities
         self.blocks = block_windows(reader.grid.width, reader.grid.height, request.block)
         self.timings = Timings()
         self.oom_retries = []
@@ -55,8 +57,8 @@ class ClusterBlocks:
                           tuple_or_none(request.extent), request.resolution,
                           tuple(map(tuple, stretch)) if stretch is not None else None,
                           self.queries, self.owner, request.threshold, request.window,
-                          request.stride, request.block, request.batch_size, self.factory,
-                          work_dir, cancel_event)
+                          request.stride, request.block, request.batch_size, request.blend,
+                          self.keep_probabilities, self.factory, work_dir, cancel_event)
                 for index, indices in enumerate(group_blocks(grid.width, grid.height,
                                                              request.block, k))]
 
@@ -88,10 +90,10 @@ class ClusterBlocks:
                     for future in done:
                         answer = _result(future)
                         self._account(answer)
-                        classes, score = read_part(answer)
+                        classes, score, probabilities = read_part(answer)
                         col, row, width, height = answer["rectangle"]
-                        yield BlockResult(Window(col, row, width, height), classes, score), \
-                            answer["blocks"]
+                        yield BlockResult(Window(col, row, width, height), classes, score,
+                                          probabilities), answer["blocks"]
                     monitor.check()
             except BaseException:
                 event.set()

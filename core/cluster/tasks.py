@@ -49,6 +49,8 @@ class BlockTask:
     stride: int
     block: int
     batch_size: int
+    blend: str
+    keep_probabilities: bool
     factory: object          # picklable, hashable callable -> scorer
     work_dir: str            # where the part goes when the worker sees that folder
     cancel_event: str        # name of the run's distributed.Event, set when the run is cancelled
@@ -154,30 +156,38 @@ def run_block_task(task: BlockTask) -> Dict:
         segmenter = SlidingWindowSegmenter(reader, scorer, list(task.owner),
                                            threshold=task.threshold, window=task.window,
                                            stride=task.stride, block=task.block,
-                                           batch_size=task.batch_size)
+                                           batch_size=task.batch_size, blend=task.blend,
+                                           keep_probabilities=task.keep_probabilities)
         windows = [segmenter.blocks[i] for i in task.blocks]
         col = min(int(w.col_off) for w in windows)
         row = min(int(w.row_off) for w in windows)
         width = max(int(w.col_off + w.width) for w in windows) - col
         height = max(int(w.row_off + w.height) for w in windows) - row
-        classes = np.empty((height, width), np.uint8)
-        score = np.empty((height, width), np.float32)
+        arrays = {"classes": np.empty((height, width), np.uint8),
+                  "score": np.empty((height, width), np.float32)}
+        if task.keep_probabilities:
+            arrays["probabilities"] = np.empty((len(set(task.owner)), height, width), np.float32)
         for result in segmenter.segment_blocks(task.blocks):
             if cancelled(task.cancel_event):
                 raise RunCancelled("Run cancelled by the user")
             w = result.window
             y, x = int(w.row_off) - row, int(w.col_off) - col
-            classes[y:y + int(w.height), x:x + int(w.width)] = result.classes
-            score[y:y + int(w.height), x:x + int(w.width)] = result.score
+            rows, cols = slice(y, y + int(w.height)), slice(x, x + int(w.width))
+            arrays["classes"][rows, cols] = result.classes
+            arrays["score"][rows, cols] = result.score
+            if task.keep_probabilities:
+                arrays["probabilities"][:, rows, cols] = result.probabilities
     answer = {"index": task.index, "blocks": len(task.blocks),
               "rectangle": (col, row, width, height), "timings": segmenter.timings.as_dict(),
               "oom_retries": list(segmenter.oom_retries), "device": scorer_device(scorer),
               "worker": _worker_name(), "seconds": time.perf_counter() - started}
+    if cancelled(task.cancel_event):  # the work folder may be going away
+        raise RunCancelled("Run cancelled by the user")
     if os.path.isdir(task.work_dir):
         answer["path"] = write_part(os.path.join(task.work_dir, f"part-{task.index:06d}.npz"),
-                                    classes=classes, score=score)
+                                    **arrays)
     else:  # a worker on another machine: the arrays travel back through Dask
-        answer["classes"], answer["score"] = classes, score
+        answer["arrays"] = arrays
     return answer
 
 
@@ -195,11 +205,14 @@ def write_part(path: str, **arrays) -> str:
     return path
 
 
-def read_part(answer: Dict) -> Tuple[np.ndarray, np.ndarray]:
+def read_part(answer: Dict) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+    """-> (classes, score, probabilities or None) of a task's answer."""
     if "path" not in answer:
-        return answer["classes"], answer["score"]
+        arrays = answer["arrays"]
+        return arrays["classes"], arrays["score"], arrays.get("probabilities")
     with np.load(answer["path"]) as data:
-        return data["classes"], data["score"]
+        probabilities = data["probabilities"] if "probabilities" in data.files else None
+        return data["classes"], data["score"], probabilities
 
 
 def tuple_or_none(values: Optional[Sequence]) -> Optional[tuple]:

@@ -174,6 +174,8 @@ class DrSegScorer:
     `clip` is duck-typed on core/dense_clip.DenseClip: `set_queries`, `normalise(uint8 images)`,
     `dense_features(pixels) -> (patch (B,C,h,w), cls (B,C))`, `text_features`, `bias_lambda`,
     `batch_size`, `logit_scale`. `score_windows(uint8 (B,3,H,W)) -> logits (B,Q,h,w)` as numpy.
+    Like dense CLIP, it takes crops of any size (`patch_size`): CLIP sees them padded after
+    normalisation (`normalise_padded`), DINO sees the crop itself, resampled onto CLIP's grid.
     """
 
     def __init__(self, clip, dino, rectifier: DrSegRectifier):
@@ -182,6 +184,8 @@ class DrSegScorer:
         self.rectifier = rectifier
         self.logit_scale = getattr(clip, "logit_scale", 50.0)
         self.batch_size = getattr(clip, "batch_size", 8)
+        if hasattr(clip, "normalise_padded") and getattr(clip, "patch_size", None):
+            self.patch_size = clip.patch_size
 
     def set_queries(self, queries) -> None:
         self.clip.set_queries(queries)
@@ -197,7 +201,9 @@ class DrSegScorer:
         outputs = []
         for start in range(0, len(images), self.batch_size):
             batch = images[start:start + self.batch_size]
-            patch, cls = self.clip.dense_features(self.clip.normalise(batch))
+            pixels = (self.clip.normalise_padded(batch) if hasattr(self, "patch_size")
+                      else self.clip.normalise(batch))
+            patch, cls = self.clip.dense_features(pixels)
             dino = self.dino(batch) if self.rectifier.needs_dino else None
             logits = self.rectifier(patch, cls, self.clip.text_features, dino,
                                     bias_lambda=self.clip.bias_lambda)

@@ -110,8 +110,12 @@ def _ovss_prediction(folder: Path, sample, ambiguous_stems: set) -> Path:
 def evaluate_ovss(dataset: OvssDataset, predict_fn: Optional[OvssPredictor] = None,
                   predictions_dir: Optional[Union[str, Path]] = None, limit: Optional[int] = None,
                   progress: Optional[Callable[[float, str], None]] = None,
-                  cancelled: Optional[Callable[[], bool]] = None) -> OvssReport:
-    """Confusion-matrix mIoU / mACC / aAcc / per-class IoU over the split (or its first `limit`)."""
+                  cancelled: Optional[Callable[[], bool]] = None,
+                  engine: Optional[Dict] = None) -> OvssReport:
+    """Confusion-matrix mIoU / mACC / aAcc / per-class IoU over the split (or its first `limit`).
+
+    The report carries the data set's pinned protocol and, when the engine ran, `engine`: the
+    settings it actually used (they differ from the protocol only when asked to)."""
     folder, samples = _prepare(dataset, "ovss", predict_fn, predictions_dir, limit)
     ambiguous = {stem for stem, n in Counter(Path(s.label_relpath).stem
                                              for s in dataset.samples).items() if n > 1}
@@ -154,7 +158,9 @@ def evaluate_ovss(dataset: OvssDataset, predict_fn: Optional[OvssPredictor] = No
         confusion=confusion.matrix.copy(), unassigned=confusion.unassigned.copy(),
         warnings=warnings_,
         settings={"background_index": dataset.background_index, "prob_thd": dataset.threshold,
-                  "ignore_index": IGNORE_INDEX, "class_texts": list(dataset.class_texts)})
+                  "ignore_index": IGNORE_INDEX, "class_texts": list(dataset.class_texts),
+                  "protocol": dict(getattr(dataset, "protocol", {}) or {}),
+                  **({"engine": dict(engine)} if engine else {})})
 
 
 def _refer_prediction(folder: Path, sample) -> Path:
@@ -206,4 +212,5 @@ def evaluate_refer(dataset: ReferDataset, predict_fn: Optional[ReferPredictor] =
     return ReferReport(dataset=dataset.name, split=dataset.split,
                        source=f"predictions: {folder}" if folder is not None else "engine",
                        samples=total, metrics=acc.compute(), per_sample=rows,
-                       pixel_confusion=acc.pixel_confusion.copy(), warnings=warnings_)
+                       pixel_confusion=acc.pixel_confusion.copy(), warnings=warnings_,
+                       protocol=dict(getattr(dataset, "protocol", {}) or {}))

@@ -24,6 +24,12 @@ from ..errors import InputError
 
 IGNORE_INDEX = 255  # ground-truth value of a pixel that is not scored (mmseg's)
 PRECISION_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
+# Papers disagree on which name is which, so every referring report states both definitions.
+REFER_METRIC_DEFINITIONS = {
+    "gIoU": "mean over samples of the per-sample IoU = I / U (0 when both masks are empty)",
+    "cIoU": "cumulative intersection / cumulative union: sum of I over the split / sum of U",
+    "Pr@X": "share of samples whose IoU is at least X",
+}
 _CHUNK = 1 << 22  # pixels per bincount pass, so a 6000x6000 tile never needs a 288 MB index array
 
 

@@ -38,7 +38,7 @@ class EngineSettings:
     clip_model: str
     clip_weights: str
     device: str
-    long_side: Optional[int] = None          # OVSS: images resized to this long side first
+    long_side: Optional[int] = None          # OVSS: None the data set's protocol, 0 keep the size
     sam_model: Optional[str] = None          # referring only
     sam_weights: Optional[str] = None
 
@@ -81,18 +81,26 @@ def _read_rgb(image_path: str) -> np.ndarray:
 
 def ovss_predictor(dataset, settings: EngineSettings) -> OvssPredictor:
     """predict(image_path) -> the data set's class indices (the benchmark protocol of
-    core/array_segment.py, prompted with the data set's class texts and threshold)."""
+    core/array_segment.py, with the data set's class texts, threshold and pinned geometry).
+
+    `predict.settings` says what the engine used, for the report beside the pinned protocol."""
     from ..array_segment import segment_array
     from ..models.shared import dense_clip_scorer
 
     scorer = dense_clip_scorer(settings.clip_model, settings.clip_weights, settings.device)
+    protocol = dataset.protocol
+    long_side = protocol["long_side"] if settings.long_side is None else settings.long_side
+    window, stride, blend = protocol["window"], protocol["stride"], protocol["blend"]
 
     def predict(image_path: str) -> np.ndarray:
         class_map = segment_array(_read_rgb(image_path), dataset.prompt, scorer,
-                                  threshold=dataset.threshold,
-                                  long_side=settings.long_side or None)
+                                  threshold=dataset.threshold, long_side=long_side or None,
+                                  window=window, stride=stride, blend=blend)
         return engine_to_dataset_labels(class_map, dataset.background_index, dataset.num_classes)
 
+    predict.settings = {"long_side": long_side, "window": window, "stride": stride, "blend": blend,
+                        "prob_thd": dataset.threshold, "clip_model": settings.clip_model,
+                        "clip_weights": settings.clip_weights}
     return predict
 
 

@@ -7,6 +7,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from .metrics import REFER_METRIC_DEFINITIONS
+
 
 @dataclass
 class OvssReport:
@@ -51,11 +53,13 @@ class ReferReport:
     per_sample: List[Dict]
     pixel_confusion: np.ndarray          # 2 x 2, rows ground truth (background, target)
     warnings: List[str] = field(default_factory=list)
+    protocol: Dict = field(default_factory=dict)
 
     def to_dict(self) -> Dict:
         return {
             "dataset": self.dataset, "split": self.split, "source": self.source,
             "samples": self.samples, "metrics": clean(self.metrics),
+            "metric_definitions": dict(REFER_METRIC_DEFINITIONS), "protocol": clean(self.protocol),
             "pixel_confusion": self.pixel_confusion.tolist(), "warnings": list(self.warnings),
             "per_sample": clean(self.per_sample),
         }
@@ -91,7 +95,26 @@ def format_ovss_table(report: OvssReport) -> str:
     m = report.metrics
     lines.append(f"mIoU {format_number(m['mIoU'], 0)}  mACC {format_number(m['mACC'], 0)}  "
                  f"aAcc {format_number(m['aAcc'], 0)}")
+    lines.extend(protocol_lines(report.settings))
     return "\n".join(lines)
+
+
+def protocol_lines(settings: Dict) -> List[str]:
+    """The protocol in two or three lines under the table (the results JSON holds all of it)."""
+    protocol = settings.get("protocol") or {}
+    if not protocol:
+        return []
+    lines = [f"protocol: long side {protocol.get('long_side') or 'kept'}, windows "
+             f"{protocol.get('window')}/{protocol.get('stride')} ({protocol.get('blend')} blend), "
+             f"prob_thd {protocol.get('prob_thd')}, background index "
+             f"{protocol.get('background_index')}"]
+    engine = settings.get("engine") or {}
+    changed = {k: v for k, v in engine.items() if k in protocol and protocol[k] != v}
+    if changed:
+        lines.append("engine deviated from it: " + ", ".join(f"{k} {v}" for k, v in changed.items()))
+    if protocol.get("source"):
+        lines.append(f"protocol source: {protocol['source']}")
+    return lines
 
 
 def format_refer_table(report: ReferReport) -> str:
@@ -100,4 +123,4 @@ def format_refer_table(report: ReferReport) -> str:
         f"{report.dataset} {report.split}, {report.samples} samples, {report.source}",
         "  ".join(k.rjust(7) for k in keys),
         "  ".join(format_number(report.metrics[k]) for k in keys),
-    ])
+    ] + [f"{name}: {text}" for name, text in REFER_METRIC_DEFINITIONS.items()])

@@ -6,6 +6,11 @@
 ...) or a JSON file with an open_clip model config (embed_dim, vision_cfg, text_cfg). `weights`
 is a checkpoint file, a model-catalog name, an open_clip pretrained tag (DEFAULT_CLIP_WEIGHTS),
 or 'random' (untrained weights, for tests and speed measurements only).
+
+OpenAI's CLIP weights were trained with QuickGELU; built with plain GELU they run, but wrongly.
+Catalog entries say which need it (`quick_gelu`); a checkpoint *file* whose SHA-256 is the one an
+entry publishes gets that entry's settings too, and `<model>-quickgelu` names force it, as in
+open_clip.
 """
 from __future__ import annotations
 
@@ -18,8 +23,8 @@ import torch
 
 from ..errors import InputError, ModelError
 from .checkpoints import load_into, load_state_dict
-from .download import ensure_cached, server_reachable
-from .registry import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, RANDOM_WEIGHTS
+from .download import ensure_cached, server_reachable, sha256_of
+from .registry import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, QUICKGELU_SUFFIX, RANDOM_WEIGHTS
 
 
 class LoadedClip(NamedTuple):
@@ -48,16 +53,23 @@ def load_clip(model_name: str = DEFAULT_CLIP_MODEL, weights: Optional[str] = DEF
     weights = weights or DEFAULT_CLIP_WEIGHTS
     is_file = os.path.isfile(str(weights))
     key, prefixes, quick_gelu = None, ("module.",), False
+    known_file = identify_checkpoint(weights) if is_file else None
+    if known_file is not None:
+        key, prefixes = known_file.key, tuple(known_file.strip_prefixes)
+        quick_gelu = bool(known_file.quick_gelu)
     if str(model_name).endswith(".json"):
         if not (is_file or weights == RANDOM_WEIGHTS):
             raise InputError(f"A CLIP model built from a config file needs a weights file, got '{weights}'")
         path = weights
-        model, tokenizer = _model_from_config_file(model_name)
+        model, tokenizer = _model_from_config_file(model_name, quick_gelu)
     else:
+        quick_gelu = quick_gelu or str(model_name).endswith(QUICKGELU_SUFFIX)
         entry = None if is_file or weights == RANDOM_WEIGHTS else catalog_entry(model_name, weights)
+        if entry is None and known_file is not None:
+            model_name = known_file.architecture  # the file is known: build what it holds
         if entry is not None:
             model_name, key, prefixes = entry.architecture, entry.key, tuple(entry.strip_prefixes)
-            quick_gelu = bool(entry.quick_gelu)
+            quick_gelu = quick_gelu or bool(entry.quick_gelu)
         if model_name not in open_clip.list_models():
             raise InputError(f"Unknown CLIP model '{model_name}'. Known ViT models include: "
                              + ", ".join(m for m in open_clip.list_models() if m.startswith("ViT-")
@@ -69,7 +81,8 @@ def load_clip(model_name: str = DEFAULT_CLIP_MODEL, weights: Optional[str] = DEF
         elif not is_file and weights != RANDOM_WEIGHTS:
             # Fetch (or find in the cache) before building: an offline failure should be quick.
             path = _download_pretrained(model_name, weights)
-            quick_gelu = bool(open_clip.get_pretrained_cfg(model_name, weights).get("quick_gelu"))
+            quick_gelu = quick_gelu or bool(
+                open_clip.get_pretrained_cfg(model_name, weights).get("quick_gelu"))
         model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=quick_gelu)
         tokenizer = open_clip.get_tokenizer(model_name)
     if path != RANDOM_WEIGHTS:
@@ -81,22 +94,48 @@ def load_clip(model_name: str = DEFAULT_CLIP_MODEL, weights: Optional[str] = DEF
 
 def catalog_entry(model_name: str, weights: str):
     """The catalog entry meant by `weights`: its own name, or 'clip-<model>-<tag>' (an open_clip
-    tag the catalog mirrors)."""
+    tag the catalog mirrors); `<model>-quickgelu` means the same weights as `<model>`."""
     from .catalog import list_models
 
     entries = {entry.name.lower(): entry for entry in list_models("clip")}
-    for candidate in (str(weights).lower(), f"clip-{str(model_name).lower()}-{str(weights).lower()}"):
+    architecture = str(model_name).lower()
+    if architecture.endswith(QUICKGELU_SUFFIX):
+        architecture = architecture[:-len(QUICKGELU_SUFFIX)]
+    for candidate in (str(weights).lower(), f"clip-{architecture}-{str(weights).lower()}"):
         if candidate in entries:
             return entries[candidate]
     return None
 
 
-def _model_from_config_file(path: str):
+_FILE_DIGESTS = {}
+
+
+def identify_checkpoint(path: str):
+    """The CLIP catalog entry whose published SHA-256 the file at `path` has, else None.
+
+    Hashing reads the whole file (seconds for ViT-B weights), so digests are remembered per
+    (path, size, modification time), and nothing is read while no entry publishes a hash."""
+    from .catalog import list_models
+
+    known = [entry for entry in list_models("clip") if entry.sha256]
+    if not known:
+        return None
+    stat = os.stat(path)
+    stamp = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+    if stamp not in _FILE_DIGESTS:
+        _FILE_DIGESTS[stamp] = sha256_of(path)
+    digest = _FILE_DIGESTS[stamp]
+    return next((entry for entry in known if entry.sha256.lower() == digest), None)
+
+
+def _model_from_config_file(path: str, quick_gelu: bool = False):
     import open_clip
 
     try:
         with open(path, encoding="utf-8") as handle:
             config = json.load(handle)
+        if quick_gelu:
+            config = dict(config, quick_gelu=True)
         model = open_clip.model.CLIP(**config)
     except (OSError, ValueError, TypeError) as exc:
         raise InputError(f"Cannot build a CLIP model from config '{path}': {exc}") from None
@@ -116,8 +155,14 @@ def _download_pretrained(model_name: str, tag: str) -> str:
     hub = config.get("hf_hub", "")
     source = (f"https://huggingface.co/{hub.rstrip('/')}/resolve/main/open_clip_model.safetensors"
               if hub and hub.endswith("/") else config.get("url") or hub or "?")
-    advice = (f"Download {source} on a connected machine and pass the file with --clip-weights PATH "
-              "(QGIS: the 'CLIP weights' field)")
+    if config.get("quick_gelu") and not model_name.endswith(QUICKGELU_SUFFIX):
+        # A plain file is built with GELU; these weights need QuickGELU, so say how to keep it.
+        advice = (f"Download {source} on a connected machine and pass it with --clip-model "
+                  f"{model_name}{QUICKGELU_SUFFIX} --clip-weights PATH (these weights need "
+                  "QuickGELU)")
+    else:
+        advice = (f"Download {source} on a connected machine and pass the file with "
+                  "--clip-weights PATH (QGIS: the 'CLIP weights' field)")
     try:
         path = _cached_hub_file(hub)
         if path is None:

@@ -648,6 +648,14 @@ def server_reachable(url: str, timeout: float = 5.0) -> bool:
         return False
 
 
+def _file_advice(entry: ModelEntry, option: str, field: str) -> str:
+    """CLIP files go through `models import`, which keeps the entry's settings (QuickGELU for
+    OpenAI weights); other checkpoints may also be passed as a file."""
+    if entry.family == "clip":
+        return " (it keeps the model's settings, such as QuickGELU)"
+    return f", or pass the file with {option} PATH (QGIS: the '{field}' field)"
+
+
 def ensure_cached(entry: ModelEntry, what: str, option: str, field: str,
                   cache_dir: Optional[str] = None, progress: Optional[ProgressFn] = None,
                   mirror: Optional[str] = None) -> str:
@@ -668,6 +676,5 @@ def ensure_cached(entry: ModelEntry, what: str, option: str, field: str,
             f"The {what} '{entry.name}' ({entry.size_text()}) are not in the model cache and "
             f"{_host(url)} cannot be reached (no network?). On a connected machine run "
             f"`python -m drseg models download {entry.name}`, or download {url} and run "
-            f"`python -m drseg models import {entry.name} FILE`, or pass the file with "
-            f"{option} PATH (QGIS: the '{field}' field)")
+            f"`python -m drseg models import {entry.name} FILE`" + _file_advice(entry, option, field))
     return download(entry, cache_dir, mirror=mirror, progress=progress)

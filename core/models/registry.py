@@ -26,6 +26,8 @@ RANDOM_WEIGHTS = "random"
 DEFAULT_CLIP_MODEL = "ViT-B-16"
 DEFAULT_CLIP_WEIGHTS = "openai"   # an open_clip pretrained tag; the catalog mirrors it
 CLIP_MODEL_CHOICES = (DEFAULT_CLIP_MODEL, "ViT-B-32", "ViT-L-14")
+# open_clip's suffix for an architecture built with QuickGELU (what OpenAI's weights need).
+QUICKGELU_SUFFIX = "-quickgelu"
 
 
 # ----------------------------------------------------------------------------- DINO

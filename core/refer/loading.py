@@ -40,8 +40,8 @@ def load_models(request: ReferringRequest, sam=None, clip=None, monitor: Optiona
                                     + (f" of {total / 2 ** 20:.0f} MB" if total else " MB"))
         return report
 
-    cache_dir = None
-    if sam is None or clip is None:
+    cache_dir = request.cache_dir
+    if cache_dir is None and (sam is None or clip is None):
         from ..models.download import resolve_cache_dir
 
         cache_dir = resolve_cache_dir()  # once for both models

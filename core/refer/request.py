@@ -37,6 +37,7 @@ class ReferringRequest:
     simplify: float = 0.0                      # polygon simplification, pixels
     layer_name: str = DEFAULT_LAYER
     settings: Optional[ReferringSettings] = None
+    cache_dir: Optional[str] = None            # model cache; None: resolved from the settings
 
 
 @dataclass

@@ -12,6 +12,7 @@ from typing import Callable, Hashable, Optional
 import rasterio
 from rasterio.windows import Window
 
+from ..disk_cache import embedding_cache, raster_identity
 from ..errors import InputError
 from ..raster_io import RasterReader
 from .loading import load_models
@@ -77,17 +78,28 @@ def session_key(request: ReferringRequest, reader: RasterReader, window: Window,
             id(localizer), settings)
 
 
+def area_identity(request: ReferringRequest, reader: RasterReader, window: Window) -> dict:
+    """The area as the disk cache knows it across processes: the raster file's identity (path,
+    size, modification time), bands, the window on the working grid (transform, size), CRS."""
+    transform = rasterio.windows.transform(window, reader.grid.transform)
+    return {"raster": raster_identity(request.raster), "bands": list(reader.bands),
+            "transform": [round(v, 9) for v in transform[:6]],
+            "size": [int(window.width), int(window.height)], "crs": reader.grid.crs.to_wkt()}
+
+
 def area_session(request: ReferringRequest, reader: RasterReader, window: Window, sam, localizer,
                  settings: ReferringSettings) -> Optional[ReferringSession]:
     """The cached session of one window, built (window read) when missing; None when the window
-    is all nodata."""
+    is all nodata. Its encoders' outputs are also looked up in and stored to the disk cache."""
     def build():
         image, valid = reader.read(window)
         if not valid.any():
             return None
         return ReferringSession(image.transpose(1, 2, 0), sam, localizer, valid=valid,
                                 transform=rasterio.windows.transform(window, reader.grid.transform),
-                                crs=reader.grid.crs, settings=settings)
+                                crs=reader.grid.crs, settings=settings,
+                                area_key=area_identity(request, reader, window),
+                                disk_cache=embedding_cache(models_folder=request.cache_dir))
 
     return SESSIONS.get(session_key(request, reader, window, sam, localizer, settings), build)
 

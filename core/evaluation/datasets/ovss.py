@@ -11,6 +11,8 @@ from typing import Dict, Iterator, List, Optional, Sequence, Union
 import numpy as np
 
 from ...errors import InputError
+from ...protocol import (BLENDS, PROTOCOL_BLEND, PROTOCOL_LONG_SIDE, PROTOCOL_STEPS, PROTOCOL_STRIDE,
+                         PROTOCOL_WINDOW)
 from .files import read_array
 from .labels import IGNORE_INDEX, LabelDecoder
 from .specs import MAX_LISTED, as_list, fill
@@ -50,6 +52,7 @@ class OvssDataset:
         self.ignore_index: int = IGNORE_INDEX
         self.threshold: float = float(spec["prob_thd"])
         self.json_path: str = spec.get("_path", "")
+        self.protocol: Dict = ovss_protocol(spec)
         self.decoder = decoder
         self.samples = samples
         self.warnings = list(warnings_ or [])
@@ -81,6 +84,40 @@ class OvssDataset:
                 f"{len(self)} samples)")
 
 
+def ovss_protocol(spec: dict) -> Dict:
+    """The evaluation protocol pinned for an OVSS data set: its JSON's class texts (synonyms after
+    commas), background handling, threshold and "protocol" geometry, plus the fixed steps."""
+    pinned = spec.get("protocol") or {}
+    return {
+        "source": pinned.get("source", ""),
+        "class_texts": list(spec["classes"]),
+        "background_index": spec["background_index"],
+        "background": pinned.get("background", ""),
+        "prob_thd": float(spec["prob_thd"]),
+        "long_side": pinned.get("long_side", PROTOCOL_LONG_SIDE),
+        "window": pinned.get("window", PROTOCOL_WINDOW),
+        "stride": pinned.get("stride", PROTOCOL_STRIDE),
+        "blend": pinned.get("blend", PROTOCOL_BLEND),
+        "steps": list(PROTOCOL_STEPS),
+    }
+
+
+def _check_protocol(where: str, pinned) -> None:
+    if pinned is None:
+        return
+    if not isinstance(pinned, dict):
+        raise InputError(f"{where}: \"protocol\" must be an object")
+    for key in ("long_side", "window", "stride"):
+        value, least = pinned.get(key, 1), 0 if key == "long_side" else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise InputError(f"{where}: protocol \"{key}\" must be a whole number of pixels, "
+                             f"got {value!r}")
+    if pinned.get("stride", 1) > pinned.get("window", PROTOCOL_WINDOW):
+        raise InputError(f"{where}: protocol \"stride\" must not exceed its \"window\"")
+    if pinned.get("blend", PROTOCOL_BLEND) not in BLENDS:
+        raise InputError(f"{where}: protocol \"blend\" must be one of {', '.join(BLENDS)}")
+
+
 def _check_ovss_spec(spec: dict) -> None:
     where = spec.get("_path", spec.get("name"))
     classes = spec.get("classes")
@@ -99,6 +136,7 @@ def _check_ovss_spec(spec: dict) -> None:
     thd = spec.get("prob_thd")
     if isinstance(thd, bool) or not isinstance(thd, (int, float)) or not 0 <= thd <= 1:
         raise InputError(f"{where}: \"prob_thd\" must be a number in [0, 1], got {thd!r}")
+    _check_protocol(where, spec.get("protocol"))
     layouts = spec.get("layouts")
     if not isinstance(layouts, list) or not layouts:
         raise InputError(f"{where}: \"layouts\" must be a non-empty list")

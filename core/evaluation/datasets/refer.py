@@ -6,11 +6,12 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
 from ...errors import InputError
+from ..metrics import REFER_METRIC_DEFINITIONS
 from .coco import segmentation_to_mask
 from .files import binary_mask, read_array
 from .safe_pickle import safe_load_pickle
@@ -48,6 +49,8 @@ class ReferDataset:
         self.samples = samples
         self.threshold = None
         self.json_path = spec.get("_path", "")
+        self.protocol: Dict = {"source": (spec.get("protocol") or {}).get("source", ""),
+                               "metrics": dict(REFER_METRIC_DEFINITIONS)}
         self.warnings = list(warnings_ or [])
 
     def __len__(self) -> int:

@@ -1,0 +1,29 @@
+"""The training-free benchmark protocol's fixed settings (DESIGN.md section 8), torch-free.
+
+The engine's defaults for rasters differ on purpose (smooth blend, no resize); `evaluate` uses
+these, per data set from core/data/datasets/*.json ("protocol"), and writes them into its report.
+"""
+from __future__ import annotations
+
+BLENDS = ("smooth", "mean")       # sin² weights / count map
+BLEND_LABELS = {"smooth": "Smooth (sin² weights, no seams)",
+                "mean": "Mean (count map, as the benchmark protocol)"}
+DEFAULT_BLEND = "smooth"          # the product's: no visible window seams
+PROTOCOL_BLEND = "mean"           # the benchmark's: plain average of overlapping windows
+PROTOCOL_LONG_SIDE = 448
+PROTOCOL_WINDOW = 224
+PROTOCOL_STRIDE = 112
+
+# What every OVSS evaluation states beside the per-data-set values.
+PROTOCOL_STEPS = (
+    "input: long side resized with mmcv imrescale (OpenCV INTER_LINEAR on uint8, new size "
+    "int(x * scale + 0.5)), then CLIP mean/std normalisation",
+    "windows: window/stride px, the last one shifted back inside; a crop smaller than a window is "
+    "padded after normalisation with zeros, centred, to a multiple of the patch, the positional "
+    "embedding interpolated bicubically with scale_factor (g + 0.1) / side, the pad cut off again",
+    "stitching: each window's patch logits resized bilinearly to the window and averaged with a "
+    "count map",
+    "output: logits resized bilinearly to the original size, then x logit scale (50), softmax over "
+    "all queries, a class takes its most likely synonym, argmax; pixels whose top probability is "
+    "below prob_thd become the background class",
+)
