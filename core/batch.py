@@ -36,7 +36,8 @@ SUMMARY_NAME = "summary"   # summary.csv and summary.json
 SUMMARY_FIELDS = ("input", "status", "seconds", "polygons", "error", "vector", "raster")
 DONE, SKIPPED, FAILED, CANCELLED = "done", "skipped", "failed", "cancelled"
 # Request fields that name files or say where to run: they do not change a result.
-_NOT_PARAMETERS = ("raster", "out_vector", "out_raster", "layer_name", "dask", "task_blocks")
+_NOT_PARAMETERS = ("raster", "out_vector", "out_raster", "out_probabilities", "layer_name", "dask",
+                   "task_blocks", "cache_dir")
 
 
 @dataclass(frozen=True)
