@@ -113,7 +113,10 @@ def request_from_args(args, raster, settings, out_vector=None, out_raster=None,
 
 
 def say_cluster(settings) -> None:
-    if settings["dask"]:
+    """Check the cluster's address, then say where the run goes."""
+    from ..core.cluster.spec import parse_dask_spec
+
+    if parse_dask_spec(settings["dask"]) is not None:
         print(f"Dask cluster: {settings['dask']} ({settings.sources['dask']})")
 
 
