@@ -5,7 +5,8 @@
 
 Prints, per worker count: the wall time of a cold run (starting a local cluster, loading the
 model on every worker, the run) and of a second run on the same, warm workers, each against the
-same run in one process, and whether the class raster is identical. Then the scheduler overhead
+same run in one process made just before, the windows scored (with the halo) against the
+one-process count, and whether the class raster is identical. Then the scheduler overhead
 per task: a scorer that does nothing, small tasks, one warm worker; (Dask time − one-process
 time) / tasks.
 
@@ -121,13 +122,13 @@ def main() -> None:
                                    out_raster=os.path.join(folder, name + ".tif"), dask=dask, **kw)
 
     timed(request("warmup"))  # the model loaded and cached in this process
-    alone, result = timed(request("alone"))
-    reference = classes_of(result.raster_path)
-    print(f"one process: {alone:.1f} s ({result.timings.windows} windows, "
-          f"{torch_threads()} torch threads)")
-    print(f"{'workers':>7} {'windows':>7} {'cold s':>7} {'speed-up':>8} "
+    print(f"one process: {torch_threads()} torch threads; each row's speed-up is against a "
+          "one-process run made just before it (the load of a shared machine drifts)")
+    print(f"{'workers':>7} {'alone s':>7} {'windows':>7} {'cold s':>7} {'speed-up':>8} "
           f"{'warm s':>7} {'speed-up':>8}  identical")
     for count in counts:
+        alone, result = timed(request(f"alone{count}"))
+        reference = classes_of(result.raster_path)
         started = time.perf_counter()
         with dask_client(DaskSpec(local_workers=count)) as client:
             address = client.scheduler.address
@@ -136,8 +137,9 @@ def main() -> None:
             warm, warm_result = timed(request(f"warm{count}", dask=address))
         same = (np.array_equal(classes_of(cold_result.raster_path), reference)
                 and np.array_equal(classes_of(warm_result.raster_path), reference))
-        print(f"{count:>7} {warm_result.timings.windows:>7} {cold:>7.1f} "
-              f"{alone / cold:>7.2f}× {warm:>7.1f} {alone / warm:>7.2f}×  {'yes' if same else 'NO'}")
+        print(f"{count:>7} {alone:>7.1f} {warm_result.timings.windows:>4}/{result.timings.windows:<3}"
+              f"{cold:>7.1f} {alone / cold:>7.2f}× {warm:>7.1f} {alone / warm:>7.2f}×  "
+              f"{'yes' if same else 'NO'}")
 
     # Scheduler overhead: no model, 64 px blocks, one block per task, one warm worker.
     noop = dict(scorer_factory=NoopFactory())
