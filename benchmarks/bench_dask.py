@@ -137,7 +137,8 @@ def main() -> None:
             warm, warm_result = timed(request(f"warm{count}", dask=address))
         same = (np.array_equal(classes_of(cold_result.raster_path), reference)
                 and np.array_equal(classes_of(warm_result.raster_path), reference))
-        print(f"{count:>7} {alone:>7.1f} {warm_result.timings.windows:>4}/{result.timings.windows:<3}"
+        windows = f"{warm_result.timings.windows}/{result.timings.windows}"
+        print(f"{count:>7} {alone:>7.1f} {windows:>7} "
               f"{cold:>7.1f} {alone / cold:>7.2f}× {warm:>7.1f} {alone / warm:>7.2f}×  "
               f"{'yes' if same else 'NO'}")
 

@@ -1,8 +1,8 @@
 """Many rasters at once: one output pair per input (NAME.gpkg, NAME_classes.tif) in one folder,
 and a summary table (summary.csv, summary.json: input, status, seconds, polygons, error).
 
-    rows = run_batch(SegmentationRequest(raster="", classes="building; water"), ["tiles/", "@more.txt"],
-                     "out/", progress=..., cancelled=...)
+    rows = run_batch(SegmentationRequest(raster="", classes="building; water"),
+                     ["tiles/", "@more.txt"], "out/", progress=..., cancelled=...)
 
 Inputs are files, folders (their rasters), glob patterns or @list files (one input per line).
 An input whose outputs are complete is skipped, so a batch can be run again after a stop: both
@@ -244,7 +244,8 @@ def _run_on_cluster(cluster, todo, requests, items, parameters, scorer_factory, 
                                        "error": f"{type(exc).__name__}: {exc}",
                                        "vector": items[index].vector, "raster": items[index].raster}
                     done += 1
-                    monitor.report(done / len(todo), f"{items[index].name}: {rows[index]['status']}")
+                    monitor.report(done / len(todo),
+                                   f"{items[index].name}: {rows[index]['status']}")
                 monitor.check()
         except BaseException:
             client.cancel(list(futures))
@@ -273,7 +274,7 @@ def write_summary(out_dir: str, rows: List[Dict]) -> List[str]:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in SUMMARY_FIELDS})
-    paths = [os.path.join(out_dir, SUMMARY_NAME + ".csv"), os.path.join(out_dir, SUMMARY_NAME + ".json")]
+    paths = [os.path.join(out_dir, SUMMARY_NAME + suffix) for suffix in (".csv", ".json")]
     write_text(paths[0], table.getvalue())
     write_text(paths[1], json.dumps([{k: row.get(k) for k in SUMMARY_FIELDS} for row in rows],
                                     indent=2) + "\n")

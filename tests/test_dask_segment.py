@@ -99,7 +99,8 @@ class Cluster:
         self.wait_for(2)
 
     def _start(self, module, *args):
-        log = open(os.path.join(self.folder, module.rsplit(".", 1)[-1] + f"-{len(self.processes)}.log"), "w")
+        name = f"{module.rsplit('.', 1)[-1]}-{len(self.processes)}.log"
+        log = open(os.path.join(self.folder, name), "w")
         process = subprocess.Popen([sys.executable, "-m", module, *args], env=worker_env(),
                                    stdout=log, stderr=subprocess.STDOUT)
         self.processes.append(process)

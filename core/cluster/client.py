@@ -19,8 +19,8 @@ def import_distributed():
     try:
         import distributed
     except ImportError:
-        raise InputError("Running on a Dask cluster needs the Python packages dask and distributed: "
-                         "pip install 'dask>=2026.1' 'distributed>=2026.1'") from None
+        raise InputError("Running on a Dask cluster needs the Python packages dask and "
+                         "distributed: pip install 'dask>=2026.1' 'distributed>=2026.1'") from None
     return distributed
 
 
