@@ -47,6 +47,7 @@ def _local_cluster(distributed, workers: int):
     # Each worker process gets its share of the cores for torch (Dask's default is 1 thread);
     # one Dask thread per worker, so a worker runs one task at a time with its models.
     threads = str(max(1, (os.cpu_count() or 1) // workers))
+    _spawn_with_python()
     saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
     import dask
 
@@ -66,3 +67,16 @@ def _local_cluster(distributed, workers: int):
                 os.environ[name] = value
     with cluster:
         yield cluster
+
+
+def _spawn_with_python() -> None:
+    """Worker processes start from a Python interpreter: inside QGIS `sys.executable` can be the
+    QGIS program itself, which multiprocessing would otherwise launch."""
+    import multiprocessing
+    import sys
+
+    from ..dependencies import find_qgis_python
+
+    python = find_qgis_python()
+    if python and os.path.realpath(python) != os.path.realpath(sys.executable):
+        multiprocessing.set_executable(python)
