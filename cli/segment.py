@@ -77,6 +77,8 @@ def add_request_arguments(p) -> None:
                         "(every window pixel counts once, as the benchmark protocol does)")
     p.add_argument("--cache-dir", help="model cache folder (default: DRSEG_CACHE_DIR, else the "
                                         "saved settings, else the platform's cache folder)")
+    p.add_argument("--adapter", help="adapter file made by `python -m drseg adapt` (.safetensors); "
+                                      "needs the CLIP model and weights it was made for")
 
 
 def add_dask_arguments(p, tasks: bool) -> None:
@@ -109,7 +111,8 @@ def request_from_args(args, raster, settings, out_vector=None, out_raster=None,
         dino_model=settings["dino_model"], dino_weights=settings.chosen("dino_weights"),
         semantic_ratio=args.semantic_ratio, graph_k=args.graph_k,
         decouple=not args.no_decouple, rectify=not args.no_rectify, fusion=not args.no_fusion,
-        dask=settings["dask"] or None, task_blocks=getattr(args, "task_blocks", None) or 0)
+        adapter=args.adapter, dask=settings["dask"] or None,
+        task_blocks=getattr(args, "task_blocks", None) or 0)
 
 
 def say_cluster(settings) -> None:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from .device import autocast_context
 from .disk_cache import USE_DEFAULT, model_fingerprint, resolve_cache
 from .errors import ModelError
+from .interrupt import install_cancel_points
 from .sliding import centred_pad
 
 CLIP_MEAN = (122.771, 116.746, 104.094)  # on the 0..255 scale
@@ -139,6 +140,7 @@ class DenseClip:
         if attention not in ATTENTION_VARIANTS:
             raise ValueError(f"attention must be one of {sorted(ATTENTION_VARIANTS)}")
         self.model = model.to(device).eval()
+        install_cancel_points(self.model)  # a cancelled run stops between transformer blocks
         self.tokenizer = tokenizer
         self.device = device
         self.attention = attention
@@ -206,6 +208,13 @@ class DenseClip:
 
         vanilla=True runs the unmodified last block (for checking against open_clip itself).
         """
+        return self.forward_features(pixels, vanilla)
+
+    def forward_features(self, pixels: torch.Tensor, vanilla: bool = False,
+                         hidden: Optional[List[torch.Tensor]] = None
+                         ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """`dense_features` with gradients (for adaptation, core/adapt). ``hidden``, when given,
+        receives the tokens (B,L,W) after each block but the last."""
         visual = self.model.visual
         self.forward_calls += 1
         x = visual.conv1(pixels.to(visual.conv1.weight.dtype))
@@ -221,6 +230,8 @@ class DenseClip:
             x = x.transpose(0, 1)
         for block in blocks[:-1]:
             x = block(x)
+            if hidden is not None:
+                hidden.append(x if batch_first else x.transpose(0, 1))
         if vanilla:
             x = blocks[-1](x)
         if not batch_first:

@@ -310,17 +310,22 @@ class ResolvedSettings:
 def resolve_all(explicit: Mapping[str, object], settings: Optional["Settings"] = None,
                 environ: Optional[Mapping[str, str]] = None) -> ResolvedSettings:
     """`resolve()` for every setting named in `explicit` ({name: value told, or None}), reading
-    the settings file at most once. Saved weights follow their model: when the model was told and
-    differs from the saved one, the saved weights do not apply and the weights are the model's
-    default (None for DINO and SAM: the catalog checkpoint of that model)."""
+    the settings file at most once. Weights not told follow their model: saved weights apply only
+    to the saved model and default weights only to the default model; for another model the
+    weights are that model's default (None for DINO and SAM: the catalog checkpoint of that
+    model)."""
     if settings is None:
         settings = load_settings_or_defaults()[0]
     values, sources = {}, {}
     for name, told in explicit.items():
         values[name], sources[name] = resolve(name, told, settings, environ)
     for weights, model in _WEIGHTS_OF.items():
-        if (weights in values and sources[weights] == SOURCE_SAVED and model in values
-                and values[model] != getattr(settings, model)):
+        if weights not in values or model not in values or sources[weights] == SOURCE_PARAMETER:
+            continue
+        # Saved weights were chosen for the saved model, default weights for the default model.
+        paired = (getattr(settings, model) if sources[weights] == SOURCE_SAVED
+                  else Settings.__dataclass_fields__[model].default)
+        if values[model] != paired:
             values[weights] = DEFAULT_CLIP_WEIGHTS if weights == "clip_weights" else None
             sources[weights] = f"{SOURCE_DEFAULT} for {values[model]}"
     return ResolvedSettings(values, sources)

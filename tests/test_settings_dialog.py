@@ -203,13 +203,23 @@ def test_bad_mirror_is_refused_before_downloading(make_dialog, tmp_path):
     assert "must start with http://" in dialog.transfer_label.text()
 
 
-def test_import_of_a_file_on_disk(make_dialog, tmp_path):
+def test_import_of_a_file_on_disk(make_dialog, tmp_path, monkeypatch):
+    from conftest import TINY_DINO_DIMS
+    from drseg.core.models import weights_fit
+    from drseg.core.drseg.dino import build_timm_vit
+
+    def tiny_meta(entry):  # the real DINO ViT-B/8 is 340 MB: the same definition, tiny widths
+        with torch.device("meta"):
+            return build_timm_vit(weights_fit.dino_name(entry.architecture), **TINY_DINO_DIMS)
+
+    monkeypatch.setattr(weights_fit, "build_meta_model", tiny_meta)
     cache = tmp_path / "cache"
     dialog = make_dialog(settings=Settings(cache_dir=str(cache)))
     finished = []
     dialog.transferFinished.connect(finished.append)
     dialog.select_model("dino-vit-b8")
-    source = torch_checkpoint(tmp_path / "my_dino.pth")
+    source = tmp_path / "my_dino.pth"
+    torch.save(build_timm_vit("dino_vitb8", **TINY_DINO_DIMS).state_dict(), str(source))
     assert dialog.import_selected(str(source)) is not None
     assert wait_for(lambda: finished, 30)
     assert finished[0].error is None, finished[0].error
@@ -287,3 +297,25 @@ def test_embedding_cache_settings_and_the_clear_button(make_dialog, tmp_path, mo
     save_button(dialog).click()
     saved = load_settings(path)
     assert saved.embedding_cache and saved.embedding_cache_mb == 1024
+
+
+def test_the_dialog_fits_a_1366x768_screen_with_save_visible(make_dialog):
+    """Its form scrolls; the buttons stay below it, inside a window the height a 1366×768 screen
+    leaves (about 700 px)."""
+    from qgis.PyQt.QtWidgets import QScrollArea
+
+    dialog = make_dialog()
+    assert dialog.minimumSizeHint().height() <= 700
+    dialog.resize(720, 700)
+    dialog.show()
+    from qgis.core import QgsApplication
+
+    QgsApplication.processEvents()
+    save = save_button(dialog)
+    assert save.isVisible()
+    bottom = save.mapTo(dialog, save.rect().bottomLeft()).y()
+    assert 0 < bottom <= dialog.height()
+    (scroll,) = [s for s in dialog.findChildren(QScrollArea) if s.widget() is not None
+                 and s.widget().isAncestorOf(dialog.window_spin)]
+    assert not scroll.isAncestorOf(save)
+    dialog.close()

@@ -14,10 +14,11 @@ from typing import Callable, List, Optional
 
 from qgis.gui import QgsFileWidget
 from qgis.PyQt.QtCore import Qt, pyqtSignal
-from qgis.PyQt.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QDialog, QDialogButtonBox,
-                                 QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
-                                 QLineEdit, QProgressBar, QPushButton, QSpinBox, QTreeWidget,
-                                 QTreeWidgetItem, QVBoxLayout, QWidget)
+from qgis.PyQt.QtWidgets import (QAbstractItemView, QApplication, QCheckBox, QComboBox, QDialog,
+                                 QDialogButtonBox, QFileDialog, QFormLayout, QFrame, QGroupBox,
+                                 QHBoxLayout, QLabel, QLineEdit, QProgressBar, QPushButton,
+                                 QScrollArea, QSpinBox, QTreeWidget, QTreeWidgetItem, QVBoxLayout,
+                                 QWidget)
 
 from ..core import disk_cache
 from ..core import settings as core_settings
@@ -51,6 +52,11 @@ def describe_device(name: str) -> str:
         return str(exc)
 
 
+PREFERRED_WIDTH, PREFERRED_HEIGHT = 720, 860
+MIN_HEIGHT = 320          # the dialog may be this short: the form scrolls
+SCREEN_MARGIN = 80        # room for the title bar and the desktop's panels
+
+
 class SettingsDialog(QDialog):
     """path: the settings file (default: core.settings.config_path()). settings: start from these
     instead of the file. device_describer(name) -> text (default: describe_device)."""
@@ -79,7 +85,9 @@ class SettingsDialog(QDialog):
 
     # -- layout -------------------------------------------------------------------------------
     def _build(self) -> None:
-        layout = QVBoxLayout(self)
+        outer = QVBoxLayout(self)
+        content = QWidget(self)
+        layout = QVBoxLayout(content)
         overrides = Settings().overridden_by_environment()
 
         models = QGroupBox("Models", self)
@@ -196,8 +204,19 @@ class SettingsDialog(QDialog):
         self.button_box.rejected.connect(self.reject)
         self.button_box.button(QDialogButtonBox.StandardButton.RestoreDefaults).clicked.connect(
             self.restore_defaults)
-        layout.addWidget(self.button_box)
-        self.resize(720, 860)
+        # The form scrolls and the buttons stay below it, so Save is reachable on small screens
+        # (1366×768 leaves about 700 px for a dialog).
+        scroll = QScrollArea(self)
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setWidget(content)
+        outer.addWidget(scroll, 1)
+        outer.addWidget(self.button_box)
+        screen = QApplication.primaryScreen()
+        height = PREFERRED_HEIGHT
+        if screen is not None:
+            height = min(height, screen.availableGeometry().height() - SCREEN_MARGIN)
+        self.resize(PREFERRED_WIDTH, max(height, MIN_HEIGHT))
 
     def _build_models_section(self) -> QWidget:
         box = QGroupBox("Download models…", self)

@@ -126,6 +126,9 @@ def make_predictor(sam):
     if isinstance(sam, torch.nn.Module):
         from segment_anything import SamPredictor
 
+        from ..interrupt import install_cancel_points
+
+        install_cancel_points(sam)  # a cancelled run stops between the image encoder's blocks
         return SamPredictor(sam)
     if hasattr(sam, "set_image") and hasattr(sam, "predict"):
         return sam
