@@ -16,6 +16,7 @@ from .device import autocast_context
 from .disk_cache import USE_DEFAULT, model_fingerprint, resolve_cache
 from .errors import ModelError
 from .interrupt import install_cancel_points
+from .protocol import DEFAULT_BATCH_SIZE, DEFAULT_WINDOW
 from .sliding import centred_pad
 
 CLIP_MEAN = (122.771, 116.746, 104.094)  # on the 0..255 scale
@@ -126,7 +127,7 @@ class DenseClip:
 
     def __init__(self, model, tokenizer, device: torch.device, attention: str = "segearth",
                  bias_lambda: float = -0.3, templates: Optional[Sequence] = None,
-                 window_size: int = 224, batch_size: int = 8):
+                 window_size: int = DEFAULT_WINDOW, batch_size: int = DEFAULT_BATCH_SIZE):
         visual = getattr(model, "visual", None)
         blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
         if visual is None or blocks is None or not hasattr(visual, "conv1"):

@@ -27,7 +27,7 @@ from .outputs import (ClassRasterWriter, FloatRasterWriter, WorkDir, check_desti
                       publish_all, verify_raster)
 from .progress import RunMonitor
 from .raster_io import RasterReader
-from .protocol import BLENDS, DEFAULT_BLEND
+from .protocol import BLENDS, DEFAULT_BATCH_SIZE, DEFAULT_BLEND, DEFAULT_STRIDE, DEFAULT_WINDOW
 from .sliding import SlidingWindowSegmenter, Timings
 from .style import categorized_qml
 from .vectorize import vectorize
@@ -61,11 +61,11 @@ class SegmentationRequest:
     rectify: bool = True
     fusion: bool = True
     device: str = DEFAULT_DEVICE
-    window: int = 224
-    stride: int = 112
+    window: int = DEFAULT_WINDOW
+    stride: int = DEFAULT_STRIDE
     blend: str = DEFAULT_BLEND             # 'smooth' (sin² weights) or 'mean' (the protocol's count map)
     block: int = 512
-    batch_size: int = 8
+    batch_size: int = DEFAULT_BATCH_SIZE
     simplify: float = 0.0                  # polygon simplification tolerance, in pixels
     min_area: float = 0.0                  # smallest polygon kept, m²
     layer_name: str = "segmentation"

@@ -27,8 +27,8 @@ from ..core.protocol import BLEND_LABELS, BLENDS, DEFAULT_BLEND
 from ..qgis_bridge.engine import (DEFAULT_GRAPH_K, DEFAULT_SEMANTIC_RATIO, DEFAULT_THRESHOLD,
                                   import_model_libraries, load_engine, method_label)
 from ..qgis_bridge.styling import style_class_raster, style_polygon_layer
-from .base import (DrSegAlgorithm, engine_errors, number_type, source_type, wants_output,
-                   work_folder)
+from .base import (DrSegAlgorithm, destination_files, engine_errors, number_type, source_type,
+                   wants_output, work_folder)
 
 # METHOD's options (values of SegmentationRequest.method) and how the dialog names them.
 METHOD_CHOICES = ("auto", "drseg", "clip")
@@ -209,6 +209,7 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
 
     def _build_request(self, parameters, context):
         from ..core.classes import parse_classes
+        from ..core.outputs import check_outputs
         from ..qgis_bridge.sources import layer_crs_check, raster_source
 
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
@@ -225,6 +226,9 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
 
         # Outputs are resolved in processAlgorithm(): only what is registered on its context
         # reaches the layers QGIS loads after a threaded (toolbox dialog) run.
+        # Every file destination is checked now, not after the compute.
+        check_outputs(destination_files(self, parameters, (
+            self.OUTPUT, self.OUTPUT_RASTER, self.OUTPUT_PROBABILITIES)), [source])
         self._wants_raster = wants_output(self, parameters, self.OUTPUT_RASTER)
         self._wants_probabilities = wants_output(self, parameters, self.OUTPUT_PROBABILITIES)
         self._crs = layer.crs()
