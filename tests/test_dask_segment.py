@@ -20,8 +20,9 @@ import rasterio
 import shapely
 from osgeo import ogr
 
-from conftest import (TINY_CLIP_CONFIG, ColourOracleScorer, scene_image, scene_labels,
-                      write_raster)
+from support.oracles import ColourOracleScorer
+from support.rasters import scene_image, scene_labels, write_raster
+from support.tiny_models import TINY_CLIP_CONFIG
 from drseg.core.batch import (DONE, FAILED, SKIPPED, expand_inputs, plan, request_parameters,
                               run_batch)
 from drseg.core.cluster.spec import DaskSpec, parse_dask_spec
