@@ -202,7 +202,7 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
                                                                   context)],
             "dino_weights": self.text_of(parameters, self.DINO_WEIGHTS, context),
             "window": None, "stride": None, "block": None, "batch_size": None,
-            "cache_dir": None}, feedback)
+            "cache_dir": None, "dask": self.text_of(parameters, self.DASK, context)}, feedback)
         with engine_errors():
             self._request = self._build_request(parameters, context)
         return True
@@ -235,10 +235,8 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
 
         method, dino_model, dino_weights, self._note = self._method(parameters, context)
         from ..core.cluster.spec import parse_dask_spec
-        from ..core.settings import resolve
 
-        dask = resolve("dask", self.parameterAsString(parameters, self.DASK, context),
-                       self._settings)[0] or None
+        dask = self._settings["dask"] or None
         parse_dask_spec(dask)  # a wrong address fails here, before the run
         request = segment.SegmentationRequest(
             raster=source, classes=text, out_vector="polygons.gpkg", out_raster=None, bands=bands,
