@@ -13,7 +13,7 @@ from typing import List, Optional
 
 from ..core.errors import DrSegError, RunCancelled
 from ..core.evaluation.predictors import PredictorFactory, engine_predictor
-from . import adapt, cache, evaluate, models, refer, segment
+from . import adapt, cache, evaluate, models, refer, segment, segment_batch
 from .exit_codes import EXIT_BAD_INPUT, EXIT_CANCELLED
 
 
@@ -25,6 +25,7 @@ def build_parser(predictor_factory: Optional[PredictorFactory] = engine_predicto
                                      description="DR-Seg: segment remote sensing rasters from text")
     subparsers = parser.add_subparsers(dest="command", required=True)
     segment.add_parser(subparsers)
+    segment_batch.add_parser(subparsers)
     models.add_parser(subparsers)
     refer.add_parser(subparsers)
     evaluate.add_parser(subparsers, predictor_factory)

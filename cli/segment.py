@@ -3,15 +3,32 @@ segmentation of a raster into polygons and/or a class raster."""
 from __future__ import annotations
 
 from ..core.errors import DrSegError
-from .arguments import SETTINGS_HELP, extent_argument, resolve_settings
+from .arguments import SETTINGS_HELP, extent_argument, positive_int, resolve_settings
+from .progress import ProgressBar
 
 # Options that fall back on the saved settings when not given.
 SETTINGS = ("clip_model", "clip_weights", "device", "dino_model", "dino_weights", "window",
-            "stride", "block", "batch_size", "cache_dir")
-from .progress import ProgressBar
+            "stride", "block", "batch_size", "cache_dir", "dask")
 
 
 def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("segment", help="open-vocabulary segmentation of a raster into classes",
+                              description="Segment RASTER into the classes typed with --classes and "
+                                          "write polygons (GeoPackage) and/or a class raster.")
+    p.add_argument("raster", help="input raster (GeoTIFF or any GDAL format)")
+    p.add_argument("--out", help="output GeoPackage of polygons (.gpkg)")
+    p.add_argument("--raster-out", help="output class-index GeoTIFF (.tif)")
+    p.add_argument("--probabilities-out", metavar="FILE.tif",
+                   help="output per-class probabilities before the threshold (float32 GeoTIFF, "
+                        "one band per class, named after it)")
+    add_request_arguments(p)
+    add_dask_arguments(p, tasks=True)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run_segment_command)
+
+
+def add_request_arguments(p) -> None:
+    """The classes, models and options of a segmentation (segment and segment-batch)."""
     from ..core.models.registry import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DEVICE,
                                         DEFAULT_DINO_MODEL, DEFAULT_SAM3_MODEL, DEVICE_CHOICES,
                                         DINO_MODEL_CHOICES, ENGINE_CHOICES)
@@ -19,17 +36,8 @@ def add_parser(subparsers) -> None:
     from ..core.segment import DEFAULT_THRESHOLD
     from ..core.settings import Settings
 
-    p = subparsers.add_parser("segment", help="open-vocabulary segmentation of a raster into classes",
-                              description="Segment RASTER into the classes typed with --classes and "
-                                          "write polygons (GeoPackage) and/or a class raster.")
-    p.add_argument("raster", help="input raster (GeoTIFF or any GDAL format)")
     p.add_argument("--classes", required=True,
                    help="classes separated by ';', synonyms by ',', e.g. 'building,roof;road;water'")
-    p.add_argument("--out", help="output GeoPackage of polygons (.gpkg)")
-    p.add_argument("--raster-out", help="output class-index GeoTIFF (.tif)")
-    p.add_argument("--probabilities-out", metavar="FILE.tif",
-                   help="output per-class probabilities before the threshold (float32 GeoTIFF, "
-                        "one band per class, named after it)")
     p.add_argument("--clip-model", help="open_clip model name or JSON config"
                    + SETTINGS_HELP.format(DEFAULT_CLIP_MODEL))
     p.add_argument("--clip-weights",
@@ -71,6 +79,8 @@ def add_parser(subparsers) -> None:
                    + SETTINGS_HELP.format(Settings.window))
     p.add_argument("--stride", type=int, help="sliding window stride, working pixels"
                    + SETTINGS_HELP.format(Settings.stride))
+    p.add_argument("--block", type=positive_int, help="output block, working pixels; the result "
+                   "does not depend on it" + SETTINGS_HELP.format(Settings.block))
     p.add_argument("--blend", default=DEFAULT_BLEND, choices=BLENDS,
                    help="how overlapping windows combine: smooth (sin² weights, default) or mean "
                         "(every window pixel counts once, as the benchmark protocol does)")
@@ -78,21 +88,29 @@ def add_parser(subparsers) -> None:
                                         "saved settings, else the platform's cache folder)")
     p.add_argument("--adapter", help="adapter file made by `python -m drseg adapt` (.safetensors); "
                                       "needs the CLIP model and weights it was made for")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(run=run_segment_command)
 
 
-def run_segment_command(args) -> int:
+def add_dask_arguments(p, tasks: bool) -> None:
+    from ..core.cluster.spec import HELP
+
+    p.add_argument("--dask", metavar="CLUSTER",
+                   help=f"run on a Dask cluster: {HELP}; default: DRSEG_DASK, else the saved "
+                        "settings, else this process")
+    if tasks:
+        p.add_argument("--task-blocks", type=positive_int, metavar="K",
+                       help="Dask: K×K blocks per task; default: chosen from the raster, the "
+                            "window and the number of workers")
+
+
+def request_from_args(args, raster, settings, out_vector=None, out_raster=None,
+                      out_probabilities=None):
+    """The engine request of the options, with `settings` as resolve_settings(args, SETTINGS)."""
     from ..core.raster_io import parse_bands
-    from ..core.segment import SegmentationRequest, run_segmentation
+    from ..core.segment import SegmentationRequest
 
-    if not args.out and not args.raster_out and not args.probabilities_out:
-        raise DrSegError("Give an output: --out result.gpkg, --raster-out classes.tif and/or "
-                         "--probabilities-out probabilities.tif")
-    settings = resolve_settings(args, SETTINGS)
-    request = SegmentationRequest(
-        raster=args.raster, classes=args.classes, out_vector=args.out, out_raster=args.raster_out,
-        out_probabilities=args.probabilities_out, blend=args.blend,
+    return SegmentationRequest(
+        raster=raster, classes=args.classes, out_vector=out_vector, out_raster=out_raster,
+        out_probabilities=out_probabilities, blend=args.blend,
         bands=parse_bands(args.bands), extent=args.extent, resolution=args.resolution,
         threshold=args.threshold, clip_model=settings["clip_model"],
         clip_weights=settings["clip_weights"], device=settings["device"],
@@ -100,9 +118,31 @@ def run_segment_command(args) -> int:
         batch_size=settings["batch_size"], cache_dir=settings["cache_dir"],
         simplify=args.simplify, min_area=args.min_area, method=args.method, engine=args.engine,
         sam3_model=args.sam3_model, sam3_weights=args.sam3_weights,
-        dino_model=settings["dino_model"], dino_weights=settings.chosen("dino_weights"), semantic_ratio=args.semantic_ratio, graph_k=args.graph_k,
+        dino_model=settings["dino_model"], dino_weights=settings.chosen("dino_weights"),
+        semantic_ratio=args.semantic_ratio, graph_k=args.graph_k,
         decouple=not args.no_decouple, rectify=not args.no_rectify, fusion=not args.no_fusion,
-        adapter=args.adapter)
+        adapter=args.adapter, dask=settings["dask"] or None,
+        task_blocks=getattr(args, "task_blocks", None) or 0)
+
+
+def say_cluster(settings) -> None:
+    """Check the cluster's address, then say where the run goes."""
+    from ..core.cluster.spec import parse_dask_spec
+
+    if parse_dask_spec(settings["dask"]) is not None:
+        print(f"Dask cluster: {settings['dask']} ({settings.sources['dask']})")
+
+
+def run_segment_command(args) -> int:
+    from ..core.segment import run_segmentation
+
+    if not args.out and not args.raster_out and not args.probabilities_out:
+        raise DrSegError("Give an output: --out result.gpkg, --raster-out classes.tif and/or "
+                         "--probabilities-out probabilities.tif")
+    settings = resolve_settings(args, SETTINGS)
+    say_cluster(settings)
+    request = request_from_args(args, args.raster, settings, args.out, args.raster_out,
+                                args.probabilities_out)
     with ProgressBar(args.quiet) as bar:
         result = run_segmentation(request, progress=bar.update)
     t = result.timings

@@ -9,7 +9,7 @@ whatever the block size, so the fused one is too, and memory stays flat.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator, List, Optional
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -49,6 +49,14 @@ class HybridSegmenter:
     @on_batch_reduced.setter
     def on_batch_reduced(self, callback) -> None:
         self.sam3.on_batch_reduced = self.clip.on_batch_reduced = callback
+
+    def parts(self, monitor=None, work=None) -> Iterator[Tuple[BlockResult, int]]:
+        """(block, 1) per block, the way core/segment.py takes blocks from any source."""
+        for index, result in enumerate(self):
+            if monitor is not None:
+                monitor.report((index + 1) / len(self),
+                               f"Segmenting block {index + 1}/{len(self)} (SAM 3 and CLIP fused)")
+            yield result, 1
 
     def __iter__(self) -> Iterator[BlockResult]:
         # what the caller booked before the run (text encoding) stays; the engines' stages add up

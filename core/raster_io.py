@@ -78,21 +78,25 @@ class RasterReader:
     bands: 1-based band numbers, one (grey) or three (RGB); None picks RGB automatically.
     extent: (xmin, ymin, xmax, ymax) in the raster's CRS; None is the whole raster.
     resolution: working pixel size in metres; None keeps the native resolution.
+    stretch: the 8-bit stretch another reader of the same request found (its `.stretch`), so the
+    tasks of one run on a cluster read identical pixels without sampling the raster again;
+    "auto" finds it here.
     """
 
     def __init__(self, path: str, bands: Optional[Sequence[int]] = None,
-                 extent: Optional[Sequence[float]] = None, resolution: Optional[float] = None):
+                 extent: Optional[Sequence[float]] = None, resolution: Optional[float] = None,
+                 stretch="auto"):
         try:
             self._src = rasterio.open(path)
         except rasterio.errors.RasterioIOError as exc:
             raise InputError(f"Cannot open raster '{path}': {exc}") from None
         try:
-            self._setup(path, bands, extent, resolution)
+            self._setup(path, bands, extent, resolution, stretch)
         except Exception:
             self._src.close()
             raise
 
-    def _setup(self, path, bands, extent, resolution):
+    def _setup(self, path, bands, extent, resolution, stretch):
         src = self._src
         if src.crs is None:
             raise InputError(f"Raster '{path}' has no coordinate reference system; "
@@ -117,7 +121,10 @@ class RasterReader:
             self._vrt = WarpedVRT(src, crs=src.crs, transform=self.grid.transform,
                                   width=self.grid.width, height=self.grid.height,
                                   resampling=resampling)
-        self.stretch = None if self.palette is not None else self._stretch_ranges()
+        if stretch != "auto":
+            self.stretch = stretch
+        else:
+            self.stretch = None if self.palette is not None else self._stretch_ranges()
 
     # -- grid ---------------------------------------------------------------------------------
     def _working_grid(self, extent, resolution) -> Tuple[Grid, Window]:

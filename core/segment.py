@@ -5,11 +5,13 @@
                               progress=lambda fraction, message: ..., cancelled=lambda: False)
 
 Nothing is written under the output names until the run has completed; a failed or cancelled run
-leaves no file behind.
+leaves no file behind. With `request.dask` the blocks are computed by the workers of a Dask cluster
+(core/cluster/segment.py) and the outputs are bit for bit those of a run in this process.
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
@@ -75,6 +77,8 @@ class SegmentationRequest:
     layer_name: str = "segmentation"
     cache_dir: Optional[str] = None        # model cache; None: resolved from the settings here
     adapter: Optional[str] = None          # adapter file from `drseg adapt` (core/adapt)
+    dask: Optional[str] = None             # local:N or tcp://HOST:PORT (core/cluster); None: here
+    task_blocks: int = 0                   # Dask: k×k blocks per task; 0 chooses
 
 
 @dataclass
@@ -100,12 +104,14 @@ class SegmentationResult:
         return class_colour(name)
 
 
-def run_segmentation(request: SegmentationRequest, scorer=None, progress=None, cancelled=None
-                     ) -> SegmentationResult:
+def run_segmentation(request: SegmentationRequest, scorer=None, progress=None, cancelled=None,
+                     scorer_factory=None) -> SegmentationResult:
     """Segment `request.raster` into `request.classes`.
 
     scorer: a window scorer (see core/sliding.py); None loads the request's engine (dense CLIP,
     DR-Seg, SAM 3 or both fused; models shared with later runs through core.models.shared).
+    scorer_factory: instead of `scorer`, a picklable, hashable callable returning one; on a Dask
+    cluster each worker builds it once (core/cluster/tasks.py). None: the request's models.
     """
     monitor = RunMonitor(progress, cancelled)
     classes = parse_classes(request.classes)
@@ -126,6 +132,11 @@ def run_segmentation(request: SegmentationRequest, scorer=None, progress=None, c
         raise InputError(f"Window must be a positive number of pixels, got {request.window}")
     if request.stride <= 0 or request.stride > request.window:
         raise InputError("Stride must be positive and not larger than the window")
+    from .cluster.spec import parse_dask_spec
+
+    cluster = parse_dask_spec(request.dask)
+    if cluster is not None and scorer is not None:
+        raise InputError("A Dask run builds its scorer on each worker: pass scorer_factory")
 
     if request.engine is not None and request.engine not in ENGINE_CHOICES:
         raise InputError(f"Unknown engine '{request.engine}'; choose one of {', '.join(ENGINE_CHOICES)}")
@@ -136,28 +147,43 @@ def run_segmentation(request: SegmentationRequest, scorer=None, progress=None, c
         queries, owner = flatten_queries(classes)
         text = monitor.stage(MODELS_SHARE, MODELS_SHARE + TEXT_SHARE)
         started = time.perf_counter()
-        if scorer is not None:
-            device_name, method, note = "custom", "custom", ""
-            check_window(request.window, scorer)
-            encode_queries(scorer, queries, text)
-            segmenter = _sliding(request, reader, scorer, owner)
+        device_name, method, note = "custom", "custom", ""
+        if cluster is not None:
+            if scorer_factory is None:
+                if (request.engine or request.method) in SAM3_ENGINES:
+                    raise InputError("The SAM 3 engines do not run on a Dask cluster yet; choose "
+                                     "the drseg or clip engine, or run without --dask")
+                method, dino_path, note = choose_method(request)
+                scorer_factory = ScorerRecipe.of(request, method, dino_path)
+            from .cluster.segment import ClusterBlocks
+
+            source = ClusterBlocks(cluster, request, reader, queries, owner, scorer_factory,
+                                   keep_probabilities=out_probs is not None)
+            device_name = ""
         else:
-            segmenter, device_name, method, note = build_segmenter(request, reader, queries, owner,
-                                                                   monitor, text)
-        monitor.check()
-        segmenter.keep_probabilities = out_probs is not None
-        segmenter.timings.model += time.perf_counter() - started
-        segmenter.on_batch_reduced = lambda size, reason: monitor.say(
-            f"GPU memory is short: window batch reduced to {size}")
+            if scorer is None and scorer_factory is not None:
+                scorer = scorer_factory()
+            if scorer is not None:
+                check_window(request.window, scorer)
+                encode_queries(scorer, queries, text)
+                source = _sliding(request, reader, scorer, owner)
+            else:
+                source, device_name, method, note = build_segmenter(request, reader, queries,
+                                                                    owner, monitor, text)
+            monitor.check()
+            source.keep_probabilities = out_probs is not None
+            source.timings.model += time.perf_counter() - started
+            source.on_batch_reduced = lambda size, reason: monitor.say(
+                f"GPU memory is short: window batch reduced to {size}")
         work = WorkDir(out_vector or out_raster or out_probs)
         try:
-            result = _run(request, reader, segmenter, classes, work, out_vector, out_raster,
+            result = _run(request, reader, source, classes, work, out_vector, out_raster,
                           out_probs, monitor.stage(MODELS_SHARE + TEXT_SHARE, 1.0))
         finally:
             work.cleanup()
-        result.device, result.method, result.note = device_name, method, note
-        result.warnings = list(segmenter.oom_retries)
-        if method != "custom":
+        result.device, result.method, result.note = device_name or source.device, method, note
+        result.warnings = list(source.oom_retries)
+        if method != "custom" and cluster is None:  # on a cluster each worker chooses its own
             from .device import describe_device_choice
             result.device_reason = describe_device_choice(request.device)[1]
         return result
@@ -235,14 +261,30 @@ def build_segmenter(request: SegmentationRequest, reader, queries, owner, monito
     return HybridSegmenter(sam3, clip, request.threshold), device, "hybrid", note
 
 
-def build_scorer(request: SegmentationRequest, monitor: RunMonitor):
-    """-> (scorer, method used, note for the user) for the request's method and models."""
+def choose_method(request: SegmentationRequest, cache_dir: Optional[str] = None):
+    """-> (method 'drseg' or 'clip', DINO checkpoint file or None, note for the user)."""
     from .models.dino import resolve_dino_weights
-    from .models.download import resolve_cache_dir
-    from .models.shared import drseg_scorer, dense_clip_scorer
 
     if request.method not in ("auto", "drseg", "clip"):
         raise InputError(f"Unknown method '{request.method}'; choose drseg, clip or auto")
+    dino_path = None
+    if request.method != "clip":
+        dino_path = resolve_dino_weights(request.dino_model, request.dino_weights,
+                                         cache_dir or request.cache_dir)
+        if dino_path is None and request.method == "drseg":
+            raise InputError(f"DR-Seg needs DINO weights for {request.dino_model}: download them "
+                             "with `python -m drseg models download <name>` or give a file "
+                             "(--dino-weights PATH), or choose the plain dense CLIP method")
+    if dino_path is None:
+        note = ("Plain dense CLIP: no DINO weights are set up, so DR-Seg's structure rectification "
+                "was skipped" if request.method == "auto" else "")
+        return "clip", None, note
+    return "drseg", dino_path, ""
+
+
+def build_scorer(request: SegmentationRequest, monitor: RunMonitor):
+    """-> (scorer, method used, note for the user) for the request's method and models."""
+    from .models.download import resolve_cache_dir
 
     def downloading(done, total):
         monitor.report(0.0, f"Downloading CLIP weights: {done / 2 ** 20:.0f}"
@@ -251,25 +293,67 @@ def build_scorer(request: SegmentationRequest, monitor: RunMonitor):
     downloading.status = monitor.say  # retries are shown, not only a still progress bar
 
     cache_dir = request.cache_dir or resolve_cache_dir()  # once per run, for every model below
-    dino_path = None
-    if request.method != "clip":
-        dino_path = resolve_dino_weights(request.dino_model, request.dino_weights, cache_dir)
-        if dino_path is None and request.method == "drseg":
-            raise InputError(f"DR-Seg needs DINO weights for {request.dino_model}: download them "
-                             "with `python -m drseg models download <name>` or give a file "
-                             "(--dino-weights PATH), or choose the plain dense CLIP method")
+    method, dino_path, note = choose_method(request, cache_dir)
     if request.adapter:
         return _adapted_scorer(request, dino_path, cache_dir, downloading)
-    if dino_path is None:
-        note = ("Plain dense CLIP: no DINO weights are set up, so DR-Seg's structure rectification "
-                "was skipped" if request.method == "auto" else "")
-        return (dense_clip_scorer(request.clip_model, request.clip_weights, request.device,
-                                  download_progress=downloading, cache_dir=cache_dir), "clip", note)
-    scorer = drseg_scorer(request.clip_model, request.clip_weights, request.dino_model, dino_path,
-                          request.device, download_progress=downloading, cache_dir=cache_dir,
-                          decouple=request.decouple, rectify=request.rectify, fusion=request.fusion,
-                          semantic_ratio=request.semantic_ratio, graph_k=request.graph_k)
-    return scorer, "drseg", ""
+    recipe = ScorerRecipe.of(request, method, dino_path, cache_dir)
+    return recipe(download_progress=downloading), method, note
+
+
+@dataclass(frozen=True)
+class ScorerRecipe:
+    """The models of a request, as a picklable and hashable value: a Dask worker builds its
+    scorer from it once (models through core.models.shared's cache) and keeps it."""
+
+    method: str                        # 'clip' or 'drseg'
+    clip_model: str
+    clip_weights: str
+    dino_model: str
+    dino_path: Optional[str]           # the checkpoint file for 'drseg'
+    dino_weights: Optional[str]        # as the user named them (found again where the file is not)
+    device: str
+    cache_dir: Optional[str] = None    # None: the settings of the process building the scorer
+    semantic_ratio: float = 0.3
+    graph_k: int = 8
+    decouple: bool = True
+    rectify: bool = True
+    fusion: bool = True
+    adapter: Optional[str] = None      # adapter file (core/adapt)
+
+    @classmethod
+    def of(cls, request: SegmentationRequest, method: str, dino_path: Optional[str],
+           cache_dir: Optional[str] = None) -> "ScorerRecipe":
+        return cls(method, request.clip_model, request.clip_weights, request.dino_model, dino_path,
+                   request.dino_weights, request.device, cache_dir or request.cache_dir,
+                   request.semantic_ratio, request.graph_k, request.decouple, request.rectify,
+                   request.fusion, request.adapter)
+
+    def __call__(self, download_progress=None, device: Optional[str] = None):
+        from .models.shared import dense_clip_scorer, drseg_scorer
+
+        device = device or self.device
+        cache_dir = self.cache_dir if self.cache_dir and os.path.isdir(self.cache_dir) else None
+        if self.adapter:
+            request = SegmentationRequest(
+                raster="", classes="", clip_model=self.clip_model, clip_weights=self.clip_weights,
+                dino_model=self.dino_model, device=device, semantic_ratio=self.semantic_ratio,
+                graph_k=self.graph_k, decouple=self.decouple, rectify=self.rectify,
+                fusion=self.fusion, adapter=self.adapter)
+            dino_path = self.dino_path if self.method == "drseg" else None
+            return _adapted_scorer(request, dino_path, cache_dir, download_progress)[0]
+        if self.method == "clip":
+            return dense_clip_scorer(self.clip_model, self.clip_weights, device,
+                                     download_progress=download_progress, cache_dir=cache_dir)
+        dino_path = self.dino_path
+        if not dino_path or not os.path.isfile(dino_path):  # another machine: its own cache
+            from .models.dino import resolve_dino_weights
+            dino_path = resolve_dino_weights(self.dino_model, self.dino_weights, cache_dir)
+            if dino_path is None:
+                raise InputError(f"DR-Seg needs DINO weights for {self.dino_model} on this machine")
+        return drseg_scorer(self.clip_model, self.clip_weights, self.dino_model, dino_path,
+                            device, download_progress=download_progress, cache_dir=cache_dir,
+                            decouple=self.decouple, rectify=self.rectify, fusion=self.fusion,
+                            semantic_ratio=self.semantic_ratio, graph_k=self.graph_k)
 
 
 def _adapted_scorer(request: SegmentationRequest, dino_path, cache_dir, downloading):
@@ -290,9 +374,12 @@ def _adapted_scorer(request: SegmentationRequest, dino_path, cache_dir, download
     return AdaptedScorer(inner, clip, adapter), "drseg", note
 
 
-def _run(request, reader, segmenter, classes, work, out_vector, out_raster, out_probs, monitor):
+def _run(request, reader, source, classes, work, out_vector, out_raster, out_probs, monitor):
+    """source: the blocks, in any order (a SlidingWindowSegmenter, or cluster.ClusterBlocks);
+    `len(source)` blocks in all, `source.parts(monitor, work)` yields (BlockResult, blocks it
+    covers)."""
     grid = reader.grid
-    timings = segmenter.timings
+    timings = source.timings
     predict = monitor.stage(0.0, 0.85 if out_vector else 1.0)
     class_writer = ClassRasterWriter(work.file("classes.tif"), grid, classes,
                                      destination=out_raster or out_vector)
@@ -304,18 +391,9 @@ def _run(request, reader, segmenter, classes, work, out_vector, out_raster, out_
                     if out_probs else None)
     counts = np.zeros(256, np.int64)
     try:
-        predict.report(0.0, f"Segmenting {grid.width}×{grid.height} px in {len(segmenter)} blocks")
-        current = {"block": 0}
-
-        def window_batch(scored: int, total: int) -> None:  # inside a block
-            index = current["block"]
-            predict.report((index + scored / max(total, 1)) / len(segmenter),
-                           f"Segmenting block {index + 1}/{len(segmenter)} "
-                           f"({scored}/{total} windows)")
-
-        segmenter.on_window_batch = window_batch
-        for done, block in enumerate(segmenter, start=1):
-            current["block"] = done
+        predict.report(0.0, f"Segmenting {grid.width}×{grid.height} px in {len(source)} blocks")
+        done = 0
+        for block, covered in source.parts(predict, work):
             started = time.perf_counter()
             class_writer.write(block.window, block.classes)
             if score_writer is not None:
@@ -324,7 +402,8 @@ def _run(request, reader, segmenter, classes, work, out_vector, out_raster, out_
                 probs_writer.write(block.window, block.probabilities)
             counts += np.bincount(block.classes.ravel(), minlength=256)
             timings.write += time.perf_counter() - started
-            predict.report(done / len(segmenter), f"Segmented block {done}/{len(segmenter)}")
+            done += covered
+            predict.report(done / len(source), f"Segmented block {done}/{len(source)}")
     except BaseException:
         class_writer.abort()
         if score_writer is not None:

@@ -6,7 +6,7 @@ Windows `%APPDATA%\\drseg`). A missing file means the defaults, which work as th
 
 Every front end finds a value the same way, written once in `resolve()`: an explicit parameter,
 else the environment variable (`DRSEG_CACHE_DIR` for `cache_dir`, `DRSEG_MODEL_MIRROR` for
-`mirror_url`), else the saved settings, else the built-in default; the file keeps the user's own
+`mirror_url`, `DRSEG_DASK` for `dask`), else the saved settings, else the built-in default; the file keeps the user's own
 values.
 
 Nothing here imports torch or QGIS.
@@ -30,8 +30,9 @@ from .protocol import DEFAULT_BATCH_SIZE, DEFAULT_STRIDE, DEFAULT_WINDOW
 CONFIG_ENV = "DRSEG_CONFIG"
 CACHE_ENV = "DRSEG_CACHE_DIR"
 MIRROR_ENV = "DRSEG_MODEL_MIRROR"
+DASK_ENV = "DRSEG_DASK"
 # Settings an environment variable can set (over the saved value, under an explicit parameter).
-ENVIRONMENT = {"cache_dir": CACHE_ENV, "mirror_url": MIRROR_ENV}
+ENVIRONMENT = {"cache_dir": CACHE_ENV, "mirror_url": MIRROR_ENV, "dask": DASK_ENV}
 FORMAT_VERSION = 1
 
 # Where `resolve()` found a value.
@@ -62,6 +63,7 @@ class Settings:
     batch_size: int = DEFAULT_BATCH_SIZE  # windows per model call (halved on GPU out-of-memory)
     embedding_cache: bool = True     # keep image/text embeddings on disk (core.disk_cache)
     embedding_cache_mb: int = 2048   # its size budget; least recently used entries go first
+    dask: str = ""                   # Dask cluster: local:N or tcp://HOST:PORT; "" = this process
     extra: Dict[str, object] = field(default_factory=dict, repr=False, compare=False)
 
     # -- derived ----------------------------------------------------------------------------
@@ -100,7 +102,7 @@ class Settings:
             if isinstance(value, bool) or not isinstance(value, int):
                 problems.append(f"{_LABELS[name]} must be a whole number, got {value!r}")
         for name in ("cache_dir", "mirror_url", "clip_model", "clip_weights", "dino_model",
-                     "dino_weights", "sam_model", "sam_weights", "device"):
+                     "dino_weights", "sam_model", "sam_weights", "device", "dask"):
             if not isinstance(getattr(self, name), str):
                 problems.append(f"{_LABELS[name]} must be text, got {getattr(self, name)!r}")
         if not isinstance(self.embedding_cache, bool):
@@ -122,6 +124,11 @@ class Settings:
         mirror = self.mirror_url.strip()
         if mirror and not mirror.lower().startswith(("http://", "https://", "file://")):
             problems.append(f"Mirror URL '{mirror}' must start with http://, https:// or file://")
+        from .cluster.spec import parse_dask_spec
+        try:
+            parse_dask_spec(self.dask)
+        except InputError as exc:
+            problems.append(str(exc))
         cache = self.cache_dir.strip()
         if cache and os.path.isfile(os.path.expanduser(cache)):
             problems.append(f"Model cache folder '{cache}' is a file, not a folder")
@@ -178,7 +185,7 @@ _LABELS = {"window": "Window size", "stride": "Stride", "block": "Block size",
            "clip_model": "CLIP model", "clip_weights": "CLIP weights", "dino_model": "DINO model",
            "dino_weights": "DINO weights", "sam_model": "SAM model", "sam_weights": "SAM weights",
            "device": "Device", "embedding_cache": "Embedding cache",
-           "embedding_cache_mb": "Embedding cache size (MB)"}
+           "embedding_cache_mb": "Embedding cache size (MB)", "dask": "Dask cluster"}
 
 
 def _looks_like_file(value: str) -> bool:
@@ -239,7 +246,7 @@ def resolve(name: str, explicit=None, settings: Optional["Settings"] = None,
     1. `explicit`: what the caller was told (a CLI option, a Processing parameter, a field of the
        dock, a function argument). None or blank text means "not told".
     2. The environment variable of the setting, where it has one (`ENVIRONMENT`:
-       DRSEG_CACHE_DIR for cache_dir, DRSEG_MODEL_MIRROR for mirror_url).
+       DRSEG_CACHE_DIR for cache_dir, DRSEG_MODEL_MIRROR for mirror_url, DRSEG_DASK for dask).
     3. `settings`: the saved settings. None reads the settings file now (a broken file counts as
        the defaults), so a front end resolves once per run and passes the values down.
     4. The built-in default: the `Settings` field's default.

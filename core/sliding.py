@@ -216,18 +216,84 @@ class SlidingWindowSegmenter:
         return len(self.blocks)
 
     def __iter__(self) -> Iterator[BlockResult]:
-        for index, block in enumerate(self.blocks):
-            yield self._segment_block(block)
-            next_top = self.blocks[index + 1].row_off if index + 1 < len(self.blocks) else self.height
+        return self.segment_blocks(range(len(self.blocks)))
+
+    def parts(self, monitor=None, work=None) -> Iterator[Tuple[BlockResult, int]]:
+        """(block, 1) per block: how core/segment.py takes blocks from any source. `monitor`
+        (a RunMonitor) also hears of the window batches inside a block."""
+        done = {"blocks": 0}
+        if monitor is not None:
+            def window_batch(scored: int, total: int) -> None:
+                index = done["blocks"]
+                monitor.report((index + scored / max(total, 1)) / len(self),
+                               f"Segmenting block {index + 1}/{len(self)} "
+                               f"({scored}/{total} windows)")
+
+            self.on_window_batch = window_batch
+        for result in self:
+            done["blocks"] += 1
+            yield result, 1
+
+    def segment_blocks(self, indices: Sequence[int]) -> Iterator[BlockResult]:
+        """The blocks `self.blocks[i]` for `i` in `indices` (ascending), each identical to its
+        result in a run over every block, so parts of a raster can be computed apart (a task on
+        a Dask worker) and assembled bit for bit.
+
+        Every window is scored in the batch a whole run would score it in: a window belongs to
+        the block holding its top-left pixel (the first block, row by row, that needs it), and
+        that block's windows are batched in one fixed order. Windows of the halo (owned by blocks
+        outside `indices`) are scored here again, with their batch-mates, because some backends
+        give a window slightly different logits in batches of another size.
+        """
+        indices = list(indices)
+        if len(indices) < len(self.blocks):
+            needed = set()
+            for index in indices:
+                xs, ys = self._overlapping(self.blocks[index])
+                needed.update((y, x) for y in ys for x in xs)
+            chosen = set(indices)
+            for owner in sorted({self._owner(y, x) for y, x in needed} - chosen):
+                self._score_halo(owner, needed)
+        for position, index in enumerate(indices):
+            yield self._segment_block(self.blocks[index])
+            following = indices[position + 1] if position + 1 < len(indices) else None
+            next_top = self.blocks[following].row_off if following is not None else self.height
             # Windows ending above the next block's top are never needed again.
             for key in [k for k in self._cache if k[0] + self.window <= next_top]:
                 del self._cache[key]
 
-    # -- one block ------------------------------------------------------------------------------
-    def _segment_block(self, block: Window) -> BlockResult:
+    # -- which block scores which window ------------------------------------------------------
+    def _overlapping(self, block: Window) -> Tuple[List[int], List[int]]:
+        """Window origins (xs, ys) of the windows that overlap `block`."""
         bx, by, bw, bh = int(block.col_off), int(block.row_off), int(block.width), int(block.height)
         xs = [x for x in self._xs if x < bx + bw and x + self.window > bx]
         ys = [y for y in self._ys if y < by + bh and y + self.window > by]
+        return xs, ys
+
+    def _owner(self, y: int, x: int) -> int:
+        """Index of the block holding the window's top-left pixel: the first block that needs it."""
+        columns = -(-self.width // self.block)
+        return (y // self.block) * columns + x // self.block
+
+    def _owns(self, block: Window, y: int, x: int) -> bool:
+        return (block.row_off <= y < block.row_off + block.height
+                and block.col_off <= x < block.col_off + block.width)
+
+    def _score_halo(self, owner: int, needed: set) -> None:
+        """Score the batches of block `owner` that hold a window of `needed` ((y, x) origins)."""
+        block = self.blocks[owner]
+        xs, ys = self._overlapping(block)
+        x0, y0 = xs[0], ys[0]
+        x1, y1 = min(xs[-1] + self.window, self.width), min(ys[-1] + self.window, self.height)
+        started = time.perf_counter()
+        image, valid = self.reader.read(Window(x0, y0, x1 - x0, y1 - y0))  # as the owner reads it
+        self.timings.read += time.perf_counter() - started
+        self._score_missing(image, valid, x0, y0, xs, ys, block, needed)
+
+    # -- one block ------------------------------------------------------------------------------
+    def _segment_block(self, block: Window) -> BlockResult:
+        bx, by, bw, bh = int(block.col_off), int(block.row_off), int(block.width), int(block.height)
+        xs, ys = self._overlapping(block)
         x0, y0 = xs[0], ys[0]
         x1, y1 = min(xs[-1] + self.window, self.width), min(ys[-1] + self.window, self.height)
 
@@ -235,7 +301,7 @@ class SlidingWindowSegmenter:
         image, valid = self.reader.read(Window(x0, y0, x1 - x0, y1 - y0))
         self.timings.read += time.perf_counter() - started
 
-        self._score_missing(image, valid, x0, y0, xs, ys)
+        self._score_missing(image, valid, x0, y0, xs, ys, block)
 
         # Dozens of small products per block: numpy, so they do not wait on torch's thread pool
         # (which stalls when QGIS or other processes share the cores).
@@ -277,11 +343,14 @@ class SlidingWindowSegmenter:
                 self._resize[key] = np.ascontiguousarray(full[before:before + length])
         return self._resize[key]
 
-    def _score_missing(self, image, valid, x0, y0, xs, ys) -> None:
+    def _score_missing(self, image, valid, x0, y0, xs, ys, block, needed=None) -> None:
+        """Score the windows `block` owns that are not cached yet, batch by batch; with `needed`,
+        only the batches holding one of those windows."""
         todo, crops = [], []
         for y in ys:
             for x in xs:
-                if (y, x) in self._cache:
+                # In a run over every block, the uncached windows are exactly the owned ones.
+                if (y, x) in self._cache or not self._owns(block, y, x):
                     continue
                 crop_valid = valid[y - y0:y - y0 + self.window, x - x0:x - x0 + self.window]
                 if not crop_valid.any():
@@ -297,6 +366,9 @@ class SlidingWindowSegmenter:
                 crops.append(crop)
         start = 0
         while start < len(crops):
+            if needed is not None and not needed.intersection(todo[start:start + self.batch_size]):
+                start += self.batch_size
+                continue
             started = time.perf_counter()
 
             def score(size, start=start):

@@ -71,6 +71,7 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
     FUSION = "FUSION"
     ADAPTER = "ADAPTER"
     BLEND = "BLEND"
+    DASK = "DASK"
     OUTPUT = "OUTPUT"
     OUTPUT_RASTER = "OUTPUT_RASTER"
     OUTPUT_PROBABILITIES = "OUTPUT_PROBABILITIES"
@@ -193,6 +194,9 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
             QgsProcessingParameterString(self.SAM3_WEIGHTS, "SAM 3 weights (model.safetensors "
                                          "file or folder, or catalog name; empty: the imported "
                                          "'sam3')", optional=True),
+            QgsProcessingParameterString(self.DASK, "Dask cluster (local:N or tcp://HOST:PORT; "
+                                         "empty: DRSEG_DASK, else the DR-Seg settings, else here)",
+                                         optional=True),
         ]
         self.add_advanced(advanced)
         self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, "Polygons",
@@ -220,7 +224,7 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
                                                                   context)],
             "dino_weights": self.text_of(parameters, self.DINO_WEIGHTS, context),
             "window": None, "stride": None, "block": None, "batch_size": None,
-            "cache_dir": None}, feedback)
+            "cache_dir": None, "dask": self.text_of(parameters, self.DASK, context)}, feedback)
         with engine_errors():
             self._request = self._build_request(parameters, context)
         return True
@@ -256,6 +260,10 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
             method, dino_model, dino_weights, self._note = "clip", DEFAULT_DINO_MODEL, None, ""
         else:
             method, dino_model, dino_weights, self._note = self._method(parameters, context)
+        from ..core.cluster.spec import parse_dask_spec
+
+        dask = self._settings["dask"] or None
+        parse_dask_spec(dask)  # a wrong address fails here, before the run
         request = segment.SegmentationRequest(
             raster=source, classes=text, out_vector="polygons.gpkg", out_raster=None, bands=bands,
             out_probabilities=None,
@@ -280,7 +288,7 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
             device=DEVICE_CHOICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
             simplify=self.parameterAsDouble(parameters, self.SIMPLIFY, context),
             min_area=self.parameterAsDouble(parameters, self.MIN_AREA, context),
-            layer_name=WORK_LAYER)
+            layer_name=WORK_LAYER, dask=dask)
         self._classes = classes
         return request
 
@@ -312,6 +320,8 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
         """Worker thread: run the engine; no GUI, layer or project access here."""
         if self._request is None:  # prepareAlgorithm always runs first; be safe anyway
             raise QgsProcessingException("The algorithm was not prepared")
+        if self._request.dask:
+            feedback.pushInfo(f"Running on the Dask cluster {self._request.dask}")
         from ..core.style import categorized_qml
 
         out_raster = (self.parameterAsOutputLayer(parameters, self.OUTPUT_RASTER, context)

@@ -360,3 +360,31 @@ def test_saved_clip_settings_reach_the_algorithm_and_its_log_says_so(drseg_provi
                   feedback=feedback)
     assert fake_models.requests[-1].clip_weights == "random"
     assert "Setting CLIP weights: random (parameter)" in feedback.textLog()
+
+
+def test_dask_cluster_parameter_then_environment_then_settings(drseg_provider, tiny_clip, tmp_path,
+                                                               isolated_settings, monkeypatch):
+    import json
+    import os
+
+    from drseg.core.cluster import client
+
+    monkeypatch.setattr(client, "CONNECT_TIMEOUT_S", 1)
+    assert alg_has_optional_dask_parameter()
+    raster = write_raster(tmp_path / "scene.tif")
+    with open(os.environ["DRSEG_CONFIG"], "w") as handle:
+        json.dump({"dask": "tcp://127.0.0.1:7"}, handle)
+    assert "Cannot reach the Dask scheduler at tcp://127.0.0.1:7" in run_failing(
+        params(raster, tiny_clip, tmp_path))
+    monkeypatch.setenv("DRSEG_DASK", "tcp://127.0.0.1:9")
+    assert "Cannot reach the Dask scheduler at tcp://127.0.0.1:9" in run_failing(
+        params(raster, tiny_clip, tmp_path))
+    assert "Dask cluster 'local:x'" in run_failing(params(raster, tiny_clip, tmp_path,
+                                                          DASK="local:x"))
+    assert files_under(tmp_path) == ["scene.tif"]
+
+
+def alg_has_optional_dask_parameter() -> bool:
+    alg = QgsApplication.processingRegistry().algorithmById(ALG)
+    definition = alg.parameterDefinition("DASK")
+    return definition is not None and bool(definition.flags() & definition.Flag.FlagOptional)

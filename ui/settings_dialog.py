@@ -160,6 +160,14 @@ class SettingsDialog(QDialog):
         self.batch_spin = self._spin("batch_size", "", "Windows per model call; halved "
                                      "automatically when the GPU runs out of memory")
         form.addRow("Batch size", self.batch_spin)
+        self.dask_edit = QLineEdit(processing)
+        self.dask_edit.setPlaceholderText("empty: this computer; local:4 or tcp://host:8786")
+        self.dask_edit.setToolTip("Run segmentation on a Dask cluster: local:N starts N worker "
+                                  "processes here, tcp://HOST:PORT uses a running scheduler")
+        if "dask" in overrides:
+            self.dask_edit.setEnabled(False)
+            self.dask_edit.setToolTip(f"Overridden by the environment: {overrides['dask']}")
+        form.addRow("Dask cluster", self.dask_edit)
         for spin in (self.window_spin, self.stride_spin):
             spin.valueChanged.connect(self._update_overlap)
         self.embedding_cache_check = QCheckBox("Keep image and text embeddings on disk", processing)
@@ -277,7 +285,7 @@ class SettingsDialog(QDialog):
             block=self.block_spin.value(), batch_size=self.batch_spin.value(),
             embedding_cache=self.embedding_cache_check.isChecked(),
             embedding_cache_mb=self.embedding_cache_spin.value(),
-            extra=dict(self._extra))
+            dask=self.dask_edit.text().strip(), extra=dict(self._extra))
 
     def set_settings(self, settings: Settings) -> None:
         self.cache_dir_widget.setFilePath(settings.cache_dir)
@@ -296,6 +304,7 @@ class SettingsDialog(QDialog):
         self.batch_spin.setValue(settings.batch_size)
         self.embedding_cache_check.setChecked(bool(settings.embedding_cache))
         self.embedding_cache_spin.setValue(int(settings.embedding_cache_mb))
+        self.dask_edit.setText(settings.dask)
         self._update_overlap()
         self._show_cache_info()
         self.refresh_models()
