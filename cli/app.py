@@ -11,7 +11,7 @@ from typing import List, Optional
 
 from ..core.errors import DrSegError, RunCancelled
 from ..core.evaluation.predictors import PredictorFactory, engine_predictor
-from . import evaluate, models, refer, segment
+from . import evaluate, models, refer, segment, train_referring
 from .exit_codes import EXIT_BAD_INPUT, EXIT_CANCELLED
 
 
@@ -25,6 +25,7 @@ def build_parser(predictor_factory: Optional[PredictorFactory] = engine_predicto
     segment.add_parser(subparsers)
     models.add_parser(subparsers)
     refer.add_parser(subparsers)
+    train_referring.add_parser(subparsers)
     evaluate.add_parser(subparsers, predictor_factory)
     return parser
 

@@ -55,6 +55,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.0,
                    help="drop results whose score is below this")
     p.add_argument("--simplify", type=float, default=0.0, help="polygon simplification, in pixels")
+    p.add_argument("--prompter", metavar="FILE",
+                   help="a trained prompter head (.safetensors, from train-referring) used "
+                        "instead of the training-free prompts")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run_refer_command)
     return p
@@ -72,7 +75,8 @@ def run_refer_command(args) -> int:
         sam_weights=settings.chosen("sam_weights"), clip_model=settings["clip_model"],
         clip_weights=settings["clip_weights"], device=settings["device"],
         cache_dir=settings["cache_dir"],
-        threshold=args.threshold, tile_size=args.tile_size, simplify=args.simplify)
+        threshold=args.threshold, tile_size=args.tile_size, simplify=args.simplify,
+        prompter=args.prompter)
     with ProgressBar(args.quiet) as bar:
         result = run_referring(request, progress=bar.update)
     print(f"{result.width}×{result.height} px ({result.resolution_m:.3g} m/px) in {result.tiles} "

@@ -167,7 +167,8 @@ class ReferringSession:
     """
 
     def __init__(self, image: np.ndarray, sam, localizer, *, valid: Optional[np.ndarray] = None,
-                 transform=None, crs=None, settings: Optional[ReferringSettings] = None):
+                 transform=None, crs=None, settings: Optional[ReferringSettings] = None,
+                 prompter=None):
         self.image = _as_hwc(image)
         self.height, self.width = self.image.shape[:2]
         if valid is None:
@@ -192,6 +193,9 @@ class ReferringSession:
         self._features = None
         self._sam_ready = False
         self._lock = threading.RLock()
+        # A trained head (learned.LearnedPrompter): its prompts replace the training-free ones.
+        self.prompter = prompter
+        self._learned_features = None
 
     # -- encoders (once per session) ----------------------------------------------------------
     def _clip_features(self, timings: Optional[QueryTimings] = None):
@@ -228,6 +232,8 @@ class ReferringSession:
 
     @property
     def encoded(self) -> bool:
+        if self.prompter is not None:
+            return self._learned_features is not None
         return self._features is not None and self._sam_ready
 
     # -- queries ------------------------------------------------------------------------------
@@ -244,6 +250,11 @@ class ReferringSession:
         else:
             text = str(expression or "").strip()
             parsed = parse_expression(text)
+        if self.prompter is not None:
+            from .learned import learned_query
+
+            with self._lock:
+                return learned_query(self, text)
         selection = parsed
         if local_only:
             selection = replace(parsed, position=None, order=None, plural=True, count=None)

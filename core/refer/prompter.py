@@ -29,6 +29,7 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 from ..dense_clip import CLIP_MEAN, CLIP_STD, interpolate_positional_embedding
 from .lora import DEFAULT_LORA_ALPHA, DEFAULT_LORA_RANK, apply_lora, trainable
@@ -247,6 +248,10 @@ class PromptedSegmenter(nn.Module):
     def decode(self, patches: torch.Tensor, embeddings: torch.Tensor, text: torch.Tensor
                ) -> torch.Tensor:
         """Cached encoder outputs + text embeddings -> SAM low-res mask logits (B, 1, 4h', 4w')."""
+        with parametrize.cached():     # each LoRA weight W + BA once per call, not per image
+            return self._decode(patches, embeddings, text)
+
+    def _decode(self, patches, embeddings, text):
         sparse, dense, _ = self.prompter(patches, text)
         pe = self.sam.prompt_encoder
         dense = dense + pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
@@ -264,6 +269,7 @@ class PromptedSegmenter(nn.Module):
     def forward(self, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
         """images (B,3,S,S) float 0..255 (any size: stretched), texts -> logits (B,1,H,W) at the
         images' size."""
-        patches, embeddings = self.encode_images(images)
-        low = self.decode(patches, embeddings, self.encode_text(texts))
+        with parametrize.cached():
+            patches, embeddings = self.encode_images(images)
+            low = self.decode(patches, embeddings, self.encode_text(texts))
         return F.interpolate(low, size=images.shape[-2:], mode="bilinear", align_corners=False)

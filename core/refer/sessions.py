@@ -14,7 +14,7 @@ from rasterio.windows import Window
 
 from ..errors import InputError
 from ..raster_io import RasterReader
-from .loading import load_models
+from .loading import learned_prompter, load_models
 from .pipeline import ReferringSession, ReferringSettings
 from .request import ReferringRequest
 from .tiling import open_reader, tile_windows
@@ -74,20 +74,22 @@ def session_key(request: ReferringRequest, reader: RasterReader, window: Window,
     transform = rasterio.windows.transform(window, reader.grid.transform)
     return ("refer", path, stamp, tuple(reader.bands), tuple(round(v, 9) for v in transform[:6]),
             int(window.width), int(window.height), reader.grid.crs.to_wkt(), id(sam),
-            id(localizer), settings)
+            id(localizer), settings, request.prompter)
 
 
 def area_session(request: ReferringRequest, reader: RasterReader, window: Window, sam, localizer,
                  settings: ReferringSettings) -> Optional[ReferringSession]:
     """The cached session of one window, built (window read) when missing; None when the window
     is all nodata."""
+    prompter = learned_prompter(request, sam, localizer)
+
     def build():
         image, valid = reader.read(window)
         if not valid.any():
             return None
         return ReferringSession(image.transpose(1, 2, 0), sam, localizer, valid=valid,
                                 transform=rasterio.windows.transform(window, reader.grid.transform),
-                                crs=reader.grid.crs, settings=settings)
+                                crs=reader.grid.crs, settings=settings, prompter=prompter)
 
     return SESSIONS.get(session_key(request, reader, window, sam, localizer, settings), build)
 

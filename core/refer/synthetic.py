@@ -15,7 +15,7 @@ import numpy as np
 
 COLOURS = {"red": (210, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 210)}
 SHAPES = ("square", "circle")
-SIZES = {"small": 0.10, "large": 0.22}        # side / diameter as a share of the image side
+SIZES = {"small": 0.16, "large": 0.30}        # side / diameter as a share of the image side
 # Image thirds: where an object's centre must lie for each position word.
 POSITIONS = {"on the left": (0, (0.0, 1 / 3)), "on the right": (0, (2 / 3, 1.0)),
              "at the top": (1, (0.0, 1 / 3)), "at the bottom": (1, (2 / 3, 1.0))}
