@@ -8,7 +8,8 @@ such as "the large red square on the left" that single one object out) is split 
 and a held-out part. Tiny real architectures (open_clip ViT, segment_anything ViT + decoder) with
 random initial weights are trained (prompter + LoRA) on the training part; then both parts are
 segmented by the trained head and by the training-free path (dense CLIP localisation + SAM
-prompts + selection) on the same base models. Printed: gIoU (mean per-sample IoU) and cIoU
+prompts + selection) on base models of the same kind: the training-free prompts live in SAM's
+1024-px frame, so it gets its own tiny SAM at 1024² input (random weights too). Printed: gIoU (mean per-sample IoU) and cIoU
 (cumulative I/U), in percent, for each.
 """
 import argparse
@@ -33,13 +34,15 @@ def training_free_scores(samples, clip_model, tokenizer, sam):
     from drseg.core.dense_clip import DenseClip
     from drseg.core.evaluation.metrics import ReferAccumulator
     from drseg.core.refer.localize import Localizer
-    from drseg.core.refer.pipeline import ReferringSession
+    from drseg.core.refer.pipeline import ReferringSession, ReferringSettings
 
     localizer = Localizer(DenseClip(clip_model, tokenizer, torch.device("cpu"),
-                                    templates=["a photo of {}."], window_size=32))
+                                    templates=["a photo of {}."]))
     accumulator = ReferAccumulator()
     for sample in samples:
-        session = ReferringSession(sample.image, sam, localizer)
+        # region scores crop at CLIP's 224-px input; the tiny CLIP here takes 32 px
+        session = ReferringSession(sample.image, sam, localizer,
+                                   settings=ReferringSettings(region_scores=False))
         mask = np.zeros(sample.mask.shape, bool)
         try:
             for result in session.query(sample.expression):
@@ -55,7 +58,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--train", type=int, default=16)
     parser.add_argument("--held-out", type=int, default=16)
-    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--epochs", type=int, default=50)
+    parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--size", type=int, default=32, help="synthetic image side")
@@ -76,7 +80,8 @@ def main(argv=None):
     held = [TrainingSample(s.expression, s.image, s.mask) for s in data[args.train:]]
     clip_model, tokenizer = tiny_clip(BENCH_CLIP)
     sam = tiny_sam(2 * args.size, prompt_dim=32)
-    base_clip, base_sam = copy.deepcopy(clip_model), copy.deepcopy(sam)
+    base_clip = copy.deepcopy(clip_model)
+    free_sam = tiny_sam(1024)
     base = base_metadata(clip_model, sam, "bench-tiny-clip", "bench-tiny-sam")
     torch.manual_seed(0)
     model = PromptedSegmenter(clip_model, tokenizer, sam, PrompterConfig(width=32, heads=2,
@@ -84,16 +89,15 @@ def main(argv=None):
     print(f"synthetic set: {len(train)} train, {len(held)} held-out, {args.size}² px; e.g. "
           f"'{train[0].expression}'")
     started = time.perf_counter()
-    last = {"t": started}
 
     def progress(fraction, message):
-        if message.startswith("Epoch") and ": loss" in message and "step" not in message:
+        if message.startswith("Epoch") and "IoU" in message:
             print(f"  {time.perf_counter() - started:6.0f} s  {message}", flush=True)
 
     with tempfile.TemporaryDirectory() as folder:
         result = train_prompter(model, train, None,
                                 TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
-                                            lr=args.lr),
+                                            lr=args.lr, eval_every=args.eval_every),
                                 out_path=os.path.join(folder, "head.safetensors"), base=base,
                                 progress=progress)
     seconds = time.perf_counter() - started
@@ -104,7 +108,7 @@ def main(argv=None):
     rows = []
     for name, samples in (("train", train), ("held-out", held)):
         trained = evaluate_prompter(model, samples, size)
-        free = training_free_scores(samples, base_clip, tokenizer, base_sam)
+        free = training_free_scores(samples, base_clip, tokenizer, free_sam)
         rows.append((name, trained["gIoU"], trained["cIoU"], free[0], free[1]))
     print(f"{'split':9s} {'trained gIoU':>12s} {'trained cIoU':>12s} {'free gIoU':>10s} "
           f"{'free cIoU':>10s}")

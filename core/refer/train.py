@@ -50,6 +50,7 @@ class TrainConfig:
     orthogonality: float = 0.01
     seed: int = 0
     eval_limit: int = 500
+    eval_every: int = 1            # epochs between evaluations (the last epoch is always scored)
 
 
 @dataclass
@@ -222,13 +223,16 @@ def train_prompter(model: PromptedSegmenter, train: Sequence[TrainingSample],
             done += 1
             monitor.report(done / total, f"Epoch {epoch + 1}/{config.epochs}, step {step + 1}/"
                                          f"{steps_per_epoch}: loss {losses[-1]:.3f}")
-        metrics = evaluate_prompter(model, scored, size, max(config.batch_size, 8))
+        metrics = {"gIoU": None, "cIoU": None}
+        if (epoch + 1) % max(1, config.eval_every) == 0 or epoch + 1 == config.epochs:
+            metrics = evaluate_prompter(model, scored, size, max(config.batch_size, 8))
         record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), **metrics,
                   "scored_on": "val" if val else "train",
                   "seconds": round(time.perf_counter() - started, 2)}
         history.append(record)
-        monitor.say(f"Epoch {epoch + 1}/{config.epochs}: loss {record['loss']:.3f}, "
-                    f"gIoU {metrics['gIoU']:.1f}, cIoU {metrics['cIoU']:.1f}")
+        scores = (f", gIoU {metrics['gIoU']:.1f}, cIoU {metrics['cIoU']:.1f}"
+                  if metrics["gIoU"] is not None else "")
+        monitor.say(f"Epoch {epoch + 1}/{config.epochs}: loss {record['loss']:.3f}{scores}")
         _save_resume(out_path, model, optimizer, scaler, epoch + 1, history, config)
     model.eval()
     save_head(out_path, model, base or {}, {"epochs": config.epochs, "history": history,
