@@ -6,12 +6,14 @@ Exit codes (exit_codes.py): 0 success, 2 bad input or missing weights (one-line 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from typing import List, Optional
 
 from ..core.errors import DrSegError, RunCancelled
 from ..core.evaluation.predictors import PredictorFactory, engine_predictor
-from . import evaluate, models, refer, segment, train_referring
+from . import cache, evaluate, models, refer, segment, train_referring
 from .exit_codes import EXIT_BAD_INPUT, EXIT_CANCELLED
 
 
@@ -27,12 +29,32 @@ def build_parser(predictor_factory: Optional[PredictorFactory] = engine_predicto
     refer.add_parser(subparsers)
     train_referring.add_parser(subparsers)
     evaluate.add_parser(subparsers, predictor_factory)
+    cache.add_parser(subparsers)
     return parser
+
+
+def stop_on_termination_signals() -> dict:
+    """SIGTERM and SIGHUP (a closed terminal, `kill`, a batch system's time limit) stop a run like
+    Ctrl-C: the work folder is removed, older outputs are left as they were, exit code 130.
+    -> the previous handlers, to restore."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {}
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            number = getattr(signal, name)
+            previous[number] = signal.signal(number, interrupt)
+    return previous
 
 
 def main(argv: Optional[List[str]] = None,
          predictor_factory: Optional[PredictorFactory] = engine_predictor) -> int:
     args = build_parser(predictor_factory).parse_args(argv)
+    previous = stop_on_termination_signals()
     try:
         return args.run(args)
     except DrSegError as exc:
@@ -42,3 +64,6 @@ def main(argv: Optional[List[str]] = None,
         note = getattr(args, "cancel_note", None)
         print(f"cancelled; {note}" if note else "cancelled", file=sys.stderr)
         return EXIT_CANCELLED
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)

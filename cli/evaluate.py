@@ -10,7 +10,7 @@ import functools
 import sys
 from typing import Optional
 
-from ..core.errors import InputError
+from ..core.errors import InputError, OutputError
 from ..core.evaluation.predictors import EngineSettings, PredictorFactory
 from .arguments import positive_int
 from .progress import ProgressBar
@@ -96,6 +96,27 @@ def _predict_fn(task: str, dataset, args, predictor_factory: Optional[PredictorF
     return predict_fn
 
 
+def _check_output_places(out_dir, json_path) -> None:
+    """The results folder (created later if missing) and the --json file's folder can be written."""
+    import os
+
+    from ..core.outputs import check_writable_folder
+
+    folders = [os.path.abspath(os.path.expanduser(str(out_dir)))]
+    if json_path:
+        folders.append(os.path.dirname(os.path.abspath(os.path.expanduser(str(json_path)))))
+    for folder in folders:
+        existing = folder
+        while not os.path.isdir(existing) and os.path.dirname(existing) != existing:
+            if os.path.exists(existing):
+                raise OutputError(f"Cannot write the evaluation results in '{folder}': "
+                                  f"'{existing}' is a file, not a folder")
+            existing = os.path.dirname(existing)
+        check_writable_folder(existing)
+    if json_path and os.path.isdir(os.path.expanduser(str(json_path))):
+        raise OutputError(f"--json '{json_path}' is a folder, not a file name")
+
+
 def run_evaluate_command(args, predictor_factory: Optional[PredictorFactory] = None) -> int:
     """Run `evaluate ovss|refer`; prints a table, writes the files, returns the exit code 0.
 
@@ -116,6 +137,13 @@ def run_evaluate_command(args, predictor_factory: Optional[PredictorFactory] = N
         other = "refer" if dataset.task == "refer" else "ovss"
         raise InputError(f"{dataset.name} is a{' referring' if other == 'refer' else 'n OVSS'} "
                          f"benchmark; use 'evaluate {other}'")
+    if args.out:
+        out_dir = Path(args.out)
+    elif args.json:
+        out_dir = Path(args.json).expanduser().resolve().parent
+    else:
+        out_dir = Path(DEFAULT_OUT_DIR)
+    _check_output_places(out_dir, args.json)  # before scoring: the results must have a place
     predict_fn = None if args.predictions else _predict_fn(task, dataset, args, predictor_factory)
     progress = ProgressBar(getattr(args, "quiet", False), leave=False)
     try:
@@ -132,14 +160,12 @@ def run_evaluate_command(args, predictor_factory: Optional[PredictorFactory] = N
     print(format_ovss_table(report) if task == "ovss" else format_refer_table(report))
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    if args.out:
-        out_dir = Path(args.out)
-    elif args.json:
-        out_dir = Path(args.json).expanduser().resolve().parent
-    else:
-        out_dir = Path(DEFAULT_OUT_DIR)
     writer = write_ovss_outputs if task == "ovss" else write_refer_outputs
-    written = writer(report, out_dir, json_path=args.json)
+    try:
+        written = writer(report, out_dir, json_path=args.json)
+    except OSError as exc:
+        raise OutputError(f"Cannot write the evaluation results in '{out_dir}' "
+                          f"({exc.strerror or exc})") from None
     for path in written.values():
         print(f"wrote {path}")
     return 0

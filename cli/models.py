@@ -72,7 +72,8 @@ def run_models_command(args: argparse.Namespace, out=None, err=None) -> int:
     if command == "import":
         path = dl.import_file(args.path, args.name, cache,
                               status=lambda text: print(text, file=err))
-        print(f"{args.name}: imported to {path} ({_verified_text(args.name, cache)})", file=out)
+        print(f"{args.name}: imported to {path} ({_verified_text(args.name, cache, imported=True)})",
+              file=out)
         return EXIT_OK
     raise InputError(f"unknown models action '{command}'")
 
@@ -114,7 +115,7 @@ def _download(args, cache, mirror, out, err) -> int:
         try:
             path = dl.download(entry, cache, mirror=mirror, force=args.force,
                                progress=bar.transfer if bar else None,
-                               status=bar.write if bar else None)
+                               status=bar.write if bar else lambda text: print(text, file=err))
         finally:
             if bar:
                 bar.close()
@@ -139,12 +140,17 @@ def _verify(args, cache, out) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
-def _verified_text(entry, cache) -> str:
+def _verified_text(entry, cache, imported: bool = False) -> str:
     entry = get_model(entry)
     if entry.archive_member:
         return "archive " + ("checked against the catalog's " + entry.verifiable
                              if entry.verifiable != "nothing" else
                              "not checkable: the catalog publishes no size or SHA-256")
+    if entry.verifiable == "nothing" and imported:
+        return ("the catalog publishes no size or SHA-256 to compare with: the file was read as "
+                f"plain weights and checked against the {entry.architecture} architecture; its "
+                "SHA-256 was recorded for later 'verify'")
     if entry.verifiable == "nothing":
-        return "no published size or SHA-256: only its format was checked; hash recorded for later 'verify'"
+        return ("the catalog publishes no size or SHA-256 to compare with: only its format was "
+                "checked; its SHA-256 was recorded for later 'verify'")
     return f"{entry.verifiable} verified"

@@ -72,7 +72,7 @@ def run_refer_command(args) -> int:
         raster=args.raster, expressions=list(args.expression), out_vector=args.out,
         extent=args.extent, resolution=args.resolution, max_size=args.max_size or None,
         bands=parse_bands(args.bands), sam_model=settings["sam_model"],
-        sam_weights=settings.chosen("sam_weights"), clip_model=settings["clip_model"],
+        sam_weights=settings["sam_weights"], clip_model=settings["clip_model"],
         clip_weights=settings["clip_weights"], device=settings["device"],
         cache_dir=settings["cache_dir"],
         threshold=args.threshold, tile_size=args.tile_size, simplify=args.simplify,

@@ -13,7 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from .device import autocast_context
+from .disk_cache import USE_DEFAULT, model_fingerprint, resolve_cache
 from .errors import ModelError
+from .interrupt import install_cancel_points
 from .sliding import centred_pad
 
 CLIP_MEAN = (122.771, 116.746, 104.094)  # on the 0..255 scale
@@ -67,10 +69,36 @@ def encode_prompts(model, tokenizer, device, names: Sequence[str], templates: Se
     for start in range(0, len(names), step):
         group = names[start:start + step]
         prompts = [t(name) if callable(t) else t.format(name) for name in group for t in templates]
-        emb = F.normalize(model.encode_text(tokenizer(prompts).to(device)).float(), dim=-1)
+        emb = F.normalize(encode_text(model, tokenizer(prompts).to(device)).float(), dim=-1)
         emb = emb.reshape(len(group), len(templates), -1)
         features.append(F.normalize(emb.mean(dim=1), dim=-1))
     return torch.cat(features)
+
+
+def encode_text(model, tokens: torch.Tensor) -> torch.Tensor:
+    """``model.encode_text(tokens)``, for open_clip's plain CLIP on only the tokens up to the
+    longest prompt's end-of-text token. Exact: the text tower's attention is causal and the
+    embedding is read at the end-of-text token, so the padding after it changes nothing (a
+    short prompt is a few of the 77 positions: several times less work)."""
+    from open_clip.model import CLIP
+
+    if (type(model).encode_text is not CLIP.encode_text or model.text_pool_type != "argmax"
+            or model.attn_mask is None or tokens.ndim != 2):
+        return model.encode_text(tokens)
+    length = int(tokens.argmax(dim=-1).max()) + 1          # the end-of-text token is the largest id
+    tokens = tokens[:, :length]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast_dtype)
+    x = x + model.positional_embedding[:length].to(cast_dtype)
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+    x = model.ln_final(x)
+    x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
+    if model.text_projection is not None:
+        if isinstance(model.text_projection, torch.nn.Linear):
+            x = model.text_projection(x)
+        else:
+            x = x @ model.text_projection
+    return x
 
 
 def dense_logits(patches: torch.Tensor, cls: Optional[torch.Tensor], text: torch.Tensor,
@@ -112,6 +140,7 @@ class DenseClip:
         if attention not in ATTENTION_VARIANTS:
             raise ValueError(f"attention must be one of {sorted(ATTENTION_VARIANTS)}")
         self.model = model.to(device).eval()
+        install_cancel_points(self.model)  # a cancelled run stops between transformer blocks
         self.tokenizer = tokenizer
         self.device = device
         self.attention = attention
@@ -126,6 +155,8 @@ class DenseClip:
         self.text_features: Optional[torch.Tensor] = None
         self._text_cache: Dict[str, torch.Tensor] = {}
         self.forward_calls = 0
+        self.text_encodes = 0
+        self.disk_cache = USE_DEFAULT      # query embeddings on disk (core/disk_cache.py)
 
     # -- text ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -139,9 +170,28 @@ class DenseClip:
         """Text embeddings for this run; each query is encoded once per model (80 templates of a
         ViT text tower cost seconds per query on a CPU) and reused by later runs."""
         missing = [q for q in dict.fromkeys(queries) if q not in self._text_cache]
+        disk = None
         if missing:
-            self._text_cache.update(zip(missing, self.encode_texts(missing)))
+            self.disk_cache = disk = resolve_cache(self.disk_cache)
+        if disk is not None:
+            for query in list(missing):
+                stored = disk.get("dense-text", self._text_key(query))
+                if stored is not None and "embedding" in stored:
+                    self._text_cache[query] = stored["embedding"].to(self.device)
+                    missing.remove(query)
+        if missing:
+            encoded = self.encode_texts(missing)
+            self.text_encodes += len(missing)
+            for query, vector in zip(missing, encoded):
+                self._text_cache[query] = vector
+                if disk is not None:
+                    disk.put("dense-text", self._text_key(query), {"embedding": vector})
         self.text_features = torch.stack([self._text_cache[q] for q in queries])
+
+    def _text_key(self, query: str) -> Dict[str, object]:
+        # callables (open_clip's templates are lambdas) are known by what they make of '{}'
+        templates = [t("{}") if callable(t) else t for t in self.templates]
+        return {"clip": model_fingerprint(self.model), "templates": templates, "query": query}
 
     # -- image --------------------------------------------------------------------------------
     def _positional_embedding(self, grid_h: int, grid_w: int) -> torch.Tensor:

@@ -176,7 +176,12 @@ def find_qgis_python(executable: Optional[str] = None, platform: Optional[str] =
         if windows and name.lower() == "pythonw.exe":
             console = path.join(exe_dir, "python.exe")
             return console if exists(console) else executable
-        if exists(executable):
+        # Embedded in QGIS, sys.executable may be whatever `python3` came first on PATH (e.g. a
+        # virtual environment's): only a Python in this interpreter's own prefix is QGIS's.
+        own_dirs = {path.normpath(path.join(p, "bin")) for p in (exec_prefix, base_exec_prefix) if p}
+        if windows:
+            own_dirs |= {path.normpath(p) for p in (exec_prefix, base_exec_prefix) if p}
+        if exists(executable) and (path.normpath(exe_dir) in own_dirs or not own_dirs):
             return executable
 
     candidates: List[str] = []
@@ -189,7 +194,7 @@ def find_qgis_python(executable: Optional[str] = None, platform: Optional[str] =
                            path.join(path.dirname(exe_dir), "apps", f"Python{major}{minor}", "python.exe")]
     else:
         versioned, plain = f"python{major}.{minor}", "python3"
-        if exe_dir:
+        if exe_dir and not _PYTHON_NAME.match(name):
             if platform == "darwin":
                 candidates += [path.join(exe_dir, "bin", versioned), path.join(exe_dir, "bin", plain),
                                path.join(exe_dir, versioned), path.join(exe_dir, plain)]
@@ -314,7 +319,7 @@ def build_constraints(distributions: Iterable[Tuple[str, str]],
         lines.append(f"{key}=={public}")
         pinned.add(key)
     for line in extra:
-        if canonical_name(re.split(r"[<>=!~ ;\[]", line, 1)[0]) not in pinned:
+        if canonical_name(re.split(r"[<>=!~ ;\[]", line, maxsplit=1)[0]) not in pinned:
             lines.append(line)
     return lines
 

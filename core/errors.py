@@ -19,3 +19,7 @@ class ModelError(DrSegError):
 
 class RunCancelled(Exception):
     """The user cancelled the run; nothing was written."""
+
+
+class OutputError(DrSegError):
+    """An output cannot be written (missing or read-only folder, full disk); nothing was replaced."""

@@ -3,10 +3,14 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-import shapely
-from osgeo import ogr, osr
+import contextlib
+import sys
 
-from .errors import InputError
+import shapely
+from osgeo import gdal, ogr, osr
+
+from .errors import OutputError
+from .outputs import disk_full_hint
 
 ogr.UseExceptions()
 osr.UseExceptions()
@@ -24,21 +28,36 @@ class PolygonLayerWriter:
 
     _TYPES = {"str": ogr.OFTString, "int": ogr.OFTInteger, "real": ogr.OFTReal}
 
-    def __init__(self, path: str, layer_name: str, crs, fields: Sequence, style_qml: Optional[str] = None):
-        driver = ogr.GetDriverByName("GPKG")
-        try:
-            self._ds = driver.CreateDataSource(path)
-        except RuntimeError as exc:
-            raise InputError(f"Cannot create GeoPackage '{path}': {exc}") from None
-        self._layer = self._ds.CreateLayer(layer_name, spatial_reference(crs), ogr.wkbMultiPolygon,
-                                           options=["SPATIAL_INDEX=YES"])
-        for name, kind in fields:
-            self._layer.CreateField(ogr.FieldDefn(name, self._TYPES[kind]))
-        self._defn = self._layer.GetLayerDefn()
+    def __init__(self, path: str, layer_name: str, crs, fields: Sequence, style_qml: Optional[str] = None,
+                 destination: Optional[str] = None):
+        """destination: the name the file will be published under, for error messages (the
+        file itself is written under a hidden temporary name)."""
+        self.path = path
+        self.destination = destination or path
         self.layer_name = layer_name
         self.count = 0
         self._style_qml = style_qml
-        self._ds.StartTransaction()
+        self._ds = None
+        with self._errors():
+            self._ds = ogr.GetDriverByName("GPKG").CreateDataSource(path)
+            self._layer = self._ds.CreateLayer(layer_name, spatial_reference(crs), ogr.wkbMultiPolygon,
+                                               options=["SPATIAL_INDEX=YES"])
+            for name, kind in fields:
+                self._layer.CreateField(ogr.FieldDefn(name, self._TYPES[kind]))
+            self._defn = self._layer.GetLayerDefn()
+            self._ds.StartTransaction()
+
+    @contextlib.contextmanager
+    def _errors(self):
+        """OGR's errors (SQLite text naming the hidden file) become one line about the output."""
+        try:
+            yield
+        except RuntimeError as exc:
+            self._drop()
+            hint = disk_full_hint(self.path)
+            detail = "" if hint else f" ({str(exc).strip().splitlines()[0][:120] if str(exc).strip() else 'GDAL error'})"
+            raise OutputError(f"Cannot write the GeoPackage '{self.destination}'{hint}{detail}; "
+                              "nothing was replaced") from None
 
     def add(self, geometry, **attributes) -> None:
         if geometry.geom_type == "Polygon":
@@ -53,22 +72,64 @@ class PolygonLayerWriter:
             feature.SetField(name, value)
         # 2-D WKB explicitly: inside QGIS, its older GEOS may answer shapely and default otherwise.
         feature.SetGeometry(ogr.CreateGeometryFromWkb(shapely.to_wkb(geometry, output_dimension=2)))
-        self._layer.CreateFeature(feature)
+        with self._errors():
+            self._layer.CreateFeature(feature)
         self.count += 1
 
     def close(self) -> None:
+        """Commit and close, then read the file back: a GeoPackage that cannot be reopened with
+        every feature (full disk, failed flush) raises OutputError instead of being published."""
         if self._ds is None:
             return
-        self._ds.CommitTransaction()
-        if self._style_qml:
-            _store_default_style(self._ds, self.layer_name, self._style_qml)
-        self._ds = None  # closes and flushes the file
+        with self._errors():
+            self._ds.CommitTransaction()
+            if self._style_qml:
+                _store_style(self._ds, self.layer_name, self._style_qml)
+            if self._ds.FlushCache() not in (None, 0):
+                raise RuntimeError("flushing the file failed")
+        self._ds = None  # closes the file
+        with self._errors():
+            check = ogr.Open(self.path, 0)
+            layer = check.GetLayerByName(self.layer_name)
+            if layer is None:
+                raise RuntimeError("the layer is missing when the file is read back")
+            read = sum(1 for _ in layer)
+            result = check.ExecuteSQL("PRAGMA quick_check")
+            verdict = result.GetNextFeature().GetField(0) if result is not None else "ok"
+            check.ReleaseResultSet(result)
+            check = None
+            if read != self.count or str(verdict).lower() != "ok":
+                raise RuntimeError(f"{read} of {self.count} features read back; integrity: {verdict}")
 
     def abort(self) -> None:
-        self._ds = None
+        self._drop()
+
+    def _drop(self) -> None:
+        """Close without raising: after a failure (full disk) GDAL's own clean-up fails too, and
+        its exception would be printed as 'Exception ignored in ...' beside our message."""
+        if self._ds is None:
+            return
+        hook = sys.unraisablehook
+        sys.unraisablehook = lambda unraisable: None
+        gdal.PushErrorHandler("CPLQuietErrorHandler")
+        try:
+            self._layer = self._defn = None
+            self._ds = None
+        finally:
+            gdal.PopErrorHandler()
+            sys.unraisablehook = hook
 
 
-def _store_default_style(ds, layer_name: str, qml: str) -> None:
+def store_default_style(path: str, layer_name: str, qml: str) -> None:
+    """Store `qml` as the default style of `layer_name` in the GeoPackage file `path`."""
+    ds = ogr.Open(path, update=1)
+    try:
+        _store_style(ds, layer_name, qml)
+    finally:
+        ds = None
+
+
+def _store_style(ds, layer_name: str, qml: str) -> None:
     """Store the style in the GeoPackage's `layer_styles` table, which QGIS applies on load."""
     styles = ds.GetLayerByName("layer_styles")
     if styles is None:

@@ -29,8 +29,9 @@ class RunMonitor:
         return RunMonitor(self._progress, self._cancelled,
                           self._start + span * start, self._start + span * end)
 
-    def report(self, fraction: float, message: str = "") -> None:
-        self.check()
+    def report(self, fraction: float, message: str = "", check: bool = True) -> None:
+        if check:
+            self.check()
         fraction = min(max(fraction, 0.0), 1.0)
         self.last_fraction = self._start + (self._end - self._start) * fraction
         if self._progress is not None:

@@ -5,6 +5,7 @@ grid* (the requested extent at the requested resolution) as 3-band uint8 plus a 
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
@@ -21,6 +22,10 @@ from .errors import InputError
 # Percentiles used to stretch non-8-bit data to 0..255, robust to a few hot or dark pixels.
 STRETCH_PERCENTILES = (2.0, 98.0)
 METRES_PER_DEGREE = 111_320.0
+# Largest working grid accepted (pixels in all): a finer --resolution asks for more than any
+# run can finish; and a working pixel may be at most this many times finer than the raster's.
+MAX_GRID_PIXELS = 2 ** 31
+MAX_UPSAMPLING = 16.0
 
 
 @dataclass(frozen=True)
@@ -101,14 +106,18 @@ class RasterReader:
         if len(self.bands) not in (1, 3):
             raise InputError(f"Choose one band (grey) or three bands (RGB), not {len(self.bands)}")
         self.path = path
+        # A paletted band holds colour-table indices, not brightness: read through the table.
+        self.palette = palette_lut(src) if self.bands == [1] else None
         self.grid, self._source_window = self._working_grid(extent, resolution)
         self._vrt = None
         if (self.grid.width, self.grid.height) != (int(self._source_window.width),
                                                    int(self._source_window.height)):
+            # Indices must not be interpolated between palette entries.
+            resampling = Resampling.nearest if self.palette is not None else Resampling.bilinear
             self._vrt = WarpedVRT(src, crs=src.crs, transform=self.grid.transform,
                                   width=self.grid.width, height=self.grid.height,
-                                  resampling=Resampling.bilinear)
-        self.stretch = self._stretch_ranges()
+                                  resampling=resampling)
+        self.stretch = None if self.palette is not None else self._stretch_ranges()
 
     # -- grid ---------------------------------------------------------------------------------
     def _working_grid(self, extent, resolution) -> Tuple[Grid, Window]:
@@ -117,6 +126,8 @@ class RasterReader:
         window = full
         if extent is not None:
             xmin, ymin, xmax, ymax = extent
+            if not all(math.isfinite(v) for v in extent):
+                raise InputError(f"Extent {tuple(extent)} has a value that is not a finite number")
             if not (xmax > xmin and ymax > ymin):
                 raise InputError(f"Extent {tuple(extent)} is empty (need xmin<xmax, ymin<ymax)")
             window = from_bounds(xmin, ymin, xmax, ymax, transform=src.transform)
@@ -130,13 +141,9 @@ class RasterReader:
         window = Window(int(window.col_off), int(window.row_off), int(window.width), int(window.height))
         transform = rasterio.windows.transform(window, src.transform)
         width, height = window.width, window.height
-        if resolution:
-            if resolution <= 0:
-                raise InputError(f"Resolution must be positive, got {resolution}")
-            native = metres_per_pixel(src.crs, src.transform, src.bounds)
-            scale = resolution / native
-            width = max(1, int(round(window.width / scale)))
-            height = max(1, int(round(window.height / scale)))
+        if resolution is not None:
+            width, height = working_size(window.width, window.height, resolution,
+                                         metres_per_pixel(src.crs, src.transform, src.bounds))
             transform = transform * Affine.scale(window.width / width, window.height / height)
         return Grid(width, height, transform, src.crs), window
 
@@ -149,8 +156,9 @@ class RasterReader:
         win = self._source_window
         scale = max(1.0, math.sqrt(win.width * win.height / 1024 ** 2))
         shape = (len(self.bands), max(1, int(win.height / scale)), max(1, int(win.width / scale)))
-        data = src.read(self.bands, window=win, out_shape=shape, resampling=Resampling.nearest,
-                        masked=True).astype("float64")
+        with self._read_errors():
+            data = src.read(self.bands, window=win, out_shape=shape, resampling=Resampling.nearest,
+                            masked=True).astype("float64")
         ranges = []
         for band in data:
             values = band.compressed()
@@ -174,12 +182,17 @@ class RasterReader:
             read_window = Window(window.col_off + self._source_window.col_off,
                                  window.row_off + self._source_window.row_off,
                                  window.width, window.height)
-        data = dataset.read(self.bands, window=read_window)
-        masks = dataset.read_masks(self.bands, window=read_window)
+        with self._read_errors():
+            data = dataset.read(self.bands, window=read_window)
+            masks = dataset.read_masks(self.bands, window=read_window)
         valid = np.all(masks > 0, axis=0)
         if data.dtype.kind == "f":
             valid &= np.all(np.isfinite(data), axis=0)
-        if self.stretch is None:
+        if self.palette is not None:
+            colours = self.palette[np.clip(data[0], 0, len(self.palette) - 1).astype(np.intp)]  # (h,w,4)
+            valid &= colours[..., 3] > 0
+            image = np.ascontiguousarray(colours[..., :3].transpose(2, 0, 1))
+        elif self.stretch is None:
             image = data.astype(np.uint8, copy=False)
         else:
             image = np.empty(data.shape, np.uint8)
@@ -191,6 +204,20 @@ class RasterReader:
         image[:, ~valid] = 0
         return image, valid
 
+    @contextlib.contextmanager
+    def _read_errors(self):
+        """GDAL read failures (a truncated or damaged file that still opens) -> one InputError."""
+        try:
+            yield
+        except (rasterio.errors.RasterioError, OSError) as exc:  # RasterioIOError is an OSError
+            detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            if detail.startswith("Read or write failed. "):
+                detail = detail[len("Read or write failed. "):]
+            if detail.startswith(str(self.path)):
+                detail = detail[len(str(self.path)):].lstrip(" ,:")
+            raise InputError(f"Raster '{self.path}' cannot be read: the file is damaged or "
+                             f"incomplete ({detail[:160]}); copy or download it again") from None
+
     def close(self):
         if self._vrt is not None:
             self._vrt.close()
@@ -201,6 +228,44 @@ class RasterReader:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def working_size(width: int, height: int, resolution: float, native: float) -> Tuple[int, int]:
+    """Size in pixels of a `width`×`height` px area (native pixel `native` m) at `resolution` m;
+    InputError for non-finite, non-positive or absurd values (saying what grid they ask for)."""
+    if not math.isfinite(resolution) or resolution <= 0:
+        raise InputError(f"Resolution must be a positive number of metres per pixel, got {resolution}")
+    scale = resolution / native
+    new_w, new_h = width / scale, height / scale
+    if new_w < 1 or new_h < 1:
+        raise InputError(f"Resolution {resolution:g} m is coarser than the whole area "
+                         f"({width * native:.6g}×{height * native:.6g} m): the grid would be "
+                         f"{new_w:.3g}×{new_h:.3g} px; choose at most "
+                         f"{min(width, height) * native:.6g} m")
+    if scale < 1.0 / MAX_UPSAMPLING or new_w * new_h > MAX_GRID_PIXELS:
+        raise InputError(f"Resolution {resolution:g} m asks for a {new_w:.0f}×{new_h:.0f} px grid from "
+                         f"{width}×{height} px at {native:.3g} m; the limits are "
+                         f"{MAX_UPSAMPLING:g}× finer than the raster ({native / MAX_UPSAMPLING:.3g} m) "
+                         f"and {MAX_GRID_PIXELS:,} px in all")
+    return max(1, int(round(new_w))), max(1, int(round(new_h)))
+
+
+def palette_lut(dataset) -> Optional[np.ndarray]:
+    """(N, 4) uint8 RGBA per index for a band with a colour table, else None."""
+    if dataset.colorinterp[0] != ColorInterp.palette:
+        return None
+    try:
+        table = dataset.colormap(1)
+    except ValueError:  # no colour table after all
+        return None
+    size = 256 if dataset.dtypes[0] == "uint8" else 65536
+    lut = np.zeros((size, 4), np.uint8)
+    for index, colour in table.items():
+        if 0 <= index < size:
+            lut[index] = colour
+    if dataset.nodata is not None and 0 <= dataset.nodata < size:
+        lut[int(dataset.nodata), 3] = 0
+    return lut
 
 
 def metres_per_pixel(crs, transform, bounds) -> float:

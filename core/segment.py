@@ -19,8 +19,10 @@ from .classes import ClassSpec, flatten_queries, parse_classes
 from .colors import class_colour
 from .errors import InputError
 from .gpkg import PolygonLayerWriter
+from .interrupt import cancel_points
 from .models.registry import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DEVICE, DEFAULT_DINO_MODEL
-from .outputs import ClassRasterWriter, FloatRasterWriter, WorkDir, check_destination, publish
+from .outputs import (ClassRasterWriter, FloatRasterWriter, WorkDir, check_destination, check_outputs,
+                      publish_all, verify_raster)
 from .progress import RunMonitor
 from .raster_io import RasterReader
 from .protocol import BLENDS, DEFAULT_BLEND
@@ -29,6 +31,9 @@ from .style import categorized_qml
 from .vectorize import vectorize
 
 DEFAULT_THRESHOLD = 0.3
+# Shares of the progress bar: loading models, encoding the class names; segmenting and writing
+# take the rest.
+MODELS_SHARE, TEXT_SHARE = 0.02, 0.08
 VECTOR_FIELDS = [("class", "str"), ("class_id", "int"), ("score", "real"), ("area_m2", "real")]
 
 
@@ -106,20 +111,32 @@ def run_segmentation(request: SegmentationRequest, scorer=None, progress=None, c
                  if request.out_probabilities else None)
     if request.blend not in BLENDS:
         raise InputError(f"Unknown blend '{request.blend}'; choose {' or '.join(BLENDS)}")
+    # before any work: every folder writable, no output is the input
+    check_outputs([out_vector, out_raster, out_probs], [request.raster])
     if not 0.0 <= request.threshold < 1.0:
         raise InputError(f"Threshold must be in [0, 1), got {request.threshold}")
+    if request.window <= 0:
+        raise InputError(f"Window must be a positive number of pixels, got {request.window}")
     if request.stride <= 0 or request.stride > request.window:
         raise InputError("Stride must be positive and not larger than the window")
 
-    with RasterReader(request.raster, request.bands, request.extent, request.resolution) as reader:
+    with RasterReader(request.raster, request.bands, request.extent, request.resolution) as reader, \
+            cancel_points(monitor.check):
         monitor.report(0.0, "Loading models")
         device_name, method, note = "custom", "custom", ""
         if scorer is None:
             scorer, method, note = build_scorer(request, monitor)
             device_name = str(getattr(scorer, "device", None) or scorer.clip.device)
+        check_window(request.window, scorer)
         queries, owner = flatten_queries(classes)
         started = time.perf_counter()
-        scorer.set_queries(queries)
+        text = monitor.stage(MODELS_SHARE, MODELS_SHARE + TEXT_SHARE)
+        for count in range(1, len(queries) + 1):
+            # One query at a time (a scorer encodes each once; 80 templates cost seconds on a
+            # CPU), so the bar moves and cancel is checked between queries.
+            text.report((count - 1) / len(queries),
+                        f"Encoding class names ({count}/{len(queries)}: {queries[count - 1]})")
+            scorer.set_queries(queries[:count])
         monitor.check()
         segmenter = SlidingWindowSegmenter(reader, scorer, owner, threshold=request.threshold,
                                            window=request.window, stride=request.stride,
@@ -132,7 +149,7 @@ def run_segmentation(request: SegmentationRequest, scorer=None, progress=None, c
         work = WorkDir(out_vector or out_raster or out_probs)
         try:
             result = _run(request, reader, segmenter, classes, work, out_vector, out_raster,
-                          out_probs, monitor)
+                          out_probs, monitor.stage(MODELS_SHARE + TEXT_SHARE, 1.0))
         finally:
             work.cleanup()
         result.device, result.method, result.note = device_name, method, note
@@ -141,6 +158,16 @@ def run_segmentation(request: SegmentationRequest, scorer=None, progress=None, c
             from .device import describe_device_choice
             result.device_reason = describe_device_choice(request.device)[1]
         return result
+
+
+def check_window(window: int, scorer) -> None:
+    """A window must hold at least one patch of every model the scorer runs."""
+    patches = [getattr(m, "patch_size", None) for m in
+               (scorer, getattr(scorer, "clip", None), getattr(scorer, "dino", None))]
+    patch = max([int(p) for p in patches if isinstance(p, (int, np.integer))] or [1])
+    if window < patch:
+        raise InputError(f"Window {window} px is smaller than the model's {patch}-px patch; "
+                         f"use at least {patch} (default 224)")
 
 
 def build_scorer(request: SegmentationRequest, monitor: RunMonitor):
@@ -155,6 +182,8 @@ def build_scorer(request: SegmentationRequest, monitor: RunMonitor):
     def downloading(done, total):
         monitor.report(0.0, f"Downloading CLIP weights: {done / 2 ** 20:.0f}"
                             + (f" of {total / 2 ** 20:.0f} MB" if total else " MB"))
+
+    downloading.status = monitor.say  # retries are shown, not only a still progress bar
 
     cache_dir = request.cache_dir or resolve_cache_dir()  # once per run, for every model below
     dino_path = None
@@ -180,15 +209,28 @@ def _run(request, reader, segmenter, classes, work, out_vector, out_raster, out_
     grid = reader.grid
     timings = segmenter.timings
     predict = monitor.stage(0.0, 0.85 if out_vector else 1.0)
-    class_writer = ClassRasterWriter(work.file("classes.tif"), grid, classes)
-    score_writer = FloatRasterWriter(work.file("score.tif"), grid) if out_vector else None
+    class_writer = ClassRasterWriter(work.file("classes.tif"), grid, classes,
+                                     destination=out_raster or out_vector)
+    score_writer = (FloatRasterWriter(work.file("score.tif"), grid, destination=out_vector)
+                    if out_vector else None)
     probs_writer = (FloatRasterWriter(work.file("probabilities.tif"), grid, count=len(classes),
-                                      descriptions=[spec.name for spec in classes])
+                                      descriptions=[spec.name for spec in classes],
+                                      destination=out_probs)
                     if out_probs else None)
     counts = np.zeros(256, np.int64)
     try:
         predict.report(0.0, f"Segmenting {grid.width}×{grid.height} px in {len(segmenter)} blocks")
+        current = {"block": 0}
+
+        def window_batch(scored: int, total: int) -> None:  # inside a block
+            index = current["block"]
+            predict.report((index + scored / max(total, 1)) / len(segmenter),
+                           f"Segmenting block {index + 1}/{len(segmenter)} "
+                           f"({scored}/{total} windows)")
+
+        segmenter.on_window_batch = window_batch
         for done, block in enumerate(segmenter, start=1):
+            current["block"] = done
             started = time.perf_counter()
             class_writer.write(block.window, block.classes)
             if score_writer is not None:
@@ -198,12 +240,18 @@ def _run(request, reader, segmenter, classes, work, out_vector, out_raster, out_
             counts += np.bincount(block.classes.ravel(), minlength=256)
             timings.write += time.perf_counter() - started
             predict.report(done / len(segmenter), f"Segmented block {done}/{len(segmenter)}")
-    finally:
-        class_writer.close()
+    except BaseException:
+        class_writer.abort()
         if score_writer is not None:
-            score_writer.close()
+            score_writer.abort()
         if probs_writer is not None:
-            probs_writer.close()
+            probs_writer.abort()
+        raise
+    class_writer.close()
+    if score_writer is not None:
+        score_writer.close()
+    if probs_writer is not None:
+        probs_writer.close()
     if counts[:255].sum() == 0:
         raise InputError(f"Raster '{request.raster}' has no valid pixels in the chosen area "
                          "(all nodata)")
@@ -211,9 +259,11 @@ def _run(request, reader, segmenter, classes, work, out_vector, out_raster, out_
     polygon_count = 0
     if out_vector:
         started = time.perf_counter()
+        verify_raster(class_writer.path, out_raster or out_vector, grid)
+        verify_raster(score_writer.path, out_vector, grid)
         temporary = work.file("polygons.gpkg")
         writer = PolygonLayerWriter(temporary, request.layer_name, grid.crs, VECTOR_FIELDS,
-                                    style_qml=categorized_qml(classes))
+                                    style_qml=categorized_qml(classes), destination=out_vector)
         try:
             for region in vectorize(class_writer.path, score_writer.path, monitor.stage(0.85, 1.0),
                                     simplify=request.simplify, min_area_m2=request.min_area):
@@ -228,14 +278,19 @@ def _run(request, reader, segmenter, classes, work, out_vector, out_raster, out_
         polygon_count = writer.count
         timings.vectorize += time.perf_counter() - started
 
-    monitor.check()  # last chance to cancel before anything appears under the output names
+    pairs = []
     if out_raster:
-        publish(class_writer.path, out_raster)
+        if not out_vector:
+            verify_raster(class_writer.path, out_raster, grid)
+        pairs.append((class_writer.path, out_raster))
     if out_probs:
-        publish(probs_writer.path, out_probs)
+        verify_raster(probs_writer.path, out_probs, grid)
+        pairs.append((probs_writer.path, out_probs))
     if out_vector:
-        publish(work.file("polygons.gpkg"), out_vector)
-    monitor.report(1.0, "Done")
+        pairs.append((work.file("polygons.gpkg"), out_vector))
+    monitor.check()  # last chance to cancel before anything appears under the output names
+    publish_all(pairs)
+    monitor.report(1.0, "Done", check=False)  # published: the run is done, too late to cancel
     class_pixels = {"background": int(counts[0])}
     class_pixels.update({spec.name: int(counts[i]) for i, spec in enumerate(classes, start=1)})
     return SegmentationResult(out_vector, out_raster, request.layer_name, classes, polygon_count,

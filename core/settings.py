@@ -40,7 +40,8 @@ SOURCE_DEFAULT = "default"
 
 _CUDA_INDEX = re.compile(r"^cuda:\d+$")
 _WEIGHT_FILE = re.compile(r"\.(pt|pth|bin|safetensors|ckpt|zip)$", re.IGNORECASE)
-LIMITS = {"window": (32, 4096), "stride": (1, 4096), "block": (64, 16384), "batch_size": (1, 1024)}
+LIMITS = {"window": (32, 4096), "stride": (1, 4096), "block": (64, 16384), "batch_size": (1, 1024),
+          "embedding_cache_mb": (16, 10 ** 7)}
 
 
 @dataclass
@@ -58,6 +59,8 @@ class Settings:
     stride: int = 112                # window step; overlap = window - stride
     block: int = 512                 # output block size, working pixels
     batch_size: int = 8              # windows per model call (halved on GPU out-of-memory)
+    embedding_cache: bool = True     # keep image/text embeddings on disk (core.disk_cache)
+    embedding_cache_mb: int = 2048   # its size budget; least recently used entries go first
     extra: Dict[str, object] = field(default_factory=dict, repr=False, compare=False)
 
     # -- derived ----------------------------------------------------------------------------
@@ -99,6 +102,9 @@ class Settings:
                      "dino_weights", "sam_model", "sam_weights", "device"):
             if not isinstance(getattr(self, name), str):
                 problems.append(f"{_LABELS[name]} must be text, got {getattr(self, name)!r}")
+        if not isinstance(self.embedding_cache, bool):
+            problems.append(f"{_LABELS['embedding_cache']} must be true or false, "
+                            f"got {self.embedding_cache!r}")
         if problems:  # the checks below need the right types
             return problems
         for name, (low, high) in LIMITS.items():
@@ -170,7 +176,8 @@ _LABELS = {"window": "Window size", "stride": "Stride", "block": "Block size",
            "batch_size": "Batch size", "cache_dir": "Model cache folder", "mirror_url": "Mirror URL",
            "clip_model": "CLIP model", "clip_weights": "CLIP weights", "dino_model": "DINO model",
            "dino_weights": "DINO weights", "sam_model": "SAM model", "sam_weights": "SAM weights",
-           "device": "Device"}
+           "device": "Device", "embedding_cache": "Embedding cache",
+           "embedding_cache_mb": "Embedding cache size (MB)"}
 
 
 def _looks_like_file(value: str) -> bool:
@@ -296,17 +303,22 @@ class ResolvedSettings:
 def resolve_all(explicit: Mapping[str, object], settings: Optional["Settings"] = None,
                 environ: Optional[Mapping[str, str]] = None) -> ResolvedSettings:
     """`resolve()` for every setting named in `explicit` ({name: value told, or None}), reading
-    the settings file at most once. Saved weights follow their model: when the model was told and
-    differs from the saved one, the saved weights do not apply and the weights are the model's
-    default (None for DINO and SAM: the catalog checkpoint of that model)."""
+    the settings file at most once. Weights not told follow their model: saved weights apply only
+    to the saved model and default weights only to the default model; for another model the
+    weights are that model's default (None for DINO and SAM: the catalog checkpoint of that
+    model)."""
     if settings is None:
         settings = load_settings_or_defaults()[0]
     values, sources = {}, {}
     for name, told in explicit.items():
         values[name], sources[name] = resolve(name, told, settings, environ)
     for weights, model in _WEIGHTS_OF.items():
-        if (weights in values and sources[weights] == SOURCE_SAVED and model in values
-                and values[model] != getattr(settings, model)):
+        if weights not in values or model not in values or sources[weights] == SOURCE_PARAMETER:
+            continue
+        # Saved weights were chosen for the saved model, default weights for the default model.
+        paired = (getattr(settings, model) if sources[weights] == SOURCE_SAVED
+                  else Settings.__dataclass_fields__[model].default)
+        if values[model] != paired:
             values[weights] = DEFAULT_CLIP_WEIGHTS if weights == "clip_weights" else None
             sources[weights] = f"{SOURCE_DEFAULT} for {values[model]}"
     return ResolvedSettings(values, sources)

@@ -20,12 +20,14 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
-import torch
 from rasterio.windows import Window
 
-from .device import run_with_oom_retry
+from .errors import ModelError
 from .protocol import BLENDS, DEFAULT_BLEND
 from .raster_io import Grid
+
+# torch (and core.device, which imports it) are imported where used: the QGIS front ends import
+# the engine's request types on the main thread, and importing torch takes seconds.
 
 BLEND_FLOOR = 1e-3  # keeps raster-edge pixels, covered by one window's rim only, weighted
 
@@ -101,12 +103,16 @@ def class_probabilities(logits: torch.Tensor, logit_scale: float,
                         synonyms: Sequence[Sequence[int]]) -> torch.Tensor:
     """Query logits (Q, ...) -> class probabilities (K, ...): ×scale, softmax over all queries, a
     class as likely as its most likely synonym."""
+    import torch
+
     query_probs = torch.softmax(logit_scale * logits, dim=0)
     return torch.stack([query_probs[list(queries)].amax(dim=0) for queries in synonyms])
 
 
 def label_classes(class_probs: torch.Tensor, threshold: float) -> Tuple[torch.Tensor, torch.Tensor]:
     """-> (labels uint8: 1..K the most likely class, 0 where its probability < threshold; top)."""
+    import torch
+
     top, arg = class_probs.max(dim=0)
     labels = (arg + 1).to(torch.uint8)
     labels[top < threshold] = 0
@@ -182,6 +188,9 @@ class SlidingWindowSegmenter:
     blend: str = DEFAULT_BLEND
     timings: Timings = field(default_factory=Timings)
     on_batch_reduced: Optional[Callable[[int, str], None]] = None
+    # Called after each window batch with (windows scored, windows to score) of the current block,
+    # so progress moves and cancel is checked inside a block.
+    on_window_batch: Optional[Callable[[int, int], None]] = None
     oom_retries: List[str] = field(default_factory=list)
 
     def __post_init__(self):
@@ -291,12 +300,21 @@ class SlidingWindowSegmenter:
                 batch = crops[start:start + size]
                 return len(batch), self.scorer.score_windows(np.stack(batch))
 
+            from .device import run_with_oom_retry
+
             count, logits = run_with_oom_retry(score, self.batch_size, self._batch_reduced)
+            if not np.isfinite(np.asarray(logits)).all():
+                # NaN would silently win every softmax as one class; damaged weights, say so.
+                raise ModelError("The model produced invalid scores (NaN or infinity): its weights "
+                                 "are damaged or not meant for this architecture; download or "
+                                 "import them again")
             self.timings.model += time.perf_counter() - started
             self.timings.windows += len(logits)
             for key, value in zip(todo[start:start + count], logits):
                 self._cache[key] = np.asarray(value, dtype=np.float32)
             start += count
+            if self.on_window_batch is not None:
+                self.on_window_batch(start, len(crops))
 
     def _batch_reduced(self, size: int, reason: str) -> None:
         self.batch_size = size  # later blocks keep the smaller batch
@@ -305,6 +323,8 @@ class SlidingWindowSegmenter:
             self.on_batch_reduced(size, reason)
 
     def _classify(self, accumulated, weight_sum, valid, block) -> BlockResult:
+        import torch
+
         bh, bw = weight_sum.shape
         classes = np.full((bh, bw), 255, np.uint8)
         score = np.zeros((bh, bw), np.float32)

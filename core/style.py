@@ -4,7 +4,7 @@ Written into the GeoPackage, so the layer opens styled in any QGIS, also when ma
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, Union
 from xml.sax.saxutils import quoteattr
 
 from .classes import ClassSpec
@@ -13,12 +13,14 @@ from .colors import class_colour
 FILL_ALPHA = 190
 
 
-def categorized_qml(classes: Sequence[ClassSpec], field: str = "class") -> str:
+def categorized_qml(classes: Sequence[Union[ClassSpec, str]], field: str = "class") -> str:
+    """One category per class (ClassSpec or plain value of `field`, e.g. an expression)."""
     categories, symbols = [], []
     for index, spec in enumerate(classes):
-        r, g, b = class_colour(spec.name)
-        categories.append(f'<category render="true" symbol="{index}" value={quoteattr(spec.name)} '
-                          f'label={quoteattr(spec.name)}/>')
+        name = getattr(spec, "name", spec)
+        r, g, b = class_colour(name)
+        categories.append(f'<category render="true" symbol="{index}" value={quoteattr(name)} '
+                          f'label={quoteattr(name)}/>')
         symbols.append(
             f'<symbol type="fill" name="{index}" alpha="1" clip_to_extent="1" force_rhr="0">'
             '<layer class="SimpleFill" enabled="1" locked="0" pass="0">'

@@ -32,10 +32,7 @@ class DrSegProvider(QgsProcessingProvider):
         self.addAlgorithm(ScoreClassificationAlgorithm())
         self.addAlgorithm(ReferringSegmentationAlgorithm())
 
-    # The engine writes GeoPackages and GeoTIFFs only.
-    def supportedOutputVectorLayerExtensions(self):  # noqa: N802
-        return ["gpkg"]
-
+    # Polygons go through QGIS feature sinks (any vector format); the class raster is a GeoTIFF.
     def supportedOutputRasterLayerExtensions(self):  # noqa: N802
         return ["tif"]
 

@@ -10,19 +10,24 @@ lock-protected, so batch runs on one area skip its encoders after the first.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import List, Optional
 
 from qgis.core import (QgsProcessingException, QgsProcessingOutputNumber,
                        QgsProcessingParameterEnum, QgsProcessingParameterExtent,
-                       QgsProcessingParameterNumber, QgsProcessingParameterRasterLayer,
-                       QgsProcessingParameterString, QgsProcessingParameterVectorDestination,
+                       QgsProcessingParameterFeatureSink, QgsProcessingParameterNumber,
+                       QgsProcessingParameterRasterLayer, QgsProcessingParameterString,
                        QgsVectorLayer)
 
 from ..core.models.registry import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEVICE_CHOICES, SAM_MODELS
-from ..qgis_bridge.engine import DEFAULT_MAX_SIZE, load_refer_engine
+from ..qgis_bridge.engine import (DEFAULT_MAX_SIZE, REFER_LIBRARIES, import_model_libraries,
+                                  load_refer_engine)
 from ..qgis_bridge.styling import style_referring_layer
-from .base import DrSegAlgorithm, engine_errors, gpkg_destination, number_type, source_type
+from .base import DrSegAlgorithm, engine_errors, number_type, source_type, work_folder
+
+# The engine's GeoPackage in the run's work folder, copied into the OUTPUT sink afterwards.
+WORK_FILE, WORK_LAYER = "referring.gpkg", "referring"
 
 
 def split_expressions(text: str) -> List[str]:
@@ -73,6 +78,7 @@ class ReferringSegmentationAlgorithm(DrSegAlgorithm):
         self._request = None
         self._destination: Optional[str] = None
         self._expressions: List[str] = []
+        self._crs = None
 
     # -- parameters -----------------------------------------------------------------------------
     def initAlgorithm(self, config=None):  # noqa: N802
@@ -88,11 +94,12 @@ class ReferringSegmentationAlgorithm(DrSegAlgorithm):
             self.SAM_WEIGHTS, "SAM weights (checkpoint file or catalog name; empty: default)",
             optional=True))
         self.addParameter(QgsProcessingParameterString(
-            self.CLIP_MODEL, "CLIP model (open_clip name or config .json)",
-            defaultValue=DEFAULT_CLIP_MODEL))
+            self.CLIP_MODEL, "CLIP model (open_clip name or config .json; empty: DR-Seg settings, "
+                             f"else {DEFAULT_CLIP_MODEL})", optional=True))
         self.addParameter(QgsProcessingParameterString(
-            self.CLIP_WEIGHTS, "CLIP weights (pretrained tag, catalog name or checkpoint file)",
-            defaultValue=DEFAULT_CLIP_WEIGHTS))
+            self.CLIP_WEIGHTS, "CLIP weights (pretrained tag, catalog name or checkpoint file; "
+                               f"empty: DR-Seg settings, else {DEFAULT_CLIP_WEIGHTS})",
+            optional=True))
         self.addParameter(QgsProcessingParameterEnum(
             self.DEVICE, "Device", options=list(DEVICE_CHOICES), defaultValue=0))
         advanced = [
@@ -109,10 +116,8 @@ class ReferringSegmentationAlgorithm(DrSegAlgorithm):
                                          maxValue=0.99),
         ]
         self.add_advanced(advanced)
-        output = QgsProcessingParameterVectorDestination(self.OUTPUT, "Referred objects (GeoPackage)",
-                                                         type=source_type("VectorPolygon"))
-        output.setSupportsNonFileBasedOutput(False)
-        self.addParameter(output)
+        self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, "Referred objects",
+                                                            type=source_type("VectorPolygon")))
         self.addOutput(QgsProcessingOutputNumber(self.POLYGONS, "Number of polygons"))
 
     # -- running --------------------------------------------------------------------------------
@@ -123,7 +128,6 @@ class ReferringSegmentationAlgorithm(DrSegAlgorithm):
         return True
 
     def _build_request(self, parameters, context, feedback):
-        from ..core.settings import load_settings_or_defaults
         from ..qgis_bridge.sources import layer_crs_check, raster_source
 
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
@@ -138,41 +142,43 @@ class ReferringSegmentationAlgorithm(DrSegAlgorithm):
         extent = self.extent_of(parameters, self.EXTENT, context, layer)
         resolution = self.resolution_of(parameters, self.RESOLUTION, context)
 
-        sam_model = SAM_MODELS[self.parameterAsEnum(parameters, self.SAM_MODEL, context)]
-        sam_weights = self.parameterAsString(parameters, self.SAM_WEIGHTS, context).strip() or None
-        if sam_weights is None:
-            settings, problem = load_settings_or_defaults()
-            if problem:
-                feedback.pushWarning(problem + " — the default settings are used")
-            if settings.sam_model == sam_model:
-                sam_weights = settings.sam_weights.strip() or None
+        settings = self.resolve_settings({
+            "sam_model": SAM_MODELS[self.parameterAsEnum(parameters, self.SAM_MODEL, context)],
+            "sam_weights": self.text_of(parameters, self.SAM_WEIGHTS, context),
+            "clip_model": self.text_of(parameters, self.CLIP_MODEL, context),
+            "clip_weights": self.text_of(parameters, self.CLIP_WEIGHTS, context),
+            "cache_dir": None}, feedback)
 
-        dest = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
-        out_vector, table = gpkg_destination(dest)
-        self._destination = dest
+        # The sink is made in processAlgorithm(): only what is registered on its context reaches
+        # the layers QGIS loads after a threaded (toolbox dialog) run.
         self._expressions = expressions
+        self._crs = layer.crs()
         return run.ReferringRequest(
-            raster=source, expressions=expressions, out_vector=out_vector, extent=extent,
+            raster=source, expressions=expressions, out_vector=WORK_FILE, extent=extent,
             resolution=resolution,
             max_size=self.parameterAsInt(parameters, self.MAX_SIZE, context) or None,
-            bands=bands, sam_model=sam_model, sam_weights=sam_weights,
-            clip_model=self.parameterAsString(parameters, self.CLIP_MODEL, context).strip()
-            or DEFAULT_CLIP_MODEL,
-            clip_weights=self.parameterAsString(parameters, self.CLIP_WEIGHTS, context).strip()
-            or DEFAULT_CLIP_WEIGHTS,
+            bands=bands, sam_model=settings["sam_model"],
+            sam_weights=settings["sam_weights"], clip_model=settings["clip_model"],
+            clip_weights=settings["clip_weights"], cache_dir=settings["cache_dir"],
             device=DEVICE_CHOICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
             threshold=self.parameterAsDouble(parameters, self.THRESHOLD, context),
-            layer_name=table or os.path.splitext(os.path.basename(out_vector))[0] or "referring")
+            layer_name=WORK_LAYER)
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         """Worker thread: run the engine; no GUI, layer or project access here."""
         if self._request is None:  # prepareAlgorithm always runs first; be safe anyway
             raise QgsProcessingException("The algorithm was not prepared")
         from ..core.refer.run import run_referring
+        from ..core.style import categorized_qml
 
-        with engine_errors():
-            result = run_referring(self._request, progress=self.engine_progress(feedback),
+        with engine_errors(), work_folder() as work:
+            import_model_libraries(REFER_LIBRARIES)  # in the worker thread
+            request = dataclasses.replace(self._request, out_vector=os.path.join(work, WORK_FILE))
+            result = run_referring(request, progress=self.engine_progress(feedback),
                                    cancelled=feedback.isCanceled)
+            self._destination, _ = self.copy_to_sink(
+                result.vector_path, WORK_LAYER, parameters, self.OUTPUT, context, feedback,
+                self._crs, categorized_qml(self._expressions, "expression"))
 
         feedback.pushInfo(f"{result.width}×{result.height} px ({result.resolution_m:.3g} m/px) in "
                           f"{result.tiles} tile(s) on {result.device}; models ready in "

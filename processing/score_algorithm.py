@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from qgis.core import (QgsCoordinateReferenceSystem, QgsFeature, QgsFeatureRequest,
+from qgis.core import (Qgis, QgsCoordinateReferenceSystem, QgsFeature, QgsFeatureRequest,
                        QgsFeatureSink, QgsField, QgsFields, QgsGeometry, QgsProcessingException,
                        QgsProcessingOutputNumber, QgsProcessingParameterEnum,
                        QgsProcessingParameterExtent, QgsProcessingParameterFeatureSink,
@@ -18,7 +18,7 @@ from qgis.core import (QgsCoordinateReferenceSystem, QgsFeature, QgsFeatureReque
                        QgsProcessingParameterNumber, QgsProcessingParameterRasterLayer,
                        QgsRasterLayer, QgsRectangle, QgsVectorLayer, QgsVectorLayerFeatureSource,
                        QgsWkbTypes)
-from qgis.PyQt.QtCore import QVariant
+from qgis.PyQt.QtCore import QMetaType, QVariant
 
 from ..core.errors import RunCancelled
 from ..qgis_bridge.engine import dependency_message
@@ -30,10 +30,14 @@ MATCH_CHOICES = ("auto", "name", "id")
 MATCH_OPTIONS = ["Auto: by class name when the reference raster has class names, else by value",
                  "By class name (CLASS_i tags)", "By value (class id)"]
 # Output table: (name, type); percentages are NULL where undefined.
-TABLE_FIELDS = (("class_id", QVariant.Type.Int), ("class", QVariant.Type.String),
-                ("iou", QVariant.Type.Double), ("accuracy", QVariant.Type.Double),
-                ("true_pos", QVariant.Type.LongLong), ("ref_pixels", QVariant.Type.LongLong),
-                ("pred_pixels", QVariant.Type.LongLong))
+if Qgis.QGIS_VERSION_INT >= 33800:  # fields are typed by QMetaType; PyQt6 has no QVariant.Type
+    _INT, _TEXT, _REAL, _BIG = (QMetaType.Type.Int, QMetaType.Type.QString, QMetaType.Type.Double,
+                                QMetaType.Type.LongLong)
+else:
+    _INT, _TEXT, _REAL, _BIG = (QVariant.Type.Int, QVariant.Type.String, QVariant.Type.Double,
+                                QVariant.Type.LongLong)
+TABLE_FIELDS = (("class_id", _INT), ("class", _TEXT), ("iou", _REAL), ("accuracy", _REAL),
+                ("true_pos", _BIG), ("ref_pixels", _BIG), ("pred_pixels", _BIG))
 
 
 def _plain(value):
@@ -188,7 +192,7 @@ class ScoreClassificationAlgorithm(DrSegAlgorithm):
                                                          ignore_value=job["ignore"])
             result = score_raster.score_classification(
                 job["prediction"], reference, extent=job["extent"],
-                progress=self.engine_progress(feedback, steps=False), cancelled=feedback.isCanceled)
+                progress=self.engine_progress(feedback, steps=False, share=1.0), cancelled=feedback.isCanceled)
 
         fields = QgsFields()
         for name, kind in TABLE_FIELDS:

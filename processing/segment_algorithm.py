@@ -7,14 +7,15 @@ are shared between runs through core.models.shared, which is lock-protected.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Optional
 
 from qgis.core import (QgsProcessingException, QgsProcessingOutputNumber, QgsProcessingOutputString,
                        QgsProcessingParameterBoolean, QgsProcessingParameterEnum,
-                       QgsProcessingParameterExtent, QgsProcessingParameterNumber,
-                       QgsProcessingParameterRasterDestination, QgsProcessingParameterRasterLayer,
-                       QgsProcessingParameterString, QgsProcessingParameterVectorDestination,
+                       QgsProcessingParameterExtent, QgsProcessingParameterFeatureSink,
+                       QgsProcessingParameterNumber, QgsProcessingParameterRasterDestination,
+                       QgsProcessingParameterRasterLayer, QgsProcessingParameterString,
                        QgsRasterLayer, QgsVectorLayer)
 
 from ..core.errors import InputError
@@ -23,14 +24,19 @@ from ..core.models.registry import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DE
                                     DEVICE_CHOICES, DINO_MODEL_CHOICES)
 from ..core.protocol import BLEND_LABELS, BLENDS, DEFAULT_BLEND
 from ..qgis_bridge.engine import (DEFAULT_GRAPH_K, DEFAULT_SEMANTIC_RATIO, DEFAULT_THRESHOLD,
-                                  load_engine, method_label)
+                                  import_model_libraries, load_engine, method_label)
 from ..qgis_bridge.styling import style_class_raster, style_polygon_layer
-from .base import DrSegAlgorithm, engine_errors, gpkg_destination, number_type, source_type
+from .base import (DrSegAlgorithm, engine_errors, number_type, source_type, wants_output,
+                   work_folder)
 
 # METHOD's options (values of SegmentationRequest.method) and how the dialog names them.
 METHOD_CHOICES = ("auto", "drseg", "clip")
 METHOD_OPTIONS = ["Auto: DR-Seg when DINO weights are set up, else dense CLIP",
                   "DR-Seg (dense CLIP rectified with DINO structure)", "Dense CLIP"]
+
+
+# The engine's GeoPackage in the run's work folder, copied into the OUTPUT sink afterwards.
+WORK_FILE, WORK_LAYER = "polygons.gpkg", "segmentation"
 
 
 class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
@@ -70,8 +76,9 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
         "Every pixel of the raster gets one of the classes typed in <b>Classes</b>, or "
         "background when no class is likely enough (<b>Threshold</b>). Classes are separated by "
         "';', synonyms of one class by ',': <i>building,roof; road,street; tree,forest; water</i>."
-        "<br><br><b>Polygons</b>: a GeoPackage with fields class, class_id, score (mean "
-        "probability) and area_m2, in the raster's CRS. <b>Class raster</b> (optional): a GeoTIFF "
+        "<br><br><b>Polygons</b>: a layer (temporary, or any vector format) with fields class, "
+        "class_id, score (mean probability) and area_m2, in the raster's CRS, styled by class. "
+        "<b>Class raster</b> (optional): a GeoTIFF "
         "on the same grid as the input (0 background, 1..K classes, 255 nodata). "
         "<b>Class probabilities</b> (optional): a float32 GeoTIFF on the same grid, one band per "
         "class named after it, the probabilities before the threshold."
@@ -102,6 +109,9 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
         self._classes = []
         self._note = ""
         self._settings = None
+        self._wants_raster = False
+        self._wants_probabilities = False
+        self._crs = None
 
     # -- parameters -----------------------------------------------------------------------------
     def initAlgorithm(self, config=None):  # noqa: N802
@@ -124,11 +134,12 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
         self.addParameter(QgsProcessingParameterEnum(
             self.METHOD, "Method", options=METHOD_OPTIONS, defaultValue=0))
         advanced = [
-            QgsProcessingParameterString(self.CLIP_MODEL, "CLIP model (open_clip name or config .json)",
-                                         defaultValue=DEFAULT_CLIP_MODEL),
-            QgsProcessingParameterString(self.CLIP_WEIGHTS,
-                                         "CLIP weights (pretrained tag or checkpoint file)",
-                                         defaultValue=DEFAULT_CLIP_WEIGHTS),
+            QgsProcessingParameterString(self.CLIP_MODEL, "CLIP model (open_clip name or config "
+                                         f".json; empty: DR-Seg settings, else {DEFAULT_CLIP_MODEL})",
+                                         optional=True),
+            QgsProcessingParameterString(self.CLIP_WEIGHTS, "CLIP weights (pretrained tag or "
+                                         "checkpoint file; empty: DR-Seg settings, else "
+                                         f"{DEFAULT_CLIP_WEIGHTS})", optional=True),
             QgsProcessingParameterNumber(self.SIMPLIFY, "Simplify polygons (tolerance in pixels)",
                                          type=number_type("Double"), defaultValue=0.0, minValue=0.0),
             QgsProcessingParameterNumber(self.MIN_AREA, "Minimum polygon area (m²)",
@@ -157,10 +168,8 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
                                        defaultValue=BLENDS.index(DEFAULT_BLEND)),
         ]
         self.add_advanced(advanced)
-        output = QgsProcessingParameterVectorDestination(self.OUTPUT, "Polygons (GeoPackage)",
-                                                         type=source_type("VectorPolygon"))
-        output.setSupportsNonFileBasedOutput(False)
-        self.addParameter(output)
+        self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, "Polygons",
+                                                            type=source_type("VectorPolygon")))
         raster = QgsProcessingParameterRasterDestination(self.OUTPUT_RASTER, "Class raster",
                                                          optional=True, createByDefault=False)
         raster.setSupportsNonFileBasedOutput(False)
@@ -177,11 +186,14 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
     # -- running --------------------------------------------------------------------------------
     def prepareAlgorithm(self, parameters, context, feedback):  # noqa: N802
         """Main thread: validate, resolve layer and outputs, import the engine."""
-        from ..core.settings import load_settings_or_defaults
-
-        self._settings, problem = load_settings_or_defaults()
-        if problem and feedback is not None:
-            feedback.pushWarning(problem + " — the default settings are used")
+        self._settings = self.resolve_settings({
+            "clip_model": self.text_of(parameters, self.CLIP_MODEL, context),
+            "clip_weights": self.text_of(parameters, self.CLIP_WEIGHTS, context),
+            "dino_model": DINO_MODEL_CHOICES[self.parameterAsEnum(parameters, self.DINO_MODEL,
+                                                                  context)],
+            "dino_weights": self.text_of(parameters, self.DINO_WEIGHTS, context),
+            "window": None, "stride": None, "block": None, "batch_size": None,
+            "cache_dir": None}, feedback)
         with engine_errors():
             self._request = self._build_request(parameters, context)
         return True
@@ -202,46 +214,38 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
         extent = self.extent_of(parameters, self.EXTENT, context, layer)
         resolution = self.resolution_of(parameters, self.RESOLUTION, context)
 
-        dest = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
-        out_vector, table = gpkg_destination(dest)
-        out_raster: Optional[str] = None
-        if parameters.get(self.OUTPUT_RASTER) not in (None, ""):
-            out_raster = self.parameterAsOutputLayer(parameters, self.OUTPUT_RASTER, context) or None
-        out_probabilities: Optional[str] = None
-        if parameters.get(self.OUTPUT_PROBABILITIES) not in (None, ""):
-            out_probabilities = self.parameterAsOutputLayer(
-                parameters, self.OUTPUT_PROBABILITIES, context) or None
+        # Outputs are resolved in processAlgorithm(): only what is registered on its context
+        # reaches the layers QGIS loads after a threaded (toolbox dialog) run.
+        self._wants_raster = wants_output(self, parameters, self.OUTPUT_RASTER)
+        self._wants_probabilities = wants_output(self, parameters, self.OUTPUT_PROBABILITIES)
+        self._crs = layer.crs()
 
         method, dino_model, dino_weights, self._note = self._method(parameters, context)
         request = segment.SegmentationRequest(
-            raster=source, classes=text, out_vector=out_vector, out_raster=out_raster, bands=bands,
-            out_probabilities=out_probabilities,
+            raster=source, classes=text, out_vector="polygons.gpkg", out_raster=None, bands=bands,
+            out_probabilities=None,
             blend=BLENDS[self.parameterAsEnum(parameters, self.BLEND, context)],
             extent=extent, resolution=resolution,
             threshold=self.parameterAsDouble(parameters, self.THRESHOLD, context),
-            clip_model=self.parameterAsString(parameters, self.CLIP_MODEL, context).strip()
-            or DEFAULT_CLIP_MODEL,
-            clip_weights=self.parameterAsString(parameters, self.CLIP_WEIGHTS, context).strip()
-            or DEFAULT_CLIP_WEIGHTS,
+            clip_model=self._settings["clip_model"], clip_weights=self._settings["clip_weights"],
             method=method, dino_model=dino_model, dino_weights=dino_weights,
             semantic_ratio=self.parameterAsDouble(parameters, self.SEMANTIC_RATIO, context),
             graph_k=self.parameterAsInt(parameters, self.GRAPH_K, context),
             decouple=self.parameterAsBoolean(parameters, self.DECOUPLE, context),
             rectify=self.parameterAsBoolean(parameters, self.RECTIFY, context),
             fusion=self.parameterAsBoolean(parameters, self.FUSION, context),
-            window=self._settings.window, stride=self._settings.stride,
-            block=self._settings.block, batch_size=self._settings.batch_size,
+            window=self._settings["window"], stride=self._settings["stride"],
+            block=self._settings["block"], batch_size=self._settings["batch_size"],
+            cache_dir=self._settings["cache_dir"],
             device=DEVICE_CHOICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
             simplify=self.parameterAsDouble(parameters, self.SIMPLIFY, context),
             min_area=self.parameterAsDouble(parameters, self.MIN_AREA, context),
-            layer_name=table or os.path.splitext(os.path.basename(out_vector))[0] or "segmentation")
-        self._destinations = {"vector": dest, "raster": out_raster,
-                              "probabilities": out_probabilities}
+            layer_name=WORK_LAYER)
         self._classes = classes
         return request
 
     def dino_cache_dir(self) -> Optional[str]:
-        return self._settings.effective_cache_dir()  # DRSEG_CACHE_DIR wins over the setting
+        return self._settings["cache_dir"]
 
     def _method(self, parameters, context):
         """-> (method for the engine, DINO model, DINO checkpoint file or None, note).
@@ -253,9 +257,7 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
         dino_model = DINO_MODEL_CHOICES[self.parameterAsEnum(parameters, self.DINO_MODEL, context)]
         if method == "clip":
             return "clip", dino_model, None, ""
-        weights = self.parameterAsString(parameters, self.DINO_WEIGHTS, context).strip() or None
-        if weights is None and self._settings.dino_model == dino_model:
-            weights = self._settings.dino_weights.strip() or None  # the settings' choice
+        weights = self._settings.chosen("dino_weights")  # told, or saved for this DINO model
         path = resolve_dino_weights(dino_model, weights, self.dino_cache_dir())
         if path is not None:
             return "drseg", dino_model, path, ""
@@ -270,10 +272,25 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
         """Worker thread: run the engine; no GUI, layer or project access here."""
         if self._request is None:  # prepareAlgorithm always runs first; be safe anyway
             raise QgsProcessingException("The algorithm was not prepared")
-        with engine_errors():
+        from ..core.style import categorized_qml
+
+        out_raster = (self.parameterAsOutputLayer(parameters, self.OUTPUT_RASTER, context)
+                      if self._wants_raster else None)
+        out_probabilities = (
+            self.parameterAsOutputLayer(parameters, self.OUTPUT_PROBABILITIES, context)
+            if self._wants_probabilities else None)
+        with engine_errors(), work_folder() as work:
             segment = load_engine()
-            result = segment.run_segmentation(self._request, progress=self.engine_progress(feedback),
+            import_model_libraries()  # in the worker thread: the dialog stays responsive
+            request = dataclasses.replace(self._request, out_vector=os.path.join(work, WORK_FILE),
+                                          out_raster=out_raster, out_probabilities=out_probabilities)
+            result = segment.run_segmentation(request, progress=self.engine_progress(feedback),
                                               cancelled=feedback.isCanceled)
+            dest, _ = self.copy_to_sink(result.vector_path, WORK_LAYER, parameters, self.OUTPUT,
+                                        context, feedback, self._crs,
+                                        categorized_qml(self._classes))
+        self._destinations = {"vector": dest, "raster": out_raster,
+                              "probabilities": out_probabilities}
 
         t = result.timings
         note = result.note or self._note
@@ -285,7 +302,7 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
                           f"{t.model:.1f} s, stitch {t.stitch:.1f} s, vectorize {t.vectorize:.1f} s)")
         for name, pixels in result.class_pixels.items():
             feedback.pushInfo(f"  {name}: {pixels} px")
-        return {self.OUTPUT: self._destinations["vector"],
+        return {self.OUTPUT: dest,
                 self.OUTPUT_RASTER: result.raster_path,
                 self.OUTPUT_PROBABILITIES: result.probabilities_path,
                 self.POLYGONS: result.polygon_count,

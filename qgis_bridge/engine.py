@@ -22,38 +22,34 @@ DEFAULT_MAX_SIZE = 1024            # core.refer.request.DEFAULT_MAX_SIZE
 # Segmentation methods: the engine's SegmentationRequest.method values and their names for users.
 METHOD_LABELS = {"drseg": "DR-Seg", "clip": "dense CLIP", "custom": "custom scorer"}
 
-# Import name -> pip name of what the engine needs beyond what QGIS ships.
-REQUIREMENTS = {
-    "torch": "torch",
-    "torchvision": "torchvision",
-    "open_clip": "open_clip_torch",
-    "rasterio": "rasterio",
-    "shapely": "shapely",
-}
+# What a segmentation run cannot start without (import names of core.dependencies.REQUIREMENTS,
+# the one list of packages; a referring run also needs segment_anything).
+ENGINE_MODULES = ("torch", "torchvision", "open_clip", "rasterio", "shapely")
+INSTALL_ADVICE = ("Install them with the Install… button of DR-Seg's warning in the message bar: "
+                  "it shows what goes where, then runs pip for the Python QGIS runs")
 
 
 class MissingDependencies(Exception):
     """The engine's Python packages are not importable in QGIS's Python."""
 
 
-def missing_packages() -> List[str]:
-    """pip names of required packages that cannot be found (nothing is imported)."""
-    missing = []
-    for module, package in REQUIREMENTS.items():
-        try:
-            found = importlib.util.find_spec(module) is not None
-        except (ImportError, ValueError):
-            found = False
-        if not found:
-            missing.append(package)
-    return missing
+def missing_packages(modules=ENGINE_MODULES) -> List[str]:
+    """pip names of every missing package DR-Seg uses (the list the start-up warning shows) when
+    one of `modules` is missing, else []. Nothing is imported."""
+    from ..core import dependencies
+
+    missing = dependencies.find_missing()
+    if not any(requirement.module in modules for requirement in missing):
+        return []
+    return [requirement.package for requirement in missing]
 
 
 def dependency_message(missing: List[str], detail: str = "") -> str:
-    names = ", ".join(missing) if missing else "torch, torchvision, open_clip_torch"
-    text = (f"DR-Seg needs the Python packages {names} in the Python that QGIS uses. "
-            f"Install them with: python3 -m pip install {' '.join(missing or REQUIREMENTS.values())} "
-            "(see the README for the exact versions)")
+    from ..core import dependencies
+
+    names = ", ".join(missing or dependencies.missing_package_names()
+                      or [r.package for r in dependencies.REQUIREMENTS if r.module in ENGINE_MODULES])
+    text = f"DR-Seg needs the Python packages {names} in the Python that QGIS runs. {INSTALL_ADVICE}"
     if detail:
         text += f" [{detail}]"
     return text
@@ -74,40 +70,51 @@ def keep_triton_out() -> bool:
 
 
 def load_engine():
-    """Import and return `core.segment`, or raise MissingDependencies with an install hint.
+    """Main thread: `core.segment`, or MissingDependencies with the install advice.
 
-    Call it on the main thread before starting a run, so the first (slow) import of torch does not
-    happen inside a worker thread and a missing package is reported before anything starts.
+    Checks that the packages are there without importing torch or open_clip (seconds that would
+    freeze QGIS on the first Run); the task's worker thread imports them with
+    `import_model_libraries()`.
     """
     missing = missing_packages()
     if missing:
         raise MissingDependencies(dependency_message(missing))
-    keep_triton_out()
+    keep_triton_out()  # before anything imports torch, in any thread
     try:
         from ..core import segment
-        importlib.import_module("open_clip")
     except ImportError as exc:  # present but broken, e.g. an ABI clash with QGIS's numpy
         raise MissingDependencies(dependency_message([], f"{type(exc).__name__}: {exc}")) from None
     return segment
 
 
 def load_refer_engine():
-    """Main thread: import the referring engine (torch, open_clip, segment_anything) and return
-    `core.refer.run`, or raise MissingDependencies with an install hint. Call it before starting a
-    task, so the first, slow import of torch never happens in a worker thread."""
+    """Main thread: `core.refer.run`, or MissingDependencies with the install advice; like
+    load_engine(), nothing heavy is imported here."""
     load_engine()
+    missing = missing_packages(("segment_anything",))
+    if missing:
+        raise MissingDependencies(dependency_message(missing))
     try:
-        found = importlib.util.find_spec("segment_anything") is not None
-    except (ImportError, ValueError):
-        found = False
-    if not found:
-        raise MissingDependencies(dependency_message(["segment-anything"]))
-    try:
-        importlib.import_module("segment_anything")
         from ..core.refer import run
     except ImportError as exc:
         raise MissingDependencies(dependency_message([], f"{type(exc).__name__}: {exc}")) from None
     return run
+
+
+# What the models need, imported in a task's worker thread (QGIS's event loop keeps running).
+SEGMENT_LIBRARIES = ("torch", "open_clip")
+REFER_LIBRARIES = ("torch", "open_clip", "segment_anything")
+
+
+def import_model_libraries(modules=SEGMENT_LIBRARIES) -> None:
+    """Worker thread: import the model libraries; a broken installation (present but failing to
+    import) as MissingDependencies with the install advice."""
+    keep_triton_out()
+    try:
+        for module in modules:
+            importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencies(dependency_message([], f"{type(exc).__name__}: {exc}")) from None
 
 
 def prepare_packages() -> List[str]:

@@ -1,5 +1,6 @@
-"""Where the dock writes a run's files when the user names none: the project's folder, else a
-temporary one, under a name that replaces no existing file."""
+"""Where the dock writes a run's files when the user names none: the project's folder, else the
+folder 'DR-Seg outputs' in the user's home (kept, unlike a temporary folder), under a name that
+replaces no existing file. The forms' output fields choose any other place."""
 from __future__ import annotations
 
 import os
@@ -9,14 +10,24 @@ from typing import Optional, Sequence
 from qgis.core import QgsProject
 
 
+UNSAVED_PROJECT_FOLDER = "DR-Seg outputs"   # in the home folder, for projects not saved yet
+
+
 def output_folder(project: Optional[QgsProject] = None) -> str:
-    """The project's folder when the project is saved and writable, else a temporary folder."""
+    """The project's folder when the project is saved and writable, else ~/DR-Seg outputs (a
+    temporary folder only when the home folder is not writable)."""
     home = (project or QgsProject.instance()).homePath()
     if home and os.path.isdir(home) and os.access(home, os.W_OK):
         return home
-    folder = os.path.join(tempfile.gettempdir(), "drseg")
-    os.makedirs(folder, exist_ok=True)
-    return folder
+    for base in (os.path.expanduser("~"), tempfile.gettempdir()):
+        folder = os.path.join(base, UNSAVED_PROJECT_FOLDER)
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(folder, os.W_OK):
+            return folder
+    return tempfile.gettempdir()
 
 
 def free_output_path(layer_name: str, folder: str, tag: str, extension: str = ".gpkg",

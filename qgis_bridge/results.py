@@ -17,6 +17,20 @@ def open_polygon_layer(path: str, table: str, name: str) -> QgsVectorLayer:
     return layer
 
 
+# A custom property (saved with the project) marking the layers DR-Seg added, so its forms do not
+# offer a class raster of an earlier run as the raster to segment.
+RESULT_PROPERTY = "drseg/result"
+
+
+def mark_result(layer) -> None:
+    layer.setCustomProperty(RESULT_PROPERTY, True)
+
+
+def is_result(layer) -> bool:
+    value = layer.customProperty(RESULT_PROPERTY, False)
+    return value is True or str(value).lower() == "true"
+
+
 def add_result_layers(result, group_name: Optional[str] = None, display_name: Optional[str] = None,
                       project: Optional[QgsProject] = None
                       ) -> Tuple[Optional[QgsVectorLayer], Optional[QgsRasterLayer]]:
@@ -39,6 +53,7 @@ def add_result_layers(result, group_name: Optional[str] = None, display_name: Op
     group = project.layerTreeRoot().insertGroup(0, group_name or f"DR-Seg: {name}")
     for layer in (vector, raster):
         if layer is not None:
+            mark_result(layer)
             project.addMapLayer(layer, False)
             group.addLayer(layer)
     return vector, raster
@@ -62,6 +77,7 @@ def add_referring_layer(result, name: Optional[str] = None, project: Optional[Qg
     if not layer.isValid():
         raise RuntimeError(f"QGIS cannot open the referring result '{result.vector_path}'")
     style_referring_layer(layer, expressions)
+    mark_result(layer)
     root = project.layerTreeRoot()
     group = root.findGroup(group_name) or root.insertGroup(0, group_name)
     project.addMapLayer(layer, False)

@@ -18,8 +18,9 @@ from typing import Callable, List, Optional, Sequence
 from qgis.core import QgsApplication, QgsMessageLog, QgsTask
 from qgis.PyQt.QtCore import pyqtSignal
 
+from ..core.advice import QGIS, speaking_to
 from ..core.errors import DrSegError, RunCancelled
-from .engine import MissingDependencies, load_engine
+from .engine import REFER_LIBRARIES, MissingDependencies, import_model_libraries, load_engine
 
 LOG_TAG = "DR-Seg"
 
@@ -51,7 +52,8 @@ def _release(task: QgsTask) -> None:
 
 class DrSegTask(QgsTask):
     """A cancellable task whose `finished()` hands it once to `on_finished` (main thread) and then
-    leaves the keep-alive list. After the callback: `error` (for the user) or `was_cancelled`."""
+    leaves the keep-alive list. After the callback: `error` (for the user) or `was_cancelled`.
+    A run that stops on a cancel returns True (QGIS shows failed tasks with a notification)."""
 
     def __init__(self, description: str, on_finished: Optional[Callable] = None):
         super().__init__(description, QgsTask.Flag.CanCancel)
@@ -97,19 +99,22 @@ class EngineTask(DrSegTask):
     def run(self) -> bool:  # noqa: D401 (QGIS's name)
         started = time.perf_counter()
         try:
-            self._work()
+            with speaking_to(QGIS):  # the engine's advice names QGIS's dialogs and fields
+                self._work()
             self._done = True
             return True
         except RunCancelled:
+            # A cancel the user asked for is no failure: returning True keeps QGIS from showing
+            # its "Task failed" notification; the callback reads was_cancelled.
             self.was_cancelled = True
-            return False
+            return True
         except (DrSegError, MissingDependencies) as exc:
             self.error = str(exc)
             return False
         except Exception as exc:  # a bug or an environment problem: details go to the log
             if self.isCanceled():
                 self.was_cancelled = True
-                return False
+                return True
             self.error = f"{self.failure_prefix}: {type(exc).__name__}: {exc}"
             self.error_detail = traceback.format_exc()
             return False
@@ -153,6 +158,7 @@ class SegmentationTask(EngineTask):
 
     def _work(self) -> None:
         segment = load_engine()
+        import_model_libraries()  # here, in the worker thread: seconds on a first run
         self.result = segment.run_segmentation(self.request, scorer=self.scorer,
                                                progress=self._progress, cancelled=self.isCanceled)
 
@@ -184,6 +190,7 @@ class ReferringTask(EngineTask):
     def _work(self) -> None:
         from ..core.refer.run import run_referring
 
+        import_model_libraries(REFER_LIBRARIES)  # here, in the worker thread
         self.result = run_referring(self.request, progress=self._progress,
                                     cancelled=self.isCanceled, sam=self.sam, clip=self.clip)
         self.session = self.result.session
@@ -233,10 +240,12 @@ class ModelTransferTask(DrSegTask):
 
     def run(self) -> bool:  # noqa: D401 (QGIS's name)
         try:
-            self.path = self.work(self._progress, self.isCanceled, self.statusMessage.emit)
+            with speaking_to(QGIS):
+                self.path = self.work(self._progress, self.isCanceled, self.statusMessage.emit)
             return True
         except RunCancelled:
             self.was_cancelled = True
+            return True  # no "Task failed" notification for a cancel
         except DrSegError as exc:
             self.error = str(exc)
         except Exception as exc:  # an unexpected failure is still shown, not raised in a thread

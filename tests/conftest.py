@@ -13,8 +13,16 @@ import rasterio
 from rasterio.transform import from_origin
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# The tests run inside a QGIS application, as the plugin does: under a display (Xvfb) Mesa's LLVM
+# is loaded, and triton's (imported by torchvision) would crash the process; keep it out likewise.
+from drseg.qgis_bridge.engine import keep_triton_out  # noqa: E402 (imports neither torch nor QGIS)
+
+keep_triton_out()
 # The user's own DR-Seg settings file (cache folder, mirror, models) must not change test results.
 os.environ["DRSEG_CONFIG"] = os.path.join(tempfile.mkdtemp(prefix="drseg-test-config-"), "settings.json")
+# Nor may embeddings another test (or the user) stored on disk: tests that use the disk cache
+# name their own folder.
+os.environ["DRSEG_EMBEDDING_CACHE"] = "off"
 
 # Colours of the synthetic scene's classes; the oracle recognises a class by its colour.
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -5,6 +5,7 @@ into a test module are found by pytest like local ones.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -93,8 +94,26 @@ def run_algorithm(algorithm, parameters, load_results: bool = False, **kwargs):
     import processing
 
     if load_results:
-        return processing.runAndLoadResults(algorithm, parameters, **kwargs)
+        with desktop_layer_tree_view():
+            return processing.runAndLoadResults(algorithm, parameters, **kwargs)
     return processing.run(algorithm, parameters, **kwargs)
+
+
+@contextlib.contextmanager
+def desktop_layer_tree_view():
+    """A real layer tree view of the project behind `iface.layerTreeView()`, as QGIS desktop has:
+    from QGIS 3.44 on, Processing adds result layers through it (C++, refusing pytest-qgis's mock)."""
+    from qgis.core import QgsLayerTreeModel, QgsProject
+    from qgis.gui import QgsLayerTreeView
+    from qgis.utils import iface
+
+    view = QgsLayerTreeView()
+    view.setModel(QgsLayerTreeModel(QgsProject.instance().layerTreeRoot(), view))
+    iface.layerTreeView = lambda: view
+    try:
+        yield view
+    finally:
+        del iface.layerTreeView
 
 
 def wait_for(predicate, timeout: float = 60.0, step: float = 0.01) -> bool:
@@ -184,13 +203,14 @@ class FakeModels:
     deciding the method like the engine does ('auto': DR-Seg when DINO weights were given).
     `note` is the engine note it reports."""
 
-    def __init__(self, note: str = ""):
+    def __init__(self, note: str = "", delay: float = 0.0):
         self.requests = []
         self.note = note
+        self.delay = delay      # seconds per scorer call (cancel tests)
 
     def __call__(self, request, monitor):
         self.requests.append(request)
-        scorer = ColourScorer()
+        scorer = ColourScorer(self.delay)
         scorer.device = "cpu"
         method = request.method
         if method == "auto":
@@ -209,3 +229,44 @@ def fake_models(monkeypatch):
     fake = FakeModels()
     monkeypatch.setattr(segment, "build_scorer", fake)
     return fake
+
+
+# The real aerial scene (OpenEarthMap demo tile, Köln, 0.5 m, EPSG:25832), read where it lies:
+# the shared/ folder beside the checkout (CI lays a copy there too).
+KOELN_SCENE = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data", "oem_koeln_50.tif")
+
+
+@pytest.fixture
+def koeln_scene() -> str:
+    if not os.path.isfile(KOELN_SCENE):
+        pytest.skip(f"the real aerial scene {KOELN_SCENE} is not on this machine")
+    return KOELN_SCENE
+
+
+def run_like_the_toolbox_dialog(algorithm_id: str, parameters: dict, project, feedback=None):
+    """What the toolbox dialog does: prepare on the main thread, run in a QgsProcessingAlgRunnerTask
+    of the task manager (worker thread), then processing.gui.Postprocessing's
+    handleAlgorithmResults loads the outputs. -> (ok, results, loaded_ok, feedback)."""
+    from processing.gui.Postprocessing import handleAlgorithmResults
+    from qgis.core import (QgsProcessingAlgRunnerTask, QgsProcessingContext,
+                           QgsProcessingFeedback)
+
+    algorithm = QgsApplication.processingRegistry().createAlgorithmById(algorithm_id)
+    context = QgsProcessingContext()
+    context.setProject(project)
+    feedback = feedback or QgsProcessingFeedback()
+    done = {}
+
+    def on_complete(ok, results):
+        done["ok"], done["results"] = ok, results
+        if ok:
+            done["loaded"] = handleAlgorithmResults(algorithm, context, feedback, False, parameters)
+
+    task = QgsProcessingAlgRunnerTask(algorithm, parameters, context, feedback)
+    if task.isCanceled():  # prepareAlgorithm failed, as the dialog handles it
+        on_complete(False, {})
+    else:
+        task.executed.connect(on_complete)
+        QgsApplication.taskManager().addTask(task)
+    assert wait_for(lambda: "ok" in done, timeout=120)
+    return done["ok"], done["results"], done.get("loaded"), feedback

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import TINY_CLIP_CONFIG, TINY_DINO_DIMS, write_raster
-from drseg.core.dense_clip import DenseClip, dense_logits, encode_prompts
+from drseg.core.dense_clip import DenseClip, dense_logits, encode_prompts, encode_text
+from drseg.core.disk_cache import DiskCache
 from drseg.core.models.clip import load_clip
 from drseg.core.errors import InputError, ModelError
 from drseg.core.segment import SegmentationRequest, run_segmentation
@@ -275,3 +276,28 @@ def test_text_embeddings_are_encoded_once_per_query(tiny_clip):
     assert encoded == [["water", "road"], ["building"]]
     assert torch.equal(clip.text_features[0], first[1]) and torch.equal(clip.text_features[2], first[0])
     assert torch.allclose(clip.text_features[1], real(["building"])[0])
+
+
+def test_text_tower_on_trimmed_tokens_equals_open_clip(tiny_clip):
+    model, tokenizer, _ = tiny_clip
+    tokens = tokenizer(["a", "a satellite image of the largest pond north of the road .", "{}"])
+    with torch.no_grad():
+        expected = model.encode_text(tokens)
+        got = encode_text(model, tokens)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_query_embeddings_come_back_from_the_disk_cache(tiny_clip, tmp_path):
+    first = dense(tiny_clip)
+    first.disk_cache = DiskCache(str(tmp_path))
+    first.set_queries(["water", "road"])
+    assert first.text_encodes == 2
+    second = dense(tiny_clip)                          # another process: an empty memory cache
+    second.disk_cache = DiskCache(str(tmp_path))
+    second.set_queries(["road", "tree"])
+    assert second.text_encodes == 1                    # only 'tree' went through the text tower
+    assert torch.equal(second.text_features[0], first.text_features[1])
+    other = DenseClip(tiny_clip[0], tiny_clip[1], torch.device("cpu"), templates=["{}"])
+    other.disk_cache = DiskCache(str(tmp_path))
+    other.set_queries(["road"])                        # other templates: another key
+    assert other.text_encodes == 1

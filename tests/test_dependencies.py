@@ -32,6 +32,14 @@ def test_linux_qgis_binary_finds_the_versioned_python_of_its_prefix():
                                  only("/opt/py/bin/python3")) == "/opt/py/bin/python3"
 
 
+def test_a_python_first_on_path_but_not_qgis_own_is_not_taken():
+    """Embedded Python sets sys.executable to the first `python3` on PATH (here a virtual
+    environment's); QGIS runs the interpreter of its prefix."""
+    assert deps.find_qgis_python("/home/u/venv/bin/python3", "linux", "/usr", "/usr", (3, 11),
+                                 only("/home/u/venv/bin/python3", "/usr/bin/python3.11")) == \
+        "/usr/bin/python3.11"
+
+
 def test_windows_standalone_installer_uses_the_python_of_exec_prefix():
     exe = r"C:\Program Files\QGIS 3.34.4\bin\qgis-bin.exe"
     prefix = r"C:\PROGRA~1\QGIS33~1.4\apps\Python312"

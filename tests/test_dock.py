@@ -4,8 +4,9 @@ from __future__ import annotations
 import os
 
 import pytest
-from conftest_qgis import (fake_models, files_under, isolated_settings, put_in_cache,  # noqa: F401
-                           raster_layer, tiny_clip, wait_for, write_raster)
+from conftest_qgis import (fake_models, files_under, isolated_settings, koeln_scene,  # noqa: F401
+                           plugin_iface, put_in_cache, raster_layer, tiny_clip, wait_for,
+                           write_raster)
 from qgis.core import (Qgis, QgsApplication, QgsCategorizedSymbolRenderer, QgsCoordinateReferenceSystem,
                        QgsPalettedRasterRenderer, QgsRasterLayer, QgsRectangle)
 
@@ -63,7 +64,10 @@ def test_run_adds_a_styled_polygon_layer_and_class_raster(dock, qgis_iface, qgis
     vector, raster = dock.last_layers
     assert os.path.isfile(tmp_path / "result.gpkg") and os.path.isfile(tmp_path / "result.tif")
     assert vector.id() in qgis_new_project.mapLayers() and raster.id() in qgis_new_project.mapLayers()
-    assert vector.name() == "building, water, tree"
+    # Named from the raster, the classes and the time: runs on other rasters stay apart.
+    stamp = group.name().rsplit(" ", 1)[1] if (group := qgis_new_project.layerTreeRoot().children()[0]) else ""
+    assert vector.name() == f"scene: building, water, tree ({stamp})"
+    assert raster.name() == f"scene: building, water, tree ({stamp}) (class raster)"
     assert vector.crs() == layer.crs() and raster.crs() == layer.crs()
     assert vector.featureCount() > 0
     renderer = vector.renderer()
@@ -204,6 +208,57 @@ def test_cancel_button_stops_the_run_without_layers_or_files(dock, qgis_iface, q
     assert dock.run_button.isEnabled()
 
 
+def test_a_cancel_by_qgis_shows_cancelling_and_no_failure(dock, qgis_iface, qgis_new_project,
+                                                          tmp_path, tiny_clip, fake_models):
+    """QGIS's own cancel (the task manager, or "tasks are running, cancel?" on closing) reaches
+    the dock: it says "Cancelling…", then the run ends as cancelled, not as a failed task."""
+    from qgis.core import QgsTask
+
+    fake_models.delay = 1.0  # a slow window batch: the cancel lands while one computes
+    fill_form(dock, qgis_new_project, tmp_path, tiny_clip, width=512, height=512)
+    finished, texts = [], []
+    dock.runFinished.connect(finished.append)
+    dock.run_button.click()
+    assert wait_for(lambda: "windows" in dock.status_label.text(), 60)
+    task = dock.controls.tasks[0]
+    QgsApplication.taskManager().cancelAll()
+    assert wait_for(lambda: dock.status_label.text() == "Cancelling…" or finished, 30)
+    texts.append(dock.status_label.text())
+    assert wait_for(lambda: finished, 60)
+    assert texts == ["Cancelling…"]
+    assert finished[0].was_cancelled and task.status() == QgsTask.TaskStatus.Complete
+    assert dock.status_label.text() == "Cancelled; nothing was written"
+    assert not messages(qgis_iface, Qgis.MessageLevel.Critical)
+
+
+def test_run_without_packages_offers_the_plugins_installer(dock, plugin_iface, qgis_new_project,
+                                                           tmp_path, tiny_clip, monkeypatch):
+    import sys
+
+    from conftest_qgis import install_buttons
+
+    fill_form(dock, qgis_new_project, tmp_path, tiny_clip)
+    monkeypatch.setitem(sys.modules, "open_clip", None)  # as if open_clip were not installed
+    dock.run_button.click()
+    assert not dock.is_running()
+    (error,) = messages(plugin_iface, Qgis.MessageLevel.Critical)
+    assert "open_clip_torch" in error and "Install… button" in error and "pip" in error
+    assert "python3 -m pip" not in error
+    assert len(install_buttons(plugin_iface.messageBar())) == 1
+
+
+def test_run_and_cancel_stay_put_when_the_status_changes(dock):
+    dock.resize(420, 800)
+    dock.show()
+    QgsApplication.processEvents()
+    before = dock.run_button.mapTo(dock, dock.run_button.rect().topLeft())
+    dock.status_label.setText("A long status line " * 12)
+    QgsApplication.processEvents()
+    dock.status_label.setText("Short")
+    QgsApplication.processEvents()
+    assert dock.run_button.mapTo(dock, dock.run_button.rect().topLeft()) == before
+
+
 # -- method: DR-Seg or dense CLIP -----------------------------------------------------------------
 
 def run_and_wait(dock):
@@ -322,9 +377,132 @@ def test_drseg_without_dino_weights_is_refused_with_advice(dock, qgis_iface, qgi
     assert dock.run() is None
     error = messages(qgis_iface, Qgis.MessageLevel.Critical)[-1]
     assert "'rs-dino-vit-b8' are not downloaded" in error
+    assert "Import file…" in error and "python -m drseg" not in error  # QGIS's own advice
     dock.dino_weights_widget.setFilePath(str(tmp_path / "gone.pth"))
     assert dock.run() is None
     assert "gone.pth' does not exist" in messages(qgis_iface, Qgis.MessageLevel.Critical)[-1]
+
+
+# -- settings and memory ----------------------------------------------------------------------------
+
+def test_saving_the_settings_keeps_weights_typed_in_the_dock(dock, tmp_path):
+    from dataclasses import replace
+
+    typed_clip, typed_sam = str(tmp_path / "my_clip.pt"), str(tmp_path / "my_sam.pth")
+    dock.clip_weights_widget.setFilePath(typed_clip)
+    dock.refer_panel.sam_weights_widget.setFilePath(typed_sam)
+    # The settings dialog saved (another window size, the same weights as before).
+    dock.apply_settings(replace(dock.settings, window=448, stride=224))
+    assert dock.clip_weights_widget.filePath() == typed_clip
+    assert dock.refer_panel.sam_weights_widget.filePath() == typed_sam
+    assert (dock.window_spin.value(), dock.stride_spin.value()) == (448, 224)
+    # A field the user left as the settings had it follows the new settings.
+    dock.apply_settings(replace(dock.settings, clip_model="ViT-L-14"))
+    assert dock.clip_model_combo.currentText() == "ViT-L-14"
+
+
+def test_the_dock_remembers_classes_threshold_and_weights(qgis_iface, qgis_new_project,
+                                                         isolated_settings, tmp_path):
+    first = DrSegDock(qgis_iface)
+    first.classes_edit.setPlainText("roof; pond")
+    first.threshold_spin.setValue(0.42)
+    first.clip_weights_widget.setFilePath(str(tmp_path / "clip.pt"))
+    first.refer_panel.sam_weights_widget.setFilePath(str(tmp_path / "sam.pth"))
+    first.shutdown()  # QGIS closes
+    first.deleteLater()
+
+    second = DrSegDock(qgis_iface)  # the next session
+    try:
+        assert second.classes_edit.toPlainText() == "roof; pond"
+        assert second.threshold_spin.value() == pytest.approx(0.42)
+        assert second.clip_weights_widget.filePath() == str(tmp_path / "clip.pt")
+        assert second.refer_panel.sam_weights_widget.filePath() == str(tmp_path / "sam.pth")
+    finally:
+        second.shutdown()
+        second.deleteLater()
+
+
+# -- details ------------------------------------------------------------------------------------------
+
+def test_the_dock_opens_wide_enough_for_its_form(dock):
+    from qgis.PyQt.QtWidgets import QScrollArea
+
+    dock.resize(dock.minimumSizeHint().width(), 900)
+    dock.show()
+    QgsApplication.processEvents()
+    scroll = dock.modes.widget(0)
+    assert isinstance(scroll, QScrollArea)
+    viewport = scroll.viewport().width()
+    for widget in (dock.cancel_button, *dock.band_combos):
+        right = widget.mapTo(scroll.widget(), widget.rect().topRight()).x()
+        assert right <= viewport, widget  # nothing cut off on the right
+    dock.close()
+
+
+def test_the_layer_box_skips_earlier_results(qgis_iface, qgis_new_project, isolated_settings,
+                                             tmp_path):
+    from drseg.qgis_bridge.results import mark_result
+
+    result = raster_layer(write_raster(tmp_path / "a_classes.tif"), "a_classes")  # first by name
+    mark_result(result)
+    scene = raster_layer(write_raster(tmp_path / "scene.tif"), "scene")
+    qgis_new_project.addMapLayers([result, scene])
+    widget = DrSegDock(qgis_iface)
+    try:
+        assert widget.layer_combo.currentLayer() is scene
+    finally:
+        widget.shutdown()
+        widget.deleteLater()
+
+
+def test_an_empty_result_is_a_warning_with_a_hint(dock, qgis_iface, qgis_new_project, tmp_path,
+                                                  tiny_clip, fake_models):
+    # Two classes the colour scorer scores alike: each 0.5, below the threshold everywhere.
+    fill_form(dock, qgis_new_project, tmp_path, tiny_clip, classes="tree; forest")
+    dock.threshold_spin.setValue(0.6)
+    task = run_and_wait(dock)
+    assert task.result.polygon_count == 0
+    assert messages(qgis_iface, Qgis.MessageLevel.Success) == []
+    (warning,) = messages(qgis_iface, Qgis.MessageLevel.Warning)
+    assert "found nothing" in warning and "lower the threshold" in warning
+    assert "0.60" in warning
+
+
+def test_an_unsaved_project_writes_to_a_kept_documented_folder(qgis_new_project, monkeypatch,
+                                                               tmp_path):
+    from drseg.qgis_bridge.outputs import UNSAVED_PROJECT_FOLDER, output_folder
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert qgis_new_project.homePath() == ""
+    folder = output_folder(qgis_new_project)
+    assert folder == str(tmp_path / UNSAVED_PROJECT_FOLDER) and os.path.isdir(folder)
+
+
+def test_a_dock_run_on_the_real_aerial_scene(dock, qgis_iface, qgis_new_project, koeln_scene,
+                                             tmp_path, tiny_clip, fake_models):
+    """The OpenEarthMap tile of Köln (0.5 m, EPSG:25832) at 2 m: every working pixel ends up in
+    one polygon of the result, which is named after the scene and styled by class; the progress
+    bar moved through the run's stages."""
+    layer = raster_layer(koeln_scene, "koeln")
+    qgis_new_project.addMapLayer(layer)
+    dock.layer_combo.setLayer(layer)
+    dock.classes_edit.setPlainText("building, roof; tree; water")
+    dock.device_combo.setCurrentIndex(dock.device_combo.findData("cpu"))
+    dock.clip_model_combo.setCurrentText(tiny_clip)
+    dock.clip_weights_widget.setFilePath("random")
+    dock.resolution_spin.setValue(2.0)
+    dock.threshold_spin.setValue(0.0)
+    dock.output_widget.setFilePath(str(tmp_path / "koeln.gpkg"))
+    values = []
+    dock.progress_bar.valueChanged.connect(values.append)
+    task = run_and_wait(dock)
+    vector, _ = dock.last_layers
+    assert vector.crs().authid() == "EPSG:25832"
+    assert vector.name().startswith("koeln: building, tree, water (")
+    assert vector.featureCount() == task.result.polygon_count > 0
+    total = sum(f.geometry().area() for f in vector.getFeatures())
+    assert total == pytest.approx(500.0 * 500.0, rel=1e-6)
+    assert len(set(values)) >= 5 and values == sorted(values)  # it moved, never back
 
 
 def test_blend_and_class_probabilities_reach_the_request_and_the_file(dock, qgis_new_project,

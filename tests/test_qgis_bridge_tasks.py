@@ -102,14 +102,16 @@ def test_cancel_during_run_adds_nothing_and_leaves_no_file(qgis_new_project, tmp
     assert wait_for(lambda: recorder.tasks, 30)
 
     assert task.was_cancelled and not task.succeeded and task.error is None
+    # Not a failure for QGIS (which notifies "Task failed" for terminated tasks).
+    assert task.status() == QgsTask.TaskStatus.Complete
     assert recorder.layers == (None, None)
     assert qgis_new_project.mapLayers() == {}
     assert files_under(tmp_path) == before  # no output, no hidden work folder
     # 64 blocks of 32 px: some were done before the cancel, far from all.
     done = [int(m.group(1)) for m in map(re.compile(r"block (\d+)/").search, blocks) if m]
     assert done and max(done) < 32
-    # It stops within one block: a block needs at most a 3×3 neighbourhood of 32-px windows.
-    assert scorer.calls - calls_at_cancel <= 9
+    # It stops within one window batch (cancel is checked between batches inside a block).
+    assert scorer.calls - calls_at_cancel <= 1
 
 
 def test_cancel_before_start_calls_back_as_cancelled(qgis_new_project, tmp_path):

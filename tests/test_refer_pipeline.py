@@ -15,6 +15,7 @@ from rasterio.transform import from_origin
 from shapely.geometry import box as shapely_box
 
 from conftest import TINY_CLIP_CONFIG, scene_image, scene_labels, write_raster
+from drseg.core import dense_clip
 from drseg.core.models.clip import load_clip
 from drseg.core.dense_clip import DenseClip
 from drseg.core.errors import InputError, RunCancelled
@@ -324,8 +325,9 @@ def test_localizer_maps_are_clip_similarity_minus_generic(tiny_models, monkeypat
     assert np.all(activation[:, :20] == 0.0)             # nodata is never the target
     # every phrase a new expression needs goes through the text tower in one batch
     batches = []
-    encode_text = clip.model.encode_text
-    monkeypatch.setattr(clip.model, "encode_text", lambda t: batches.append(len(t)) or encode_text(t))
+    encode_text = dense_clip.encode_text
+    monkeypatch.setattr(dense_clip, "encode_text",
+                        lambda m, t: batches.append(len(t)) or encode_text(m, t))
     texts_before = localizer.text_encodes
     localizer.localize(features, parse_expression("the small ship near the harbour"))
     new_phrases = localizer.text_encodes - texts_before
@@ -460,3 +462,26 @@ def test_large_areas_are_read_at_a_reduced_working_size(tmp_path):
     north = pixel_box(40, 30, 100, 80)
     assert row["geometry"].within(north) and north.within(row["geometry"].buffer(1.0, join_style=2))
     assert row["area_m2"] == pytest.approx(28 * 23)
+
+
+def test_prompt_sets_of_one_make_up_share_a_decoder_call_with_the_same_outputs(tiny_models):
+    sam, _, _ = tiny_models
+    image = np.random.default_rng(3).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    session = ReferringSession(image, sam, ColourLocalizer(), disk_cache=None)
+    session.prepare()
+    dense = np.random.default_rng(4).normal(size=(1, 256, 256)).astype(np.float32)
+    sets = [(np.array([[10.0, 20.0], [90.0, 60.0]]), np.array([1, 0]), np.array([5, 5, 70, 80]),
+             dense),
+            (np.array([[30.0, 40.0]]), np.array([1]), None, None),
+            (np.array([[50.0, 50.0], [5.0, 5.0]]), np.array([1, 0]), np.array([20, 10, 90, 100]),
+             None),
+            (np.array([[140.0, 100.0], [60.0, 5.0]]), np.array([1, 0]), np.array([100, 50, 159, 119]),
+             None)]
+    calls = session.decoder_calls
+    batched = session._predict_sets(sets)
+    assert session.decoder_calls == calls + 3               # the last two share one call
+    for (points, labels, box, mask), (masks, ious, low) in zip(sets, batched):
+        one_masks, one_ious, one_low = session._predict(points, labels, box, mask, multimask=True)
+        np.testing.assert_allclose(low, one_low, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(ious, one_ious, rtol=1e-4, atol=1e-4)
+        assert np.mean(masks != one_masks) < 1e-3

@@ -316,6 +316,7 @@ def test_clicks_refine_the_last_result_through_the_cached_embedding(panel, qgis_
     # Left click on the north pond, given exactly: area pixel (70, 55).
     assert panel.click_tool.add_click(to_web.transform(raster_point(70, 55)), True)
     assert wait_for(lambda: refined, 20)
+    assert "(1 click so far)" in panel.status_label.text()  # the user's clicks, not SAM's prompts
     call = panel.sam.calls[-1]
     assert not call["multimask"] and call["labels"][-1] == 1
     assert call["points"][-1] == pytest.approx((70.0, 55.0), abs=1e-6)
@@ -327,6 +328,7 @@ def test_clicks_refine_the_last_result_through_the_cached_embedding(panel, qgis_
     event = mouse_release(canvas, to_web.transform(raster_point(160, 190)), Qt.MouseButton.RightButton)
     panel.click_tool.canvasReleaseEvent(event)
     assert wait_for(lambda: len(refined) == 2, 20)
+    assert "(2 clicks so far)" in panel.status_label.text()
     back = QgsCoordinateTransform(web, ponds.crs(), QgsProject.instance())
     landed = back.transform(event.mapPoint())
     expected = ((landed.x() - ORIGIN[0]) / PIXEL - 0.5, (ORIGIN[1] - landed.y()) / PIXEL - 0.5)
@@ -353,6 +355,17 @@ def test_clicks_refine_the_last_result_through_the_cached_embedding(panel, qgis_
                                              Qt.KeyboardModifier.NoModifier))
     assert canvas.mapTool() is None and not panel.refine_action.isChecked()
     assert panel.click_tool.markers == []
+
+    # Undo puts back what each refinement replaced, the newest first.
+    assert panel.undo_button.isEnabled()
+    panel.undo_button.click()
+    (both,) = features(layer)
+    assert both["geometry"].equals(NORTH.union(SOUTH))
+    assert both["area_m2"] == pytest.approx((60 * 50 + 80 * 60) * PIXEL ** 2)
+    panel.undo_button.click()
+    (first,) = features(layer)
+    assert first["geometry"].equals(SOUTH) and first["expression"] == "the pond"
+    assert not panel.undo_button.isEnabled()
 
 
 def test_a_query_that_found_nothing_gets_its_object_from_a_positive_click(panel, qgis_iface):
@@ -484,7 +497,6 @@ def test_processing_errors_carry_the_engines_message(drseg_provider, fake_load, 
     raster = write_array(tmp_path / "ponds.tif", pond_scene().transpose(2, 0, 1))
     cases = [({"EXPRESSION": " \n \n"}, "Type an expression"),
              ({"EXPRESSION": "the pond\nthe big one on the left"}, "No target found"),
-             ({"OUTPUT": str(tmp_path / "referred.shp")}, ".gpkg"),
              ({"EXTENT": "0,10,0,10 [EPSG:32633]"}, "does not overlap")]
     for extra, message in cases:
         feedback = QgsProcessingFeedback()
@@ -589,3 +601,17 @@ def test_the_dock_shares_values_with_the_panel_settings_included(qgis_iface, qgi
     finally:
         dock.shutdown()
         dock.deleteLater()
+
+
+def test_the_referring_tab_offers_an_output_destination(panel, tmp_path):
+    import os
+
+    chosen = tmp_path / "chosen" / "ponds_found"
+    chosen.parent.mkdir()
+    panel.output_widget.setFilePath(str(chosen))
+    task = run_by_typing(panel, "the pond")
+    assert task.result.vector_path == str(chosen) + ".gpkg"
+    assert os.path.isfile(str(chosen) + ".gpkg")
+    panel.output_widget.setFilePath(str(tmp_path / "no-such-folder" / "x.gpkg"))
+    assert panel.run() is None
+    assert "does not exist" in panel.status_label.text()

@@ -8,6 +8,7 @@ import torch
 from conftest_qgis import wait_for
 from qgis.PyQt.QtWidgets import QDialog, QDialogButtonBox
 
+from drseg.core import disk_cache
 from drseg.core import settings as st
 from drseg.core.models.catalog import list_models
 from drseg.core.settings import Settings, load_settings, save_settings
@@ -202,13 +203,23 @@ def test_bad_mirror_is_refused_before_downloading(make_dialog, tmp_path):
     assert "must start with http://" in dialog.transfer_label.text()
 
 
-def test_import_of_a_file_on_disk(make_dialog, tmp_path):
+def test_import_of_a_file_on_disk(make_dialog, tmp_path, monkeypatch):
+    from conftest import TINY_DINO_DIMS
+    from drseg.core.models import weights_fit
+    from drseg.core.drseg.dino import build_timm_vit
+
+    def tiny_meta(entry):  # the real DINO ViT-B/8 is 340 MB: the same definition, tiny widths
+        with torch.device("meta"):
+            return build_timm_vit(weights_fit.dino_name(entry.architecture), **TINY_DINO_DIMS)
+
+    monkeypatch.setattr(weights_fit, "build_meta_model", tiny_meta)
     cache = tmp_path / "cache"
     dialog = make_dialog(settings=Settings(cache_dir=str(cache)))
     finished = []
     dialog.transferFinished.connect(finished.append)
     dialog.select_model("dino-vit-b8")
-    source = torch_checkpoint(tmp_path / "my_dino.pth")
+    source = tmp_path / "my_dino.pth"
+    torch.save(build_timm_vit("dino_vitb8", **TINY_DINO_DIMS).state_dict(), str(source))
     assert dialog.import_selected(str(source)) is not None
     assert wait_for(lambda: finished, 30)
     assert finished[0].error is None, finished[0].error
@@ -264,3 +275,47 @@ def test_closing_the_dialog_cancels_and_detaches_the_transfer(make_dialog, tmp_p
     assert task in bridge_tasks.running() and dialog.task is None   # still kept alive
     assert wait_for(lambda: task not in bridge_tasks.running(), 10)
     assert task.was_cancelled and calls == []     # the closed dialog is not called back
+
+
+def test_embedding_cache_settings_and_the_clear_button(make_dialog, tmp_path, monkeypatch):
+    monkeypatch.delenv(disk_cache.EMBEDDINGS_ENV, raising=False)
+    folder = tmp_path / "models" / disk_cache.SUBFOLDER
+    stored = disk_cache.DiskCache(str(folder))
+    stored.put("t", "a", {"x": torch.zeros(10)})
+    stored.put("t", "b", {"x": torch.ones(10)})
+    path = str(tmp_path / "settings.json")
+    save_settings(Settings(cache_dir=str(tmp_path / "models"), embedding_cache=False,
+                           embedding_cache_mb=512), path)
+    dialog = make_dialog(path=path)
+    assert not dialog.embedding_cache_check.isChecked()
+    assert dialog.embedding_cache_spin.value() == 512
+    assert dialog.cache_info_label.text().startswith("2 entries")
+    assert dialog.clear_embedding_cache() == 2 and stored.info().entries == 0
+    assert dialog.cache_info_label.text().startswith("0 entries")
+    dialog.embedding_cache_check.setChecked(True)
+    dialog.embedding_cache_spin.setValue(1024)
+    save_button(dialog).click()
+    saved = load_settings(path)
+    assert saved.embedding_cache and saved.embedding_cache_mb == 1024
+
+
+def test_the_dialog_fits_a_1366x768_screen_with_save_visible(make_dialog):
+    """Its form scrolls; the buttons stay below it, inside a window the height a 1366×768 screen
+    leaves (about 700 px)."""
+    from qgis.PyQt.QtWidgets import QScrollArea
+
+    dialog = make_dialog()
+    assert dialog.minimumSizeHint().height() <= 700
+    dialog.resize(720, 700)
+    dialog.show()
+    from qgis.core import QgsApplication
+
+    QgsApplication.processEvents()
+    save = save_button(dialog)
+    assert save.isVisible()
+    bottom = save.mapTo(dialog, save.rect().bottomLeft()).y()
+    assert 0 < bottom <= dialog.height()
+    (scroll,) = [s for s in dialog.findChildren(QScrollArea) if s.widget() is not None
+                 and s.widget().isAncestorOf(dialog.window_spin)]
+    assert not scroll.isAncestorOf(save)
+    dialog.close()

@@ -14,7 +14,7 @@ then the same one until the tool ends or a new run replaces the target.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 from qgis.core import (Qgis, QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsFeature,
@@ -42,6 +42,8 @@ class RefineTarget:
     items: List[list] = field(default_factory=list)     # [fid or None, ReferringResult]
     current: Optional[int] = None
     project: Optional[QgsProject] = None
+    clicks: Dict[int, int] = field(default_factory=dict)   # the user's clicks per item
+    history: List[tuple] = field(default_factory=list)     # what each refinement replaced (undo)
 
     def layer(self):
         return (self.project or QgsProject.instance()).mapLayer(self.layer_id)
@@ -246,6 +248,8 @@ class ReferringClickTool(QgsMapTool):
         fid = item[0]
         provider = layer.dataProvider()
         fields = layer.fields()
+        before = QgsFeature(layer.getFeature(fid)) if fid is not None else None
+        target.history.append((task.index, fid, before, item[1], target.clicks.get(task.index, 0)))
         if task.geometry is None:                # every pixel was clicked away
             if fid is not None and not provider.deleteFeatures([fid]):
                 raise RuntimeError(f"Could not update layer '{layer.name()}'")
@@ -270,8 +274,49 @@ class ReferringClickTool(QgsMapTool):
                         and provider.changeAttributeValues({fid: changes})):
                     raise RuntimeError(f"Could not update layer '{layer.name()}'")
         item[1] = task.refined
+        target.clicks[task.index] = (target.clicks.get(task.index, 0) + len(task.positive)
+                                     + len(task.negative))
         layer.updateExtents()
         layer.triggerRepaint()
+
+    def can_undo(self) -> bool:
+        return self.target is not None and bool(self.target.history) and self._running is None
+
+    def undo(self) -> bool:
+        """Put back what the last refinement replaced (the polygon, its area, or the feature it
+        deleted or added); -> False when there is nothing to undo."""
+        if not self.can_undo():
+            return False
+        target = self.target
+        layer = target.layer()
+        if layer is None:
+            self.set_target(None)
+            return False
+        index, fid, before, result, clicks = target.history.pop()
+        item = target.items[index]
+        provider = layer.dataProvider()
+        now = item[0]
+        if before is None:                       # the refinement added the feature
+            if now is not None and not provider.deleteFeatures([now]):
+                raise RuntimeError(f"Could not update layer '{layer.name()}'")
+            item[0] = None
+        elif now is None:                        # the refinement deleted it
+            ok, added = provider.addFeatures([QgsFeature(before)])
+            if not ok:
+                raise RuntimeError(f"Could not update layer '{layer.name()}'")
+            item[0] = added[0].id()
+        else:
+            attributes = {i: before.attribute(i) for i in range(len(before.fields()))
+                          if before.fields().at(i).name() != "fid"}
+            if not (provider.changeGeometryValues({now: before.geometry()})
+                    and provider.changeAttributeValues({now: attributes})):
+                raise RuntimeError(f"Could not update layer '{layer.name()}'")
+        item[1] = result
+        target.clicks[index] = clicks
+        self.clear_markers()
+        layer.updateExtents()
+        layer.triggerRepaint()
+        return True
 
 
 def _qgs_geometry(geometry, wkb_type) -> QgsGeometry:

@@ -20,6 +20,7 @@ from qgis.PyQt.QtWidgets import (QCheckBox, QComboBox, QDockWidget, QFormLayout,
                                  QLabel, QPlainTextEdit, QPushButton, QScrollArea, QSpinBox,
                                  QTabWidget, QVBoxLayout, QWidget)
 
+from ..core.advice import QGIS, speaking_to
 from ..core.classes import parse_classes
 from ..core.errors import DrSegError, InputError
 from ..core.models.dino import dino_help, resolve_dino_weights
@@ -30,12 +31,13 @@ from ..core.settings import LIMITS, Settings, load_settings_or_defaults
 from ..qgis_bridge.engine import (DEFAULT_GRAPH_K, DEFAULT_SEMANTIC_RATIO, DEFAULT_THRESHOLD,
                                   MissingDependencies, load_engine, method_label)
 from ..qgis_bridge.outputs import default_output_path, output_folder
-from ..qgis_bridge.results import add_result_layers
+from ..qgis_bridge.results import add_result_layers, is_result
 from ..qgis_bridge.sources import extent_in_layer_crs, layer_crs_check, raster_source
 from ..qgis_bridge.tasks import SegmentationTask
 from .choices import SharedChoices
 from .combos import raster_layer_filter, select_device
 from .refer_panel import ReferringPanel
+from . import remembered
 from .run_controls import RunControls
 
 TITLE = "DR-Seg"
@@ -45,6 +47,20 @@ DEVICE_LABELS = (("auto", "Auto (GPU if available)"), ("cpu", "CPU"), ("cuda", "
                  ("mps", "Apple GPU (MPS)"))
 METHOD_DRSEG, METHOD_CLIP = "drseg", "clip"
 METHOD_ITEMS = ((METHOD_DRSEG, "DR-Seg (CLIP + DINO)"), (METHOD_CLIP, "Dense CLIP"))
+
+
+# An empty result is a warning with what to try.
+EMPTY_RESULT_HINT = ("No pixel reached the threshold ({threshold:.2f}) for any class: lower the "
+                     "threshold, or check the class names (synonyms after a comma help)")
+
+
+def result_layer_name(raster: str, classes, stamp: str, limit: int = 48) -> str:
+    """A result layer's legend name: raster, classes and time, e.g. 'ortho: building, road
+    (14:02:11)' (the class list shortened to `limit` characters)."""
+    names = ", ".join(getattr(c, "name", c) for c in classes)
+    if len(names) > limit:
+        names = names[:limit - 1] + "…"
+    return f"{raster}: {names} ({stamp})"
 
 
 class DrSegDock(QDockWidget):
@@ -68,6 +84,8 @@ class DrSegDock(QDockWidget):
         self._build()
         self._layer_changed(self.layer_combo.currentLayer())
         self.apply_settings(self.settings)
+        self.restore_state()
+        self.prefer_input_layer()
         if self.settings_problem:
             self.status_label.setText(self.settings_problem + " — the defaults are used")
             self._message(Qgis.MessageLevel.Warning, self.settings_problem + " — the defaults are used")
@@ -290,6 +308,10 @@ class DrSegDock(QDockWidget):
         scroll = QScrollArea(self)
         scroll.setWidgetResizable(True)
         scroll.setWidget(body)
+        # Wide enough for the form (no clipped Cancel or band boxes) when the dock opens.
+        scroll.setMinimumWidth(body.minimumSizeHint().width()
+                               + scroll.verticalScrollBar().sizeHint().width()
+                               + 2 * scroll.frameWidth())
         # Two modes: "Classes" (the form above) and "Referring" (ui/refer_panel.py, issue 4).
         self.refer_panel = ReferringPanel(self.iface, self.choices, self)
         for combo in self.band_combos:
@@ -301,6 +323,27 @@ class DrSegDock(QDockWidget):
         self.modes.addTab(scroll, "Classes")
         self.modes.addTab(self.refer_panel, "Referring")
         self.setWidget(self.modes)
+
+    def prefer_input_layer(self) -> None:
+        """Offer the active layer when it is a raster to segment, else the first raster that is
+        not a DR-Seg result (a class raster of an earlier run is no input)."""
+        current = self.layer_combo.currentLayer()
+        active = self.iface.activeLayer() if self.iface is not None else None
+        if isinstance(active, QgsRasterLayer) and not is_result(active):
+            self.layer_combo.setLayer(active)
+            return
+        if isinstance(current, QgsRasterLayer) and not is_result(current):
+            return
+        for index in range(self.layer_combo.count()):
+            layer = self.layer_combo.layer(index)
+            if isinstance(layer, QgsRasterLayer) and not is_result(layer):
+                self.layer_combo.setLayer(layer)
+                return
+
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        if not self.is_running():
+            self.prefer_input_layer()
+        super().showEvent(event)
 
     def _layer_changed(self, layer) -> None:
         for combo in self.band_combos:
@@ -360,28 +403,63 @@ class DrSegDock(QDockWidget):
 
     # -- settings -------------------------------------------------------------------------------
     def apply_settings(self, settings: Settings) -> None:
-        """Take the shared settings (core/settings.py) as the form's models, device and tiling."""
-        self.settings = settings
-        self.clip_model_combo.setCurrentText(settings.clip_model)
-        self.clip_weights_widget.setFilePath(settings.clip_weights)
-        self.dino_model_combo.blockSignals(True)  # the weights below belong to this model
-        index = self.dino_model_combo.findText(settings.dino_model)
-        self.dino_model_combo.setCurrentIndex(max(index, 0))
-        self.dino_model_combo.blockSignals(False)
-        self.dino_weights_widget.setFilePath(settings.dino_weights)
-        select_device(self.device_combo, settings.device)
-        self.window_spin.setValue(settings.window)
-        self.stride_spin.setValue(settings.stride)
+        """Take the shared settings (core/settings.py) as the form's models, device and tiling.
+
+        A field the user changed from the previous settings' value keeps the user's value (saving
+        the settings dialog must not wipe weights typed here)."""
+        previous, self.settings = getattr(self, "_applied", None), settings
+        self._applied = settings
+
+        def follows(current, name) -> bool:
+            return previous is None or str(current).strip() == str(getattr(previous, name)).strip()
+
+        if follows(self.clip_model_combo.currentText(), "clip_model"):
+            self.clip_model_combo.setCurrentText(settings.clip_model)
+        if follows(self.clip_weights_widget.filePath(), "clip_weights"):
+            self.clip_weights_widget.setFilePath(settings.clip_weights)
+        if follows(self.dino_model_combo.currentText(), "dino_model") and \
+                follows(self.dino_weights_widget.filePath(), "dino_weights"):
+            self.dino_model_combo.blockSignals(True)  # the weights below belong to this model
+            index = self.dino_model_combo.findText(settings.dino_model)
+            self.dino_model_combo.setCurrentIndex(max(index, 0))
+            self.dino_model_combo.blockSignals(False)
+            self.dino_weights_widget.setFilePath(settings.dino_weights)
+        if follows(self.device_combo.currentData(), "device"):
+            select_device(self.device_combo, settings.device)
+        if follows(self.window_spin.value(), "window"):
+            self.window_spin.setValue(settings.window)
+        if follows(self.stride_spin.value(), "stride"):
+            self.stride_spin.setValue(settings.stride)
         self.refresh_dino_state()
-        self.refer_panel.apply_settings(settings)  # SAM model and weights
+        self.refer_panel.apply_settings(settings, previous)  # SAM model and weights
+
+    # -- remembered between sessions ---------------------------------------------------------------
+    def restore_state(self) -> None:
+        """The classes, threshold and weights of the last session (ui/remembered.py)."""
+        state = remembered.load_state()
+        if isinstance(state.get("classes"), str):
+            self.classes_edit.setPlainText(state["classes"])
+        if isinstance(state.get("threshold"), (int, float)):
+            self.threshold_spin.setValue(float(state["threshold"]))
+        if isinstance(state.get("clip_weights"), str) and state["clip_weights"].strip():
+            self.clip_weights_widget.setFilePath(state["clip_weights"])
+        if isinstance(state.get("sam_weights"), str):
+            self.refer_panel.sam_weights_widget.setFilePath(state["sam_weights"])
+
+    def save_state(self) -> None:
+        remembered.save_state({"classes": self.classes_edit.toPlainText(),
+                               "threshold": self.threshold_spin.value(),
+                               "clip_weights": self.clip_weights_widget.filePath().strip(),
+                               "sam_weights": self.refer_panel.sam_weights_widget.filePath().strip()})
 
     def refresh_dino_state(self) -> None:
         """Find the DINO weights now (a few file checks, no torch); pick the method unless the
         user has; say in the note why DR-Seg cannot run."""
         model = self.dino_model_combo.currentText()
         try:
-            self.dino_path = resolve_dino_weights(model, self.dino_weights_widget.filePath(),
-                                                  self.dino_cache_dir())
+            with speaking_to(QGIS):  # its advice names the settings dialog, not commands
+                self.dino_path = resolve_dino_weights(model, self.dino_weights_widget.filePath(),
+                                                      self.dino_cache_dir())
             self.dino_problem = "" if self.dino_path else f"No DINO weights are set up for {model}"
         except DrSegError as exc:
             self.dino_path, self.dino_problem = None, str(exc).rstrip(".")
@@ -514,11 +592,13 @@ class DrSegDock(QDockWidget):
                                                 (InputError, MissingDependencies))
         if request is None:
             return None
+        self.save_state()
         layer = self.layer_combo.currentLayer()
         task = SegmentationTask(request, self._task_finished, scorer=self.scorer,
                                 description=f"DR-Seg: segmenting {layer.name()}")
-        task.group_name = f"DR-Seg: {layer.name()} {time.strftime('%H:%M:%S')}"
-        task.display_name = ", ".join(spec.name for spec in parse_classes(request.classes))
+        stamp = time.strftime('%H:%M:%S')
+        task.group_name = f"DR-Seg: {layer.name()} {stamp}"
+        task.display_name = result_layer_name(layer.name(), parse_classes(request.classes), stamp)
         task.fallback_note = self.fallback_note()
         self.controls.start(task)
         self.runStarted.emit(task)
@@ -548,7 +628,11 @@ class DrSegDock(QDockWidget):
                 self.progress_bar.setValue(100)
                 reason = getattr(result, "device_reason", "")
                 self.status_label.setText(f"Done: {text}" + (f"\nDevice: {reason}" if reason else ""))
-                self._message(Qgis.MessageLevel.Success, f"Segmentation done: {text}")
+                if result.vector_path and not result.polygon_count:
+                    self._message(Qgis.MessageLevel.Warning, f"Segmentation found nothing: {text}. "
+                                  + EMPTY_RESULT_HINT.format(threshold=self.threshold_spin.value()))
+                else:
+                    self._message(Qgis.MessageLevel.Success, f"Segmentation done: {text}")
                 warnings = list(getattr(result, "warnings", None) or [])
                 if warnings:
                     self._message(Qgis.MessageLevel.Warning,
@@ -568,5 +652,6 @@ class DrSegDock(QDockWidget):
 
     def shutdown(self) -> None:
         """Cancel running tasks and detach them from this widget (plugin unload, QGIS exit)."""
+        self.save_state()
         self.controls.shutdown()
         self.refer_panel.shutdown()

@@ -14,6 +14,7 @@ message-bar error at once.
 from __future__ import annotations
 
 import json
+import os
 from typing import List, Optional
 
 from qgis.core import (Qgis, QgsCoordinateReferenceSystem, QgsGeometry, QgsRectangle,
@@ -154,6 +155,15 @@ class ReferringPanel(QWidget):
                                            "'sam-vit-b' (DR-Seg settings › Download models…); "
                                            "empty: the catalog checkpoint of the SAM model")
         form.addRow("SAM weights", self.sam_weights_widget)
+        self.output_widget = QgsFileWidget(self)
+        self.output_widget.setStorageMode(QgsFileWidget.StorageMode.SaveFile)
+        self.output_widget.setFilter("GeoPackage (*.gpkg)")
+        self.output_widget.lineEdit().setPlaceholderText(
+            "[The project's folder, or ~/DR-Seg outputs]")
+        self.output_widget.setToolTip("The GeoPackage of the result; empty: a new file named after "
+                                      "the raster in the project's folder (an unsaved project: "
+                                      "'DR-Seg outputs' in your home folder)")
+        form.addRow("Output", self.output_widget)
 
         self.max_size_spin = QSpinBox(self)
         self.max_size_spin.setRange(64, 8192)
@@ -176,7 +186,13 @@ class ReferringPanel(QWidget):
         self.refine_action.triggered.connect(self.set_refining)  # a user's click only
         self.refine_button = QToolButton(self)
         self.refine_button.setDefaultAction(self.refine_action)
-        self.controls.add_to(outer, (self.refine_button,))
+        self.undo_button = QToolButton(self)
+        self.undo_button.setText("Undo")
+        self.undo_button.setObjectName("drsegReferringUndo")
+        self.undo_button.setToolTip("Undo the last refinement (the polygon it replaced comes back)")
+        self.undo_button.setEnabled(False)
+        self.undo_button.clicked.connect(self.undo_refinement)
+        self.controls.add_to(outer, (self.refine_button, self.undo_button))
         if self.click_tool is not None:
             self.click_tool.setAction(self.refine_action)
             self.click_tool.message.connect(self.controls.message)
@@ -220,8 +236,12 @@ class ReferringPanel(QWidget):
         self.expression_combo.setEditText(current)
         self.expression_combo.blockSignals(False)
 
-    def apply_settings(self, settings) -> None:
-        """Take the shared settings' SAM model and weights (core/settings.py) as the form's."""
+    def apply_settings(self, settings, previous=None) -> None:
+        """Take the shared settings' SAM model and weights (core/settings.py) as the form's; with
+        the `previous` settings, weights the user changed from theirs are kept."""
+        if previous is not None and self.sam_weights_widget.filePath().strip() != \
+                (getattr(previous, "sam_weights", "") or "").strip():
+            return
         if getattr(settings, "sam_model", None) in SAM_MODELS:
             self.sam_model_combo.blockSignals(True)   # the weights below belong to this model
             self.sam_model_combo.setCurrentText(settings.sam_model)
@@ -306,6 +326,18 @@ class ReferringPanel(QWidget):
     def output_folder(self) -> str:
         return output_folder()
 
+    def output_path(self, layer) -> str:
+        """The chosen GeoPackage, else a new file named after the layer in the output folder."""
+        chosen = self.output_widget.filePath().strip()
+        if not chosen:
+            return referring_output_path(layer.name(), self.output_folder())
+        if not chosen.lower().endswith(".gpkg"):
+            chosen += ".gpkg"
+        folder = os.path.dirname(os.path.abspath(chosen))
+        if not os.path.isdir(folder):
+            raise InputError(f"Output folder '{folder}' does not exist")
+        return chosen
+
     def build_request(self):
         """Validate the form -> ReferringRequest. Raises DrSegError or MissingDependencies."""
         layer = self.current_layer()
@@ -320,7 +352,7 @@ class ReferringPanel(QWidget):
         run.parse_expressions([text])      # 'no target found' before anything starts
         return run.ReferringRequest(
             raster=source, expressions=[text],
-            out_vector=referring_output_path(layer.name(), self.output_folder()),
+            out_vector=self.output_path(layer),
             extent=extent, max_size=self.max_size_spin.value(),
             bands=shared.bands if shared.layer is layer else None,
             sam_model=self.sam_model_combo.currentText(),
@@ -366,6 +398,7 @@ class ReferringPanel(QWidget):
                 target, why = target_from_run(task, layer, task.raster_crs)
                 if self.click_tool is not None:
                     self.click_tool.set_target(target)
+                    self.undo_button.setEnabled(False)   # undo belongs to the new result
                 self.progress_bar.setValue(100)
                 report = self.report(task.result, seconds)
                 found = task.result.polygon_count > 0
@@ -409,9 +442,23 @@ class ReferringPanel(QWidget):
 
     def _refined(self, task) -> None:
         area = f"{task.area_m2:.0f} m²" if task.geometry is not None else "empty"
-        clicks = int(len(task.refined.labels)) if task.refined.labels is not None else 0
+        clicks = task.target.clicks.get(task.index, 0)   # the user's clicks, not SAM's prompts
         self.status_label.setText(f"Refined '{task.refined.expression}': {area} "
-                                  f"({clicks} prompt points so far)")
+                                  f"({clicks} click{'s' if clicks != 1 else ''} so far)")
+        self.undo_button.setEnabled(self.click_tool.can_undo())
+
+    def undo_refinement(self) -> None:
+        """Put back what the last refinement changed."""
+        if self.click_tool is None:
+            return
+        try:
+            undone = self.click_tool.undo()
+        except RuntimeError as exc:
+            self._message(Qgis.MessageLevel.Critical, str(exc))
+            return
+        if undone:
+            self.status_label.setText("The last refinement was undone")
+        self.undo_button.setEnabled(self.click_tool.can_undo())
 
     # -- state ----------------------------------------------------------------------------------
     def _message(self, level, text: str) -> None:

@@ -6,9 +6,12 @@ import time
 from typing import Callable, Dict, List, Sequence, Tuple
 
 from qgis.core import Qgis
-from qgis.PyQt.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton
+from qgis.PyQt.QtCore import QTimer
+from qgis.PyQt.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QSizePolicy
 
+from ..core.advice import QGIS, speaking_to
 from ..qgis_bridge import tasks as bridge_tasks
+from ..qgis_bridge.engine import MissingDependencies
 
 
 def push_message(iface, title: str, level, text: str) -> None:
@@ -24,6 +27,11 @@ def push_message(iface, title: str, level, text: str) -> None:
         bar.pushWarning(title, text)
     else:
         bar.pushInfo(title, text)
+
+
+STATUS_LINES = 3          # the status line's height in lines of text (longer: the tooltip)
+CANCEL_WATCH_MS = 200     # how often running tasks are looked at for a cancel QGIS made
+CANCELLING = "Cancelling…"
 
 
 class RunControls:
@@ -44,6 +52,15 @@ class RunControls:
         self.progress_bar.setValue(0)
         self.status_label = QLabel("", parent)
         self.status_label.setWordWrap(True)
+        # A fixed height, so Run and Cancel do not move when the text changes length.
+        self.status_label.setFixedHeight(self.status_label.fontMetrics().lineSpacing()
+                                         * STATUS_LINES + 4)
+        self.status_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        # QGIS may cancel a task itself (its task manager, "tasks are running, cancel?" on
+        # closing): a cancel does not signal, so running tasks are looked at while they run.
+        self._watch = QTimer(parent)
+        self._watch.setInterval(CANCEL_WATCH_MS)
+        self._watch.timeout.connect(self._show_cancelling)
         self.tasks: List = []
         self._started_at: Dict[int, float] = {}
         self.update_buttons()
@@ -70,7 +87,18 @@ class RunControls:
             self.message(Qgis.MessageLevel.Warning, busy_text)
             return None
         try:
-            return build()
+            with speaking_to(QGIS):  # the engine's advice names QGIS's dialogs and fields
+                return build()
+        except MissingDependencies as exc:
+            from .integration import check_dependencies_on_start
+
+            self.message(Qgis.MessageLevel.Critical, str(exc))
+            self.status_label.setText(str(exc))
+            try:  # the start-up warning with its Install… button, shown again if closed
+                check_dependencies_on_start(self.iface)
+            except Exception:  # noqa: BLE001 (the message above has been given either way)
+                pass
+            return None
         except errors as exc:
             self.message(Qgis.MessageLevel.Critical, str(exc))
             self.status_label.setText(str(exc))
@@ -90,26 +118,40 @@ class RunControls:
     def start(self, task) -> None:
         """Show the task's progress and steps, and start it."""
         task.progressChanged.connect(self.set_progress)
-        task.stepMessage.connect(self.status_label.setText)
+        task.stepMessage.connect(self.set_status)
         self.tasks.append(task)
         self._started_at[id(task)] = time.monotonic()
         self.progress_bar.setValue(0)
-        self.status_label.setText("Starting…")
+        self.set_status("Starting…")
         self.update_buttons()
+        self._watch.start()
         bridge_tasks.start(task)
 
     def finish(self, task) -> float:
         """The task's callback began: forget it; -> seconds since it was started."""
         if task in self.tasks:
             self.tasks.remove(task)
+        if not self.tasks:
+            self._watch.stop()
         self.update_buttons()
         return time.monotonic() - self._started_at.pop(id(task), time.monotonic())
+
+    def set_status(self, text: str) -> None:
+        """The status line (a step of a cancelled task no longer replaces "Cancelling…")."""
+        if any(task.isCanceled() for task in self.tasks) and text != CANCELLING:
+            return
+        self.status_label.setText(text)
+        self.status_label.setToolTip(text)
 
     def cancel(self) -> None:
         for task in list(self.tasks):
             task.cancel()
-        if self.tasks:
-            self.status_label.setText("Cancelling…")
+        self._show_cancelling()
+
+    def _show_cancelling(self) -> None:
+        if any(task.isCanceled() for task in self.tasks) and \
+                self.status_label.text() != CANCELLING:
+            self.set_status(CANCELLING)
 
     def show_unsuccessful(self, task, cancelled_text: str) -> None:
         """A cancelled or failed task: reset the bar, say what happened."""

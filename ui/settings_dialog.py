@@ -14,11 +14,13 @@ from typing import Callable, List, Optional
 
 from qgis.gui import QgsFileWidget
 from qgis.PyQt.QtCore import Qt, pyqtSignal
-from qgis.PyQt.QtWidgets import (QAbstractItemView, QComboBox, QDialog, QDialogButtonBox,
-                                 QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
-                                 QLineEdit, QProgressBar, QPushButton, QSpinBox, QTreeWidget,
-                                 QTreeWidgetItem, QVBoxLayout, QWidget)
+from qgis.PyQt.QtWidgets import (QAbstractItemView, QApplication, QCheckBox, QComboBox, QDialog,
+                                 QDialogButtonBox, QFileDialog, QFormLayout, QFrame, QGroupBox,
+                                 QHBoxLayout, QLabel, QLineEdit, QProgressBar, QPushButton,
+                                 QScrollArea, QSpinBox, QTreeWidget, QTreeWidgetItem, QVBoxLayout,
+                                 QWidget)
 
+from ..core import disk_cache
 from ..core import settings as core_settings
 from ..core.errors import DrSegError, InputError
 from ..core.models import download
@@ -50,6 +52,11 @@ def describe_device(name: str) -> str:
         return str(exc)
 
 
+PREFERRED_WIDTH, PREFERRED_HEIGHT = 720, 860
+MIN_HEIGHT = 320          # the dialog may be this short: the form scrolls
+SCREEN_MARGIN = 80        # room for the title bar and the desktop's panels
+
+
 class SettingsDialog(QDialog):
     """path: the settings file (default: core.settings.config_path()). settings: start from these
     instead of the file. device_describer(name) -> text (default: describe_device)."""
@@ -78,7 +85,9 @@ class SettingsDialog(QDialog):
 
     # -- layout -------------------------------------------------------------------------------
     def _build(self) -> None:
-        layout = QVBoxLayout(self)
+        outer = QVBoxLayout(self)
+        content = QWidget(self)
+        layout = QVBoxLayout(content)
         overrides = Settings().overridden_by_environment()
 
         models = QGroupBox("Models", self)
@@ -153,6 +162,23 @@ class SettingsDialog(QDialog):
         form.addRow("Batch size", self.batch_spin)
         for spin in (self.window_spin, self.stride_spin):
             spin.valueChanged.connect(self._update_overlap)
+        self.embedding_cache_check = QCheckBox("Keep image and text embeddings on disk", processing)
+        self.embedding_cache_check.setToolTip(
+            "An area or phrase encoded once is not encoded again, in later runs and QGIS "
+            "sessions too (SAM and CLIP image embeddings, text embeddings)")
+        self.embedding_cache_spin = self._spin("embedding_cache_mb", " MB", "Largest size of the "
+                                               "embedding cache; the least recently used go first")
+        self.clear_cache_button = QPushButton("Clear", processing)
+        self.clear_cache_button.setToolTip("Remove every stored embedding now")
+        self.clear_cache_button.clicked.connect(self.clear_embedding_cache)
+        row = QHBoxLayout()
+        row.addWidget(self.embedding_cache_check, 1)
+        row.addWidget(self.embedding_cache_spin)
+        row.addWidget(self.clear_cache_button)
+        form.addRow("Embedding cache", _wrap(row, processing))
+        self.cache_info_label = QLabel("", processing)
+        self.cache_info_label.setWordWrap(True)
+        form.addRow("", self.cache_info_label)
         layout.addWidget(processing)
 
         layout.addWidget(self._build_models_section())
@@ -170,8 +196,19 @@ class SettingsDialog(QDialog):
         self.button_box.rejected.connect(self.reject)
         self.button_box.button(QDialogButtonBox.StandardButton.RestoreDefaults).clicked.connect(
             self.restore_defaults)
-        layout.addWidget(self.button_box)
-        self.resize(720, 860)
+        # The form scrolls and the buttons stay below it, so Save is reachable on small screens
+        # (1366×768 leaves about 700 px for a dialog).
+        scroll = QScrollArea(self)
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setWidget(content)
+        outer.addWidget(scroll, 1)
+        outer.addWidget(self.button_box)
+        screen = QApplication.primaryScreen()
+        height = PREFERRED_HEIGHT
+        if screen is not None:
+            height = min(height, screen.availableGeometry().height() - SCREEN_MARGIN)
+        self.resize(PREFERRED_WIDTH, max(height, MIN_HEIGHT))
 
     def _build_models_section(self) -> QWidget:
         box = QGroupBox("Download models…", self)
@@ -238,6 +275,8 @@ class SettingsDialog(QDialog):
             device=self.device_combo.currentData() or self.device_combo.currentText(),
             window=self.window_spin.value(), stride=self.stride_spin.value(),
             block=self.block_spin.value(), batch_size=self.batch_spin.value(),
+            embedding_cache=self.embedding_cache_check.isChecked(),
+            embedding_cache_mb=self.embedding_cache_spin.value(),
             extra=dict(self._extra))
 
     def set_settings(self, settings: Settings) -> None:
@@ -255,8 +294,31 @@ class SettingsDialog(QDialog):
         self.stride_spin.setValue(settings.stride)
         self.block_spin.setValue(settings.block)
         self.batch_spin.setValue(settings.batch_size)
+        self.embedding_cache_check.setChecked(bool(settings.embedding_cache))
+        self.embedding_cache_spin.setValue(int(settings.embedding_cache_mb))
         self._update_overlap()
+        self._show_cache_info()
         self.refresh_models()
+
+    def _embedding_folder(self) -> Optional[str]:
+        """The folder the entered settings point at (the environment still wins)."""
+        return disk_cache.cache_folder(Settings(cache_dir=self.cache_dir_widget.filePath().strip()))
+
+    def _show_cache_info(self) -> None:
+        folder = self._embedding_folder()
+        if folder is None:
+            self.cache_info_label.setText(f"Turned off by {disk_cache.EMBEDDINGS_ENV}")
+            return
+        info = disk_cache.DiskCache(folder).info()
+        self.cache_info_label.setText(f"{info.entries} entries, {info.bytes / 2 ** 20:.0f} MB "
+                                      f"in {folder}")
+
+    def clear_embedding_cache(self) -> int:
+        """Remove every stored embedding; -> how many."""
+        folder = self._embedding_folder()
+        removed = disk_cache.DiskCache(folder).clear() if folder else 0
+        self._show_cache_info()
+        return removed
 
     def restore_defaults(self) -> None:
         self.set_settings(Settings())

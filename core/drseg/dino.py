@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ModelError
+from ..interrupt import install_cancel_points
 from ..models.checkpoints import load_state_dict
 from ..models.registry import DINO_MODELS, DinoArch
 
@@ -78,6 +79,7 @@ class DinoBackbone(torch.nn.Module):
             raise ValueError(f"feature must be one of {FEATURE_KINDS}")
         self.name = name
         self.model = model.eval()
+        install_cancel_points(self.model)  # a cancelled run stops between transformer blocks
         self.feature = feature
         self.patch_size = int(_arch(name).patch_size)
         self.embed_dim = int(model.embed_dim)

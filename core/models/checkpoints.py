@@ -82,6 +82,22 @@ def load_into(model: torch.nn.Module, state: Dict[str, torch.Tensor], what: str,
     in the file without a place in the model (e.g. a text tower the run does not use).
     Returns the model.
     """
+    check_fit(model, state, what, ignore_missing, ignore_unexpected)
+    expected = model.state_dict()
+    strict = not tuple(ignore_missing) and not tuple(ignore_unexpected)
+    filtered = {k: v for k, v in state.items() if k in expected}
+    try:
+        model.load_state_dict(filtered, strict=strict)
+    except RuntimeError as exc:  # dtype or other problems torch finds that the checks above do not
+        raise ModelError(f"The {what} weights do not fit the model ({_first_line(exc)}); "
+                         "choose the architecture that matches this checkpoint") from None
+    return model
+
+
+def check_fit(model: torch.nn.Module, state: Dict[str, torch.Tensor], what: str,
+              ignore_missing: Iterable[str] = (), ignore_unexpected: Iterable[str] = ()) -> None:
+    """Raise one short ModelError unless `state` has exactly `model`'s keys and shapes. Nothing is
+    loaded, so `model` may live on the meta device (built without memory or initialisation)."""
     ignore_missing = tuple(ignore_missing)
     ignore_unexpected = tuple(ignore_unexpected)
     expected = model.state_dict()
@@ -90,14 +106,6 @@ def load_into(model: torch.nn.Module, state: Dict[str, torch.Tensor], what: str,
     mismatched = [k for k in state if k in expected and tuple(state[k].shape) != tuple(expected[k].shape)]
     if missing or unexpected or mismatched:
         raise ModelError(_mismatch_message(model, state, expected, what, missing, unexpected, mismatched))
-    filtered = {k: v for k, v in state.items() if k in expected}
-    strict = not ignore_missing and not ignore_unexpected
-    try:
-        model.load_state_dict(filtered, strict=strict)
-    except RuntimeError as exc:  # dtype or other problems torch finds that the checks above do not
-        raise ModelError(f"The {what} weights do not fit the model ({_first_line(exc)}); "
-                         "choose the architecture that matches this checkpoint") from None
-    return model
 
 
 def _safetensors_load(path: str):
@@ -107,7 +115,9 @@ def _safetensors_load(path: str):
     except ImportError:
         raise ModelError("Reading safetensors files needs the 'safetensors' package; "
                          "install the plugin's dependencies") from None
-    except Exception as exc:
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # also the Rust side's PanicException, not an Exception
         raise ModelError(f"Checkpoint '{path}' is a corrupt or truncated safetensors file "
                          f"({_first_line(exc)}); download it again") from None
 

@@ -14,13 +14,16 @@ open_clip.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 from urllib.parse import urlparse
 from typing import NamedTuple, Optional, Union
 
 import torch
 
+from ..advice import file_advice, in_qgis
 from ..errors import InputError, ModelError
 from .checkpoints import load_into, load_state_dict
 from .download import ensure_cached, server_reachable, sha256_of
@@ -52,6 +55,8 @@ def load_clip(model_name: str = DEFAULT_CLIP_MODEL, weights: Optional[str] = DEF
     torch_device = as_device(device)
     weights = weights or DEFAULT_CLIP_WEIGHTS
     is_file = os.path.isfile(str(weights))
+    if not is_file and looks_like_path(str(weights)):
+        raise InputError(f"CLIP weights file not found: {weights}")
     key, prefixes, quick_gelu = None, ("module.",), False
     known_file = identify_checkpoint(weights) if is_file else None
     if known_file is not None:
@@ -83,13 +88,44 @@ def load_clip(model_name: str = DEFAULT_CLIP_MODEL, weights: Optional[str] = DEF
             path = _download_pretrained(model_name, weights)
             quick_gelu = quick_gelu or bool(
                 open_clip.get_pretrained_cfg(model_name, weights).get("quick_gelu"))
-        model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=quick_gelu)
+        with quiet_open_clip():  # we load the weights ourselves, right after
+            model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=quick_gelu)
         tokenizer = open_clip.get_tokenizer(model_name)
     if path != RANDOM_WEIGHTS:
         state = load_state_dict(path, key=key, strip_prefixes=prefixes)
         load_into(model, state, f"CLIP {model_name} ('{os.path.basename(str(path))}')",
                   ignore_missing=("logit_bias",))
     return LoadedClip(model.to(torch_device).eval(), tokenizer)
+
+
+class _NoPretrainedWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith("No pretrained weights loaded")
+
+
+@contextlib.contextmanager
+def quiet_open_clip():
+    """Hide open_clip's 'No pretrained weights loaded ... initialized randomly' warning, which it
+    logs on the root logger whenever a model is built without its own download."""
+    quiet = _NoPretrainedWarning()
+    loggers = [logging.getLogger(), logging.getLogger("open_clip")]
+    for logger in loggers:
+        logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(quiet)
+
+
+# Endings of checkpoint files: a weights value with one of these (or a folder in it) is a path.
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+
+def looks_like_path(weights: str) -> bool:
+    """A weights value meant as a file (not a pretrained tag or catalog name)."""
+    return ("/" in weights or os.sep in weights or weights.startswith("~")
+            or weights.lower().endswith(CHECKPOINT_SUFFIXES))
 
 
 def catalog_entry(model_name: str, weights: str):
@@ -157,12 +193,17 @@ def _download_pretrained(model_name: str, tag: str) -> str:
               if hub and hub.endswith("/") else config.get("url") or hub or "?")
     if config.get("quick_gelu") and not model_name.endswith(QUICKGELU_SUFFIX):
         # A plain file is built with GELU; these weights need QuickGELU, so say how to keep it.
-        advice = (f"Download {source} on a connected machine and pass it with --clip-model "
-                  f"{model_name}{QUICKGELU_SUFFIX} --clip-weights PATH (these weights need "
-                  "QuickGELU)")
+        if in_qgis():
+            advice = (f"Download {source} on a connected machine, choose it as 'CLIP weights' and "
+                      f"{model_name}{QUICKGELU_SUFFIX} as 'CLIP model' (these weights need "
+                      "QuickGELU)")
+        else:
+            advice = (f"Download {source} on a connected machine and pass it with --clip-model "
+                      f"{model_name}{QUICKGELU_SUFFIX} --clip-weights PATH (these weights need "
+                      "QuickGELU)")
     else:
-        advice = (f"Download {source} on a connected machine and pass the file with "
-                  "--clip-weights PATH (QGIS: the 'CLIP weights' field)")
+        advice = (f"Download {source} on a connected machine and "
+                  f"{file_advice('--clip-weights', 'CLIP weights')}")
     try:
         path = _cached_hub_file(hub)
         if path is None:

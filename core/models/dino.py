@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
+from ..advice import download_advice, file_advice, import_advice
 from ..errors import InputError, ModelError
 from .registry import DEFAULT_DINO_MODEL, DINO_MODEL_CHOICES, DINO_MODELS
 
@@ -49,9 +50,8 @@ def resolve_dino_weights(dino_model: str, weights=None, cache_dir: Optional[str]
     path = cached_path(entry, cache_dir)
     if path is None and entry.name.lower() != default.lower():
         raise ModelError(f"The DINO weights '{entry.name}' are not downloaded (not in the model cache "
-                         f"{cache_dir}); download them in DR-Seg settings › Download models…, or "
-                         f"run `python -m drseg models download {entry.name}` (or `models import "
-                         f"{entry.name} FILE`)")
+                         f"{cache_dir}): {download_advice(entry.name)}, or download the file and "
+                         f"{import_advice(entry.name)}")
     return path
 
 
@@ -78,6 +78,6 @@ def load_dino(model_name: str = DEFAULT_DINO_MODEL, weights: Optional[str] = Non
     path = resolve_dino_weights(model_name, weights, cache_dir)
     if path is None:
         name = DINO_MODELS[model_name].catalog_name
-        raise ModelError(f"No DINO weights for {model_name} are set up: run `python -m drseg "
-                         f"models download {name}` or give a checkpoint file")
+        raise ModelError(f"No DINO weights for {model_name} are set up: {download_advice(name)}, "
+                         f"or {file_advice('--dino-weights', 'DINO weights')}")
     return load_dino_checkpoint(model_name, path, device=as_device(device))

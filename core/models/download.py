@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import socket
+import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -30,12 +31,17 @@ import zipfile
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Union
 
+from ..advice import download_advice, file_advice, import_advice
 from ..errors import ModelError, RunCancelled
 from ..settings import CACHE_ENV, MIRROR_ENV, default_cache_dir  # noqa: F401 (for callers)
 from ..settings import resolve as resolve_setting
 from . import formats
 from .catalog import ModelEntry, get_model
 
+TIMEOUT_ENV = "DRSEG_DOWNLOAD_TIMEOUT"
+# A server that accepts connections and never answers is given up after about 3 × 8 s.
+DOWNLOAD_TIMEOUT = 8.0
+DOWNLOAD_RETRIES = 2
 USER_AGENT = "drseg-model-downloader/1"
 RECORD_SUFFIX = ".verified.json"
 PART_SUFFIX = ".part"
@@ -48,6 +54,15 @@ _CHUNK = 1 << 20
 
 
 # ----------------------------------------------------------------------------- cache and mirror
+
+def download_timeout() -> float:
+    """Seconds to wait for each answer of a download server (DRSEG_DOWNLOAD_TIMEOUT overrides)."""
+    try:
+        value = float(os.environ.get(TIMEOUT_ENV, DOWNLOAD_TIMEOUT))
+    except ValueError:
+        return DOWNLOAD_TIMEOUT
+    return value if value > 0 and value == value else DOWNLOAD_TIMEOUT
+
 
 def resolve_cache_dir(cache_dir: Optional[str] = None) -> str:
     """The model cache folder: `cache_dir` when given, else `DRSEG_CACHE_DIR`, else the saved
@@ -110,8 +125,8 @@ def _source_url(target: _Target, mirror: Optional[str]) -> str:
         return mirror + "/" + urllib.parse.quote(target.download_name)
     if not target.url:
         where = f" from {target.homepage}" if target.homepage else ""
-        raise ModelError(f"'{target.label}' has no public download link. Get the file{where} and add "
-                         f"it with 'python -m drseg models import {target.label} FILE', or set a "
+        raise ModelError(f"'{target.label}' has no public download link. Get the file{where} and "
+                         f"{import_advice(target.label)}, or set a "
                          f"mirror ({MIRROR_ENV}) that serves '{target.download_name}'")
     return target.url
 
@@ -263,15 +278,19 @@ def download(source: Union[str, ModelEntry], cache_dir: Optional[str] = None, *,
              mirror: Optional[str] = None, progress: Optional[ProgressFn] = None,
              cancelled: Optional[CancelFn] = None, status: Optional[StatusFn] = None,
              file_name: Optional[str] = None, size: Optional[int] = None,
-             sha256: Optional[str] = None, force: bool = False, retries: int = 3,
-             retry_wait: float = 1.0, timeout: float = 30.0, chunk_size: int = _CHUNK) -> str:
+             sha256: Optional[str] = None, force: bool = False, retries: int = DOWNLOAD_RETRIES,
+             retry_wait: float = 1.0, timeout: Optional[float] = None, chunk_size: int = _CHUNK) -> str:
     """Fetch a catalog model (name or entry) or a URL into the cache and return the local path.
 
     An already cached file is returned at once (unless `force`). size / sha256 / file_name are for
     bare URLs; catalog entries bring their own. `retries`: automatic resumes after a cut
-    connection within this call. Raises ModelError (server, network or verification problems)
-    and RunCancelled.
+    connection within this call. `timeout`: seconds to wait for each answer (default: the
+    DRSEG_DOWNLOAD_TIMEOUT variable, else DOWNLOAD_TIMEOUT); a server that never answers is given
+    up after (retries + 1) × timeout plus short pauses. Raises ModelError (server, network or
+    verification problems) and RunCancelled.
     """
+    timeout = download_timeout() if timeout is None else timeout
+    retry_wait = min(retry_wait, timeout)
     target = _target(source, file_name, size, sha256)
     folder = resolve_cache_dir(cache_dir)
     final = os.path.join(folder, target.file)
@@ -284,11 +303,7 @@ def download(source: Union[str, ModelEntry], cache_dir: Optional[str] = None, *,
         if existing:
             return existing
     url = _source_url(target, resolve_mirror(mirror))
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as exc:
-        raise ModelError(f"Cannot create the model cache folder '{folder}' ({exc.strerror}); "
-                         f"choose another folder in the settings or set {CACHE_ENV}") from None
+    writable_cache(folder)
     part = os.path.join(folder, target.download_name + PART_SUFFIX)
     attempt = 0
     while True:
@@ -301,9 +316,10 @@ def download(source: Union[str, ModelEntry], cache_dir: Optional[str] = None, *,
                 have = os.path.getsize(part) if os.path.exists(part) else 0
                 raise ModelError(f"Download of '{target.label}' from {_host(url)} was interrupted "
                                  f"({exc}); the {have} bytes received are kept: run the download "
-                                 "again to resume where it stopped") from None
+                                 "again to resume where it stopped, or download the file on a "
+                                 f"connected machine and {import_advice(target.label)}") from None
             if status:
-                status(f"Connection lost ({exc}); resuming (attempt {attempt} of {retries})")
+                status(f"Connection lost ({exc}); resuming (retry {attempt} of {retries})")
             time.sleep(retry_wait * attempt)
     return _finish(part, final, target, url, cancelled, status)
 
@@ -336,13 +352,14 @@ def _transfer(url: str, part: str, target: _Target, progress, cancelled, timeout
             raise _Interrupted("the partial file did not match the server's file; starting over")
         raise ModelError(_http_error_message(exc.code, body_note, url, target)) from None
     except (socket.timeout, TimeoutError) as exc:
-        raise _Interrupted(f"no answer within {timeout:.0f} s") from exc
+        raise _Interrupted(f"no answer within {timeout:g} s") from exc
     except urllib.error.URLError as exc:
         reason = exc.reason
         if isinstance(reason, (socket.timeout, TimeoutError, ConnectionResetError)):
             raise _Interrupted(str(reason) or "timed out") from exc
         raise ModelError(f"Could not reach {_host(url)} ({reason}); check the network connection "
-                         f"or proxy, or set a model mirror ({MIRROR_ENV})") from None
+                         f"or proxy, set a model mirror ({MIRROR_ENV}), or download {url} on a "
+                         f"connected machine and {import_advice(target.label)}") from None
     except (http.client.HTTPException, ConnectionError) as exc:
         raise _Interrupted(f"{type(exc).__name__}: {exc}") from exc
     with response:
@@ -502,7 +519,7 @@ def import_file(path: str, entry: Union[str, ModelEntry], cache_dir: Optional[st
     if not os.path.isfile(path):
         raise ModelError(f"File to import not found: '{path}'")
     folder = resolve_cache_dir(cache_dir)
-    os.makedirs(folder, exist_ok=True)
+    writable_cache(folder)
     final = os.path.join(folder, target.file)
     kind = formats.probe_format(path)
     if target.archive_member and kind == formats.ZIP_ARCHIVE:
@@ -521,6 +538,16 @@ def import_file(path: str, entry: Union[str, ModelEntry], cache_dir: Optional[st
                 formats.TORCHSCRIPT: "a TorchScript archive (refused: it can run code)",
                 formats.ZIP_ARCHIVE: "a zip archive"}.get(kind, "in no known checkpoint format")
         raise ModelError(f"'{path}' is {what}, not a checkpoint for '{entry.name}'; nothing was imported")
+    if not (target.sha256 and not target.archive_member):
+        # No published SHA-256 says this is the right file: read it the safe way (a pickle that
+        # would run code is refused, never run) and compare it with the entry's architecture.
+        if status:
+            status(f"Checking {os.path.basename(path)} against {entry.architecture}")
+        from .weights_fit import check_entry_fits
+        try:
+            check_entry_fits(entry, path)
+        except ModelError as exc:
+            raise ModelError(f"{exc}. Nothing was imported as '{entry.name}'") from None
     if os.path.abspath(final) == path:
         copied = path
     else:
@@ -552,6 +579,21 @@ def import_file(path: str, entry: Union[str, ModelEntry], cache_dir: Optional[st
 
 # ----------------------------------------------------------------------------- helpers
 
+def writable_cache(folder: str) -> None:
+    """Create the model cache folder if needed and make sure files can be written in it; a
+    ModelError naming the folder and the way to choose another one otherwise."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".drseg-probe-", dir=folder)
+        os.close(handle)
+        os.remove(probe)
+    except OSError as exc:
+        what = "create" if not os.path.isdir(folder) else "write in"
+        raise ModelError(f"Cannot {what} the model cache folder '{folder}' "
+                         f"({exc.strerror or exc}); choose another folder (--cache-dir, the "
+                         f"settings, or {CACHE_ENV})") from None
+
+
 def _remove(path: str) -> None:
     try:
         os.remove(path)
@@ -582,10 +624,10 @@ def _http_error_message(code: int, reason: str, url: str, target: _Target) -> st
     answer = f"HTTP {code}{' ' + reason if reason else ''}"
     if code == 404:
         advice = ("the file may have moved: check for a plugin update, set a model mirror, or "
-                  f"download it by hand and add it with 'python -m drseg models import {target.label} FILE'")
+                  f"download it by hand and {import_advice(target.label)}")
     elif code in (401, 403):
         advice = ("the server wants a login or refuses access: download it by hand in a browser "
-                  f"and add it with 'python -m drseg models import {target.label} FILE'")
+                  f"and {import_advice(target.label)}")
     elif code == 429 or code >= 500:
         advice = "the server has a problem or is busy: try again later, or use a model mirror"
     else:
@@ -653,7 +695,7 @@ def _file_advice(entry: ModelEntry, option: str, field: str) -> str:
     OpenAI weights); other checkpoints may also be passed as a file."""
     if entry.family == "clip":
         return " (it keeps the model's settings, such as QuickGELU)"
-    return f", or pass the file with {option} PATH (QGIS: the '{field}' field)"
+    return f", or {file_advice(option, field)}"
 
 
 def ensure_cached(entry: ModelEntry, what: str, option: str, field: str,
@@ -664,6 +706,8 @@ def ensure_cached(entry: ModelEntry, what: str, option: str, field: str,
 
     what: 'CLIP weights'; option: the CLI flag ('--clip-weights'); field: the QGIS field name.
     cache_dir, mirror: as resolved by the caller (None: resolved here, once).
+    progress(bytes_done, bytes_total) follows the transfer; a `status` attribute of it, when
+    present, receives text messages (retries), so callers that only pass `progress` see them.
     """
     cache_dir = resolve_cache_dir(cache_dir)
     path = cached_path(entry, cache_dir)
@@ -674,7 +718,8 @@ def ensure_cached(entry: ModelEntry, what: str, option: str, field: str,
     if not server_reachable(url):
         raise ModelError(
             f"The {what} '{entry.name}' ({entry.size_text()}) are not in the model cache and "
-            f"{_host(url)} cannot be reached (no network?). On a connected machine run "
-            f"`python -m drseg models download {entry.name}`, or download {url} and run "
-            f"`python -m drseg models import {entry.name} FILE`" + _file_advice(entry, option, field))
-    return download(entry, cache_dir, mirror=mirror, progress=progress)
+            f"{_host(url)} cannot be reached (no network?). On a connected machine "
+            f"{download_advice(entry.name)}, or download {url} and {import_advice(entry.name)}"
+            + _file_advice(entry, option, field))
+    return download(entry, cache_dir, mirror=mirror, progress=progress,
+                    status=getattr(progress, "status", None))

@@ -17,13 +17,16 @@ kept (training-free dense CLIP, ``core/dense_clip.py``). Everything after that i
   valid area, mixes them (``expression_weight``), bilinearly resizes to the area's pixel size and
   normalises again: an H×W float32 map in [0, 1], higher = more likely the target.
 
-:meth:`Localizer.region_scores` scores candidate masks on context-aware crops: the mask's box,
-grown by ``context`` × its size and made square, with the pixels outside the mask dimmed toward
-CLIP's mean colour (kept as context, but weaker), through the standard CLIP image encoder, then
-the probability of the expression (and of the target) against the generic prompts: in [0, 1].
+:meth:`Localizer.region_scores` scores candidate masks: by default from the area's cached dense
+features (each mask's share of every patch token weights the normalised patch features; the
+normalised sum is the region's embedding: no encoder runs), or, with ``region_crops``, on
+context-aware crops (the mask's box grown by ``context`` × its size and made square, pixels
+outside the mask dimmed toward CLIP's mean colour) through the standard CLIP image encoder. Either
+embedding gives the probability of the expression (and of the target) against the generic
+prompts: in [0, 1].
 
 Text embeddings are cached per phrase and similarity maps per query and area, so the second
-expression on an area costs a few small matrix products (and crop encodings of its candidates).
+expression on an area costs a few small matrix products.
 """
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from ..dense_clip import CLIP_MEAN, dense_logits, encode_prompts
+from ..disk_cache import USE_DEFAULT, model_fingerprint, resolve_cache
 from ..errors import InputError
 from ..sliding import bilinear_matrix, blend_ramp, window_starts
 from .parse import NounPhrase, ParsedExpression
@@ -55,7 +59,9 @@ class LocalizerSettings:
     expression_weight: share of the expression map in the activation (the rest is the target
     noun's); context: crop margin around a mask's box, × the box size per side; min_crop: the
     smallest crop side, px; dim_outside: how much pixels outside the mask are faded (0 keeps
-    them, 1 removes them); region_logit_scale: CLIP's softmax temperature for region scores."""
+    them, 1 removes them); region_crops: score regions on crops through the CLIP encoder (one
+    ViT pass per candidate) instead of pooling the cached dense features;
+    region_logit_scale: CLIP's softmax temperature for region scores."""
 
     clip_long_side: Optional[int] = 448
     window: int = 224
@@ -68,6 +74,7 @@ class LocalizerSettings:
     context: float = 0.5
     min_crop: int = 32
     dim_outside: float = 0.5
+    region_crops: bool = False
     region_logit_scale: float = 100.0
     max_cached_maps: int = 48
 
@@ -85,6 +92,21 @@ class AreaFeatures:
     cls: torch.Tensor                     # (N, D), L2-normalised
     valid: Optional[np.ndarray] = None    # (H, W) bool: pixels with data
     maps: "OrderedDict[Tuple, np.ndarray]" = field(default_factory=OrderedDict)
+
+    def to_tensors(self) -> Dict[str, torch.Tensor]:
+        """What the disk cache stores (the maps are cheap to recompute)."""
+        return {"patches": self.patches, "cls": self.cls,
+                "geometry": torch.tensor([self.height, self.width, *self.clip_size, *self.canvas]),
+                "windows": torch.tensor(self.windows, dtype=torch.int64).reshape(-1, 2)}
+
+    @classmethod
+    def from_tensors(cls, tensors: Dict[str, torch.Tensor], valid: Optional[np.ndarray],
+                     device) -> "AreaFeatures":
+        height, width, ch, cw, canvas_h, canvas_w = (int(v) for v in tensors["geometry"])
+        windows = [(int(y), int(x)) for y, x in tensors["windows"].tolist()]
+        return cls(height, width, (ch, cw), (canvas_h, canvas_w), windows,
+                   tensors["patches"].to(device), tensors["cls"].to(device),
+                   None if valid is None else np.asarray(valid, bool))
 
 
 def target_phrases(target: NounPhrase, max_synonyms: int = 3) -> List[str]:
@@ -105,9 +127,11 @@ class Localizer:
     (area encodings), ``crop_encodes`` (region-score batches), ``text_encodes`` (phrases).
     """
 
-    def __init__(self, clip, settings: Optional[LocalizerSettings] = None):
+    def __init__(self, clip, settings: Optional[LocalizerSettings] = None,
+                 disk_cache=USE_DEFAULT):
         self.clip = clip
         self.settings = settings or LocalizerSettings()
+        self._disk = disk_cache            # text embeddings on disk (core/disk_cache.py)
         self.image_encodes = 0
         self.crop_encodes = 0
         self.text_encodes = 0
@@ -121,14 +145,42 @@ class Localizer:
         with self._text_lock:
             self._encode_missing(phrases)
 
+    @property
+    def disk_cache(self):
+        self._disk = resolve_cache(self._disk)
+        return self._disk
+
+    def _text_key(self, phrase: str) -> Dict[str, object]:
+        return {"clip": model_fingerprint(self.clip.model),
+                "templates": list(self.settings.templates), "phrase": phrase}
+
+    def feature_key(self) -> Dict[str, object]:
+        """What an area's features depend on besides its pixels (the disk cache's key)."""
+        s = self.settings
+        return {"clip": model_fingerprint(self.clip.model),
+                "attention": getattr(self.clip, "attention", None),
+                "clip_long_side": s.clip_long_side, "window": s.window, "stride": s.stride}
+
     def _encode_missing(self, phrases: Sequence[str]) -> None:
         missing = list(dict.fromkeys(p for p in phrases if p not in self._texts))
+        disk = self.disk_cache if missing else None
+        if disk is not None:
+            for text in list(missing):
+                stored = disk.get("refer-text", self._text_key(text))
+                if stored is not None and "embedding" in stored:
+                    self._texts[text] = stored["embedding"].to(self.clip.device)
+                    missing.remove(text)
         if not missing:
             return
         embeddings = encode_prompts(self.clip.model, self.clip.tokenizer, self.clip.device,
                                     missing, self.settings.templates)
         for text, vector in zip(missing, embeddings):
+            # its own storage, as one read back from disk has: a row of the batch would sit at
+            # another alignment and round differently in the map products
+            vector = vector.clone()
             self._texts[text] = vector
+            if disk is not None:
+                disk.put("refer-text", self._text_key(text), {"embedding": vector})
         self.text_encodes += len(missing)
         while len(self._texts) > 512:
             self._texts.popitem(last=False)
@@ -213,16 +265,27 @@ class Localizer:
         logits = logits.float().cpu()
         canvas_h, canvas_w = features.canvas
         out = torch.zeros((canvas_h, canvas_w))
-        weight = torch.zeros((canvas_h, canvas_w))
         ramp = torch.from_numpy(blend_ramp(s.window))
         gh, gw = logits.shape[1:]
         resize_y = self._resize_matrix(s.window, gh) * ramp[:, None]
         resize_x = self._resize_matrix(s.window, gw) * ramp[:, None]
-        for (y, x), window_logits in zip(features.windows, logits):
-            out[y:y + s.window, x:x + s.window] += resize_y @ window_logits @ resize_x.T
-            weight[y:y + s.window, x:x + s.window] += torch.outer(ramp, ramp)
+        upsampled = resize_y[None] @ logits @ resize_x.T[None]      # all windows in one product
+        for (y, x), window in zip(features.windows, upsampled):
+            out[y:y + s.window, x:x + s.window] += window
         ch, cw = features.clip_size
-        return (out / weight.clamp(min=1e-12))[:ch, :cw].numpy()
+        # the blend weights depend on the windows only: once per area
+        total = self._cached_map(features, ("blend-weight",), lambda: self._blend_total(features))
+        return (out[:ch, :cw] / total).numpy()
+
+    def _blend_total(self, features: AreaFeatures) -> torch.Tensor:
+        window = self.settings.window
+        ramp = torch.from_numpy(blend_ramp(window))
+        weight = torch.zeros(features.canvas)
+        tile = torch.outer(ramp, ramp)
+        for y, x in features.windows:
+            weight[y:y + window, x:x + window] += tile
+        ch, cw = features.clip_size
+        return weight[:ch, :cw].clamp(min=1e-12)
 
     def _resize_matrix(self, size: int, tokens: int) -> torch.Tensor:
         key = (size, tokens)
@@ -291,10 +354,46 @@ class Localizer:
     # -- regions ------------------------------------------------------------------------------
     @torch.no_grad()
     def region_scores(self, image: np.ndarray, masks: Sequence[np.ndarray],
-                      parsed: ParsedExpression) -> List[float]:
-        """CLIP region similarity of each mask in [0, 1] (module doc); one encoder batch."""
+                      parsed: ParsedExpression,
+                      features: Optional[AreaFeatures] = None) -> List[float]:
+        """CLIP region similarity of each mask in [0, 1] (module doc). With the area's
+        ``features`` and ``settings.region_crops`` off: mask-pooled dense features, no encoder
+        run; otherwise one encoder batch of context crops."""
         if not len(masks):
             return []
+        if features is not None and not self.settings.region_crops:
+            return self._region_probabilities(self.pooled_embeddings(features, masks), parsed)
+        return self._region_probabilities(self.crop_embeddings(image, masks), parsed)
+
+    @torch.no_grad()
+    def pooled_embeddings(self, features: AreaFeatures, masks: Sequence[np.ndarray]
+                          ) -> torch.Tensor:
+        """(K, D) normalised region embeddings: each mask's share of every patch token (the mask
+        resampled, area-weighted, onto CLIP's resized canvas and pooled over each window's token
+        cells) weights the cached normalised patch features. A mask covering no token gets a
+        zero vector (similarity 0 to everything)."""
+        s = self.settings
+        ch, cw = features.clip_size
+        canvas_h, canvas_w = features.canvas
+        gh, gw = features.patches.shape[-2:]
+        cell = s.window // gh
+        patches = features.patches.float().cpu()
+        embeddings = []
+        for start in range(0, len(masks), 8):      # bounded memory: 8 area-sized float masks
+            chunk = torch.from_numpy(np.stack([np.asarray(m, np.float32)
+                                               for m in masks[start:start + 8]]))[:, None]
+            if chunk.shape[-2:] != (ch, cw):
+                chunk = F.interpolate(chunk, size=(ch, cw), mode="area")
+            canvas = torch.zeros((chunk.shape[0], 1, canvas_h, canvas_w))
+            canvas[:, :, :ch, :cw] = chunk
+            shares = torch.stack([F.avg_pool2d(canvas[:, :, y:y + s.window, x:x + s.window], cell)
+                                  for y, x in features.windows], dim=1)[:, :, 0]
+            embeddings.append(torch.einsum("knhw,ndhw->kd", shares, patches))
+        return F.normalize(torch.cat(embeddings), dim=-1)
+
+    @torch.no_grad()
+    def crop_embeddings(self, image: np.ndarray, masks: Sequence[np.ndarray]) -> torch.Tensor:
+        """(K, D) normalised CLIP image embeddings of the masks' context crops."""
         image = _hwc(image)
         s = self.settings
         crops = [context_crop(image, np.asarray(m, bool), s.context, s.min_crop, s.dim_outside,
@@ -306,14 +405,19 @@ class Localizer:
             batch = pixels[start:start + s.batch_size]
             features.append(F.normalize(model.encode_image(batch).float(), dim=-1))
         self.crop_encodes += 1
-        image_features = torch.cat(features)
+        return torch.cat(features)
+
+    def _region_probabilities(self, image_features: torch.Tensor, parsed: ParsedExpression
+                              ) -> List[float]:
+        """Probability of the expression (and of its target) against the generic prompts."""
+        s = self.settings
         positives = [self.query_embedding((parsed.text.strip(),)) if parsed.text.strip()
                      else None,
                      self.query_embedding(target_phrases(parsed.target, s.max_synonyms))]
         generic = torch.stack([self.text_embedding(p) for p in s.generic_prompts])
         generic_logits = s.region_logit_scale * image_features @ generic.to(image_features).T
         w = float(np.clip(s.expression_weight, 0.0, 1.0))
-        scores = torch.zeros(len(crops))
+        scores = torch.zeros(len(image_features))
         total = 0.0
         for weight, vector in ((w, positives[0]), (1.0 - w, positives[1])):
             if vector is None or weight <= 0:

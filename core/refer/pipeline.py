@@ -29,6 +29,7 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
+from ..disk_cache import USE_DEFAULT, array_digest, model_fingerprint, resolve_cache
 from ..errors import InputError
 from .parse import ParsedExpression, parse_expression
 from .prompts import build_prompts, instance_prompts, threshold_region
@@ -42,7 +43,8 @@ class ReferringSettings:
     that counts as the target region (points, box, dense prompt); max_instances: prompt sets for
     plural/ordered expressions; reference_threshold: the same for relation references;
     max_mask_fraction: candidates covering more of the valid area are background and dropped;
-    duplicate_iou: candidates this similar are scored once; region_scores: CLIP crops on/off."""
+    duplicate_iou: candidates this similar are scored once; region_scores: CLIP region scores
+    on/off (mask-pooled cached features by default, see ``LocalizerSettings.region_crops``)."""
 
     n_positive: int = 3
     n_negative: int = 2
@@ -91,7 +93,7 @@ class QueryTimings:
     sam_encode: float = 0.0
     localize: float = 0.0      # text encoding (cached per phrase) and activation maps
     decode: float = 0.0        # prompts and SAM decoding
-    region: float = 0.0        # CLIP region scores on candidate crops
+    region: float = 0.0        # CLIP region scores of the candidates
     select: float = 0.0
     total: float = 0.0
     candidates: int = 0
@@ -124,6 +126,9 @@ def make_predictor(sam):
     if isinstance(sam, torch.nn.Module):
         from segment_anything import SamPredictor
 
+        from ..interrupt import install_cancel_points
+
+        install_cancel_points(sam)  # a cancelled run stops between the image encoder's blocks
         return SamPredictor(sam)
     if hasattr(sam, "set_image") and hasattr(sam, "predict"):
         return sam
@@ -162,13 +167,13 @@ class ReferringSession:
     predictor-like object or a factory of one (see :func:`make_predictor`); localizer: a
     ``Localizer`` or any object with ``encode(image, valid)``, ``localize(features, parsed)``,
     ``phrase_activation(features, phrase)`` and optionally ``region_scores(image, masks,
-    parsed)``; valid: H×W bool (False = nodata; masks never cover it); transform/crs: the area's
+    parsed, features=...)``; valid: H×W bool (False = nodata; masks never cover it); transform/crs: the area's
     georeferencing (rasterio Affine and CRS) for :meth:`to_geometry` and :meth:`pixel_of`.
     """
 
     def __init__(self, image: np.ndarray, sam, localizer, *, valid: Optional[np.ndarray] = None,
                  transform=None, crs=None, settings: Optional[ReferringSettings] = None,
-                 prompter=None):
+                 disk_cache=USE_DEFAULT, area_key=None, prompter=None):
         self.image = _as_hwc(image)
         self.height, self.width = self.image.shape[:2]
         if valid is None:
@@ -193,16 +198,61 @@ class ReferringSession:
         self._features = None
         self._sam_ready = False
         self._lock = threading.RLock()
+        # On-disk embeddings (core/disk_cache.py): keyed by the area (the raster's identity and
+        # window from sessions.py, else the pixels' hash) and the models.
+        self._disk = disk_cache
+        self._area_key = area_key
+        self.disk_loads = 0
         # A trained head (learned.LearnedPrompter): its prompts replace the training-free ones.
         self.prompter = prompter
         self._learned_features = None
+
+    @property
+    def area_key(self):
+        if self._area_key is None:
+            self._area_key = {"pixels": array_digest(self.image, self.valid)}
+        return self._area_key
+
+    def _disk_get(self, kind: str, key):
+        stored = self._disk.get(kind, key)
+        if stored is not None:
+            self.disk_loads += 1
+        return stored
+
+    def _disk_put(self, kind: str, key, tensors) -> None:
+        if self._disk is not None:
+            self._disk.put(kind, key, tensors)
+
+    def _clip_disk_key(self):
+        self._disk = resolve_cache(self._disk)
+        if self._disk is None or not hasattr(self.localizer, "feature_key"):
+            return None                        # a localizer without a stable identity
+        return {"area": self.area_key, "localizer": self.localizer.feature_key()}
+
+    def _sam_disk_key(self):
+        self._disk = resolve_cache(self._disk)
+        model = getattr(self.predictor, "model", None)
+        if self._disk is None or model is None or not hasattr(self.predictor, "features"):
+            return None                        # not a SamPredictor: nothing to restore
+        return {"area": self.area_key, "sam": model_fingerprint(model),
+                "image_size": int(getattr(model.image_encoder, "img_size", 0))}
 
     # -- encoders (once per session) ----------------------------------------------------------
     def _clip_features(self, timings: Optional[QueryTimings] = None):
         if self._features is None:
             started = time.perf_counter()
-            self._features = self.localizer.encode(self.image, self.valid)
-            self.clip_encoder_calls += 1
+            key = self._clip_disk_key()
+            stored = None if key is None else self._disk_get("refer-clip", key)
+            if stored is not None:
+                from .localize import AreaFeatures
+
+                self._features = AreaFeatures.from_tensors(stored, self.valid,
+                                                           self.localizer.clip.device)
+            else:
+                self._features = self.localizer.encode(self.image, self.valid)
+                self.clip_encoder_calls += 1
+                if key is not None:
+                    self._disk_put("refer-clip", key, self._features.to_tensors())
             if timings is not None:
                 timings.clip_encode += time.perf_counter() - started
         return self._features
@@ -213,8 +263,19 @@ class ReferringSession:
         owner = getattr(self.predictor, "_drseg_session", None)
         if not self._sam_ready or owner is None or owner() is not self:
             started = time.perf_counter()
-            self.predictor.set_image(self.image)
-            self.sam_encoder_calls += 1
+            key = self._sam_disk_key()
+            stored = None if key is None else self._disk_get("refer-sam", key)
+            if stored is not None:
+                self._restore_sam(stored)
+            else:
+                self.predictor.set_image(self.image)
+                self.sam_encoder_calls += 1
+                if key is not None:
+                    import torch
+
+                    self._disk_put("refer-sam", key, {
+                        "features": self.predictor.features,
+                        "input_size": torch.tensor(self.predictor.input_size)})
             self._sam_ready = True
             try:
                 self.predictor._drseg_session = weakref.ref(self)
@@ -222,6 +283,15 @@ class ReferringSession:
                 pass
             if timings is not None:
                 timings.sam_encode += time.perf_counter() - started
+
+    def _restore_sam(self, stored) -> None:
+        """A SamPredictor in the state ``set_image`` leaves it, from a stored embedding."""
+        predictor = self.predictor
+        predictor.reset_image()
+        predictor.features = stored["features"].to(predictor.device)
+        predictor.original_size = (self.height, self.width)
+        predictor.input_size = tuple(int(v) for v in stored["input_size"])
+        predictor.is_image_set = True
 
     def prepare(self) -> "ReferringSession":
         """Run both image encoders now (e.g. while the user is still typing)."""
@@ -279,7 +349,7 @@ class ReferringSession:
                 tick = time.perf_counter()
                 if self.settings.region_scores and hasattr(self.localizer, "region_scores"):
                     scores = self.localizer.region_scores(self.image, [c.mask for c in candidates],
-                                                          parsed)
+                                                          parsed, features=features)
                     if scores is not None:
                         for candidate, score in zip(candidates, scores):
                             candidate.clip_score = float(score)
@@ -309,6 +379,44 @@ class ReferringSession:
         return self.predictor.predict(point_coords=points, point_labels=labels, box=box,
                                       mask_input=mask_input, multimask_output=multimask)
 
+    def _predict_sets(self, sets) -> List[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Multimask outputs (masks, IoU predictions, low-res logits) of each (points, labels,
+        box, dense prompt) set, in order. With a ``SamPredictor``, sets of the same make-up (as
+        many points, a box or not, a dense prompt or not) share one decoder call."""
+        if not (hasattr(self.predictor, "predict_torch") and hasattr(self.predictor, "transform")):
+            return [self._predict(p, l, b, d, multimask=True) for p, l, b, d in sets]
+        import torch
+
+        groups: Dict[Tuple, List[int]] = {}
+        for k, (points, _, box, dense) in enumerate(sets):
+            shape = None if points is None else np.asarray(points).shape
+            groups.setdefault((shape, box is None, dense is None), []).append(k)
+        predictor = self.predictor
+        device = predictor.device
+        outputs: List = [None] * len(sets)
+        for (shape, no_box, no_dense), members in groups.items():
+            coords = labels = boxes = masks_in = None
+            if shape is not None:
+                coords = torch.as_tensor(np.stack([predictor.transform.apply_coords(
+                    np.asarray(sets[k][0], np.float64), predictor.original_size)
+                    for k in members]), dtype=torch.float, device=device)
+                labels = torch.as_tensor(np.stack([np.asarray(sets[k][1]) for k in members]),
+                                         dtype=torch.int, device=device)
+            if not no_box:
+                boxes = torch.as_tensor(np.stack([predictor.transform.apply_boxes(
+                    np.asarray(sets[k][2], np.float64), predictor.original_size)[0]
+                    for k in members]), dtype=torch.float, device=device)
+            if not no_dense:
+                masks_in = torch.as_tensor(np.stack([np.asarray(sets[k][3], np.float32)
+                                                     for k in members]), device=device)
+            self.decoder_calls += 1
+            masks, ious, low = predictor.predict_torch(coords, labels, boxes, masks_in,
+                                                       multimask_output=True)
+            for j, k in enumerate(members):
+                outputs[k] = (masks[j].cpu().numpy(), ious[j].float().cpu().numpy(),
+                              low[j].float().cpu().numpy())
+        return outputs
+
     def _candidates(self, activation: np.ndarray, parsed: ParsedExpression
                     ) -> Tuple[List[Candidate], List[_Prompted]]:
         s = self.settings
@@ -335,8 +443,9 @@ class ReferringSession:
         candidates: List[Candidate] = []
         prompted: List[_Prompted] = []
         thumbs: List[np.ndarray] = []
-        for name, points, labels, box, dense, best_only in sets:
-            masks, ious, low = self._predict(points, labels, box, dense, multimask=True)
+        outputs = self._predict_sets([(points, labels, box, dense)
+                                      for _, points, labels, box, dense, _ in sets])
+        for (name, points, labels, box, dense, best_only), (masks, ious, low) in zip(sets, outputs):
             order = [int(np.argmax(ious))] if best_only else range(len(masks))
             for k in order:
                 mask = np.asarray(masks[k], bool) & self.valid

@@ -35,7 +35,8 @@ import rasterio
 import shapely
 
 from ..errors import InputError
-from ..outputs import WorkDir, check_destination
+from ..interrupt import cancel_points
+from ..outputs import check_destination, check_outputs
 from ..progress import RunMonitor
 from ..raster_io import metres_per_pixel
 from ..vectorize import AreaMeter
@@ -67,14 +68,14 @@ def run_referring(request: ReferringRequest, progress=None, cancelled=None, sam=
     if not request.out_vector:
         raise InputError("Choose an output GeoPackage (.gpkg)")
     out_vector = check_destination(request.out_vector, (".gpkg",))
+    check_outputs([out_vector], [request.raster])  # folder writable, not the input: fail early
     if not 0.0 <= request.threshold < 1.0:
         raise InputError(f"Threshold must be in [0, 1), got {request.threshold}")
     settings = request.settings or ReferringSettings()
 
-    with open_reader(request) as reader:
+    with open_reader(request) as reader, cancel_points(monitor.check):
         grid = reader.grid
         tiles = tile_windows(grid.width, grid.height, request.tile_size, request.tile_overlap)
-        WorkDir(out_vector).cleanup()       # the output folder exists and is writable: fail early
         monitor.report(0.0, "Loading models")
         tick = time.perf_counter()
         sam, localizer, device = load_models(request, sam, clip, monitor)

@@ -12,6 +12,7 @@ from typing import Callable, Hashable, Optional
 import rasterio
 from rasterio.windows import Window
 
+from ..disk_cache import embedding_cache, raster_identity
 from ..errors import InputError
 from ..raster_io import RasterReader
 from .loading import learned_prompter, load_models
@@ -77,10 +78,19 @@ def session_key(request: ReferringRequest, reader: RasterReader, window: Window,
             id(localizer), settings, request.prompter)
 
 
+def area_identity(request: ReferringRequest, reader: RasterReader, window: Window) -> dict:
+    """The area as the disk cache knows it across processes: the raster file's identity (path,
+    size, modification time), bands, the window on the working grid (transform, size), CRS."""
+    transform = rasterio.windows.transform(window, reader.grid.transform)
+    return {"raster": raster_identity(request.raster), "bands": list(reader.bands),
+            "transform": [round(v, 9) for v in transform[:6]],
+            "size": [int(window.width), int(window.height)], "crs": reader.grid.crs.to_wkt()}
+
+
 def area_session(request: ReferringRequest, reader: RasterReader, window: Window, sam, localizer,
                  settings: ReferringSettings) -> Optional[ReferringSession]:
     """The cached session of one window, built (window read) when missing; None when the window
-    is all nodata."""
+    is all nodata. Its encoders' outputs are also looked up in and stored to the disk cache."""
     prompter = learned_prompter(request, sam, localizer)
 
     def build():
@@ -89,7 +99,10 @@ def area_session(request: ReferringRequest, reader: RasterReader, window: Window
             return None
         return ReferringSession(image.transpose(1, 2, 0), sam, localizer, valid=valid,
                                 transform=rasterio.windows.transform(window, reader.grid.transform),
-                                crs=reader.grid.crs, settings=settings, prompter=prompter)
+                                crs=reader.grid.crs, settings=settings,
+                                area_key=area_identity(request, reader, window),
+                                disk_cache=embedding_cache(models_folder=request.cache_dir),
+                                prompter=prompter)
 
     return SESSIONS.get(session_key(request, reader, window, sam, localizer, settings), build)
 

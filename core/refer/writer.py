@@ -25,7 +25,7 @@ def write_referring_layer(out_vector: str, crs, rows: Iterable[Tuple], layer_nam
     work = WorkDir(out_vector)
     try:
         temporary = work.file("referring.gpkg")
-        writer = PolygonLayerWriter(temporary, layer_name, crs, VECTOR_FIELDS)
+        writer = PolygonLayerWriter(temporary, layer_name, crs, VECTOR_FIELDS, destination=out_vector)
         try:
             missing = [row[0] for row in rows if len(row) < 4]
             if missing:

@@ -1,0 +1,143 @@
+"""Region scores of referring candidates: mask-pooled cached dense CLIP features against the
+per-candidate crop pass, on an exact token oracle and on scenes with known answers."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import SCENE_COLOURS, TINY_CLIP_CONFIG, scene_image, scene_labels
+from drseg.core.models.clip import load_clip
+from drseg.core.dense_clip import CLIP_MEAN, CLIP_STD, DenseClip
+from drseg.core.refer.localize import Localizer, LocalizerSettings
+from drseg.core.refer.parse import parse_expression
+from drseg.core.refer.pipeline import ReferringSession
+from test_refer_pipeline import POND2, ROAD, WATER, ColourPredictor, pond_scene
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    config = tmp_path_factory.mktemp("clip") / "tiny.json"
+    config.write_text(json.dumps(TINY_CLIP_CONFIG))
+    torch.manual_seed(0)
+    model, tokenizer = load_clip(str(config), "random")
+    return DenseClip(model, tokenizer, torch.device("cpu"))
+
+
+def test_pooled_embedding_is_the_mean_of_the_patch_features_under_the_mask(tiny_clip):
+    localizer = Localizer(tiny_clip, LocalizerSettings(clip_long_side=None))
+    image = np.random.default_rng(2).integers(0, 255, (224, 224, 3), dtype=np.uint8)
+    features = localizer.encode(image)
+    patches = features.patches[0]                      # (D, 14, 14), 16-px tokens
+    one, two, none = (np.zeros((224, 224), bool) for _ in range(3))
+    one[48:64, 80:96] = True                           # exactly token (3, 5)
+    two[48:64, 80:96] = True
+    two[48:56, 96:112] = True                          # and half of token (3, 6)
+    embeddings = localizer.pooled_embeddings(features, [one, two, none])
+    torch.testing.assert_close(embeddings[0], patches[:, 3, 5])
+    expected = F.normalize(patches[:, 3, 5] + 0.5 * patches[:, 3, 6], dim=0)
+    torch.testing.assert_close(embeddings[1], expected)
+    assert torch.count_nonzero(embeddings[2]) == 0
+    before = (localizer.crop_encodes, tiny_clip.forward_calls)
+    scores = localizer.region_scores(image, [one, two], parse_expression("the pond"),
+                                     features=features)
+    assert len(scores) == 2 and all(0.0 <= s <= 1.0 for s in scores)
+    assert (localizer.crop_encodes, tiny_clip.forward_calls) == before     # no encoder ran
+
+
+# --------------------------------------------------------------------------------------------
+# A CLIP stand-in that knows things by colour, densely (tokens) and globally (crops)
+
+COLOURS = {"pond": WATER, "water": WATER, "road": ROAD, "building": SCENE_COLOURS["building"],
+           "tree": SCENE_COLOURS["tree"], "field": (215, 205, 150)}
+BASIS = np.array(sorted({tuple(c) for c in COLOURS.values()}), np.float32)
+
+
+class _Tokens(list):
+    def to(self, device):
+        return self
+
+
+class _ColourModel(torch.nn.Module):
+    """encode_text: the colour basis vector of each category word in the prompt (uniform when
+    there is none, e.g. the generic prompts); encode_image: the crop's mean colour membership."""
+
+    def encode_text(self, prompts):
+        out = torch.zeros((len(prompts), len(BASIS)))
+        for row, prompt in enumerate(prompts):
+            for word, colour in COLOURS.items():
+                if word in prompt and word != "field":
+                    out[row] += torch.from_numpy(membership(np.array(colour, np.float32)))
+            if not out[row].any():
+                out[row] = 1.0
+        return out
+
+    def encode_image(self, pixels):
+        return colour_membership(pixels).mean(dim=(2, 3))
+
+
+def membership(colours: np.ndarray) -> np.ndarray:
+    d2 = ((colours[..., None, :] - BASIS) ** 2).sum(-1)
+    return np.exp(-d2 / (2 * 40.0 ** 2)).astype(np.float32)
+
+
+def colour_membership(pixels: torch.Tensor) -> torch.Tensor:
+    """Normalised pixels (B,3,H,W) -> (B,K,H,W) closeness to each basis colour."""
+    mean, std = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    rgb = (pixels * std + mean).permute(0, 2, 3, 1).numpy()
+    return torch.from_numpy(membership(rgb)).permute(0, 3, 1, 2)
+
+
+class ColourClip:
+    bias_lambda = -0.3
+
+    def __init__(self):
+        self.model = _ColourModel()
+        self.tokenizer = lambda prompts: _Tokens(prompts)
+        self.device = torch.device("cpu")
+
+    def normalise(self, images):
+        pixels = torch.from_numpy(np.ascontiguousarray(images)).float()
+        return (pixels - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+
+    def dense_features(self, pixels):
+        tokens = F.avg_pool2d(colour_membership(pixels), 16)
+        return tokens, tokens.mean(dim=(2, 3))
+
+
+def scenes():
+    """(image, expression, answer mask) with one right answer each."""
+    ponds = pond_scene()
+    north, south, road = (np.zeros(ponds.shape[:2], bool) for _ in range(3))
+    north[30:80, 40:100] = True
+    south[160:220, 120:200] = True
+    road[110:130, :] = True
+    labels = scene_labels()
+    image = scene_image(labels).transpose(1, 2, 0)
+    return [(ponds, "the pond north of the road", north),
+            (ponds, "the largest pond", south), (ponds, "the road", road),
+            (ponds, "the pond south of the road", south),
+            (image, "the road", labels == 2), (image, "the pond", labels == 3),
+            (image, "the round tree", labels == 4), (image, "the road east of the building",
+                                                     labels == 2)]
+
+
+def accuracy(region_crops: bool) -> float:
+    localizer = Localizer(ColourClip(), LocalizerSettings(region_crops=region_crops))
+    right = 0
+    cases = scenes()
+    for image, expression, answer in cases:
+        session = ReferringSession(image, ColourPredictor(), localizer)
+        results = session.query(expression)
+        mask = results[0].mask if results else np.zeros_like(answer)
+        right += np.count_nonzero(mask & answer) / np.count_nonzero(mask | answer) > 0.9
+    return right / len(cases)
+
+
+def test_pooled_region_scores_select_as_well_as_the_crop_pass():
+    pooled, crops = accuracy(region_crops=False), accuracy(region_crops=True)
+    print(f"selection accuracy on the oracle scenes: pooled {pooled:.2f}, crops {crops:.2f}")
+    assert pooled >= crops and pooled >= 0.8
