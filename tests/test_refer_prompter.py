@@ -63,7 +63,7 @@ def test_prompts_depend_on_the_text_and_on_position(models):
     # identical features in every cell: only the position code tells cells apart
     flat = torch.ones(1, 32, 6, 6)
     _, dense, _ = model.prompter(flat, text[:1])
-    assert float(dense[0, :, :, 0].sub(dense[0, :, :, -1]).abs().max()) > 0
+    assert float(dense[0, :, :, 0].sub(dense[0, :, :, -1]).abs().max().detach()) > 0
 
 
 def test_lora_starts_as_identity_and_merge_unmerge_restore(models):

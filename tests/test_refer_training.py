@@ -186,3 +186,32 @@ def test_head_is_safetensors_with_metadata_and_refuses_other_models(tmp_path):
         LearnedPrompter.from_file(str(tmp_path / "bad.safetensors"), clip, tokenizer, sam)
     with pytest.raises(InputError, match="safetensors"):
         LearnedPrompter.from_file(str(tmp_path / "h.pt"), clip, tokenizer, sam)
+
+
+def test_cli_train_referring_errors_are_one_line(tmp_path, capsys):
+    from drseg.cli.app import main
+
+    code = main(["train-referring", "--dataset", "RefSegRS", "--out",
+                 str(tmp_path / "h.safetensors"), "--quiet"])
+    assert code == 2 and "needs --root" in capsys.readouterr().err
+    code = main(["train-referring", "--dataset", "labels", "--out",
+                 str(tmp_path / "h.safetensors"), "--quiet"])
+    assert code == 2 and "--raster and --labels" in capsys.readouterr().err
+    code = main(["train-referring", "--dataset", "RefSegRS", "--root", str(tmp_path), "--out",
+                 str(tmp_path / "h.pt"), "--quiet"])
+    assert code == 2 and ".safetensors" in capsys.readouterr().err
+    assert not (tmp_path / "h.safetensors").exists()
+
+
+def test_cli_refer_prompter_refuses_a_bad_head(tmp_path, capsys, tiny_clip_config):
+    from drseg.cli.app import main
+
+    raster = write_raster(tmp_path / "r.tif", np.full((3, 32, 32), 100, np.uint8))
+    bad = tmp_path / "head.safetensors"
+    bad.write_bytes(b"\x00" * 16)
+    code = main(["refer", raster, "-e", "the pond", "--out", str(tmp_path / "o.gpkg"),
+                 "--prompter", str(bad), "--sam-weights", "random", "--clip-model",
+                 tiny_clip_config, "--clip-weights", "random", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Cannot read prompter head" in err, err
+    assert not (tmp_path / "o.gpkg").exists()
