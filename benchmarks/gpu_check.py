@@ -124,7 +124,7 @@ class Check:
         if self.dry:
             name = os.path.join(self.work, "tiny_clip.json")
             with open(name, "w") as f:
-                json.dump(tests_module("conftest").TINY_CLIP_CONFIG, f)
+                json.dump(tests_module("support.tiny_models").TINY_CLIP_CONFIG, f)
         model, tokenizer = load_clip(name, RANDOM_WEIGHTS, self.device)
         return DenseClip(model, tokenizer, self.device, templates=["a photo of a {}."])
 
@@ -133,13 +133,13 @@ class Check:
         from drseg.core.drseg.rectify import DrSegRectifier, DrSegScorer
         from drseg.core.models.registry import DEFAULT_DINO_MODEL
 
-        dims = tests_module("conftest").TINY_DINO_DIMS if self.dry else {}
+        dims = tests_module("support.tiny_models").TINY_DINO_DIMS if self.dry else {}
         dino = make_dino(DEFAULT_DINO_MODEL, **dims).to(self.device).eval()
         return DrSegScorer(clip, dino, DrSegRectifier())
 
     def sam(self):
         if self.dry:
-            return tests_module("test_sam_models").build_tiny_sam().to(self.device)
+            return tests_module("support.tiny_models").build_tiny_sam().to(self.device)
         from drseg.core.models.registry import DEFAULT_SAM_MODEL, RANDOM_WEIGHTS
         from drseg.core.models.sam import load_sam
         return load_sam(DEFAULT_SAM_MODEL, RANDOM_WEIGHTS, self.device)

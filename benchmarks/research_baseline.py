@@ -23,7 +23,7 @@ tests/test_research_baseline.py check that they compare the same computation.
 
 No nodata handling, no reprojection, no vectorizing: research code has none of them either.
 
-`protocol_probabilities` (at the end) is the whole benchmark protocol of DESIGN.md section 8,
+`protocol_probabilities` (at the end) is the whole benchmark protocol (core/protocol.py),
 from the uint8 image to class probabilities, on an open_clip model: the yardstick that
 tests/test_protocol_parity.py holds `python -m drseg evaluate`'s path against.
 """
@@ -165,7 +165,7 @@ def segment_raster(path: str, scorer, query_owner: Sequence[int], out_raster: Op
 
 
 # ------------------------------------------------------------------------------------------------
-# The benchmark protocol, whole (DESIGN.md section 8), written out plainly as the yardstick of
+# The benchmark protocol, whole (see core/protocol.py), written out plainly as the yardstick of
 # `python -m drseg evaluate` (tests/test_protocol_parity.py). Nothing here is imported from
 # drseg: the input resize follows OpenCV's C++ loops, the dense CLIP forward is spelled out on
 # the open_clip modules, and the windows are stitched as mmseg's slide inference does.

@@ -2,6 +2,20 @@
 from __future__ import annotations
 
 import argparse
+from typing import Optional
+
+
+def add_actions(parser, dest: str, metavar: str, actions, description: Optional[str] = None):
+    """A required sub-command of `parser` (its name stored as args.<dest>): one subparser per
+    (name, help text) in `actions`, with `description` ('{}' = the help text) when given.
+    Returns the (name, subparser) pairs."""
+    group = parser.add_subparsers(dest=dest, metavar=metavar)
+    group.required = True
+    made = []
+    for name, text in actions:
+        extra = {"description": description.format(text)} if description else {}
+        made.append((name, group.add_parser(name, help=text, **extra)))
+    return made
 
 
 def extent_argument(text: str):

@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from ..core import disk_cache
+from .arguments import add_actions
 from .exit_codes import EXIT_OK
 
 
@@ -14,11 +15,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "cache", help="show or clear the stored image and text embeddings",
         description="Image embeddings (SAM, dense CLIP) and text embeddings are kept on disk so "
                     "an area encoded once is not encoded again.")
-    actions = parser.add_subparsers(dest="cache_command", metavar="ACTION")
-    actions.required = True
-    for name, text in (("info", "where the cache is, how many entries and bytes"),
-                       ("clear", "remove every stored embedding")):
-        action = actions.add_parser(name, help=text)
+    for _, action in add_actions(parser, "cache_command", "ACTION",
+                                 (("info", "where the cache is, how many entries and bytes"),
+                                  ("clear", "remove every stored embedding"))):
         action.add_argument("--cache-dir", default=None,
                             help="model cache folder whose embeddings/ to use (default: "
                                  f"{disk_cache.EMBEDDINGS_ENV}, else the settings)")

@@ -12,7 +12,7 @@ from typing import Optional
 
 from ..core.errors import InputError, OutputError
 from ..core.evaluation.predictors import EngineSettings, PredictorFactory
-from .arguments import positive_int
+from .arguments import add_actions, positive_int
 from .progress import ProgressBar
 
 
@@ -33,11 +33,10 @@ def add_parser(subparsers, predictor_factory: Optional[PredictorFactory] = None)
         "evaluate", help="score the engine or saved predictions on a standard benchmark",
         description="Evaluate on a benchmark split exactly as papers do: confusion-matrix mIoU, "
                     "mACC, aAcc and per-class IoU (ovss); gIoU, cIoU and Pr@0.5..0.9 (refer).")
-    tasks = parser.add_subparsers(dest="eval_task", metavar="{ovss,refer}")
-    tasks.required = True
-    for task, text in (("ovss", "open-vocabulary semantic segmentation benchmarks"),
-                       ("refer", "referring segmentation benchmarks")):
-        p = tasks.add_parser(task, help=text, description=f"Evaluate on {text}.")
+    for task, p in add_actions(parser, "eval_task", "{ovss,refer}",
+                               (("ovss", "open-vocabulary semantic segmentation benchmarks"),
+                                ("refer", "referring segmentation benchmarks")),
+                               description="Evaluate on {}."):
         p.add_argument("--dataset", required=True, help=_dataset_help(task))
         p.add_argument("--root", required=True, help="folder holding the data set")
         p.add_argument("--split", help="split to score (default: the set's evaluation split, "

@@ -67,6 +67,8 @@ def add_parser(subparsers) -> None:
                         "(every window pixel counts once, as the benchmark protocol does)")
     p.add_argument("--cache-dir", help="model cache folder (default: DRSEG_CACHE_DIR, else the "
                                         "saved settings, else the platform's cache folder)")
+    p.add_argument("--adapter", help="adapter file made by `python -m drseg adapt` (.safetensors); "
+                                      "needs the CLIP model and weights it was made for")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run_segment_command)
 
@@ -89,7 +91,8 @@ def run_segment_command(args) -> int:
         batch_size=settings["batch_size"], cache_dir=settings["cache_dir"],
         simplify=args.simplify, min_area=args.min_area, method=args.method,
         dino_model=settings["dino_model"], dino_weights=settings.chosen("dino_weights"), semantic_ratio=args.semantic_ratio, graph_k=args.graph_k,
-        decouple=not args.no_decouple, rectify=not args.no_rectify, fusion=not args.no_fusion)
+        decouple=not args.no_decouple, rectify=not args.no_rectify, fusion=not args.no_fusion,
+        adapter=args.adapter)
     with ProgressBar(args.quiet) as bar:
         result = run_segmentation(request, progress=bar.update)
     t = result.timings

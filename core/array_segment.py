@@ -1,4 +1,4 @@
-"""Segmenting an image held in memory exactly as the benchmark protocol does (DESIGN.md section 8).
+"""Segmenting an image held in memory exactly as the benchmark protocol does (core/protocol.py).
 
 The long side is resized to 448 as mmcv `imrescale` does with OpenCV (core/cv_resize.py); windows
 of 224 px every 112 px are averaged with a count map (blend "mean"); the averaged query logits are

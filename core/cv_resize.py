@@ -1,5 +1,5 @@
 """The benchmark protocol's input resize, bit for bit: mmcv `imrescale` with OpenCV's INTER_LINEAR
-on uint8 images (DESIGN.md section 8).
+on uint8 images (the protocol's resize; see core/protocol.py).
 
 OpenCV resizes 8-bit images in fixed point: per output column and row the two source positions and
 their weights `(1 - f, f)` are computed in float32 and rounded to 11-bit integers

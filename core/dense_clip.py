@@ -16,6 +16,7 @@ from .device import autocast_context
 from .disk_cache import USE_DEFAULT, model_fingerprint, resolve_cache
 from .errors import ModelError
 from .interrupt import install_cancel_points
+from .protocol import DEFAULT_BATCH_SIZE, DEFAULT_WINDOW
 from .sliding import centred_pad
 
 CLIP_MEAN = (122.771, 116.746, 104.094)  # on the 0..255 scale
@@ -126,7 +127,7 @@ class DenseClip:
 
     def __init__(self, model, tokenizer, device: torch.device, attention: str = "segearth",
                  bias_lambda: float = -0.3, templates: Optional[Sequence] = None,
-                 window_size: int = 224, batch_size: int = 8):
+                 window_size: int = DEFAULT_WINDOW, batch_size: int = DEFAULT_BATCH_SIZE):
         visual = getattr(model, "visual", None)
         blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
         if visual is None or blocks is None or not hasattr(visual, "conv1"):
@@ -208,6 +209,13 @@ class DenseClip:
 
         vanilla=True runs the unmodified last block (for checking against open_clip itself).
         """
+        return self.forward_features(pixels, vanilla)
+
+    def forward_features(self, pixels: torch.Tensor, vanilla: bool = False,
+                         hidden: Optional[List[torch.Tensor]] = None
+                         ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """`dense_features` with gradients (for adaptation, core/adapt). ``hidden``, when given,
+        receives the tokens (B,L,W) after each block but the last."""
         visual = self.model.visual
         self.forward_calls += 1
         x = visual.conv1(pixels.to(visual.conv1.weight.dtype))
@@ -223,6 +231,8 @@ class DenseClip:
             x = x.transpose(0, 1)
         for block in blocks[:-1]:
             x = block(x)
+            if hidden is not None:
+                hidden.append(x if batch_first else x.transpose(0, 1))
         if vanilla:
             x = blocks[-1](x)
         if not batch_first:

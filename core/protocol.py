@@ -1,4 +1,8 @@
-"""The training-free benchmark protocol's fixed settings (DESIGN.md section 8), torch-free.
+"""The training-free benchmark protocol's fixed settings, torch-free.
+
+The protocol is SegEarth-OV's (CVPR 2025) training-free evaluation on mmseg: the image resized
+to a 448-pixel long side, then 224-pixel windows at a 112-pixel stride, each pixel averaging the
+windows over it.
 
 The engine's defaults for rasters differ on purpose (smooth blend, no resize); `evaluate` uses
 these, per data set from core/data/datasets/*.json ("protocol"), and writes them into its report.
@@ -9,6 +13,10 @@ BLENDS = ("smooth", "mean")       # sin² weights / count map
 BLEND_LABELS = {"smooth": "Smooth (sin² weights, no seams)",
                 "mean": "Mean (count map, as the benchmark protocol)"}
 DEFAULT_BLEND = "smooth"          # the product's: no visible window seams
+# The product's sliding-window defaults (engine, localizer, saved settings), in working pixels.
+DEFAULT_WINDOW = 224              # CLIP ViT-B/16's input size
+DEFAULT_STRIDE = 112              # window step; overlap = window - stride
+DEFAULT_BATCH_SIZE = 8            # windows per model call (halved on GPU out-of-memory)
 PROTOCOL_BLEND = "mean"           # the benchmark's: plain average of overlapping windows
 PROTOCOL_LONG_SIDE = 448
 PROTOCOL_WINDOW = 224

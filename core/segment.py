@@ -25,7 +25,7 @@ from .outputs import (ClassRasterWriter, FloatRasterWriter, WorkDir, check_desti
                       publish_all, verify_raster)
 from .progress import RunMonitor
 from .raster_io import RasterReader
-from .protocol import BLENDS, DEFAULT_BLEND
+from .protocol import BLENDS, DEFAULT_BATCH_SIZE, DEFAULT_BLEND, DEFAULT_STRIDE, DEFAULT_WINDOW
 from .sliding import SlidingWindowSegmenter, Timings
 from .style import categorized_qml
 from .vectorize import vectorize
@@ -59,15 +59,16 @@ class SegmentationRequest:
     rectify: bool = True
     fusion: bool = True
     device: str = DEFAULT_DEVICE
-    window: int = 224
-    stride: int = 112
+    window: int = DEFAULT_WINDOW
+    stride: int = DEFAULT_STRIDE
     blend: str = DEFAULT_BLEND             # 'smooth' (sin² weights) or 'mean' (the protocol's count map)
     block: int = 512
-    batch_size: int = 8
+    batch_size: int = DEFAULT_BATCH_SIZE
     simplify: float = 0.0                  # polygon simplification tolerance, in pixels
     min_area: float = 0.0                  # smallest polygon kept, m²
     layer_name: str = "segmentation"
     cache_dir: Optional[str] = None        # model cache; None: resolved from the settings here
+    adapter: Optional[str] = None          # adapter file from `drseg adapt` (core/adapt)
 
 
 @dataclass
@@ -193,6 +194,8 @@ def build_scorer(request: SegmentationRequest, monitor: RunMonitor):
             raise InputError(f"DR-Seg needs DINO weights for {request.dino_model}: download them "
                              "with `python -m drseg models download <name>` or give a file "
                              "(--dino-weights PATH), or choose the plain dense CLIP method")
+    if request.adapter:
+        return _adapted_scorer(request, dino_path, cache_dir, downloading)
     if dino_path is None:
         note = ("Plain dense CLIP: no DINO weights are set up, so DR-Seg's structure rectification "
                 "was skipped" if request.method == "auto" else "")
@@ -203,6 +206,24 @@ def build_scorer(request: SegmentationRequest, monitor: RunMonitor):
                           decouple=request.decouple, rectify=request.rectify, fusion=request.fusion,
                           semantic_ratio=request.semantic_ratio, graph_k=request.graph_k)
     return scorer, "drseg", ""
+
+
+def _adapted_scorer(request: SegmentationRequest, dino_path, cache_dir, downloading):
+    """The scorer with the request's adapter on top (DR-Seg's modules too when DINO is set up)."""
+    from .adapt.apply import AdaptedScorer, adapted_dense_clip
+    from .drseg.rectify import DrSegRectifier, DrSegScorer
+    from .models.shared import dino_backbone
+
+    adapter, clip = adapted_dense_clip(request.adapter, request.clip_model, request.clip_weights,
+                                       request.device, cache_dir, downloading)
+    note = f"Adapter '{request.adapter}' ({adapter.level}, classes: {', '.join(adapter.classes)})"
+    if dino_path is None:
+        return AdaptedScorer(clip, clip, adapter), "clip", note
+    inner = DrSegScorer(clip, dino_backbone(request.dino_model, dino_path, request.device),
+                        DrSegRectifier(decouple=request.decouple, rectify=request.rectify,
+                                       fusion=request.fusion, semantic_ratio=request.semantic_ratio,
+                                       graph_k=request.graph_k))
+    return AdaptedScorer(inner, clip, adapter), "drseg", note
 
 
 def _run(request, reader, segmenter, classes, work, out_vector, out_raster, out_probs, monitor):

@@ -25,6 +25,7 @@ from .errors import InputError
 from .models.registry import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DEVICE,
                               DEFAULT_DINO_MODEL, DEFAULT_DINO_WEIGHTS, DEFAULT_SAM_MODEL,
                               DEFAULT_SAM_WEIGHTS, DEVICE_NAMES, DINO_MODELS, SAM_MODELS)
+from .protocol import DEFAULT_BATCH_SIZE, DEFAULT_STRIDE, DEFAULT_WINDOW
 
 CONFIG_ENV = "DRSEG_CONFIG"
 CACHE_ENV = "DRSEG_CACHE_DIR"
@@ -55,10 +56,10 @@ class Settings:
     sam_model: str = DEFAULT_SAM_MODEL        # one of SAM_MODELS
     sam_weights: str = DEFAULT_SAM_WEIGHTS    # catalog name or checkpoint file
     device: str = DEFAULT_DEVICE              # auto, cpu, cuda, cuda:N, mps
-    window: int = 224                # sliding-window (tile) size, working pixels
-    stride: int = 112                # window step; overlap = window - stride
+    window: int = DEFAULT_WINDOW     # sliding-window (tile) size, working pixels
+    stride: int = DEFAULT_STRIDE     # window step; overlap = window - stride
     block: int = 512                 # output block size, working pixels
-    batch_size: int = 8              # windows per model call (halved on GPU out-of-memory)
+    batch_size: int = DEFAULT_BATCH_SIZE  # windows per model call (halved on GPU out-of-memory)
     embedding_cache: bool = True     # keep image/text embeddings on disk (core.disk_cache)
     embedding_cache_mb: int = 2048   # its size budget; least recently used entries go first
     extra: Dict[str, object] = field(default_factory=dict, repr=False, compare=False)

@@ -9,7 +9,7 @@ memory depends only on the block size and the raster width in windows.
 
 Blends: "smooth" (the product's default) weights each window pixel by a sin² ramp, highest in the
 window's centre; "mean" counts every window pixel once, the benchmark protocol's count map
-(DESIGN.md section 8). A raster smaller than a window is scored at its own size: a scorer that
+(core/protocol.py). A raster smaller than a window is scored at its own size: a scorer that
 declares `patch_size` pads it, centred, to a multiple of that size after normalisation (the
 padding is the mean colour, not black pixels) and the pad is cut off its logits again.
 """
@@ -23,7 +23,7 @@ import numpy as np
 from rasterio.windows import Window
 
 from .errors import ModelError
-from .protocol import BLENDS, DEFAULT_BLEND
+from .protocol import BLENDS, DEFAULT_BATCH_SIZE, DEFAULT_BLEND, DEFAULT_STRIDE, DEFAULT_WINDOW
 from .raster_io import Grid
 
 # torch (and core.device, which imports it) are imported where used: the QGIS front ends import
@@ -179,10 +179,10 @@ class SlidingWindowSegmenter:
     scorer: WindowScorer
     query_owner: Sequence[int]
     threshold: float = 0.0
-    window: int = 224
-    stride: int = 112
+    window: int = DEFAULT_WINDOW
+    stride: int = DEFAULT_STRIDE
     block: int = 512
-    batch_size: int = 8
+    batch_size: int = DEFAULT_BATCH_SIZE
     keep_probabilities: bool = False
     keep_logits: bool = False
     blend: str = DEFAULT_BLEND

@@ -90,6 +90,23 @@ def wants_output(algorithm, parameters, name: str) -> bool:
     return bool(algorithm.parameterAsOutputLayer(parameters, name, QgsProcessingContext()))
 
 
+def destination_files(algorithm, parameters, names) -> List[str]:
+    """The files on disk the output parameters `names` will write (not memory layers or
+    databases), resolved on a throwaway context so nothing is registered for loading."""
+    files = []
+    for name in names:
+        if parameters.get(name) in (None, ""):
+            continue
+        value = algorithm.parameterAsOutputLayer(parameters, name, QgsProcessingContext())
+        if not value or value.startswith(("memory:", "postgres:", "postgis:")):
+            continue
+        path = gpkg_destination(value)[0] if value.startswith("ogr:") else value
+        if "dbname=" in path or "://" in path:
+            continue
+        files.append(path)
+    return files
+
+
 def file_of(destination: str) -> Tuple[Optional[str], Optional[str]]:
     """A Processing vector destination -> (file path, layer name) when it is a file on disk,
     else (None, None) (a memory layer id, a database)."""

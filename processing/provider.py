@@ -24,6 +24,7 @@ class DrSegProvider(QgsProcessingProvider):
         return QIcon(ICON_PATH)
 
     def loadAlgorithms(self) -> None:  # noqa: N802
+        from .adapt_algorithm import AdaptModelAlgorithm
         from .refer_algorithm import ReferringSegmentationAlgorithm
         from .score_algorithm import ScoreClassificationAlgorithm
         from .segment_algorithm import OpenVocabSegmentationAlgorithm
@@ -31,6 +32,7 @@ class DrSegProvider(QgsProcessingProvider):
         self.addAlgorithm(OpenVocabSegmentationAlgorithm())
         self.addAlgorithm(ScoreClassificationAlgorithm())
         self.addAlgorithm(ReferringSegmentationAlgorithm())
+        self.addAlgorithm(AdaptModelAlgorithm())
 
     # Polygons go through QGIS feature sinks (any vector format); the class raster is a GeoTIFF.
     def supportedOutputRasterLayerExtensions(self):  # noqa: N802

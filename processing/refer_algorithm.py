@@ -24,7 +24,8 @@ from ..core.models.registry import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEV
 from ..qgis_bridge.engine import (DEFAULT_MAX_SIZE, REFER_LIBRARIES, import_model_libraries,
                                   load_refer_engine)
 from ..qgis_bridge.styling import style_referring_layer
-from .base import DrSegAlgorithm, engine_errors, number_type, source_type, work_folder
+from .base import (DrSegAlgorithm, destination_files, engine_errors, number_type, source_type,
+                   work_folder)
 
 # The engine's GeoPackage in the run's work folder, copied into the OUTPUT sink afterwards.
 WORK_FILE, WORK_LAYER = "referring.gpkg", "referring"
@@ -128,6 +129,7 @@ class ReferringSegmentationAlgorithm(DrSegAlgorithm):
         return True
 
     def _build_request(self, parameters, context, feedback):
+        from ..core.outputs import check_outputs
         from ..qgis_bridge.sources import layer_crs_check, raster_source
 
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
@@ -151,6 +153,7 @@ class ReferringSegmentationAlgorithm(DrSegAlgorithm):
 
         # The sink is made in processAlgorithm(): only what is registered on its context reaches
         # the layers QGIS loads after a threaded (toolbox dialog) run.
+        check_outputs(destination_files(self, parameters, (self.OUTPUT,)), [source])
         self._expressions = expressions
         self._crs = layer.crs()
         return run.ReferringRequest(

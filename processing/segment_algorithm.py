@@ -14,7 +14,8 @@ from typing import Optional
 from qgis.core import (QgsProcessingException, QgsProcessingOutputNumber, QgsProcessingOutputString,
                        QgsProcessingParameterBoolean, QgsProcessingParameterEnum,
                        QgsProcessingParameterExtent, QgsProcessingParameterFeatureSink,
-                       QgsProcessingParameterNumber, QgsProcessingParameterRasterDestination,
+                       QgsProcessingParameterFile, QgsProcessingParameterNumber,
+                       QgsProcessingParameterRasterDestination,
                        QgsProcessingParameterRasterLayer, QgsProcessingParameterString,
                        QgsRasterLayer, QgsVectorLayer)
 
@@ -26,8 +27,8 @@ from ..core.protocol import BLEND_LABELS, BLENDS, DEFAULT_BLEND
 from ..qgis_bridge.engine import (DEFAULT_GRAPH_K, DEFAULT_SEMANTIC_RATIO, DEFAULT_THRESHOLD,
                                   import_model_libraries, load_engine, method_label)
 from ..qgis_bridge.styling import style_class_raster, style_polygon_layer
-from .base import (DrSegAlgorithm, engine_errors, number_type, source_type, wants_output,
-                   work_folder)
+from .base import (DrSegAlgorithm, destination_files, engine_errors, number_type, source_type,
+                   wants_output, work_folder)
 
 # METHOD's options (values of SegmentationRequest.method) and how the dialog names them.
 METHOD_CHOICES = ("auto", "drseg", "clip")
@@ -59,6 +60,7 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
     DECOUPLE = "DECOUPLE"
     RECTIFY = "RECTIFY"
     FUSION = "FUSION"
+    ADAPTER = "ADAPTER"
     BLEND = "BLEND"
     OUTPUT = "OUTPUT"
     OUTPUT_RASTER = "OUTPUT_RASTER"
@@ -163,6 +165,9 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
                                           "graph", defaultValue=True),
             QgsProcessingParameterBoolean(self.FUSION, "DR-Seg: uncertainty-guided fusion",
                                           defaultValue=True),
+            QgsProcessingParameterFile(self.ADAPTER, "Adapter file (from 'Adapt the model to your "
+                                       "labelled polygons'; same CLIP model and weights)",
+                                       extension="safetensors", optional=True),
             QgsProcessingParameterEnum(self.BLEND, "Blend of overlapping windows",
                                        options=[BLEND_LABELS[b] for b in BLENDS],
                                        defaultValue=BLENDS.index(DEFAULT_BLEND)),
@@ -200,6 +205,7 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
 
     def _build_request(self, parameters, context):
         from ..core.classes import parse_classes
+        from ..core.outputs import check_outputs
         from ..qgis_bridge.sources import layer_crs_check, raster_source
 
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
@@ -216,6 +222,9 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
 
         # Outputs are resolved in processAlgorithm(): only what is registered on its context
         # reaches the layers QGIS loads after a threaded (toolbox dialog) run.
+        # Every file destination is checked now, not after the compute.
+        check_outputs(destination_files(self, parameters, (
+            self.OUTPUT, self.OUTPUT_RASTER, self.OUTPUT_PROBABILITIES)), [source])
         self._wants_raster = wants_output(self, parameters, self.OUTPUT_RASTER)
         self._wants_probabilities = wants_output(self, parameters, self.OUTPUT_PROBABILITIES)
         self._crs = layer.crs()
@@ -234,6 +243,7 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
             decouple=self.parameterAsBoolean(parameters, self.DECOUPLE, context),
             rectify=self.parameterAsBoolean(parameters, self.RECTIFY, context),
             fusion=self.parameterAsBoolean(parameters, self.FUSION, context),
+            adapter=self.parameterAsFile(parameters, self.ADAPTER, context) or None,
             window=self._settings["window"], stride=self._settings["stride"],
             block=self._settings["block"], batch_size=self._settings["batch_size"],
             cache_dir=self._settings["cache_dir"],

@@ -1,16 +1,14 @@
-"""Shared test helpers: georeferenced rasters written on the fly, a colour 'oracle' scorer whose
-right answer is known, and a tiny open_clip configuration of the real architecture."""
+"""Test session set-up (environment, QGIS's `processing` unshadowed) and shared fixtures.
+
+The helpers themselves live in `tests/support/` (rasters, oracles, tiny models, output readers).
+"""
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
 
-import numpy as np
 import pytest
-import rasterio
-from rasterio.transform import from_origin
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 # The tests run inside a QGIS application, as the plugin does: under a display (Xvfb) Mesa's LLVM
@@ -24,7 +22,6 @@ os.environ["DRSEG_CONFIG"] = os.path.join(tempfile.mkdtemp(prefix="drseg-test-co
 # name their own folder.
 os.environ["DRSEG_EMBEDDING_CACHE"] = "off"
 
-# Colours of the synthetic scene's classes; the oracle recognises a class by its colour.
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -56,83 +53,12 @@ def qgis_processing_not_shadowed():
     unshadow_qgis_processing()
 
 
-SCENE_COLOURS = {"building": (200, 60, 50), "road": (245, 245, 245), "water": (30, 90, 200),
-                 "tree": (40, 140, 50)}
-
-# Tiny widths of the real DINO definitions (same timm model, patch size and token layout), passed
-# to make_dino / load_dino_checkpoint as dims.
-TINY_DINO_DIMS = dict(embed_dim=32, depth=2, num_heads=2)
-
-TINY_CLIP_CONFIG = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
-
-
-def write_raster(path, data, crs="EPSG:32633", transform=None, nodata=None, dtype=None):
-    data = np.asarray(data)
-    if data.ndim == 2:
-        data = data[None]
-    transform = transform or from_origin(500000.0, 4100000.0, 0.5, 0.5)
-    profile = dict(driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
-                   dtype=dtype or data.dtype, crs=crs, transform=transform)
-    if nodata is not None:
-        profile["nodata"] = nodata
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data)
-    return str(path)
-
-
-def scene_labels(height=600, width=520):
-    """Ground truth of a synthetic scene: 0 background field, 1 building, 2 road, 3 water, 4 tree."""
-    labels = np.zeros((height, width), np.uint8)
-    labels[:, 240:300] = 2                          # a road crossing the whole scene
-    labels[60:230, 40:200] = 1                      # a building block west of the road
-    labels[380:560, 330:500] = 3                    # a pond east of the road
-    yy, xx = np.mgrid[:height, :width]
-    labels[(yy - 150) ** 2 + (xx - 420) ** 2 < 70 ** 2] = 4   # a round tree crown
-    labels[420:540, 60:180] = 1                     # a second building
-    return labels
-
-
-def scene_image(labels):
-    image = np.full((3,) + labels.shape, 200, np.uint8)  # bright background
-    image[:] = np.array((215, 205, 150), np.uint8)[:, None, None]
-    for index, name in enumerate(SCENE_COLOURS, start=1):
-        image[:, labels == index] = np.array(SCENE_COLOURS[name], np.uint8)[:, None]
-    return image
-
-
-class ColourOracleScorer:
-    """Knows each class by its colour: per window, token logits = closeness of the token's mean
-    colour to the class colour (a query 'roof' means the building colour, too)."""
-
-    logit_scale = 50.0
-
-    def __init__(self, colours=None, patch=8):
-        self.colours = colours or SCENE_COLOURS
-        self.patch = patch
-        self.queries = []
-        self.calls = 0
-        self.windows = 0
-
-    def set_queries(self, queries):
-        aliases = {"roof": "building", "street": "road", "forest": "tree", "river": "water"}
-        self.queries = [aliases.get(q, q) for q in queries]
-
-    def score_windows(self, images):
-        self.calls += 1
-        self.windows += len(images)
-        b, _, h, w = images.shape
-        p = self.patch
-        pooled = images.reshape(b, 3, h // p, p, w // p, p).astype(np.float32).mean(axis=(3, 5))
-        logits = []
-        for query in self.queries:
-            colour = np.array(self.colours.get(query, (255, 0, 255)), np.float32)[None, :, None, None]
-            distance = np.sqrt(((pooled - colour) ** 2).sum(axis=1))
-            logits.append(1.0 - distance / 100.0)
-        return np.stack(logits, axis=1).astype(np.float32)
+# Re-exported for compatibility: test modules (also on branches not yet merged) import these
+# names from conftest; new code imports them from support.*.
+from support.oracles import ColourOracleScorer, iou  # noqa: E402,F401
+from support.rasters import SCENE_COLOURS, scene_image, scene_labels, write_raster  # noqa: E402,F401
+from support.tiny_models import (TINY_CLIP_CONFIG, TINY_DINO_DIMS,  # noqa: E402,F401
+                                 write_tiny_clip_config)
 
 
 @pytest.fixture
@@ -144,14 +70,7 @@ def scene(tmp_path):
 
 @pytest.fixture
 def tiny_clip_config(tmp_path):
-    path = tmp_path / "tiny_clip.json"
-    path.write_text(json.dumps(TINY_CLIP_CONFIG))
-    return str(path)
-
-
-def iou(a, b):
-    union = np.logical_or(a, b).sum()
-    return np.logical_and(a, b).sum() / union if union else 1.0
+    return write_tiny_clip_config(tmp_path)
 
 
 def put_in_cache(cache_dir, catalog_name: str, content: bytes = b"not really weights") -> str:

@@ -6,87 +6,27 @@ into a test module are found by pytest like local ones.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import threading
 import time
 
-import numpy as np
 import pytest
-import rasterio
 from qgis.core import QgsApplication, QgsRasterLayer
-from rasterio.transform import from_origin
 
-from conftest import (REPO_ROOT, TINY_CLIP_CONFIG, put_in_cache,  # noqa: F401 (re-exported)
-                      unshadow_qgis_processing)
+from conftest import REPO_ROOT, put_in_cache, unshadow_qgis_processing  # noqa: F401 (re-exported)
+# Re-exported for compatibility: test modules (also on branches not yet merged) import these
+# names from conftest_qgis; new code imports them from support.*.
+from support.oracles import ColourScorer, FakeModels  # noqa: F401
+from support.rasters import ORIGIN, UTM, write_halves_raster as write_raster  # noqa: F401
+from support.tiny_models import TINY_CLIP_CONFIG, write_tiny_clip_config  # noqa: F401
 
 
 unshadow_qgis_processing()
-
-UTM = "EPSG:32633"
-ORIGIN = (500000.0, 6000000.0)
-
-
-def write_tiny_clip_config(folder) -> str:
-    path = os.path.join(str(folder), "tiny_clip.json")
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump(TINY_CLIP_CONFIG, handle)
-    return path
-
-
-def write_raster(path, width=96, height=64, bands=3, crs=UTM, pixel=1.0, dtype="uint8") -> str:
-    """Georeferenced test raster: left half red, right half blue (extra bands: grey ramp)."""
-    data = np.zeros((bands, height, width), dtype)
-    half = width // 2
-    if bands >= 3:
-        data[0, :, :half] = 200
-        data[2, :, half:] = 200
-    else:
-        data[0, :, :half] = 200
-        data[0, :, half:] = 40
-    for band in range(3, bands):
-        data[band] = np.linspace(0, 250, width, dtype=np.float32)[None, :].astype(dtype)
-    with rasterio.open(str(path), "w", driver="GTiff", width=width, height=height, count=bands,
-                       dtype=dtype, crs=crs, transform=from_origin(*ORIGIN, pixel, pixel)) as dst:
-        dst.write(data)
-    return str(path)
 
 
 def raster_layer(path, name="scene") -> QgsRasterLayer:
     layer = QgsRasterLayer(str(path), name, "gdal")
     assert layer.isValid(), path
     return layer
-
-
-class ColourScorer:
-    """Engine window scorer whose logits are the image's colour channels.
-
-    Queries map to channels (building/roof: red, tree: green, water: blue), so the red half of
-    `write_raster` comes out as 'building' and the blue half as 'water', exactly.
-    `delay` slows every call down; `started` is set on the first call (for cancel tests).
-    """
-
-    logit_scale = 50.0
-    CHANNEL = {"building": 0, "roof": 0, "house": 0, "tree": 1, "forest": 1, "water": 2}
-
-    def __init__(self, delay: float = 0.0):
-        self.delay = delay
-        self.calls = 0
-        self.queries = []
-        self.started = threading.Event()
-
-    def set_queries(self, queries):
-        self.queries = list(queries)
-
-    def score_windows(self, images):
-        self.calls += 1
-        self.started.set()
-        if self.delay:
-            time.sleep(self.delay)
-        b, _, s, _ = images.shape
-        patches = images.reshape(b, 3, s // 16, 16, s // 16, 16).mean(axis=(3, 5)) / 255.0
-        logits = np.stack([patches[:, self.CHANNEL.get(q, 1)] for q in self.queries], axis=1)
-        return logits.astype(np.float32)
 
 
 def run_algorithm(algorithm, parameters, load_results: bool = False, **kwargs):
@@ -196,30 +136,6 @@ def install_buttons(bar) -> list:
     from qgis.PyQt.QtWidgets import QPushButton
 
     return [b for item in bar.items() for b in item.findChildren(QPushButton, "drsegInstallButton")]
-
-
-class FakeModels:
-    """Stands in for core.segment.build_scorer: records each request and returns a ColourScorer,
-    deciding the method like the engine does ('auto': DR-Seg when DINO weights were given).
-    `note` is the engine note it reports."""
-
-    def __init__(self, note: str = "", delay: float = 0.0):
-        self.requests = []
-        self.note = note
-        self.delay = delay      # seconds per scorer call (cancel tests)
-
-    def __call__(self, request, monitor):
-        self.requests.append(request)
-        scorer = ColourScorer(self.delay)
-        scorer.device = "cpu"
-        method = request.method
-        if method == "auto":
-            method = "drseg" if request.dino_weights else "clip"
-        if method == "drseg" and not request.dino_weights:
-            from drseg.core.errors import InputError
-
-            raise InputError("DR-Seg needs DINO weights (fake engine)")
-        return scorer, method, self.note
 
 
 @pytest.fixture

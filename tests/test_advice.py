@@ -75,7 +75,7 @@ def test_a_missing_weights_path_is_file_not_found(path):
 
 
 def test_processing_offline_says_what_to_do_in_qgis(offline, tmp_path, drseg_provider):
-    from conftest_qgis import write_raster
+    from support.rasters import write_halves_raster as write_raster
     from qgis.core import QgsProcessingException, QgsProcessingFeedback
 
     raster = write_raster(tmp_path / "scene.tif")

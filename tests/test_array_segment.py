@@ -1,7 +1,8 @@
 """In-memory segmentation as benchmarks are run (core/array_segment.py)."""
 import numpy as np
 
-from conftest import ColourOracleScorer, iou, scene_image, scene_labels
+from support.oracles import ColourOracleScorer, iou
+from support.rasters import scene_image, scene_labels
 from drseg.core.array_segment import segment_array
 
 

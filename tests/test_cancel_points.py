@@ -10,10 +10,9 @@ import threading
 import numpy as np
 import pytest
 import torch
-from segment_anything.modeling import (ImageEncoderViT, MaskDecoder, PromptEncoder, Sam,
-                                       TwoWayTransformer)
 
-from conftest import TINY_CLIP_CONFIG, write_raster
+from support.rasters import write_raster
+from support.tiny_models import TINY_CLIP_CONFIG, build_tiny_sam
 from drseg.core.models.clip import load_clip
 from drseg.core.dense_clip import DenseClip
 from drseg.core.errors import RunCancelled
@@ -110,22 +109,10 @@ def test_progress_moves_per_query_and_per_window_batch_inside_one_block(deep_cli
     assert [f for f, m in seen] == sorted(f for f, m in seen)  # never goes back
 
 
-def deep_sam() -> Sam:
-    encoder = ImageEncoderViT(img_size=1024, patch_size=16, embed_dim=32, depth=DEPTH, num_heads=2,
-                              mlp_ratio=2.0, out_chans=256, window_size=4, global_attn_indexes=())
-    prompt = PromptEncoder(embed_dim=256, image_embedding_size=(64, 64),
-                           input_image_size=(1024, 1024), mask_in_chans=16)
-    decoder = MaskDecoder(transformer_dim=256, num_multimask_outputs=3,
-                          transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=256,
-                                                        num_heads=8),
-                          iou_head_depth=3, iou_head_hidden_dim=64)
-    return Sam(encoder, prompt, decoder).eval()
-
-
 def test_cancel_during_sam_encoding_stops_before_the_next_block():
     from drseg.core.refer.pipeline import make_predictor
 
-    sam = deep_sam()
+    sam = build_tiny_sam(depth=DEPTH)
     predictor = make_predictor(sam)  # hooks SAM's image encoder blocks
     counter = BlockCounter(sam.image_encoder.blocks, cancel_at=1)
 

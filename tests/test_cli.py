@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import rasterio
 
-from conftest import write_raster
+from support.rasters import write_raster
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -7,7 +7,8 @@ import rasterio
 import torch
 import torch.nn.functional as F
 
-from conftest import TINY_CLIP_CONFIG, TINY_DINO_DIMS, write_raster
+from support.rasters import write_raster
+from support.tiny_models import TINY_CLIP_CONFIG, TINY_DINO_DIMS, load_tiny_clip
 from drseg.core.dense_clip import DenseClip, dense_logits, encode_prompts, encode_text
 from drseg.core.disk_cache import DiskCache
 from drseg.core.models.clip import load_clip
@@ -17,11 +18,7 @@ from drseg.core.segment import SegmentationRequest, run_segmentation
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
-    path = tmp_path_factory.mktemp("clip") / "tiny.json"
-    path.write_text(json.dumps(TINY_CLIP_CONFIG))
-    torch.manual_seed(0)
-    model, tokenizer = load_clip(str(path), "random")
-    return model, tokenizer, str(path)
+    return load_tiny_clip(tmp_path_factory.mktemp("clip"), seed=0)
 
 
 def dense(tiny_clip, **kw):

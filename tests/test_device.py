@@ -8,7 +8,8 @@ import pytest
 import rasterio
 import torch
 
-from conftest import TINY_CLIP_CONFIG, ColourOracleScorer
+from support.oracles import ColourOracleScorer
+from support.tiny_models import load_tiny_clip
 from drseg.core import device as dev
 from drseg.core.errors import InputError, ModelError
 from drseg.core.raster_io import RasterReader
@@ -104,15 +105,9 @@ def test_autocast_is_float16_on_cuda_only():
 def test_dense_clip_encodes_images_under_autocast_and_returns_float32(tmp_path, monkeypatch):
     """The image encoder runs inside autocast_context(device); under reduced precision (bfloat16
     autocast on the CPU stands in for float16 on CUDA) the logits stay float32 and close."""
-    import json
-
     from drseg.core import dense_clip
-    from drseg.core.models.clip import load_clip
 
-    config = tmp_path / "tiny.json"
-    config.write_text(json.dumps(TINY_CLIP_CONFIG))
-    torch.manual_seed(0)
-    model, tokenizer = load_clip(str(config), "random")
+    model, tokenizer, _ = load_tiny_clip(tmp_path, seed=0)
     clip = dense_clip.DenseClip(model, tokenizer, torch.device("cpu"), templates=["{}"])
     clip.set_queries(["water", "road"])
     images = np.random.default_rng(0).integers(0, 255, (2, 3, 224, 224), dtype=np.uint8)

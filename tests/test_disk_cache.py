@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import scene_image, scene_labels, write_raster
+from support.rasters import scene_image, scene_labels, write_raster
+from support.tiny_models import write_tiny_clip_config
 from drseg.core import disk_cache
 from drseg.core.disk_cache import (DiskCache, cache_folder, clear_embedding_cache, key_digest,
                                    model_fingerprint, raster_identity)
@@ -110,7 +111,7 @@ RUN = textwrap.dedent("""
     import json, os, sys
     import torch
     sys.path.insert(0, {tests!r})
-    from test_sam_models import build_tiny_sam
+    from support.tiny_models import build_tiny_sam
     from drseg.core.models.clip import load_clip
     from drseg.core.dense_clip import DenseClip
     from drseg.core.refer.request import ReferringRequest
@@ -134,10 +135,7 @@ RUN = textwrap.dedent("""
 
 
 def run_in_subprocess(tmp_path, raster, cache, name):
-    config = tmp_path / "tiny.json"
-    from conftest import TINY_CLIP_CONFIG
-
-    config.write_text(json.dumps(TINY_CLIP_CONFIG))
+    config = write_tiny_clip_config(tmp_path, "tiny.json")
     script = RUN.format(tests=TESTS, config=str(config), raster=str(raster), cache=str(cache),
                         out=str(tmp_path / f"{name}.gpkg"))
     done = subprocess.run([sys.executable, "-c", script], capture_output=True,

@@ -5,8 +5,8 @@ import os
 
 import pytest
 from conftest_qgis import (fake_models, files_under, isolated_settings, koeln_scene,  # noqa: F401
-                           plugin_iface, put_in_cache, raster_layer, tiny_clip, wait_for,
-                           write_raster)
+                           plugin_iface, put_in_cache, raster_layer, tiny_clip, wait_for)
+from support.rasters import write_halves_raster as write_raster
 from qgis.core import (Qgis, QgsApplication, QgsCategorizedSymbolRenderer, QgsCoordinateReferenceSystem,
                        QgsPalettedRasterRenderer, QgsRasterLayer, QgsRectangle)
 

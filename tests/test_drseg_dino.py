@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import TINY_DINO_DIMS
+from support.tiny_models import TINY_DINO_DIMS
 from drseg.core.drseg import DrSegRectifier, DrSegScorer, align_to_grid, load_dino_checkpoint, make_dino
 from drseg.core.errors import ModelError
 from drseg.core.models.registry import DINO_MODELS

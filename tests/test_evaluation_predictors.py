@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ColourOracleScorer
+from support.oracles import ColourOracleScorer
 from drseg.core.errors import InputError
 from drseg.core.evaluation.predictors import engine_to_dataset_labels
 
@@ -67,7 +67,8 @@ def test_evaluate_refer_runs_the_referring_engine(tmp_path, monkeypatch):
     from drseg.cli import main
     from drseg.core.models import shared
     from drseg.core.refer import localize
-    from test_refer_pipeline import ColourLocalizer, ColourPredictor, pond_scene
+    from support.oracles import ColourLocalizer, ColourPredictor
+    from support.rasters import pond_scene
 
     root = tmp_path / "RefSegRS"
     (root / "images").mkdir(parents=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import json
 import os
 import subprocess
 import sys
@@ -22,7 +21,8 @@ import numpy as np
 import pytest
 import rasterio
 
-from conftest import TINY_CLIP_CONFIG, write_raster
+from support.rasters import write_raster
+from support.tiny_models import TINY_CLIP_CONFIG, write_tiny_clip_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -378,8 +378,7 @@ def leftovers(folders):
 def test_fault_matrix(case, tmp_path):
     case_dir = tmp_path / "case"
     case_dir.mkdir()
-    tiny = tmp_path / "tiny_clip.json"
-    tiny.write_text(json.dumps(TINY_CLIP_CONFIG))
+    tiny = write_tiny_clip_config(tmp_path)
     with contextlib.ExitStack() as stack:
         place = Place(str(case_dir), rgb_raster(case_dir / "in.tif"), str(tiny))
         place.stack = stack
@@ -410,7 +409,7 @@ def test_fault_matrix(case, tmp_path):
 # -- cases with an oracle: the result must be right, not only free of errors -----------------------
 
 def _oracle_run(path, out_dir, name, **kw):
-    from conftest import ColourOracleScorer
+    from support.oracles import ColourOracleScorer
     from drseg.core.segment import SegmentationRequest, run_segmentation
 
     colours = dict(ColourOracleScorer().colours, field=(215, 205, 150))
@@ -423,7 +422,7 @@ def _oracle_run(path, out_dir, name, **kw):
 
 def test_paletted_raster_is_read_through_its_colour_table(tmp_path):
     """A paletted GeoTIFF whose palette holds the scene colours segments like the RGB scene."""
-    from conftest import SCENE_COLOURS, scene_image, scene_labels
+    from support.rasters import SCENE_COLOURS, scene_image, scene_labels
 
     labels = scene_labels(240, 256)
     rgb = write_raster(tmp_path / "rgb.tif", scene_image(labels))
@@ -487,8 +486,7 @@ def test_termination_signals_stop_like_ctrl_c(signame, tmp_path):
     import signal
     import time
 
-    tiny = tmp_path / "tiny.json"
-    tiny.write_text(json.dumps(TINY_CLIP_CONFIG))
+    tiny = write_tiny_clip_config(tmp_path, "tiny.json")
     raster = rgb_raster(tmp_path / "big.tif", (3, 1400, 1400), seed=5)
     out = tmp_path / "out"
     out.mkdir()
@@ -524,8 +522,7 @@ def test_stale_work_folders_of_dead_runs_are_swept(tmp_path):
         if owner:
             (path / "owner").write_text(owner + "\n")
     (tmp_path / f".drseg-stage-{dead.pid}-o.tif").write_bytes(b"partial copy")
-    tiny = tmp_path / "tiny.json"
-    tiny.write_text(json.dumps(TINY_CLIP_CONFIG))
+    tiny = write_tiny_clip_config(tmp_path, "tiny.json")
     code, _, err = run_cli(["segment", rgb_raster(tmp_path / "in.tif"), "--classes", "water",
                             "--out", str(tmp_path / "o.gpkg"), "--quiet", "--clip-model", str(tiny),
                             *TINY])
@@ -535,8 +532,7 @@ def test_stale_work_folders_of_dead_runs_are_swept(tmp_path):
 
 
 def _set_of_outputs(tmp_path):
-    tiny = tmp_path / "tiny.json"
-    tiny.write_text(json.dumps(TINY_CLIP_CONFIG))
+    tiny = write_tiny_clip_config(tmp_path, "tiny.json")
     place = Place(str(tmp_path), rgb_raster(tmp_path / "in.tif"), str(tiny))
     _old_outputs(place)
     old = {p: digest(tmp_path / p) for p in ("o.gpkg", "o.tif")}
@@ -594,7 +590,7 @@ def test_a_failed_rename_keeps_the_whole_old_set(tmp_path, monkeypatch):
 
 def test_cancel_after_publishing_is_too_late_the_run_is_done(tmp_path, monkeypatch):
     """Once every output is in place the run is done: no 'cancelled' with new files on disk."""
-    from conftest import ColourOracleScorer
+    from support.oracles import ColourOracleScorer
     from drseg.core import segment
 
     published = []
@@ -612,7 +608,7 @@ def test_import_of_weights_that_fit_says_what_was_checked(tmp_path, monkeypatch)
     since the real one is 340 MB) are imported; the message says what could be checked."""
     import torch
 
-    from conftest import TINY_DINO_DIMS
+    from support.tiny_models import TINY_DINO_DIMS
     from drseg.core.models import weights_fit
     from drseg.core.drseg.dino import build_timm_vit
 

@@ -12,7 +12,8 @@ import subprocess
 import sys
 import textwrap
 
-from conftest_qgis import write_raster, write_tiny_clip_config
+from support.rasters import write_halves_raster as write_raster
+from support.tiny_models import write_tiny_clip_config
 
 HEAVY = ("torch", "open_clip", "segment_anything")
 

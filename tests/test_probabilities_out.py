@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import rasterio
 
-from conftest import ColourOracleScorer, write_raster
+from support.oracles import SCENE_CLASSES as CLASSES, ColourOracleScorer, scene_oracle as oracle
+from support.rasters import write_raster
 from drseg.core.errors import InputError, RunCancelled
 from drseg.core.segment import SegmentationRequest, run_segmentation
-from test_segment_oracle import CLASSES, oracle
 
 
 def test_probabilities_match_the_class_raster_block_by_block(scene, tmp_path):

@@ -6,7 +6,8 @@ import sys
 import pytest
 import rasterio
 from conftest_qgis import (drseg_provider, fake_models, files_under, isolated_settings,  # noqa: F401
-                           put_in_cache, run_algorithm, tiny_clip, write_raster)
+                           put_in_cache, run_algorithm, tiny_clip)
+from support.rasters import write_halves_raster as write_raster
 from qgis.core import (QgsApplication, QgsCoordinateReferenceSystem, QgsCoordinateTransform,
                        QgsProcessingContext, QgsProcessingException, QgsProcessingFeedback,
                        QgsProcessingModelAlgorithm, QgsProcessingModelChildAlgorithm,

@@ -58,8 +58,9 @@ def test_loading_the_algorithms_loads_no_widget_module(tmp_path):
                           text=True, timeout=120, env=dict(os.environ, QT_QPA_PLATFORM="offscreen"))
     lines = dict(line.split(" ", 1) if " " in line else (line, "")
                  for line in done.stdout.splitlines() if line.startswith(("ALGS", "UI")))
-    assert lines.get("ALGS") == ("drseg:openvocabsegmentation drseg:referringsegmentation "
-                                 "drseg:scoreclassification"), done.stdout + done.stderr
+    assert lines.get("ALGS") == ("drseg:adaptmodel drseg:openvocabsegmentation "
+                                 "drseg:referringsegmentation drseg:scoreclassification"), \
+        done.stdout + done.stderr
     assert lines.get("UI") == ""
 
 
@@ -98,7 +99,7 @@ def test_gpkg_destination_reads_file_and_table(dest, expected):
 
 def test_identity_comes_from_the_class_attributes(drseg_provider):
     algorithms = {a.name(): a for a in drseg_provider.algorithms()}
-    assert set(algorithms) == {"openvocabsegmentation", "referringsegmentation",
+    assert set(algorithms) == {"adaptmodel", "openvocabsegmentation", "referringsegmentation",
                                "scoreclassification"}
     for name, algorithm in algorithms.items():
         copy = algorithm.createInstance()
@@ -106,5 +107,5 @@ def test_identity_comes_from_the_class_attributes(drseg_provider):
         assert (copy.name(), copy.displayName(), copy.shortHelpString()) == (
             name, algorithm.DISPLAY_NAME, algorithm.HELP)
         assert algorithm.displayName() and algorithm.shortHelpString() and "drseg" in algorithm.tags()
-    assert {a.groupId() for a in algorithms.values()} == {"segmentation", "evaluation"}
+    assert {a.groupId() for a in algorithms.values()} == {"segmentation", "evaluation", "adaptation"}
     assert algorithms["scoreclassification"].group() == "Evaluation"

@@ -15,11 +15,11 @@ import rasterio
 import torch
 import torch.nn.functional as F
 
-from conftest import TINY_CLIP_CONFIG, write_raster
+from support.rasters import write_raster
+from support.tiny_models import load_tiny_clip
 from test_research_baseline import load_baseline
 from drseg.core.array_segment import segment_array_probabilities
 from drseg.core.classes import flatten_queries, parse_classes
-from drseg.core.models.clip import load_clip
 from drseg.core.dense_clip import DenseClip, interpolate_positional_embedding
 from drseg.core.sliding import SlidingWindowSegmenter, centred_pad
 
@@ -29,10 +29,7 @@ TOLERANCE = 1e-4
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    path = tmp_path_factory.mktemp("clip") / "tiny.json"
-    path.write_text(json.dumps(TINY_CLIP_CONFIG))
-    torch.manual_seed(3)
-    model, tokenizer = load_clip(str(path), "random")
+    model, tokenizer, path = load_tiny_clip(tmp_path_factory.mktemp("clip"), seed=3)
     clip = DenseClip(model, tokenizer, torch.device("cpu"), templates=["a photo of a {}.", "{}"])
     queries, owner = flatten_queries(parse_classes(CLASSES))
     clip.set_queries(queries)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import re
 import time
 
-from conftest_qgis import ColourScorer, files_under, wait_for, write_raster
+from conftest_qgis import files_under, wait_for
+from support.oracles import ColourScorer
+from support.rasters import write_halves_raster as write_raster
 from qgis.core import (QgsApplication, QgsCategorizedSymbolRenderer, QgsPalettedRasterRenderer,
                        QgsTask, QgsWkbTypes)
 

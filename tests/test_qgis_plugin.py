@@ -16,8 +16,9 @@ from unittest import mock
 
 import pytest
 from conftest_qgis import (REPO_ROOT, files_under, install_buttons, isolated_settings,  # noqa: F401
-                           plugin_iface, raster_layer, tiny_clip, wait_for, write_raster,
-                           write_tiny_clip_config)
+                           plugin_iface, raster_layer, tiny_clip, wait_for)
+from support.rasters import write_halves_raster as write_raster
+from support.tiny_models import write_tiny_clip_config
 from qgis.core import Qgis, QgsApplication
 
 try:

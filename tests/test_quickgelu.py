@@ -1,13 +1,12 @@
 """OpenAI CLIP weights run with QuickGELU however they arrive: a catalog name, a checkpoint file
 the catalog knows by its SHA-256, or a `<model>-quickgelu` name as in open_clip."""
 import hashlib
-import json
 
 import pytest
 import torch
 from open_clip.transformer import QuickGELU
 
-from conftest import TINY_CLIP_CONFIG
+from support.tiny_models import TINY_CLIP_CONFIG, load_tiny_clip
 from drseg.core.models import catalog, download
 from drseg.core.models import clip as clip_models
 from drseg.core.models.clip import catalog_entry, load_clip
@@ -20,10 +19,7 @@ def activation(model):
 
 @pytest.fixture
 def tiny_checkpoint(tmp_path):
-    config = tmp_path / "tiny.json"
-    config.write_text(json.dumps(TINY_CLIP_CONFIG))
-    torch.manual_seed(1)
-    model, _ = load_clip(str(config), "random")
+    model, _, config = load_tiny_clip(tmp_path, seed=1)
     weights = tmp_path / "openai-like.pt"
     torch.save(model.state_dict(), weights)
     return str(config), str(weights), hashlib.sha256(weights.read_bytes()).hexdigest()

@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 import torch
 from segment_anything import SamPredictor
-from segment_anything.modeling import (ImageEncoderViT, MaskDecoder, PromptEncoder, Sam,
-                                       TwoWayTransformer)
 from segment_anything.utils.amg import batched_mask_to_box
 from segment_anything.utils.transforms import ResizeLongestSide
 
+from support.tiny_models import build_tiny_sam
 from drseg.core.errors import InputError
 from drseg.core.refer.prompts import (box_filter_sum, build_prompts, dilate, erode,
                                       instance_prompts, label_components, mask_box,
@@ -306,15 +305,7 @@ def test_instance_prompts_one_set_per_blob():
 @pytest.fixture(scope="module")
 def tiny_sam():
     torch.manual_seed(0)
-    encoder = ImageEncoderViT(img_size=1024, patch_size=16, embed_dim=32, depth=1, num_heads=2,
-                              mlp_ratio=2.0, out_chans=256, window_size=4, global_attn_indexes=())
-    prompt_encoder = PromptEncoder(embed_dim=256, image_embedding_size=(64, 64),
-                                   input_image_size=(1024, 1024), mask_in_chans=16)
-    decoder = MaskDecoder(transformer_dim=256, num_multimask_outputs=3,
-                          transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=256,
-                                                        num_heads=8),
-                          iou_head_depth=3, iou_head_hidden_dim=64)
-    return Sam(encoder, prompt_encoder, decoder).eval()
+    return build_tiny_sam()
 
 
 def test_tiny_sam_takes_our_prompts_in_both_frames(tiny_sam):

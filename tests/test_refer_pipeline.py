@@ -3,35 +3,30 @@ selection with modifiers on known activations and masks, tiling with seams, the 
 output, errors and the `refer` command."""
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 import pytest
 import shapely
 import torch
-from osgeo import ogr
 from rasterio.transform import from_origin
-from shapely.geometry import box as shapely_box
 
-from conftest import TINY_CLIP_CONFIG, scene_image, scene_labels, write_raster
+from support.oracles import ColourLocalizer, ColourPredictor, stub_models  # noqa: F401 (re-exported)
+from support.outputs import read_referring_gpkg as read_gpkg
+from support.rasters import (FIELD, POND2, ROAD, WATER, WRITE_ORIGIN, WRITE_PIXEL,  # noqa: F401
+                             pixel_box, pond_scene, scene_image, scene_labels, write_raster)
+from support.tiny_models import build_tiny_sam, load_tiny_clip
 from drseg.core import dense_clip
-from drseg.core.models.clip import load_clip
 from drseg.core.dense_clip import DenseClip
 from drseg.core.errors import InputError, RunCancelled
 from drseg.core.refer.localize import Localizer, LocalizerSettings, context_crop
 from drseg.core.refer.parse import parse_expression
 from drseg.core.refer.pipeline import ReferringSession
-from drseg.core.refer.prompts import dilate, label_components
 from drseg.core.refer.request import ReferringRequest
 from drseg.core.refer.run import run_referring
 from drseg.core.refer.sessions import SESSIONS
-from test_sam_models import build_tiny_sam
 
-ORIGIN = (500000.0, 4100000.0)
-PIXEL = 0.5
-WATER, POND2, ROAD, FIELD = (30, 90, 200), (40, 100, 190), (245, 245, 245), (215, 205, 150)
-CATEGORY_COLOURS = {"water": WATER, "road": ROAD}
+ORIGIN, PIXEL = WRITE_ORIGIN, WRITE_PIXEL
 
 
 @pytest.fixture(autouse=True)
@@ -39,101 +34,6 @@ def fresh_sessions():
     SESSIONS.clear()
     yield
     SESSIONS.clear()
-
-
-# --------------------------------------------------------------------------------------------
-# Stubs with known answers: objects are uniform colour regions
-
-
-class ColourLocalizer:
-    """Activation = closeness of each pixel to the colour of the target's category."""
-
-    def __init__(self):
-        self.encodes = 0
-
-    def encode(self, image, valid):
-        self.encodes += 1
-        return {"image": image.astype(np.float32)}
-
-    def _map(self, features, category):
-        colour = np.array(CATEGORY_COLOURS.get(category, (255, 0, 255)), np.float32)
-        distance = np.sqrt(((features["image"] - colour) ** 2).sum(axis=-1))
-        return np.clip(1.0 - distance / 150.0, 0.0, 1.0)
-
-    def localize(self, features, parsed):
-        return self._map(features, parsed.target.category)
-
-    def phrase_activation(self, features, phrase):
-        return self._map(features, phrase.category)
-
-
-class ColourPredictor:
-    """SAM stand-in: the uniform-colour region under the first positive point (or the box's
-    centre); the three 'multimask' outputs are that region twice and a dilated version."""
-
-    def __init__(self):
-        self.set_calls = 0
-        self.calls = []
-
-    def set_image(self, image):
-        self.image = np.asarray(image)
-        self.set_calls += 1
-
-    def predict(self, point_coords=None, point_labels=None, box=None, mask_input=None,
-                multimask_output=True):
-        self.calls.append(dict(points=point_coords, labels=point_labels, box=box,
-                               mask_input=mask_input, multimask=multimask_output))
-        h, w = self.image.shape[:2]
-        if point_coords is not None and (np.asarray(point_labels) == 1).any():
-            x, y = np.asarray(point_coords)[np.asarray(point_labels) == 1][0]
-        elif box is not None:
-            x, y = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-        else:
-            x, y = w / 2, h / 2
-        x, y = int(round(x)), int(round(y))
-        same = np.all(self.image == self.image[y, x], axis=-1)
-        labels, _ = label_components(same, connectivity=4)
-        region = labels == labels[y, x]
-        masks = np.stack([region, region, dilate(region, 3)])
-        low = np.zeros((3, 256, 256), np.float32)
-        if not multimask_output:
-            return masks[:1], np.array([0.97]), low[:1]
-        return masks, np.array([0.95, 0.9, 0.6]), low
-
-
-def stub_models():
-    return ColourPredictor(), ColourLocalizer()
-
-
-def pond_scene():
-    """North pond (slightly off-colour: less activated), a road, a larger south pond."""
-    image = np.empty((240, 240, 3), np.uint8)
-    image[:] = FIELD
-    image[110:130, :] = ROAD
-    image[30:80, 40:100] = POND2
-    image[160:220, 120:200] = WATER
-    return image
-
-
-def pixel_box(col0, row0, col1, row1):
-    """Map-coordinate box of raster pixels [col0, col1) × [row0, row1)."""
-    x0, y0 = ORIGIN
-    return shapely_box(x0 + col0 * PIXEL, y0 - row1 * PIXEL, x0 + col1 * PIXEL, y0 - row0 * PIXEL)
-
-
-def read_gpkg(path):
-    ds = ogr.Open(str(path))
-    assert ds.GetLayerCount() == 1
-    layer = ds.GetLayer(0)
-    defn = layer.GetLayerDefn()
-    fields = [defn.GetFieldDefn(i).GetName() for i in range(defn.GetFieldCount())]
-    srs = layer.GetSpatialRef()
-    rows = []
-    for feature in layer:
-        geometry = shapely.from_wkb(bytes(feature.GetGeometryRef().ExportToWkb()))
-        rows.append(dict(expression=feature.GetField("expression"), score=feature.GetField("score"),
-                         area_m2=feature.GetField("area_m2"), geometry=geometry))
-    return fields, srs.GetAuthorityCode(None), layer.GetName(), rows
 
 
 def iou(a, b):
@@ -235,10 +135,7 @@ def test_a_target_straddling_a_tile_seam_is_one_polygon(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
-    config = tmp_path_factory.mktemp("clip") / "tiny.json"
-    config.write_text(json.dumps(TINY_CLIP_CONFIG))
-    torch.manual_seed(0)
-    model, tokenizer = load_clip(str(config), "random")
+    model, tokenizer, _ = load_tiny_clip(tmp_path_factory.mktemp("clip"), seed=0)
     clip = DenseClip(model, tokenizer, torch.device("cpu"))
     sam = build_tiny_sam()
     calls = {"sam": 0}

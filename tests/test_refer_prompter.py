@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_CLIP_CONFIG
+from support.tiny_models import TINY_CLIP_CONFIG
 from drseg.core.refer.lora import (LoraDelta, apply_lora, load_lora_state, lora_state, merge,
                                    unmerge)
 from drseg.core.refer.prompter import CascadedPrompter, PromptedSegmenter, PrompterConfig

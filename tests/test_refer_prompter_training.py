@@ -7,7 +7,7 @@ import pytest
 import rasterio
 import torch
 
-from conftest import write_raster
+from support.rasters import write_raster
 from drseg.core.dense_clip import DenseClip
 from drseg.core.refer.head import base_metadata, save_head
 from drseg.core.refer.prompter import PromptedSegmenter, PrompterConfig

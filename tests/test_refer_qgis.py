@@ -1,7 +1,7 @@
 """Referring segmentation in QGIS: the dock's Referring panel driven like a user, the task and its
 cancel, the click tool refining the last result, and drseg:referringsegmentation in Processing.
 
-Models are the stand-ins of test_refer_pipeline (their answers are known: objects are uniform
+Models are the stand-ins of support.oracles (their answers are known: objects are uniform
 colour regions, the 'ponds' are blue), injected as the panel's sam/clip or in place of the
 engine's model loading."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ import uuid
 import numpy as np
 import pytest
 import shapely
-from conftest import write_raster as write_array
+from support.rasters import write_raster as write_array
 from conftest_qgis import (drseg_provider, files_under, isolated_settings, raster_layer,  # noqa: F401
                            run_algorithm, wait_for)
 from qgis.core import (Qgis, QgsApplication, QgsCategorizedSymbolRenderer,
@@ -27,10 +27,12 @@ from qgis.gui import QgsMapMouseEvent
 from qgis.PyQt.QtCore import QEvent, QPoint, Qt
 from qgis.PyQt.QtGui import QKeyEvent
 from qgis.PyQt.QtTest import QTest
-from test_refer_pipeline import (ORIGIN, PIXEL, ColourLocalizer, ColourPredictor,  # noqa: F401
-                                 label_components, pixel_box, pond_scene, tiny_models)
+from support.oracles import ColourLocalizer, ColourPredictor
+from support.rasters import WRITE_ORIGIN as ORIGIN, WRITE_PIXEL as PIXEL, pixel_box, pond_scene
+from test_refer_pipeline import tiny_models  # noqa: F401 (a fixture)
 
 from drseg.core.colors import class_colour
+from drseg.core.refer.prompts import label_components
 from drseg.core.refer.sessions import SESSIONS
 from drseg.qgis_bridge.results import REFER_GROUP
 from drseg.ui.choices import SharedChoices

@@ -2,28 +2,25 @@
 per-candidate crop pass, on an exact token oracle and on scenes with known answers."""
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import SCENE_COLOURS, TINY_CLIP_CONFIG, scene_image, scene_labels
-from drseg.core.models.clip import load_clip
+from support.oracles import ColourPredictor
+from support.rasters import (POND2, ROAD, SCENE_COLOURS, WATER, pond_scene, scene_image,
+                             scene_labels)
+from support.tiny_models import load_tiny_clip
 from drseg.core.dense_clip import CLIP_MEAN, CLIP_STD, DenseClip
 from drseg.core.refer.localize import Localizer, LocalizerSettings
 from drseg.core.refer.parse import parse_expression
 from drseg.core.refer.pipeline import ReferringSession
-from test_refer_pipeline import POND2, ROAD, WATER, ColourPredictor, pond_scene
 
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
-    config = tmp_path_factory.mktemp("clip") / "tiny.json"
-    config.write_text(json.dumps(TINY_CLIP_CONFIG))
-    torch.manual_seed(0)
-    model, tokenizer = load_clip(str(config), "random")
+    model, tokenizer, _ = load_tiny_clip(tmp_path_factory.mktemp("clip"), seed=0)
     return DenseClip(model, tokenizer, torch.device("cpu"))
 
 

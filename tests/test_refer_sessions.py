@@ -4,11 +4,11 @@ import os
 import numpy as np
 import pytest
 
-from conftest import write_raster
+from support.oracles import stub_models
+from support.rasters import pond_scene, write_raster
 from drseg.core.errors import InputError
 from drseg.core.refer.request import ReferringRequest
 from drseg.core.refer.sessions import SESSIONS, SessionCache, open_session
-from test_refer_pipeline import pond_scene, stub_models
 
 
 @pytest.fixture(autouse=True)

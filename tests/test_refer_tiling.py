@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from conftest import write_raster
+from support.rasters import write_raster
 from drseg.core.errors import InputError
 from drseg.core.refer.request import ReferringRequest
 from drseg.core.refer.tiling import open_reader, tile_windows

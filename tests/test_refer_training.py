@@ -9,7 +9,7 @@ import torch
 from osgeo import ogr, osr
 from rasterio.transform import from_origin
 
-from conftest import write_raster
+from support.rasters import write_raster
 from drseg.core.errors import InputError, RunCancelled
 from drseg.core.refer.head import (HEAD_FORMAT, base_metadata, read_head, save_head)
 from drseg.core.refer.learned import LearnedPrompter

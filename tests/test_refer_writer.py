@@ -8,7 +8,7 @@ from shapely.geometry import box as shapely_box
 from drseg.core.errors import RunCancelled
 from drseg.core.progress import RunMonitor
 from drseg.core.refer.writer import VECTOR_FIELDS, write_referring_layer
-from test_refer_pipeline import read_gpkg
+from support.outputs import read_referring_gpkg as read_gpkg
 
 UTM = CRS.from_epsg(32633)
 

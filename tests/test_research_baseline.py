@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import rasterio
 
-from conftest import ColourOracleScorer, scene_image, scene_labels, write_raster
+from support.oracles import ColourOracleScorer
+from support.rasters import scene_image, scene_labels, write_raster
 from drseg.core.classes import flatten_queries, parse_classes
 from drseg.core.segment import SegmentationRequest, run_segmentation
 from drseg.core.sliding import window_starts

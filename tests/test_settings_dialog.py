@@ -204,7 +204,7 @@ def test_bad_mirror_is_refused_before_downloading(make_dialog, tmp_path):
 
 
 def test_import_of_a_file_on_disk(make_dialog, tmp_path, monkeypatch):
-    from conftest import TINY_DINO_DIMS
+    from support.tiny_models import TINY_DINO_DIMS
     from drseg.core.models import weights_fit
     from drseg.core.drseg.dino import build_timm_vit
 

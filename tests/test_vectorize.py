@@ -1,16 +1,20 @@
-"""Vectorizing block by block gives the polygons of the whole raster polygonised at once."""
+"""Vectorizing block by block gives the polygons of the whole raster polygonised at once; areas
+are in square metres, also on a geographic CRS."""
 import numpy as np
 import pytest
 import rasterio
 import shapely
 from rasterio import features
+from rasterio.transform import from_origin
 from shapely.geometry import shape
 
-from conftest import write_raster
+from support.oracles import segment_scene
+from support.outputs import read_class_polygons
+from support.rasters import scene_image, scene_labels, write_raster
 from drseg.core.vectorize import vectorize
 
 NODATA = 255
-PIXEL_AREA = 0.25  # conftest.write_raster: 0.5 m pixels, EPSG:32633
+PIXEL_AREA = 0.25  # support.rasters.write_raster: 0.5 m pixels, EPSG:32633
 
 
 def road_grid_scene(height=300, width=260):
@@ -128,3 +132,40 @@ def test_finished_regions_come_out_before_the_last_block_row(rasters):
     # A building of the top block row cut by the first vertical seam comes out early.
     early = [s for s in seen if s[0] == 1 and s[1][0] < seam_x < s[1][2] and s[1][3] == top - 4]
     assert early and all(s[2] < last_row_starts for s in early)
+
+
+def test_geographic_crs_areas_are_in_square_metres(tmp_path):
+    labels = scene_labels(300, 260)
+    degrees = 1e-5  # about 1.11 m at the equator
+    path = write_raster(tmp_path / "geo.tif", scene_image(labels), crs="EPSG:4326",
+                        transform=from_origin(10.0, 0.0015, degrees, degrees))
+    result = segment_scene(path, tmp_path)
+    rows, _ = read_class_polygons(result.vector_path)
+    water = sum(r["area_m2"] for r in rows if r["class"] == "water")
+    pixel_m2 = (degrees * 111_320) * (degrees * 110_574)
+    assert water == pytest.approx((labels == 3).sum() * pixel_m2, rel=0.06)
+
+
+def test_polygons_do_not_depend_on_the_vectorizing_block(scene, tmp_path):
+    """Regions cut by block seams (both directions) are joined again, with their scores."""
+    from drseg.core.vectorize import vectorize
+
+    path, _ = scene
+    result = segment_scene(path, tmp_path, out_vector=None)
+    with rasterio.open(result.raster_path) as src:
+        profile = src.profile
+        scores = (src.read(1) % 7 / 7.0).astype("float32")  # any per-pixel score will do
+    profile.update(dtype="float32", nodata=None)
+    score_path = str(tmp_path / "score.tif")
+    with rasterio.open(score_path, "w", **profile) as dst:
+        dst.write(scores[None])
+
+    def regions(block):
+        found = sorted((r.class_index, round(r.area_m2, 6), round(r.score, 9), r.pixels)
+                       for r in vectorize(result.raster_path, score_path, block=block))
+        return found
+
+    whole = regions(4096)
+    assert regions(64) == whole
+    assert regions(97) == whole
+    assert len(whole) >= 5

@@ -56,6 +56,11 @@ def _same_shape(gt: np.ndarray, pred: np.ndarray, what: str) -> None:
                      "a prediction must be a single-band array of the ground truth's size")
 
 
+def gt_pixel_totals(matrix: np.ndarray, unassigned: np.ndarray) -> np.ndarray:
+    """Ground-truth pixels per class: its row of the matrix plus those predicted as no class."""
+    return matrix.sum(axis=1) + unassigned
+
+
 class ConfusionMatrix:
     """Accumulates a (ground truth x prediction) pixel count matrix over many images."""
 
@@ -104,7 +109,7 @@ class ConfusionMatrix:
 
     @property
     def gt_pixels(self) -> np.ndarray:
-        return self.matrix.sum(axis=1) + self.unassigned
+        return gt_pixel_totals(self.matrix, self.unassigned)
 
     @property
     def pred_pixels(self) -> np.ndarray:

@@ -7,7 +7,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from .metrics import REFER_METRIC_DEFINITIONS
+from .metrics import REFER_METRIC_DEFINITIONS, gt_pixel_totals
 
 
 @dataclass
@@ -27,11 +27,11 @@ class OvssReport:
 
     @property
     def gt_pixels(self) -> np.ndarray:
-        return self.confusion.sum(axis=1) + self.unassigned
+        return gt_pixel_totals(self.confusion, self.unassigned)
 
     @property
     def pred_pixels(self) -> np.ndarray:
-        return self.confusion.sum(axis=0)
+        return self.confusion.sum(axis=0)      # the column sums, as ConfusionMatrix.pred_pixels
 
     def to_dict(self) -> Dict:
         return {

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from ..dense_clip import CLIP_MEAN, dense_logits, encode_prompts
 from ..disk_cache import USE_DEFAULT, model_fingerprint, resolve_cache
 from ..errors import InputError
+from ..protocol import DEFAULT_BATCH_SIZE, DEFAULT_STRIDE, DEFAULT_WINDOW
 from ..sliding import bilinear_matrix, blend_ramp, window_starts
 from .parse import NounPhrase, ParsedExpression
 from .sam_frames import normalize_activation
@@ -64,9 +65,9 @@ class LocalizerSettings:
     region_logit_scale: CLIP's softmax temperature for region scores."""
 
     clip_long_side: Optional[int] = 448
-    window: int = 224
-    stride: int = 112
-    batch_size: int = 8
+    window: int = DEFAULT_WINDOW
+    stride: int = DEFAULT_STRIDE
+    batch_size: int = DEFAULT_BATCH_SIZE
     generic_prompts: Tuple[str, ...] = GENERIC_PROMPTS
     templates: Tuple[str, ...] = REFER_TEMPLATES
     max_synonyms: int = 3

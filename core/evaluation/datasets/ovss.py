@@ -6,7 +6,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -15,7 +15,7 @@ from ...protocol import (BLENDS, PROTOCOL_BLEND, PROTOCOL_LONG_SIDE, PROTOCOL_ST
                          PROTOCOL_WINDOW)
 from .files import read_array
 from .labels import IGNORE_INDEX, LabelDecoder
-from .specs import MAX_LISTED, as_list, fill
+from .specs import MAX_LISTED, SampleList, as_list, fill
 
 
 @dataclass
@@ -32,7 +32,7 @@ class OvssSample:
         return self.decoder.decode(read_array(self.label_path), stats, source=self.label_path)
 
 
-class OvssDataset:
+class OvssDataset(SampleList):
     """An open-vocabulary segmentation benchmark split: classes, protocol settings, samples."""
 
     task = "ovss"
@@ -65,15 +65,6 @@ class OvssDataset:
     def prompt(self) -> str:
         """The class text for the engine: classes by ';', synonyms by ','."""
         return "; ".join(self.class_texts)
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __iter__(self) -> Iterator[OvssSample]:
-        return iter(self.samples)
-
-    def __getitem__(self, index: int) -> OvssSample:
-        return self.samples[index]
 
     def load_label_file(self, path: Union[str, Path], stats: Optional[Dict] = None) -> np.ndarray:
         """Decode any file holding this data set's label values (used for predictions too)."""

@@ -6,7 +6,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -15,7 +15,7 @@ from ..metrics import REFER_METRIC_DEFINITIONS
 from .coco import segmentation_to_mask
 from .files import binary_mask, read_array
 from .safe_pickle import safe_load_pickle
-from .specs import MAX_LISTED, as_list, fill
+from .specs import MAX_LISTED, SampleList, as_list, fill
 
 
 @dataclass
@@ -34,7 +34,7 @@ class ReferSample:
         return binary_mask(read_array(self.mask_path))
 
 
-class ReferDataset:
+class ReferDataset(SampleList):
     """A referring-segmentation benchmark split."""
 
     task = "refer"
@@ -52,15 +52,6 @@ class ReferDataset:
         self.protocol: Dict = {"source": (spec.get("protocol") or {}).get("source", ""),
                                "metrics": dict(REFER_METRIC_DEFINITIONS)}
         self.warnings = list(warnings_ or [])
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __iter__(self) -> Iterator[ReferSample]:
-        return iter(self.samples)
-
-    def __getitem__(self, index: int) -> ReferSample:
-        return self.samples[index]
 
     def __repr__(self) -> str:
         return f"ReferDataset({self.name!r}, split={self.split!r}, {len(self)} samples)"

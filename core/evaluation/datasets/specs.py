@@ -75,3 +75,18 @@ def fill(pattern: str, split: str, **extra) -> str:
         return pattern.format(**values)
     except (KeyError, IndexError, ValueError) as exc:
         raise InputError(f"Bad path pattern '{pattern}' in the data set description: {exc}")
+
+
+class SampleList:
+    """A data set is a list of samples (`self.samples`): its length, iteration and indexing."""
+
+    samples: list
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __iter__(self):
+        return iter(self.samples)
+
+    def __getitem__(self, index: int):
+        return self.samples[index]

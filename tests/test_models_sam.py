@@ -6,27 +6,13 @@ import pickle
 
 import pytest
 import torch
-from segment_anything.modeling import (ImageEncoderViT, MaskDecoder, PromptEncoder, Sam,
-                                       TwoWayTransformer)
+from segment_anything.modeling import Sam
 
+from support.tiny_models import build_tiny_sam
 from drseg.core.models import cache as model_cache
 from drseg.core.models import download, sam as sam_models, shared
 from drseg.core.errors import InputError, ModelError
 from drseg.core.models.sam import load_sam, register_sam_architecture, resolve_sam_weights
-
-
-def build_tiny_sam(embed_dim: int = 32) -> Sam:
-    """segment_anything's real architecture with small dimensions (random weights)."""
-    encoder = ImageEncoderViT(img_size=1024, patch_size=16, embed_dim=embed_dim, depth=1,
-                              num_heads=2, mlp_ratio=2.0, out_chans=256, window_size=4,
-                              global_attn_indexes=())
-    prompt = PromptEncoder(embed_dim=256, image_embedding_size=(64, 64),
-                           input_image_size=(1024, 1024), mask_in_chans=16)
-    decoder = MaskDecoder(transformer_dim=256, num_multimask_outputs=3,
-                          transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=256,
-                                                        num_heads=8),
-                          iou_head_depth=3, iou_head_hidden_dim=64)
-    return Sam(encoder, prompt, decoder).eval()
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,10 @@
+"""Adaptation defaults and choices, free of heavy imports (Processing reads them when QGIS loads
+the provider, before torch or rasterio are checked)."""
+
+LEVELS = ("calibrate", "prompt", "finetune")
+DEFAULT_CHIP = 224
+DEFAULT_VALIDATION_SHARE = 0.2
+DEFAULT_STEPS = 200
+DEFAULT_BATCH = 4
+DEFAULT_LR = {"prompt": 1e-3, "finetune": 2e-4}   # the base rate (text offsets, biases)
+BACKBONE_MULTIPLIER = 0.01                       # attention weights: 0.01× the base rate
