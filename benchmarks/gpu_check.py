@@ -14,6 +14,9 @@ with its tag:
   [drseg]      the same with DR-Seg (dense CLIP + DINO ViT-B/8 + decouple/rectify/fusion)
   [agreement]  fraction of pixels whose class equals the fp32 class map, per model and precision
   [refer]      referring: first query (encodes the area) and cached queries on a 1024² px area
+  [prompter]   the trained referring path (cascaded prompter, LoRA rank 16): one training step
+               (batch of 2 at SAM's 1024² input, float16 autocast + GradScaler on CUDA) and
+               inference per image (both adapted encoders + prompter + decoder), peak memory
   [sam3]       one SAM 3 tile, when a SAM 3 implementation is installed; else why it is skipped
   [done]       total time
 
@@ -256,6 +259,56 @@ class Check:
                            f"(mean {np.mean(cached):.2f} s), in the precision the engine uses "
                            f"on {self.device.type}")
 
+    def prompter(self):
+        import torch
+
+        from drseg.core.refer.prompter import PromptedSegmenter, PrompterConfig
+        from drseg.core.refer.synthetic import tiny_sam
+        from drseg.core.refer.train import TrainConfig, mask_loss
+
+        clip = self.clip()
+        sam = tiny_sam(128) if self.dry else self.sam()
+        model = PromptedSegmenter(clip.model, clip.tokenizer, sam.to(self.device),
+                                  PrompterConfig())
+        size, batch = model.sam_size, (1 if self.dry else 2)
+        images = torch.rand(batch, 3, size, size, device=self.device) * 255
+        masks = (torch.rand(batch, 1, size, size, device=self.device) > 0.5).float()
+        texts = ["the large red roof on the left"] * batch
+        optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=TrainConfig().lr)
+        cuda = self.device.type == "cuda"
+        scaler = torch.amp.GradScaler("cuda", enabled=cuda)
+
+        def step():
+            with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=cuda):
+                loss = mask_loss(model(images, texts), masks)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            self.synchronize()
+
+        model.train()
+        step()                                   # warm-up (allocations, kernels)
+        self.reset_peak()
+        tick = time.perf_counter()
+        step()
+        train_s = time.perf_counter() - tick
+        train_peak = self.peak()
+        model.eval()
+        with torch.no_grad(), torch.autocast(device_type=self.device.type, dtype=torch.float16,
+                                             enabled=cuda):
+            model(images[:1], texts[:1])
+            self.synchronize()
+            tick = time.perf_counter()
+            model(images[:1], texts[:1])
+            self.synchronize()
+            infer_s = time.perf_counter() - tick
+        trainable = sum(p.numel() for p in model.trainable_parameters())
+        models = "tiny SAM + tiny CLIP" if self.dry else "SAM ViT-B + CLIP ViT-B-16"
+        self.line("prompter", f"{models}, {size}² px, {trainable / 1e6:.2f} M trainable: training "
+                              f"step {train_s:.3f} s for {batch} image(s) ({train_peak}), "
+                              f"inference {infer_s:.3f} s per image")
+
     def sam3(self):
         import importlib.util
 
@@ -272,6 +325,7 @@ class Check:
             self.stage("env", self.env)
             self.models_and_agreement()
             self.stage("refer", self.refer)
+            self.stage("prompter", self.prompter)
             self.stage("sam3", self.sam3)
         self.line("done", f"{time.perf_counter() - self.started:.1f} s"
                   + (f"; FAILED stages: {', '.join(self.failed)}" if self.failed else ""))

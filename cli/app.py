@@ -13,7 +13,7 @@ from typing import List, Optional
 
 from ..core.errors import DrSegError, RunCancelled
 from ..core.evaluation.predictors import PredictorFactory, engine_predictor
-from . import adapt, cache, evaluate, models, refer, segment, segment_batch
+from . import adapt, cache, evaluate, models, refer, segment, segment_batch, train_referring
 from .exit_codes import EXIT_BAD_INPUT, EXIT_CANCELLED
 
 
@@ -28,6 +28,7 @@ def build_parser(predictor_factory: Optional[PredictorFactory] = engine_predicto
     segment_batch.add_parser(subparsers)
     models.add_parser(subparsers)
     refer.add_parser(subparsers)
+    train_referring.add_parser(subparsers)
     evaluate.add_parser(subparsers, predictor_factory)
     adapt.add_parser(subparsers)
     cache.add_parser(subparsers)

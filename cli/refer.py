@@ -62,6 +62,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.0,
                    help="drop results whose score is below this")
     p.add_argument("--simplify", type=float, default=0.0, help="polygon simplification, in pixels")
+    p.add_argument("--prompter", metavar="FILE",
+                   help="a trained prompter head (.safetensors, from train-referring) used "
+                        "instead of the training-free prompts")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run_refer_command)
     return p
@@ -80,7 +83,8 @@ def run_refer_command(args) -> int:
         clip_weights=settings["clip_weights"], device=settings["device"],
         cache_dir=settings["cache_dir"], engine=args.engine, sam3_model=args.sam3_model,
         sam3_weights=args.sam3_weights,
-        threshold=args.threshold, tile_size=args.tile_size, simplify=args.simplify)
+        threshold=args.threshold, tile_size=args.tile_size, simplify=args.simplify,
+        prompter=args.prompter)
     with ProgressBar(args.quiet) as bar:
         result = run_referring(request, progress=bar.update)
     print(f"{result.width}×{result.height} px ({result.resolution_m:.3g} m/px) in {result.tiles} "

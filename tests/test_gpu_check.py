@@ -33,5 +33,8 @@ def test_gpu_check_dry_run_prints_every_stage_with_numbers():
                       rf"({NUMBER}) s", out, re.M)
     assert refer, out
     assert float(refer.group(2)) <= float(refer.group(3))
+    prompter = re.search(rf"^\[prompter\] .*training step ({NUMBER}) s for 1 image.*inference "
+                         rf"({NUMBER}) s per image$", out, re.M)
+    assert prompter and float(prompter.group(1)) > 0 and float(prompter.group(2)) > 0, out
     assert re.search(r"^\[sam3\] (skipped: .+|.*tile .*s)", out, re.M)
     assert re.search(rf"^\[done\] {NUMBER} s$", out, re.M)

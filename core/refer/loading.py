@@ -69,3 +69,32 @@ def load_models(request: ReferringRequest, sam=None, clip=None, monitor: Optiona
         clip = dense_clip_scorer(request.clip_model, request.clip_weights, str(device),
                                  download_progress=downloading("CLIP"), cache_dir=cache_dir)
     return sam, localizer_for(clip), str(device)
+
+
+_PROMPTERS: dict = {}
+
+
+def learned_prompter(request: ReferringRequest, sam, localizer):
+    """The request's trained head on these models (cached per head file and models), or None
+    without ``request.prompter``."""
+    if not request.prompter:
+        return None
+    import os
+
+    from ..errors import InputError
+    from .learned import LearnedPrompter
+
+    clip = getattr(localizer, "clip", localizer)
+    clip_model, tokenizer = getattr(clip, "model", None), getattr(clip, "tokenizer", None)
+    if clip_model is None or tokenizer is None or not hasattr(sam, "image_encoder"):
+        raise InputError("A prompter head needs an open_clip CLIP model and a segment_anything SAM")
+    path = os.path.abspath(request.prompter)
+    try:
+        stamp = os.stat(path).st_mtime_ns
+    except OSError:
+        stamp = None
+    key = (path, stamp, id(clip_model), id(sam))
+    if key not in _PROMPTERS:
+        _PROMPTERS.clear()                   # one head at a time: each holds model copies
+        _PROMPTERS[key] = LearnedPrompter.from_file(path, clip_model, tokenizer, sam)
+    return _PROMPTERS[key]

@@ -173,7 +173,7 @@ class ReferringSession:
 
     def __init__(self, image: np.ndarray, sam, localizer, *, valid: Optional[np.ndarray] = None,
                  transform=None, crs=None, settings: Optional[ReferringSettings] = None,
-                 disk_cache=USE_DEFAULT, area_key=None):
+                 disk_cache=USE_DEFAULT, area_key=None, prompter=None):
         self.image = _as_hwc(image)
         self.height, self.width = self.image.shape[:2]
         if valid is None:
@@ -203,6 +203,9 @@ class ReferringSession:
         self._disk = disk_cache
         self._area_key = area_key
         self.disk_loads = 0
+        # A trained head (learned.LearnedPrompter): its prompts replace the training-free ones.
+        self.prompter = prompter
+        self._learned_features = None
 
     @property
     def area_key(self):
@@ -299,6 +302,8 @@ class ReferringSession:
 
     @property
     def encoded(self) -> bool:
+        if self.prompter is not None:
+            return self._learned_features is not None
         return self._features is not None and self._sam_ready
 
     # -- queries ------------------------------------------------------------------------------
@@ -315,6 +320,11 @@ class ReferringSession:
         else:
             text = str(expression or "").strip()
             parsed = parse_expression(text)
+        if self.prompter is not None:
+            from .learned import learned_query
+
+            with self._lock:
+                return learned_query(self, text)
         selection = parsed
         if local_only:
             selection = replace(parsed, position=None, order=None, plural=True, count=None)

@@ -42,6 +42,7 @@ class ReferringRequest:
     layer_name: str = DEFAULT_LAYER
     settings: Optional[ReferringSettings] = None
     cache_dir: Optional[str] = None            # model cache; None: resolved from the settings
+    prompter: Optional[str] = None             # a trained head (.safetensors); None: training-free
 
 
 @dataclass

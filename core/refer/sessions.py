@@ -15,7 +15,7 @@ from rasterio.windows import Window
 from ..disk_cache import embedding_cache, raster_identity
 from ..errors import InputError
 from ..raster_io import RasterReader
-from .loading import load_models
+from .loading import learned_prompter, load_models
 from .pipeline import ReferringSession, ReferringSettings
 from .request import ReferringRequest
 from .tiling import open_reader, tile_windows
@@ -75,7 +75,7 @@ def session_key(request: ReferringRequest, reader: RasterReader, window: Window,
     transform = rasterio.windows.transform(window, reader.grid.transform)
     return ("refer", path, stamp, tuple(reader.bands), tuple(round(v, 9) for v in transform[:6]),
             int(window.width), int(window.height), reader.grid.crs.to_wkt(), id(sam),
-            id(localizer), settings)
+            id(localizer), settings, request.prompter)
 
 
 def area_identity(request: ReferringRequest, reader: RasterReader, window: Window) -> dict:
@@ -91,6 +91,8 @@ def area_session(request: ReferringRequest, reader: RasterReader, window: Window
                  settings: ReferringSettings) -> Optional[ReferringSession]:
     """The cached session of one window, built (window read) when missing; None when the window
     is all nodata. Its encoders' outputs are also looked up in and stored to the disk cache."""
+    prompter = learned_prompter(request, sam, localizer)
+
     def build():
         image, valid = reader.read(window)
         if not valid.any():
@@ -105,7 +107,8 @@ def area_session(request: ReferringRequest, reader: RasterReader, window: Window
                                 transform=rasterio.windows.transform(window, reader.grid.transform),
                                 crs=reader.grid.crs, settings=settings,
                                 area_key=area_identity(request, reader, window),
-                                disk_cache=embedding_cache(models_folder=request.cache_dir))
+                                disk_cache=embedding_cache(models_folder=request.cache_dir),
+                                prompter=prompter)
 
     return SESSIONS.get(session_key(request, reader, window, sam, localizer, settings), build)
 
