@@ -304,8 +304,12 @@ class ResolvedSettings:
 
     def describe(self) -> List[str]:
         """One line per setting for a front end's log: 'CLIP weights: /w.pt (saved settings)'."""
-        return [f"{_LABELS.get(name, name)}: {self.values[name]} ({self.sources[name]})"
+        return [f"{_LABELS.get(name, name)}: {_shown(self.values[name])} ({self.sources[name]})"
                 for name in self.values]
+
+
+def _shown(value) -> str:
+    return "none" if value is None or value == "" else str(value)
 
 
 def resolve_all(explicit: Mapping[str, object], settings: Optional["Settings"] = None,
