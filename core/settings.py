@@ -302,9 +302,11 @@ class ResolvedSettings:
         e.g. DINO weights that are used only once downloaded)."""
         return None if self.sources[name].startswith(SOURCE_DEFAULT) else self.values[name]
 
-    def describe(self) -> List[str]:
-        """One line per setting for a front end's log: 'CLIP weights: /w.pt (saved settings)'."""
-        return [f"{_LABELS.get(name, name)}: {_shown(self.values[name])} ({self.sources[name]})"
+    def describe(self, told_as: str = SOURCE_PARAMETER) -> List[str]:
+        """One line per setting for a front end's log: 'CLIP weights: /w.pt (saved settings)';
+        told_as names what told a value (a dock says 'this form')."""
+        return [f"{_LABELS.get(name, name)}: {_shown(self.values[name])} "
+                f"({told_as if self.sources[name] == SOURCE_PARAMETER else self.sources[name]})"
                 for name in self.values]
 
 

@@ -436,7 +436,8 @@ def test_the_dock_opens_wide_enough_for_its_form(dock):
     for widget in (dock.cancel_button, *dock.band_combos):
         right = widget.mapTo(scroll.widget(), widget.rect().topRight()).x()
         assert right <= viewport, widget  # nothing cut off on the right
-    dock.close()
+    dock.shutdown()
+    dock.deleteLater()
 
 
 def test_the_layer_box_skips_earlier_results(qgis_iface, qgis_new_project, isolated_settings,
@@ -524,3 +525,34 @@ def test_blend_and_class_probabilities_reach_the_request_and_the_file(dock, qgis
     with rasterio.open(tmp_path / "result_probabilities.tif") as src:
         assert src.descriptions == ("building", "water", "tree")
         assert src.dtypes == ("float32",) * 3 and (src.width, src.height) == (300, 250)
+
+
+def test_the_run_logs_where_each_setting_came_from(qgis_iface, qgis_new_project, isolated_settings,
+                                                   tmp_path, tiny_clip, fake_models):
+    """CLIP weights saved in the settings (a local file) fill the dock and reach the engine; the
+    DR-Seg log says so, and names the form for a value changed in the dock."""
+    import os
+
+    from qgis.core import QgsApplication
+
+    from drseg.core.settings import Settings, save_settings
+
+    weights = str(tmp_path / "my_clip.safetensors")
+    save_settings(Settings(clip_model=tiny_clip, clip_weights=weights, window=160, stride=80),
+                  os.environ["DRSEG_CONFIG"])
+    dock = DrSegDock(qgis_iface)
+    fill_form(dock, qgis_new_project, tmp_path, tiny_clip)
+    dock.clip_weights_widget.setFilePath(weights)   # as the settings filled it
+    dock.stride_spin.setValue(64)                   # changed here
+    logged = []
+    log = QgsApplication.messageLog()
+    log.messageReceived.connect(lambda text, tag, level: logged.append((tag, text)))
+    run_and_wait(dock)
+    (request,) = fake_models.requests
+    assert (request.clip_weights, request.window, request.stride) == (weights, 160, 64)
+    lines = [text for tag, text in logged if tag == "DR-Seg"]
+    assert f"Setting CLIP weights: {weights} (saved settings)" in lines
+    assert "Setting Window size: 160 (saved settings)" in lines
+    assert "Setting Stride: 64 (this form)" in lines
+    dock.shutdown()
+    dock.deleteLater()

@@ -28,13 +28,13 @@ from ..core.models.registry import (CLIP_MODEL_CHOICES, DEFAULT_CLIP_MODEL, DEFA
                                     DEFAULT_DINO_MODEL, DEFAULT_SAM3_MODEL, DINO_MODEL_CHOICES,
                                     DINO_MODELS, SAM3_ENGINES, SAM3_LICENCE)
 from ..core.protocol import BLEND_LABELS, BLENDS, DEFAULT_BLEND
-from ..core.settings import LIMITS, Settings, load_settings_or_defaults
+from ..core.settings import LIMITS, Settings, load_settings_or_defaults, resolve_all
 from ..qgis_bridge.engine import (DEFAULT_GRAPH_K, DEFAULT_SEMANTIC_RATIO, DEFAULT_THRESHOLD,
                                   MissingDependencies, load_engine, method_label)
 from ..qgis_bridge.outputs import default_output_path, output_folder
 from ..qgis_bridge.results import add_result_layers, is_result
 from ..qgis_bridge.sources import extent_in_layer_crs, layer_crs_check, raster_source
-from ..qgis_bridge.tasks import SegmentationTask
+from ..qgis_bridge.tasks import LOG_TAG, SegmentationTask
 from .choices import SharedChoices
 from .combos import raster_layer_filter, select_device
 from .refer_panel import ReferringPanel
@@ -627,6 +627,7 @@ class DrSegDock(QDockWidget):
         if request is None:
             return None
         self.save_state()
+        self.log_settings(request)
         layer = self.layer_combo.currentLayer()
         task = SegmentationTask(request, self._task_finished, scorer=self.scorer,
                                 description=f"DR-Seg: segmenting {layer.name()}")
@@ -640,6 +641,18 @@ class DrSegDock(QDockWidget):
 
     def cancel(self) -> None:
         self.controls.cancel()
+
+    def log_settings(self, request) -> None:
+        """Say in the DR-Seg log where each model, device and tiling value came from: the form
+        (changed here), or, left as the form took it, the saved settings or the default."""
+        from qgis.core import QgsMessageLog
+
+        told = {name: None if getattr(request, name) == getattr(self.settings, name)
+                else getattr(request, name)
+                for name in ("clip_model", "clip_weights", "device", "window", "stride")}
+        told.update(block=None, batch_size=None, cache_dir=None)
+        for line in resolve_all(told, self.settings).describe(told_as="this form"):
+            QgsMessageLog.logMessage(f"Setting {line}", LOG_TAG, Qgis.MessageLevel.Info)
 
     def _task_finished(self, task: SegmentationTask) -> None:
         """Main thread: add the layers of a successful run, or report why there are none."""
