@@ -487,7 +487,9 @@ def test_termination_signals_stop_like_ctrl_c(signame, tmp_path):
     import time
 
     tiny = write_tiny_clip_config(tmp_path, "tiny.json")
-    raster = rgb_raster(tmp_path / "big.tif", (3, 1400, 1400), seed=5)
+    # Large enough that the run is far from publishing when the signal comes (it is killed
+    # long before it would finish, so the size costs only the writing of the raster).
+    raster = rgb_raster(tmp_path / "big.tif", (3, 3000, 3000), seed=5)
     out = tmp_path / "out"
     out.mkdir()
     proc = _drseg_process("segment", raster, "--classes", "water;road", "--out", str(out / "o.gpkg"),
