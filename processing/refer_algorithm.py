@@ -16,7 +16,8 @@ from typing import List, Optional
 
 from qgis.core import (QgsProcessingException, QgsProcessingOutputNumber,
                        QgsProcessingParameterEnum, QgsProcessingParameterExtent,
-                       QgsProcessingParameterFeatureSink, QgsProcessingParameterNumber,
+                       QgsProcessingParameterFeatureSink, QgsProcessingParameterFile,
+                       QgsProcessingParameterNumber,
                        QgsProcessingParameterRasterLayer, QgsProcessingParameterString,
                        QgsVectorLayer)
 
@@ -49,6 +50,7 @@ class ReferringSegmentationAlgorithm(DrSegAlgorithm):
     SAM3_MODEL = "SAM3_MODEL"
     SAM3_WEIGHTS = "SAM3_WEIGHTS"
     SAM_WEIGHTS = "SAM_WEIGHTS"
+    PROMPTER = "PROMPTER"
     CLIP_MODEL = "CLIP_MODEL"
     CLIP_WEIGHTS = "CLIP_WEIGHTS"
     DEVICE = "DEVICE"
@@ -127,6 +129,9 @@ class ReferringSegmentationAlgorithm(DrSegAlgorithm):
             QgsProcessingParameterString(self.SAM3_WEIGHTS, "SAM 3 weights (model.safetensors file "
                                          "or folder, or catalog name; empty: the imported 'sam3')",
                                          optional=True),
+            QgsProcessingParameterFile(self.PROMPTER, "Trained prompter head (.safetensors from "
+                                       "train-referring; empty: the training-free path)",
+                                       extension="safetensors", optional=True),
         ]
         self.addParameter(QgsProcessingParameterEnum(
             self.ENGINE, "Engine", options=REFER_ENGINE_OPTIONS, defaultValue=0))
@@ -183,6 +188,7 @@ class ReferringSegmentationAlgorithm(DrSegAlgorithm):
             sam3_weights=self.parameterAsString(parameters, self.SAM3_WEIGHTS, context).strip() or None,
             device=DEVICE_CHOICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
             threshold=self.parameterAsDouble(parameters, self.THRESHOLD, context),
+            prompter=self.parameterAsFile(parameters, self.PROMPTER, context) or None,
             layer_name=WORK_LAYER)
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802

@@ -617,3 +617,18 @@ def test_the_referring_tab_offers_an_output_destination(panel, tmp_path):
     panel.output_widget.setFilePath(str(tmp_path / "no-such-folder" / "x.gpkg"))
     assert panel.run() is None
     assert "does not exist" in panel.status_label.text()
+
+
+def test_processing_takes_a_trained_prompter_head(drseg_provider, fake_load, tmp_path):
+    """PROMPTER (an advanced file parameter) reaches the engine's request; empty keeps the
+    training-free path. (The stand-in models here cannot carry a head: the engine says so.)"""
+    from qgis.core import QgsProcessingException
+
+    raster = write_array(tmp_path / "ponds.tif", pond_scene().transpose(2, 0, 1))
+    run_algorithm(ALG, refer_params(raster, tmp_path, EXPRESSION="the pond"))
+    head = tmp_path / "head.safetensors"
+    head.write_bytes(b"a head")
+    with pytest.raises(QgsProcessingException, match="prompter head needs"):
+        run_algorithm(ALG, refer_params(raster, tmp_path, EXPRESSION="the pond",
+                                        PROMPTER=str(head), OUTPUT=str(tmp_path / "b.gpkg")))
+    assert [r.prompter for r in fake_load] == [None, str(head)]
