@@ -189,3 +189,26 @@ def _human(num_bytes: float) -> str:
             return f"{value:.0f} {unit}" if unit != "GB" else f"{value:.1f} {unit}"
         value /= 1000.0
     return f"{value:.1f} GB"
+
+
+def entry_for_weights(family: str, label: str, option: str, default_name: Optional[str],
+                      model_name: Optional[str], weights: Optional[str],
+                      file_suffixes: Tuple[str, ...]) -> ModelEntry:
+    """The catalog entry a loader of `family` uses: the model's default checkpoint when no
+    weights are named (`default_name`), else the catalog entry named. A name that looks like a
+    file but is not one says 'file not found' (not a list of names).
+
+    label: the model as the user reads it ('SAM'); option: the option naming its weights."""
+    entries = {entry.name.lower(): entry for entry in list_models(family)}
+    if weights is None:
+        if default_name is None:
+            raise InputError(f"{label} model '{model_name}' has no catalog "
+                             f"checkpoint; give a weights file with {option} PATH")
+        return entries[default_name]
+    wanted = str(weights).strip().lower()
+    if wanted in entries:
+        return entries[wanted]
+    if wanted.endswith(file_suffixes) or os.sep in wanted or "/" in wanted:
+        raise ModelError(f"{label} weights file not found: '{weights}'")
+    raise InputError(f"'{weights}' is neither a {label} weights file nor a catalog name "
+                     f"({', '.join(sorted(entries))})")

@@ -82,24 +82,13 @@ def resolve_sam_weights(model_type: Optional[str], weights: Optional[str],
     if model_type is not None and entry.architecture != model_type:
         raise InputError(f"The SAM weights '{entry.name}' are for {entry.architecture}, not "
                          f"{model_type}; choose --sam-model {entry.architecture} or other weights")
-    return entry.architecture, ensure_cached(entry, "SAM weights", "--sam-weights", "SAM weights",
+    return entry.architecture, ensure_cached(entry, "SAM", "--sam-weights", "SAM weights",
                                              cache_dir, progress, mirror)
 
 
 def _catalog_entry(model_type: Optional[str], weights: Optional[str]):
-    from .catalog import list_models
+    from .catalog import entry_for_weights
 
-    entries = {entry.name.lower(): entry for entry in list_models("sam")}
-    if weights is None:
-        name = SAM_CATALOG.get(model_type or DEFAULT_SAM_MODEL)
-        if name is None:
-            raise InputError(f"SAM model '{model_type}' has no catalog checkpoint; give a weights "
-                             "file with --sam-weights PATH")
-        return entries[name]
-    wanted = str(weights).strip().lower()
-    if wanted in entries:
-        return entries[wanted]
-    if wanted.endswith((".pth", ".pt", ".bin", ".safetensors")) or os.sep in wanted or "/" in wanted:
-        raise ModelError(f"SAM weights file not found: '{weights}'")
-    raise InputError(f"'{weights}' is neither a SAM weights file nor a catalog name "
-                     f"({', '.join(sorted(entries))})")
+    model = model_type or DEFAULT_SAM_MODEL
+    return entry_for_weights("sam", "SAM", "--sam-weights", SAM_CATALOG.get(model), model,
+                             weights, (".pth", ".pt", ".bin", ".safetensors"))

@@ -160,19 +160,7 @@ def resolve_sam3_weights(model_name: Optional[str], weights: Optional[str],
 
 
 def _catalog_entry(model_name: str, weights: Optional[str]):
-    from .catalog import list_models
+    from .catalog import entry_for_weights
 
-    entries = {entry.name.lower(): entry for entry in list_models("sam3")}
-    if weights is None:
-        catalog_name = SAM3_CATALOG.get(model_name)
-        if catalog_name is None:
-            raise InputError(f"SAM 3 model '{model_name}' has no catalog checkpoint; give a "
-                             "safetensors file with --sam3-weights PATH")
-        return entries[catalog_name]
-    wanted = str(weights).strip().lower()
-    if wanted in entries:
-        return entries[wanted]
-    if wanted.endswith(".safetensors") or os.sep in wanted or "/" in wanted:
-        raise ModelError(f"SAM 3 weights file not found: '{weights}'")
-    raise InputError(f"'{weights}' is neither a SAM 3 weights file nor a catalog name "
-                     f"({', '.join(sorted(entries))})")
+    return entry_for_weights("sam3", "SAM 3", "--sam3-weights",
+                             SAM3_CATALOG.get(model_name), model_name, weights, (".safetensors",))
