@@ -139,7 +139,8 @@ class Check:
 
     def sam(self):
         if self.dry:
-            return tests_module("support.tiny_models").build_tiny_sam().to(self.device)
+            from drseg.core.refer.synthetic import tiny_sam
+            return tiny_sam().to(self.device)
         from drseg.core.models.registry import DEFAULT_SAM_MODEL, RANDOM_WEIGHTS
         from drseg.core.models.sam import load_sam
         return load_sam(DEFAULT_SAM_MODEL, RANDOM_WEIGHTS, self.device)

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from support.rasters import write_raster
-from support.tiny_models import TINY_CLIP_CONFIG, build_tiny_sam
+from support.tiny_models import TINY_CLIP_CONFIG
+from drseg.core.refer.synthetic import tiny_sam
 from drseg.core.models.clip import load_clip
 from drseg.core.dense_clip import DenseClip
 from drseg.core.errors import RunCancelled
@@ -112,7 +113,7 @@ def test_progress_moves_per_query_and_per_window_batch_inside_one_block(deep_cli
 def test_cancel_during_sam_encoding_stops_before_the_next_block():
     from drseg.core.refer.pipeline import make_predictor
 
-    sam = build_tiny_sam(depth=DEPTH)
+    sam = tiny_sam(depth=DEPTH)
     predictor = make_predictor(sam)  # hooks SAM's image encoder blocks
     counter = BlockCounter(sam.image_encoder.blocks, cancel_at=1)
 

@@ -111,7 +111,7 @@ RUN = textwrap.dedent("""
     import json, os, sys
     import torch
     sys.path.insert(0, {tests!r})
-    from support.tiny_models import build_tiny_sam
+    from drseg.core.refer.synthetic import tiny_sam
     from drseg.core.models.clip import load_clip
     from drseg.core.dense_clip import DenseClip
     from drseg.core.refer.request import ReferringRequest
@@ -121,7 +121,7 @@ RUN = textwrap.dedent("""
     torch.manual_seed(0)
     model, tokenizer = load_clip({config!r}, "random")
     clip = DenseClip(model, tokenizer, torch.device("cpu"))
-    sam = build_tiny_sam()
+    sam = tiny_sam()
     calls = {{"sam": 0}}
     sam.image_encoder.register_forward_hook(lambda *a: calls.__setitem__("sam", calls["sam"] + 1))
     result = run_referring(ReferringRequest({raster!r}, ["the pond"], {out!r}), sam=sam, clip=clip)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from segment_anything.modeling import Sam
 
-from support.tiny_models import build_tiny_sam
+from drseg.core.refer.synthetic import tiny_sam
 from drseg.core.models import cache as model_cache
 from drseg.core.models import download, sam as sam_models, shared
 from drseg.core.errors import InputError, ModelError
@@ -17,8 +17,8 @@ from drseg.core.models.sam import load_sam, register_sam_architecture, resolve_s
 
 @pytest.fixture(autouse=True)
 def tiny_architectures():
-    register_sam_architecture("tiny_test", build_tiny_sam)
-    register_sam_architecture("tiny_test_wide", lambda: build_tiny_sam(48))
+    register_sam_architecture("tiny_test", tiny_sam)
+    register_sam_architecture("tiny_test_wide", lambda: tiny_sam(embed_dim=48))
     yield
     sam_models._EXTRA_ARCHITECTURES.pop("tiny_test", None)
     sam_models._EXTRA_ARCHITECTURES.pop("tiny_test_wide", None)
@@ -30,7 +30,7 @@ def trained(tmp_path_factory):
     from safetensors.torch import save_file
 
     torch.manual_seed(7)
-    model = build_tiny_sam()
+    model = tiny_sam()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.01)
@@ -54,7 +54,7 @@ def test_weights_round_trip_through_a_file(trained, which):
     loaded = load_sam("tiny_test", pth if which == "pth" else st, "cpu")
     assert isinstance(loaded, Sam) and not loaded.training
     assert _same(loaded, model)
-    assert not _same(build_tiny_sam(), model)          # the weights really came from the file
+    assert not _same(tiny_sam(), model)          # the weights really came from the file
     tokens = torch.randn(1, 5, 256)
     with torch.no_grad():       # a forward through a loaded block gives the trained output
         a = loaded.mask_decoder.transformer.final_attn_token_to_image(tokens, tokens, tokens)

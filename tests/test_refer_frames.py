@@ -9,7 +9,7 @@ from segment_anything import SamPredictor
 from segment_anything.utils.amg import batched_mask_to_box
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from support.tiny_models import build_tiny_sam
+from drseg.core.refer.synthetic import tiny_sam as build_tiny_sam
 from drseg.core.errors import InputError
 from drseg.core.refer.prompts import (box_filter_sum, build_prompts, dilate, erode,
                                       instance_prompts, label_components, mask_box,
@@ -18,7 +18,8 @@ from drseg.core.refer.sam_frames import (SamFrame, activation_to_low_res, corner
                                          index_to_corner, low_res_to_raster,
                                          mask_input_from_activation, preprocess_shape,
                                          raster_to_sam_boxes, raster_to_sam_points,
-                                         sam_to_raster_boxes, sam_to_raster_points)
+                                         sam_input_side, sam_to_raster_boxes,
+                                         sam_to_raster_points)
 
 # landscape, portrait, square, nearly square, tiny (enlarged), large, extreme strips
 SHAPES = [(600, 520), (333, 1000), (1000, 333), (512, 512), (700, 701), (50, 30),
@@ -302,25 +303,27 @@ def test_instance_prompts_one_set_per_blob():
 # A tiny SAM of the real architecture, random weights
 
 
-@pytest.fixture(scope="module")
-def tiny_sam():
-    torch.manual_seed(0)
-    return build_tiny_sam()
+# The published models take 1024 px; the frames follow a SAM built for another side (128 here).
+@pytest.fixture(scope="module", params=[1024, 128])
+def tiny_sam(request):
+    return build_tiny_sam(request.param)
 
 
 def test_tiny_sam_takes_our_prompts_in_both_frames(tiny_sam):
     h, w = 240, 400                                   # landscape, not a multiple of anything
+    side = tiny_sam.image_encoder.img_size
+    assert sam_input_side(tiny_sam) == side
     rng = np.random.default_rng(3)
     image = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
     act = two_blob_activation((h, w))
     predictor = SamPredictor(tiny_sam)
     predictor.set_image(image)
-    frame = SamFrame(h, w)
+    frame = SamFrame(h, w, sam_input_side(predictor))
     assert predictor.original_size == frame.original_size
     assert predictor.input_size == frame.input_size
-    assert predictor.features.shape == (1, 256, 64, 64)
+    assert predictor.features.shape == (1, 256, side // 16, side // 16)
 
-    prompts = build_prompts(act, n_positive=2, n_negative=1, min_distance=20)
+    prompts = build_prompts(act, n_positive=2, n_negative=1, min_distance=20, long_side=side)
     with torch.no_grad():
         masks, ious, low = predictor.predict(**prompts.predictor_kwargs(), multimask_output=True,
                                              return_logits=True)
@@ -329,7 +332,7 @@ def test_tiny_sam_takes_our_prompts_in_both_frames(tiny_sam):
         masks_t, ious_t, low_t = predictor.predict_torch(
             sam["point_coords"].float(), sam["point_labels"], sam["boxes"].float(),
             sam["mask_input"], multimask_output=True, return_logits=True)
-    assert masks.shape == (3, h, w) and low.shape == (3, 256, 256)
+    assert masks.shape == (3, h, w) and low.shape == (3, side // 4, side // 4)
     # the SAM-frame prompts are exactly what predict() builds from raster pixels
     np.testing.assert_allclose(masks_t[0].numpy(), masks, atol=1e-5)
     np.testing.assert_allclose(ious_t[0].numpy(), ious, atol=1e-6)

@@ -15,7 +15,8 @@ from support.oracles import ColourLocalizer, ColourPredictor, stub_models  # noq
 from support.outputs import read_referring_gpkg as read_gpkg
 from support.rasters import (FIELD, POND2, ROAD, WATER, WRITE_ORIGIN, WRITE_PIXEL,  # noqa: F401
                              pixel_box, pond_scene, scene_image, scene_labels, write_raster)
-from support.tiny_models import build_tiny_sam, load_tiny_clip
+from support.tiny_models import load_tiny_clip
+from drseg.core.refer.synthetic import tiny_sam
 from drseg.core import dense_clip
 from drseg.core.dense_clip import DenseClip
 from drseg.core.errors import InputError, RunCancelled
@@ -137,7 +138,7 @@ def test_a_target_straddling_a_tile_seam_is_one_polygon(tmp_path):
 def tiny_models(tmp_path_factory):
     model, tokenizer, _ = load_tiny_clip(tmp_path_factory.mktemp("clip"), seed=0)
     clip = DenseClip(model, tokenizer, torch.device("cpu"))
-    sam = build_tiny_sam()
+    sam = tiny_sam()
     calls = {"sam": 0}
     sam.image_encoder.register_forward_hook(lambda *a: calls.__setitem__("sam", calls["sam"] + 1))
     return sam, clip, calls

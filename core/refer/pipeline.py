@@ -33,7 +33,7 @@ from ..disk_cache import USE_DEFAULT, array_digest, model_fingerprint, resolve_c
 from ..errors import InputError
 from .parse import ParsedExpression, parse_expression
 from .prompts import build_prompts, instance_prompts, threshold_region
-from .sam_frames import SamFrame, corner_to_index, mask_input_from_activation
+from .sam_frames import SamFrame, corner_to_index, mask_input_from_activation, sam_input_side
 from .select import Candidate, SelectionWeights, select_candidates
 
 
@@ -187,7 +187,7 @@ class ReferringSession:
         self.transform = transform
         self.crs = crs
         self.settings = settings or ReferringSettings()
-        self.frame = SamFrame(self.height, self.width)
+        self.frame = SamFrame(self.height, self.width, sam_input_side(self.predictor))
         self.sam_encoder_calls = 0
         self.clip_encoder_calls = 0
         self.decoder_calls = 0
@@ -423,7 +423,8 @@ class ReferringSession:
         try:
             main = build_prompts(activation, n_positive=s.n_positive, n_negative=s.n_negative,
                                  threshold=s.prompt_threshold,
-                                 negative_threshold=s.negative_threshold)
+                                 negative_threshold=s.negative_threshold,
+                                 long_side=self.frame.long_side)
         except InputError:                 # a flat map: nothing is localised here
             return [], []
         # (name, points, labels, box, dense prompt, keep only SAM's best of the three)
@@ -437,7 +438,8 @@ class ReferringSession:
         # instance they point at is among the candidates even when another one is brighter.
         if parsed.plural or parsed.order is not None or parsed.relations or parsed.position:
             for k, p in enumerate(instance_prompts(activation, s.max_instances,
-                                                   threshold=s.prompt_threshold)):
+                                                   threshold=s.prompt_threshold,
+                                                   long_side=self.frame.long_side)):
                 sets.append((f"instance{k}", p.point_coords, p.point_labels, p.box, None, True))
         valid_px = max(1, int(np.count_nonzero(self.valid)))
         candidates: List[Candidate] = []

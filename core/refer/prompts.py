@@ -26,8 +26,8 @@ import numpy as np
 
 from ..errors import InputError
 from ..union_find import UnionFind
-from .sam_frames import (SamFrame, mask_input_from_activation, normalize_activation,
-                         raster_to_sam_boxes, raster_to_sam_points)
+from .sam_frames import (SAM_LONG_SIDE, SamFrame, mask_input_from_activation,
+                         normalize_activation, raster_to_sam_boxes, raster_to_sam_points)
 
 BOX_MODES = ("peak", "largest", "all")
 
@@ -300,14 +300,16 @@ def build_prompts(activation: np.ndarray, *, n_positive: int = 3, n_negative: in
                   min_distance: Optional[float] = None, use_box: bool = True,
                   box_mode: str = "peak", box_margin: float = 0.05,
                   negatives_near_box: Optional[float] = 1.0, use_mask: bool = True,
-                  mask_gain: float = 20.0, one_per_component: bool = False) -> SamPrompts:
+                  mask_gain: float = 20.0, one_per_component: bool = False,
+                  long_side: int = SAM_LONG_SIDE) -> SamPrompts:
     """Points, box and dense prompt for one target from its activation map.
 
     ``negatives_near_box``: when a box is made, search negatives inside it grown by this many
-    box sizes (None: anywhere); if that finds none, anywhere.
+    box sizes (None: anywhere); if that finds none, anywhere. ``long_side``: the SAM's input
+    side (``sam_frames.sam_input_side``), which sizes the dense prompt.
     """
     a = normalize_activation(activation)
-    frame = SamFrame(a.shape[0], a.shape[1])
+    frame = SamFrame(a.shape[0], a.shape[1], long_side)
     pos = peak_points(a, n_positive, threshold=threshold, min_distance=min_distance,
                       one_per_component=one_per_component)
     box = region_box(a, threshold, box_mode, box_margin) if use_box else None
@@ -333,15 +335,16 @@ def build_prompts(activation: np.ndarray, *, n_positive: int = 3, n_negative: in
 def instance_prompts(activation: np.ndarray, max_instances: int = 8, *, threshold: float = 0.5,
                      box_margin: float = 0.1, n_negative: int = 1, other_peaks: int = 2,
                      min_area: int = 4, use_mask: bool = False,
-                     mask_gain: float = 20.0) -> List[SamPrompts]:
+                     mask_gain: float = 20.0, long_side: int = SAM_LONG_SIDE
+                     ) -> List[SamPrompts]:
     """One prompt set per activated blob, strongest blob first, to enumerate instances
     (plural expressions, ordering among instances): the blob's peak as the positive point, a
     box around the blob (grown by ``box_margin`` × its size), the peaks of the nearest
     ``other_peaks`` other blobs plus ``n_negative`` low points around the box as negatives,
     and, with ``use_mask``, the activation restricted to the blob as the dense prompt.
-    Blobs smaller than ``min_area`` pixels are skipped."""
+    Blobs smaller than ``min_area`` pixels are skipped; ``long_side`` as in build_prompts."""
     a = normalize_activation(activation)
-    frame = SamFrame(a.shape[0], a.shape[1])
+    frame = SamFrame(a.shape[0], a.shape[1], long_side)
     labels, n = label_components(a >= threshold)
     if n == 0:
         return []

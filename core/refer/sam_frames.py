@@ -2,7 +2,10 @@
 
 SAM resizes an image so that its long side is 1024 (``ResizeLongestSide``) and pads the result
 at the bottom and right to 1024×1024. Its low-resolution masks (input and output) are 256×256
-and cover that *padded* square: low-res pixel ``i`` spans input pixels ``[4i, 4i + 4)``.
+and cover that *padded* square: low-res pixel ``i`` spans input pixels ``[4i, 4i + 4)``. A SAM
+built for another input side (``image_encoder.img_size``, e.g. the tiny test models) keeps the
+same layout at its own side: a frame's ``long_side`` is that side and its low-res grid a quarter
+of it (:func:`sam_input_side`).
 
 Conventions used here (the same as ``SamPredictor``):
 
@@ -29,7 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -37,7 +40,17 @@ from ..errors import InputError
 
 SAM_LONG_SIDE = 1024
 LOW_RES_SIZE = 256
+LOW_RES_STRIDE = SAM_LONG_SIDE // LOW_RES_SIZE     # input pixels per low-res pixel
 DEFAULT_PAD_LOGIT = -20.0
+
+
+def sam_input_side(sam) -> int:
+    """The square input side of a segment_anything ``Sam`` (or of a predictor's model): 1024
+    for the published models; SAM_LONG_SIDE for anything that does not say."""
+    model = getattr(sam, "model", sam)
+    encoder = getattr(model, "image_encoder", None)
+    side = getattr(encoder, "img_size", None)
+    return int(side) if isinstance(side, int) and side > 0 else SAM_LONG_SIDE
 
 
 def preprocess_shape(height: int, width: int, long_side: int = SAM_LONG_SIDE) -> Tuple[int, int]:
@@ -53,12 +66,14 @@ class SamFrame:
     height: int
     width: int
     long_side: int = SAM_LONG_SIDE
-    low_res: int = LOW_RES_SIZE
+    low_res: Optional[int] = None        # None: a quarter of long_side (SAM's layout)
 
     def __post_init__(self) -> None:
         if int(self.height) < 1 or int(self.width) < 1:
             raise InputError(f"A tile must have at least one pixel, "
                              f"got {self.height}×{self.width}.")
+        if self.low_res is None:
+            object.__setattr__(self, "low_res", max(1, int(self.long_side) // LOW_RES_STRIDE))
 
     @classmethod
     def for_image(cls, image: np.ndarray, long_side: int = SAM_LONG_SIDE) -> "SamFrame":

@@ -13,6 +13,8 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
+from .sam_frames import SAM_LONG_SIDE
+
 COLOURS = {"red": (210, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 210)}
 SHAPES = ("square", "circle")
 SIZES = {"small": 0.16, "large": 0.30}        # side / diameter as a share of the image side
@@ -117,17 +119,21 @@ def tiny_clip(config: Optional[dict] = None, seed: int = 0):
     return model, open_clip.tokenizer.SimpleTokenizer(context_length=context)
 
 
-def tiny_sam(image_size: int = 128, embed_dim: int = 32, seed: int = 0, prompt_dim: int = 256):
-    """segment_anything's Sam (real architecture) with a small ViT, `image_size` input."""
+def tiny_sam(image_size: int = SAM_LONG_SIDE, embed_dim: int = 32, depth: int = 1,
+             prompt_dim: int = 256, seed: Optional[int] = 0):
+    """segment_anything's Sam (real architecture) with a small ViT (`depth` blocks of width
+    `embed_dim`) for an `image_size`² input (a multiple of 16; the published models' 1024 by
+    default), random weights drawn after torch.manual_seed(seed) (None: the current state)."""
     import torch
     from segment_anything.modeling import (ImageEncoderViT, MaskDecoder, PromptEncoder, Sam,
                                            TwoWayTransformer)
 
-    torch.manual_seed(seed)
+    if seed is not None:
+        torch.manual_seed(seed)
     grid = image_size // 16
-    encoder = ImageEncoderViT(img_size=image_size, patch_size=16, embed_dim=embed_dim, depth=1,
-                              num_heads=2, mlp_ratio=2.0, out_chans=prompt_dim, window_size=4,
-                              global_attn_indexes=())
+    encoder = ImageEncoderViT(img_size=image_size, patch_size=16, embed_dim=embed_dim,
+                              depth=depth, num_heads=2, mlp_ratio=2.0, out_chans=prompt_dim,
+                              window_size=4, global_attn_indexes=())
     prompt = PromptEncoder(embed_dim=prompt_dim, image_embedding_size=(grid, grid),
                            input_image_size=(image_size, image_size), mask_in_chans=16)
     decoder = MaskDecoder(transformer_dim=prompt_dim, num_multimask_outputs=3,
@@ -135,4 +141,3 @@ def tiny_sam(image_size: int = 128, embed_dim: int = 32, seed: int = 0, prompt_d
                                                         mlp_dim=prompt_dim, num_heads=8),
                           iou_head_depth=3, iou_head_hidden_dim=64)
     return Sam(encoder, prompt, decoder).eval()
-

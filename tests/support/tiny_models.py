@@ -1,5 +1,6 @@
 """Tiny models of the real architectures (random weights): no weights can be downloaded in tests,
-so open_clip's CLIP, timm's DINO and segment_anything's SAM are built at small widths."""
+so open_clip's CLIP, timm's DINO and segment_anything's SAM are built at small widths (the tiny
+SAM: drseg.core.refer.synthetic.tiny_sam, which the benchmarks use too)."""
 from __future__ import annotations
 
 import json
@@ -36,24 +37,6 @@ def load_tiny_clip(folder, seed: int = 0, name: str = "tiny.json"):
     torch.manual_seed(seed)
     model, tokenizer = load_clip(config, "random")
     return model, tokenizer, config
-
-
-def build_tiny_sam(embed_dim: int = 32, depth: int = 1):
-    """segment_anything's real architecture with small dimensions (random weights); `depth`
-    image encoder blocks."""
-    from segment_anything.modeling import (ImageEncoderViT, MaskDecoder, PromptEncoder, Sam,
-                                           TwoWayTransformer)
-
-    encoder = ImageEncoderViT(img_size=1024, patch_size=16, embed_dim=embed_dim, depth=depth,
-                              num_heads=2, mlp_ratio=2.0, out_chans=256, window_size=4,
-                              global_attn_indexes=())
-    prompt = PromptEncoder(embed_dim=256, image_embedding_size=(64, 64),
-                           input_image_size=(1024, 1024), mask_in_chans=16)
-    decoder = MaskDecoder(transformer_dim=256, num_multimask_outputs=3,
-                          transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=256,
-                                                        num_heads=8),
-                          iou_head_depth=3, iou_head_hidden_dim=64)
-    return Sam(encoder, prompt, decoder).eval()
 
 
 # The real SAM 3 architecture (transformers Sam3Model) at tiny widths: 112-px tiles (8×8 patches of
