@@ -158,3 +158,20 @@ def test_cli_list_shows_catalog_and_cache_state(tmp_path, monkeypatch, capsys):
 def test_cli_unknown_model_is_a_user_error(capsys):
     assert cli.main(["models", "download", "no-such-model"]) == 2
     assert "Valid names" in capsys.readouterr().err
+
+
+def test_base_weights_sha256_knows_files_and_both_catalogs(tmp_path):
+    import hashlib
+
+    from drseg.core.models.catalog import base_weights_sha256
+
+    weights = tmp_path / "mine.pth"
+    weights.write_bytes(b"not really weights")
+    assert base_weights_sha256("vit_b", str(weights), "sam") == hashlib.sha256(
+        b"not really weights").hexdigest()
+    sam_b = get_model("sam-vit-b")
+    assert base_weights_sha256("vit_b", None, "sam") == sam_b.sha256       # the default checkpoint
+    assert base_weights_sha256(None, "sam-vit-h", "sam") == get_model("sam-vit-h").sha256
+    assert base_weights_sha256("vit_b", "random", "sam") == ""
+    assert base_weights_sha256("ViT-B-16", "random") == ""
+    assert base_weights_sha256("ViT-B-16", "no-such-tag") == ""

@@ -112,6 +112,27 @@ def test_samples_from_labels_in_another_crs(tmp_path):
         samples_from_labels(raster, bad)
 
 
+
+def test_samples_from_labels_a_front_end_holds(tmp_path):
+    # the polygons as a QGIS layer hands them over (core.adapt.data.LabelFeatures): the same
+    # reader as the adapter's labels, so a feature without an expression is skipped
+    from drseg.core.adapt.data import LabelFeatures
+
+    image = np.zeros((3, 100, 100), np.uint8)
+    image[1, 20:30, 40:50] = 255
+    raster = write_raster(tmp_path / "r.tif", image, crs="EPSG:32633",
+                          transform=from_origin(500000.0, 4100000.0, 1.0, 1.0))
+    square = {"type": "Polygon", "coordinates": [[(500040, 4099980), (500050, 4099980),
+                                                  (500050, 4099970), (500040, 4099970),
+                                                  (500040, 4099980)]]}
+    labels = LabelFeatures([square, square], ["the green field", " "], "EPSG:32633")
+    found = samples_from_labels(raster, labels)
+    assert [s.expression for s in found] == ["the green field"]
+    crop, mask = found[0].load()
+    assert mask.sum() == 100 and crop[mask, 1].min() == 255 and crop[~mask, 1].max() == 0
+    with pytest.raises(InputError, match="expression"):
+        samples_from_labels(raster, LabelFeatures([square], [""], "EPSG:32633"))
+
 # -- training, resume, cancel, head --------------------------------------------------------------
 def _train(tmp_path, name, epochs, resume=False, cancelled=None, seed=0):
     clip, tokenizer, sam = small_models(seed)

@@ -70,6 +70,19 @@ def read_label_polygons(labels, class_field: str, target_crs,
     """Every polygon of `labels` (a file's first layer, or LabelFeatures) with its class (the
     field's value as text), reprojected into `target_crs`. class_names fixes the class order
     (values not listed are skipped); None: the sorted distinct values."""
+    labelled = read_labelled_polygons(labels, class_field, target_crs)
+    names = list(class_names) if class_names else sorted({value for value, _ in labelled})
+    if len(names) >= IGNORE_INDEX:
+        raise InputError(f"Too many classes ({len(names)}); at most {IGNORE_INDEX - 1}")
+    order = {name: i for i, name in enumerate(names)}
+    kept = [(geometry, order[value]) for value, geometry in labelled if value in order]
+    return LabelPolygons([g for g, _ in kept], [i for _, i in kept], names)
+
+
+def read_labelled_polygons(labels, value_field: str, target_crs) -> List[Tuple[str, dict]]:
+    """(value as text, GeoJSON-like geometry reprojected into `target_crs`) of every polygon of
+    `labels` (a file's first layer, or LabelFeatures) with a non-empty `value_field`, in the
+    layer's order (a class, or a referring expression: ``core/refer/train_data``)."""
     if isinstance(labels, LabelFeatures):
         try:
             source_crs = CRS.from_user_input(labels.crs)
@@ -78,11 +91,17 @@ def read_label_polygons(labels, class_field: str, target_crs,
         raw = [(str(v).strip(), g) for v, g in zip(labels.values, labels.geometries)
                if g is not None and v is not None and str(v).strip() != ""
                and g.get("type") in ("Polygon", "MultiPolygon")]
-        return _label_polygons(raw, source_crs, target_crs, class_names, "The label layer", class_field)
-    return _read_label_file(str(labels), class_field, target_crs, class_names)
+        what = "The label layer"
+    else:
+        raw, source_crs = _read_label_file(str(labels), value_field)
+        what = f"Label layer '{labels}'"
+    if not raw:
+        raise InputError(f"{what} has no polygon with a value in '{value_field}'")
+    return [(value, transform_geom(source_crs, target_crs, geometry)) for value, geometry in raw]
 
 
-def _read_label_file(path: str, class_field: str, target_crs, class_names) -> LabelPolygons:
+def _read_label_file(path: str, value_field: str):
+    """([(value, GeoJSON geometry)], the layer's CRS) of a file's first layer."""
     from osgeo import ogr, osr
 
     ogr.UseExceptions()
@@ -97,8 +116,8 @@ def _read_label_file(path: str, class_field: str, target_crs, class_names) -> La
     layer = source.GetLayer(0)
     definition = layer.GetLayerDefn()
     fields = [definition.GetFieldDefn(i).GetName() for i in range(definition.GetFieldCount())]
-    if class_field not in fields:
-        raise InputError(f"Label layer '{path}' has no field '{class_field}'; its fields: "
+    if value_field not in fields:
+        raise InputError(f"Label layer '{path}' has no field '{value_field}'; its fields: "
                          + (", ".join(fields) or "none"))
     reference = layer.GetSpatialRef()
     if reference is None:
@@ -108,29 +127,13 @@ def _read_label_file(path: str, class_field: str, target_crs, class_names) -> La
     raw = []
     for feature in layer:
         geometry = feature.GetGeometryRef()
-        value = feature.GetField(class_field)
+        value = feature.GetField(value_field)
         if geometry is None or value is None or str(value).strip() == "":
             continue
         if ogr.GT_Flatten(geometry.GetGeometryType()) not in (ogr.wkbPolygon, ogr.wkbMultiPolygon):
             continue
         raw.append((str(value).strip(), _geojson(geometry)))
-    return _label_polygons(raw, source_crs, target_crs, class_names, f"Label layer '{path}'",
-                           class_field)
-
-
-def _label_polygons(raw, source_crs, target_crs, class_names, what, class_field) -> LabelPolygons:
-    if not raw:
-        raise InputError(f"{what} has no polygon with a value in '{class_field}'")
-    names = list(class_names) if class_names else sorted({value for value, _ in raw})
-    if len(names) >= IGNORE_INDEX:
-        raise InputError(f"Too many classes ({len(names)}); at most {IGNORE_INDEX - 1}")
-    order = {name: i for i, name in enumerate(names)}
-    geometries, ids = [], []
-    for value, geometry in raw:
-        if value in order:
-            geometries.append(transform_geom(source_crs, target_crs, geometry))
-            ids.append(order[value])
-    return LabelPolygons(geometries, ids, names)
+    return raw, source_crs
 
 
 def _geojson(geometry) -> dict:

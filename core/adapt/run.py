@@ -20,6 +20,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from ..errors import InputError, RunCancelled
+from ..models.catalog import base_weights_sha256
 from ..models.registry import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DEVICE
 from ..outputs import check_destination
 from ..progress import RunMonitor
@@ -70,21 +71,6 @@ class AdaptResult:
 
 def checkpoint_paths(out: str):
     return out + CHECKPOINT_SUFFIX + ".safetensors", out + CHECKPOINT_SUFFIX + ".json"
-
-
-def base_weights_sha256(model_name: str, weights: str) -> str:
-    """The SHA-256 of the base weights when it is known without downloading: a file's own
-    (computed), a catalog entry's; '' for open_clip tags and 'random'."""
-    from ..models.clip import catalog_entry
-    from ..models.download import sha256_of
-
-    if os.path.isfile(str(weights)):
-        return sha256_of(str(weights))
-    try:
-        entry = catalog_entry(model_name, weights)
-    except Exception:  # an unknown name is load_clip's error to report, not this function's
-        return ""
-    return (entry.sha256 or "") if entry is not None else ""
 
 
 def run_adaptation(request: AdaptRequest, progress=None, cancelled=None, clip=None) -> AdaptResult:

@@ -212,3 +212,30 @@ def entry_for_weights(family: str, label: str, option: str, default_name: Option
         raise ModelError(f"{label} weights file not found: '{weights}'")
     raise InputError(f"'{weights}' is neither a {label} weights file nor a catalog name "
                      f"({', '.join(sorted(entries))})")
+
+
+def base_weights_sha256(model_name: Optional[str], weights: Optional[str],
+                        family: str = "clip") -> str:
+    """The SHA-256 of a model's base weights when it is known without downloading: a file's
+    own (computed), a catalog entry's (a CLIP catalog name or open_clip tag the catalog mirrors;
+    a SAM catalog name or, with no weights named, the model's default checkpoint); '' for other
+    open_clip tags and 'random'. `family`: 'clip' or 'sam'."""
+    from .download import sha256_of
+    from .registry import RANDOM_WEIGHTS
+
+    if weights is not None and os.path.isfile(str(weights)):
+        return sha256_of(str(weights))
+    if weights == RANDOM_WEIGHTS:
+        return ""
+    try:
+        if family == "sam":
+            from .sam import _catalog_entry
+
+            entry = _catalog_entry(model_name, weights or None)
+        else:
+            from .clip import catalog_entry
+
+            entry = catalog_entry(model_name, weights)
+    except Exception:  # an unknown name is the loader's error to report, not this function's
+        return ""
+    return (entry.sha256 or "") if entry is not None else ""

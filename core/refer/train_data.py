@@ -2,8 +2,8 @@
 
 Sources: the referring benchmark readers (RRSIS-D, RefSegRS, RISBench: ``core/evaluation/
 datasets``), QGIS-style labels (a raster and a polygon layer with an ``expression`` field, one
-object per feature, any CRS: the polygon is reprojected to the raster's CRS and rasterised on a
-context window around it), or in-memory samples (the synthetic set).
+object per feature, any CRS: read by the adapter's label reader ``core.adapt.data``, which
+reprojects to the raster's CRS; rasterised on a context window around the polygon), or in-memory samples (the synthetic set).
 
 A batch stretches every image to one square side (the model stretches to its encoders' inputs
 anyway) and its mask with nearest-neighbour sampling.
@@ -76,58 +76,29 @@ def samples_from_dataset(name: str, root: str, split: Optional[str] = None
     return [TrainingSample(s.expression, loader=loader(s), key=s.key) for s in dataset]
 
 
-def samples_from_labels(raster: str, labels: str, layer: Optional[str] = None,
-                        field_name: str = EXPRESSION_FIELD, bands: Sequence[int] = (1, 2, 3)
-                        ) -> List[TrainingSample]:
-    """One sample per polygon of `labels` (any OGR vector; reprojected to the raster's CRS) with
-    a non-empty `field_name`: the raster window around it (CONTEXT_FACTOR × its box) and the
-    polygon rasterised on that window."""
+def samples_from_labels(raster: str, labels, field_name: str = EXPRESSION_FIELD,
+                        bands: Sequence[int] = (1, 2, 3)) -> List[TrainingSample]:
+    """One sample per polygon of `labels` (a vector file's first layer, or the polygons a front
+    end holds: ``core.adapt.data.LabelFeatures``; reprojected to the raster's CRS by the
+    adapter's label reader) with a non-empty `field_name`: the raster window around it
+    (CONTEXT_FACTOR × its box) and the polygon rasterised on that window."""
     import rasterio
-    import shapely
-    from osgeo import ogr, osr
     from rasterio.features import rasterize
     from rasterio.windows import Window, from_bounds
+    from shapely.geometry import shape as to_shape
 
-    ogr.UseExceptions()
+    from ..adapt.data import read_labelled_polygons
+
     if not os.path.isfile(raster):
         raise InputError(f"Raster '{raster}' does not exist")
-    try:
-        source = ogr.Open(str(labels))
-    except RuntimeError as exc:
-        raise InputError(f"Cannot open the label layer '{labels}': {exc}") from None
-    if source is None:
-        raise InputError(f"Cannot open the label layer '{labels}'")
-    vector = source.GetLayerByName(layer) if layer else source.GetLayer(0)
-    if vector is None:
-        raise InputError(f"'{labels}' has no layer {layer!r}")
-    definition = vector.GetLayerDefn()
-    names = [definition.GetFieldDefn(i).GetName() for i in range(definition.GetFieldCount())]
-    if field_name not in names:
-        raise InputError(f"The label layer '{labels}' needs a text field '{field_name}' "
-                         f"(it has: {', '.join(names) or 'no fields'})")
     samples: List[TrainingSample] = []
     with rasterio.open(raster) as src:
         if src.crs is None:
             raise InputError(f"Raster '{raster}' has no CRS")
-        target = osr.SpatialReference()
-        target.ImportFromWkt(src.crs.to_wkt())
-        target.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-        layer_srs = vector.GetSpatialRef()
-        transform = None
-        if layer_srs is not None and not layer_srs.IsSame(target):
-            layer_srs = layer_srs.Clone()
-            layer_srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-            transform = osr.CoordinateTransformation(layer_srs, target)
         full = Window(0, 0, src.width, src.height)
-        for index, feature in enumerate(vector):
-            text = str(feature.GetField(field_name) or "").strip()
-            geom = feature.GetGeometryRef()
-            if not text or geom is None:
-                continue
-            geom = geom.Clone()
-            if transform is not None:
-                geom.Transform(transform)
-            shape = shapely.from_wkb(bytes(geom.ExportToWkb()))
+        for index, (text, geometry) in enumerate(read_labelled_polygons(labels, field_name,
+                                                                        src.crs)):
+            shape = to_shape(geometry)
             if shape.is_empty or shape.area <= 0:
                 continue
             xmin, ymin, xmax, ymax = shape.bounds

@@ -10,7 +10,6 @@ runs. ``dataset="labels"`` reads a raster and a polygon layer with an ``expressi
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -44,12 +43,6 @@ class TrainingRequest:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-def _weights_sha256(weights) -> str:
-    from ..models.download import sha256_of
-
-    return sha256_of(str(weights)) if weights and os.path.isfile(str(weights)) else ""
-
-
 def training_samples(request: TrainingRequest):
     """(train samples, validation samples or None)."""
     from .train_data import samples_from_dataset, samples_from_labels
@@ -78,6 +71,7 @@ def run_training(request: TrainingRequest, progress=None, cancelled=None, clip=N
     """clip: (open_clip model, tokenizer) and sam: a segment_anything Sam, given (tests, the
     GPU check) or None: loaded from the request."""
     from ..device import resolve_device
+    from ..models.catalog import base_weights_sha256
     from ..outputs import check_destination
     from .head import base_metadata
 
@@ -95,7 +89,8 @@ def run_training(request: TrainingRequest, progress=None, cancelled=None, clip=N
         sam = load_sam(request.sam_model, request.sam_weights, device, cache_dir=request.cache_dir)
     clip_model, tokenizer = clip
     base = base_metadata(clip_model, sam, request.clip_model, request.sam_model,
-                         _weights_sha256(request.clip_weights), _weights_sha256(request.sam_weights))
+                         base_weights_sha256(request.clip_model, request.clip_weights),
+                         base_weights_sha256(request.sam_model, request.sam_weights, "sam"))
     base.update(clip_weights=str(request.clip_weights or ""),
                 sam_weights=str(request.sam_weights or ""))
     model = PromptedSegmenter(clip_model.to(device), tokenizer, sam.to(device), request.prompter)
