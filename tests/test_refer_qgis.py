@@ -632,3 +632,97 @@ def test_processing_takes_a_trained_prompter_head(drseg_provider, fake_load, tmp
         run_algorithm(ALG, refer_params(raster, tmp_path, EXPRESSION="the pond",
                                         PROMPTER=str(head), OUTPUT=str(tmp_path / "b.gpkg")))
     assert [r.prompter for r in fake_load] == [None, str(head)]
+
+
+# --------------------------------------------------------------------------------------------
+# A trained prompter head in the Referring tab
+
+HEAD_CLIP = {"embed_dim": 32,
+             "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8,
+                            "head_width": 16},
+             "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2,
+                          "layers": 1}}
+LARGEST_POND = (slice(160, 220), slice(120, 200))        # pond_scene's south pond, rows/cols
+
+
+@pytest.fixture(scope="module")
+def pond_head(tmp_path_factory):
+    """Tiny real CLIP and SAM (64-px input, random weights) and a head trained on them to find
+    the south pond of pond_scene."""
+    import copy
+
+    import torch
+
+    from drseg.core.refer.head import base_metadata
+    from drseg.core.refer.prompter import PromptedSegmenter, PrompterConfig
+    from drseg.core.refer.synthetic import tiny_clip, tiny_sam
+    from drseg.core.refer.train import TrainConfig, train_prompter
+    from drseg.core.refer.train_data import TrainingSample
+
+    clip_model, tokenizer = tiny_clip(HEAD_CLIP)
+    sam = tiny_sam(64, prompt_dim=32)
+    truth = np.zeros((240, 240), bool)
+    truth[LARGEST_POND] = True
+    torch.manual_seed(0)
+    model = PromptedSegmenter(copy.deepcopy(clip_model), tokenizer, copy.deepcopy(sam),
+                              PrompterConfig(width=32, heads=2, lora_rank=2))
+    head = str(tmp_path_factory.mktemp("head") / "pond head.safetensors")
+    train_prompter(model, [TrainingSample("the largest pond", pond_scene(), truth)], None,
+                   TrainConfig(epochs=40, batch_size=1, lr=3e-3, eval_every=40, size=64),
+                   out_path=head, base=base_metadata(clip_model, sam, "tiny", "tiny"))
+    return clip_model, tokenizer, sam, head, truth
+
+
+def test_the_prompter_head_field_reaches_the_engine_and_changes_the_answer(panel, pond_head):
+    """Typed into the Referring tab, the head is in the request and its learned prompts answer
+    (closer to the truth than the training-free path on the same models); remembered for the
+    next panel; emptied, the training-free path answers again."""
+    import os
+
+    import torch
+
+    from drseg.core.dense_clip import DenseClip
+    from drseg.ui import remembered
+    from drseg.ui.prompter_field import STATE_KEY, PrompterField
+
+    clip_model, tokenizer, sam, head, truth = pond_head
+    panel.sam = sam
+    panel.clip = DenseClip(clip_model, tokenizer, torch.device("cpu"),
+                           templates=["a photo of {}."], window_size=32)
+    field = panel.prompter_widget
+
+    def found(task):
+        mask = np.zeros(truth.shape, bool)
+        for item in task.result.expressions[0].results:
+            mask |= item.mask
+        return mask
+
+    def iou(mask):
+        return (mask & truth).sum() / max(1, (mask | truth).sum())
+
+    free = run_by_typing(panel, "the largest pond")
+    assert free.request.prompter is None and free.result.session.prompter is None
+
+    QTest.keyClicks(field.lineEdit(), head)
+    assert remembered.load_state()[STATE_KEY] == head
+    learned = run_by_typing(panel, "the largest pond")
+    assert learned.request.prompter == head
+    assert learned.result.session.prompter.path == os.path.abspath(head)
+    assert not np.array_equal(found(learned), found(free))
+    assert iou(found(learned)) > max(0.5, iou(found(free)))
+    assert PrompterField().filePath() == head             # the next session's field
+
+    field.lineEdit().selectAll()
+    QTest.keyClick(field.lineEdit(), Qt.Key.Key_Delete)
+    assert remembered.load_state()[STATE_KEY] == ""
+    again = run_by_typing(panel, "the largest pond")
+    assert again.request.prompter is None
+    assert np.array_equal(found(again), found(free))
+
+
+def test_a_missing_prompter_head_is_refused_before_starting(panel, tmp_path):
+    QTest.keyClicks(panel.prompter_widget.lineEdit(), str(tmp_path / "nowhere.safetensors"))
+    started = []
+    panel.runStarted.connect(started.append)
+    type_and_enter(panel, "the pond")
+    assert not started and "does not exist" in panel.status_label.text()

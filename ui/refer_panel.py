@@ -36,6 +36,7 @@ from ..qgis_bridge.tasks import ReferringTask
 from .choices import SharedChoices
 from .click_tool import ReferringClickTool, target_from_run
 from .combos import raster_layer_filter
+from .prompter_field import PrompterField
 from .run_controls import RunControls
 
 try:
@@ -155,6 +156,8 @@ class ReferringPanel(QWidget):
                                            "'sam-vit-b' (DR-Seg settings › Download models…); "
                                            "empty: the catalog checkpoint of the SAM model")
         form.addRow("SAM weights", self.sam_weights_widget)
+        self.prompter_widget = PrompterField(self)
+        form.addRow("Prompter head", self.prompter_widget)
         self.output_widget = QgsFileWidget(self)
         self.output_widget.setStorageMode(QgsFileWidget.StorageMode.SaveFile)
         self.output_widget.setFilter("GeoPackage (*.gpkg)")
@@ -347,6 +350,7 @@ class ReferringPanel(QWidget):
         if not text:
             raise InputError(f"Type an expression, e.g. '{EXPRESSION_PLACEHOLDER}'")
         extent = self.selected_extent(layer)
+        prompter = self.prompter_widget.head()
         shared = self.choices
         run = load_refer_engine()          # last: the cheap checks above need no torch
         run.parse_expressions([text])      # 'no target found' before anything starts
@@ -359,7 +363,7 @@ class ReferringPanel(QWidget):
             sam_weights=self.sam_weights_widget.filePath().strip() or None,
             clip_model=shared.clip_model or DEFAULT_CLIP_MODEL,
             clip_weights=shared.clip_weights or DEFAULT_CLIP_WEIGHTS,
-            device=shared.device or DEFAULT_DEVICE)
+            device=shared.device or DEFAULT_DEVICE, prompter=prompter)
 
     # -- running --------------------------------------------------------------------------------
     def is_running(self) -> bool:
