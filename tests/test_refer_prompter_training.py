@@ -54,19 +54,22 @@ def test_loss_drops_substantially(trained):
 
 
 def test_head_changes_refer_output(trained):
+    """The head file through `refer --prompter`'s engine path: its answer differs from the same
+    head before training and from no head at all (the training-free path on the same models),
+    and it is the closest to the truth."""
     sample = trained["samples"][0]
     raster = write_raster(trained["folder"] / "scene.tif", sample.image.transpose(2, 0, 1))
     clip = DenseClip(trained["clip"], trained["tokenizer"], torch.device("cpu"),
                      templates=["a photo of {}."], window_size=32)
     SESSIONS.clear()
     masks = {}
-    # The training-free path needs SAM's 1024-px frame (this tiny SAM takes 64 px), so the
-    # reference is the same head before training.
-    for name, head in (("untrained", trained["untrained"]), ("learned", trained["head"])):
+    for name, head in (("none", None), ("untrained", trained["untrained"]),
+                       ("learned", trained["head"])):
         request = ReferringRequest(raster=raster, expressions=[sample.expression],
                                    out_vector=str(trained["folder"] / f"{name}.gpkg"),
                                    device="cpu", prompter=head)
         result = run_referring(request, sam=trained["sam"], clip=clip)
+        assert (result.session.prompter is None) == (head is None)
         mask = np.zeros(sample.mask.shape, bool)
         for item in result.expressions[0].results:
             mask |= item.mask
@@ -77,5 +80,6 @@ def test_head_changes_refer_output(trained):
         union = (a | truth).sum()
         return (a & truth).sum() / union if union else 0.0
 
-    assert not np.array_equal(masks["untrained"], masks["learned"])
-    assert iou(masks["learned"]) > iou(masks["untrained"])
+    for other in ("none", "untrained"):
+        assert not np.array_equal(masks[other], masks["learned"])
+        assert iou(masks["learned"]) > iou(masks[other]), (other, iou(masks[other]))
