@@ -18,7 +18,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     from ..core.models.registry import DEFAULT_DEVICE, DEVICE_CHOICES, SAM_MODELS
     from ..core.refer.prompter import DEFAULT_PROMPT_TOKENS, DEFAULT_TEXT_QUERIES
     from ..core.refer.lora import DEFAULT_LORA_RANK
-    from ..core.refer.train import DEFAULT_LEARNING_RATE, TrainConfig
+    from ..core.refer.train import DEFAULT_LEARNING_RATE, SCHEDULES, TrainConfig
     from ..core.refer.train_run import TRAINING_SOURCES
 
     defaults = TrainConfig()
@@ -38,6 +38,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=defaults.epochs)
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--lr", type=float, default=DEFAULT_LEARNING_RATE)
+    p.add_argument("--schedule", choices=SCHEDULES, default=defaults.schedule,
+                   help="learning rate: constant, or cosine decay to zero over the run")
     p.add_argument("--text-queries", type=int, default=DEFAULT_TEXT_QUERIES)
     p.add_argument("--prompt-tokens", type=int, default=DEFAULT_PROMPT_TOKENS)
     p.add_argument("--lora-rank", type=int, default=DEFAULT_LORA_RANK, help="0: no adapters")
@@ -69,7 +71,8 @@ def run_train_command(args) -> int:
         device=settings["device"], cache_dir=settings["cache_dir"], resume=args.resume,
         prompter=PrompterConfig(text_queries=args.text_queries, prompt_tokens=args.prompt_tokens,
                                 lora_rank=args.lora_rank),
-        train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr))
+        train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                          schedule=args.schedule))
     with ProgressBar(args.quiet) as bar:
         result = run_training(request, progress=bar.update)
     for record in result.history[-(result.epochs_run or 1):]:

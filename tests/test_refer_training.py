@@ -1,6 +1,7 @@
 """Training the referring prompter: batches from each data format and from QGIS-style labels,
 resume, cancel, the head file's safety checks."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -133,15 +134,16 @@ def test_samples_from_labels_a_front_end_holds(tmp_path):
     with pytest.raises(InputError, match="expression"):
         samples_from_labels(raster, LabelFeatures([square], [""], "EPSG:32633"))
 
+
 # -- training, resume, cancel, head --------------------------------------------------------------
-def _train(tmp_path, name, epochs, resume=False, cancelled=None, seed=0):
+def _train(tmp_path, name, epochs, resume=False, cancelled=None, seed=0, schedule="constant"):
     clip, tokenizer, sam = small_models(seed)
     base = base_metadata(clip, sam, "tiny-clip", "tiny-sam")
     torch.manual_seed(0)
     model = PromptedSegmenter(clip, tokenizer, sam, SMALL)
     out = str(tmp_path / name)
     result = train_prompter(model, samples(4), None, TrainConfig(epochs=epochs, batch_size=2,
-                                                                   lr=1e-3),
+                                                                   lr=1e-3, schedule=schedule),
                             out_path=out, base=base, resume=resume, cancelled=cancelled)
     return result, out
 
@@ -162,6 +164,31 @@ def test_resume_continues_exactly(tmp_path):
         assert torch.allclose(a[key], b[key], atol=1e-5), key
     # a fresh start would differ: the optimizer state matters
     fresh, out_c = _train(tmp_path, "c.safetensors", 1)
+    c, _ = read_head(out_c)
+    assert any(not torch.allclose(a[k], c[k], atol=1e-5) for k in a)
+
+
+def test_cosine_schedule_decays_to_zero_and_a_resumed_run_stays_on_its_curve(tmp_path):
+    from drseg.core.refer.train import learning_rate
+
+    cosine = TrainConfig(lr=2.0, schedule="cosine")
+    assert [learning_rate(cosine, step, 8) for step in (0, 4, 8)] == pytest.approx([2.0, 1.0, 0.0])
+    assert learning_rate(TrainConfig(lr=2.0), 8, 8) == 2.0
+    with pytest.raises(InputError, match="schedule"):
+        train_prompter(None, samples(1), None, TrainConfig(schedule="linear"), out_path="x")
+    straight, out_a = _train(tmp_path, "a.safetensors", 2, schedule="cosine")
+    def after_one_epoch():          # the first epoch's state is written
+        return os.path.isfile(resume_paths(str(tmp_path / "b.safetensors"))[1])
+
+    with pytest.raises(RunCancelled):
+        _train(tmp_path, "b.safetensors", 2, cancelled=after_one_epoch, schedule="cosine")
+    resumed, out_b = _train(tmp_path, "b.safetensors", 2, resume=True, schedule="cosine")
+    assert resumed.resumed_from == 1
+    a, _ = read_head(out_a)
+    b, _ = read_head(out_b)
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-5), key
+    constant, out_c = _train(tmp_path, "c.safetensors", 2)
     c, _ = read_head(out_c)
     assert any(not torch.allclose(a[k], c[k], atol=1e-5) for k in a)
 
@@ -236,3 +263,30 @@ def test_cli_refer_prompter_refuses_a_bad_head(tmp_path, capsys, tiny_clip_confi
     err = capsys.readouterr().err
     assert code == 2 and "Cannot read prompter head" in err, err
     assert not (tmp_path / "o.gpkg").exists()
+
+
+# -- the synthetic referring set -----------------------------------------------------------------
+def test_synthetic_set_is_lazy_repeatable_and_its_expressions_describe_the_mask():
+    from drseg.core.refer.synthetic import COLOURS, POSITIONS, SIZES, SyntheticSet
+
+    train, again, held = SyntheticSet(10 ** 6, seed=1, size=64), SyntheticSet(10 ** 6, seed=1, size=64), \
+        SyntheticSet(50, seed=2, size=64)
+    assert len(train) == 10 ** 6                       # nothing drawn until read
+    first = train[123456]
+    assert np.array_equal(first.image, again[123456].image) and first.expression == again[123456].expression
+    seen = {s.image.tobytes() for s in train[:50]}
+    assert not any(s.image.tobytes() in seen for s in held)   # held-out layouts are new
+    for sample in train[:40]:
+        words = sample.expression.split()
+        size_word, colour, shape = words[1:4]
+        position = " ".join(words[4:])
+        mask = sample.mask
+        assert mask.any() and sample.image.shape == (64, 64, 3)
+        # the mask is the named object: its colour, its size class, its third of the image
+        assert np.abs(sample.image[mask].mean(axis=0) - COLOURS[colour]).max() < 25   # colours differ by > 100
+        side = SIZES[size_word] * 64
+        area = side ** 2 if shape == "square" else np.pi * side ** 2 / 4
+        assert mask.sum() == pytest.approx(area, rel=0.35)
+        axis, (lo, hi) = POSITIONS[position]
+        centre = np.argwhere(mask).mean(axis=0)[::-1][axis] + 0.5      # x or y, pixel units
+        assert lo * 64 <= centre < hi * 64

@@ -8,6 +8,7 @@ trained path learns (benchmarks/bench_prompter.py, tests) and the GPU check use 
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
@@ -28,6 +29,10 @@ class SyntheticSample:
     image: np.ndarray          # H×W×3 uint8
     mask: np.ndarray           # H×W bool, the referred object
     expression: str
+
+    def load(self) -> Tuple[np.ndarray, np.ndarray]:
+        """(image, mask): what a training sample (train_data.TrainingSample) gives."""
+        return self.image, self.mask
 
 
 def _shape_mask(size: int, shape: str, cx: float, cy: float, extent: float) -> np.ndarray:
@@ -88,8 +93,33 @@ def synthetic_sample(rng: np.random.Generator, size: int = 64, objects: int = 3
     return None
 
 
+class SyntheticSet(Sequence):
+    """`count` samples drawn on demand: sample i comes from its own generator (seed, i), so the
+    set can be as large as wanted (a fresh sample per training step) without holding it, and
+    index i is the same sample every time it is read (an evaluation on the training split
+    scores what was trained on). Another seed gives other layouts: a held-out split."""
+
+    def __init__(self, count: int, seed: int = 0, size: int = 64, objects: int = 3):
+        self.count, self.seed, self.size, self.objects = int(count), int(seed), int(size), objects
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self.count))]
+        if not -self.count <= index < self.count:
+            raise IndexError(index)
+        rng = np.random.default_rng([self.seed, int(index) % self.count])
+        while True:
+            sample = synthetic_sample(rng, self.size, self.objects)
+            if sample is not None:
+                return sample
+
+
 def synthetic_set(count: int, seed: int = 0, size: int = 64, objects: int = 3
                   ) -> List[SyntheticSample]:
+    """A small set in memory, drawn in sequence from one generator (the tests' fixtures)."""
     rng = np.random.default_rng(seed)
     samples: List[SyntheticSample] = []
     while len(samples) < count:

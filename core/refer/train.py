@@ -5,8 +5,9 @@
                             progress=lambda f, msg: ..., cancelled=lambda: False)
 
 Loss: BCE + Dice on the mask logits (+ a small penalty keeping the K text queries'
-subspaces complementary). AdamW (lr 1e-4) on the prompter and the adapters only. On CUDA the
-forward runs under float16 autocast with a GradScaler; on the CPU in float32.
+subspaces complementary). AdamW (lr 1e-4, constant or cosine-decayed) on the prompter and the
+adapters only. On CUDA the forward runs under float16 autocast with a GradScaler; on the CPU in
+float32.
 
 After each epoch the samples of `val` (else of `train`) are segmented and scored with both IoU
 conventions (gIoU: mean per-sample IoU; cIoU: cumulative I/U), and the resume state is written
@@ -18,6 +19,7 @@ cancelled run (RunCancelled) leaves the last epoch's resume state and no head.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -40,7 +42,8 @@ RESUME_FORMAT = "drseg-referring-resume/1"
 @dataclass
 class TrainConfig:
     """size: the batches' square side (None: SAM's input size); orthogonality: weight of the
-    text-query penalty; eval_limit: at most this many samples scored per epoch."""
+    text-query penalty; eval_limit: at most this many samples scored per epoch; schedule:
+    "constant" learning rate, or "cosine" decay from `lr` to zero over all the steps."""
 
     epochs: int = 10
     batch_size: int = 4
@@ -51,6 +54,7 @@ class TrainConfig:
     seed: int = 0
     eval_limit: int = 500
     eval_every: int = 1            # epochs between evaluations (the last epoch is always scored)
+    schedule: str = "constant"
 
 
 @dataclass
@@ -59,6 +63,17 @@ class TrainResult:
     history: List[Dict] = field(default_factory=list)   # per epoch: loss, gIoU, cIoU, seconds
     epochs_run: int = 0
     resumed_from: int = 0
+
+
+SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate(config: TrainConfig, step: int, total: int) -> float:
+    """The learning rate of global step `step` (0-based) of `total` (a function of the step
+    alone, so a resumed run continues the same curve)."""
+    if config.schedule == "cosine":
+        return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(1, total)))
+    return config.lr
 
 
 def mask_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -188,6 +203,9 @@ def train_prompter(model: PromptedSegmenter, train: Sequence[TrainingSample],
         raise InputError("No training samples")
     if config.epochs < 1 or config.batch_size < 1:
         raise InputError("epochs and batch size must be at least 1")
+    if config.schedule not in SCHEDULES:
+        raise InputError(f"Unknown learning-rate schedule '{config.schedule}'; choose "
+                         f"{' or '.join(SCHEDULES)}")
     monitor = RunMonitor(progress, cancelled)
     device = model.device
     size = int(config.size or model.sam_size)
@@ -197,7 +215,8 @@ def train_prompter(model: PromptedSegmenter, train: Sequence[TrainingSample],
     start_epoch, history = 0, []
     if resume:
         start_epoch, history = _load_resume(out_path, model, optimizer, scaler)
-    scored = list(val if val else train)[:config.eval_limit]
+    source = val if val else train   # indexed, never listed whole: a lazy set may be large
+    scored = [source[i] for i in range(min(len(source), config.eval_limit))]
     steps_per_epoch = (len(train) + config.batch_size - 1) // config.batch_size
     total = max(1, (config.epochs - start_epoch) * steps_per_epoch)
     done = 0
@@ -216,6 +235,9 @@ def train_prompter(model: PromptedSegmenter, train: Sequence[TrainingSample],
             if config.orthogonality > 0:
                 loss = loss + config.orthogonality * model.prompter.orthogonality()
             optimizer.zero_grad(set_to_none=True)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(config, epoch * steps_per_epoch + step,
+                                            config.epochs * steps_per_epoch)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
