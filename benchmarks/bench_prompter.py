@@ -75,7 +75,7 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--size", type=int, default=64, help="synthetic image side")
-    parser.add_argument("--sam-size", type=int, default=128, help="the tiny SAM's input side")
+    parser.add_argument("--sam-size", type=int, default=256, help="the tiny SAM's input side")
     parser.add_argument("--prompt-dim", type=int, default=32, help="the tiny SAM's prompt width")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--threads", type=int, default=1)

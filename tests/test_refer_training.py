@@ -267,6 +267,7 @@ def test_cli_refer_prompter_refuses_a_bad_head(tmp_path, capsys, tiny_clip_confi
 
 # -- the synthetic referring set -----------------------------------------------------------------
 def test_synthetic_set_is_lazy_repeatable_and_its_expressions_describe_the_mask():
+    from drseg.core.refer.parse import parse_expression
     from drseg.core.refer.synthetic import COLOURS, POSITIONS, SIZES, SyntheticSet
 
     train, again, held = SyntheticSet(10 ** 6, seed=1, size=64), SyntheticSet(10 ** 6, seed=1, size=64), \
@@ -279,13 +280,16 @@ def test_synthetic_set_is_lazy_repeatable_and_its_expressions_describe_the_mask(
     for sample in train[:40]:
         words = sample.expression.split()
         size_word, colour, shape = words[1:4]
-        position = " ".join(words[4:])
+        position = " ".join(words[5:])
+        parsed = parse_expression(sample.expression)    # the training-free path reads it too
+        assert parsed.colours == (colour,) and parsed.attributes == (size_word, shape)
+        assert parsed.position == position.split()[-1]
         mask = sample.mask
         assert mask.any() and sample.image.shape == (64, 64, 3)
         # the mask is the named object: its colour, its size class, its third of the image
         assert np.abs(sample.image[mask].mean(axis=0) - COLOURS[colour]).max() < 25   # colours differ by > 100
         side = SIZES[size_word] * 64
-        area = side ** 2 if shape == "square" else np.pi * side ** 2 / 4
+        area = side ** 2 if shape == "rectangular" else np.pi * side ** 2 / 4
         assert mask.sum() == pytest.approx(area, rel=0.35)
         axis, (lo, hi) = POSITIONS[position]
         centre = np.argwhere(mask).mean(axis=0)[::-1][axis] + 0.5      # x or y, pixel units

@@ -2,7 +2,8 @@
 
 Each image holds a few coloured shapes (square / circle, red / green / blue, large / small) on a
 plain or lightly textured background; the expression names one of them by its size, colour,
-shape and position ("the large red square on the left", "the small blue circle at the bottom"),
+shape and position ("the large red rectangular shape on the left", "the small blue round shape
+at the bottom"),
 and is generated only when that description singles it out in the image. The proof that the
 trained path learns (benchmarks/bench_prompter.py, tests) and the GPU check use these.
 """
@@ -18,6 +19,9 @@ from .sam_frames import SAM_LONG_SIDE
 
 COLOURS = {"red": (210, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 210)}
 SHAPES = ("square", "circle")
+# How an expression names each shape: words the training-free path's parser knows (an attribute
+# and a noun), so both paths read the same text.
+SHAPE_WORDS = {"square": "rectangular shape", "circle": "round shape"}
 SIZES = {"small": 0.16, "large": 0.30}        # side / diameter as a share of the image side
 # Image thirds: where an object's centre must lie for each position word.
 POSITIONS = {"on the left": (0, (0.0, 1 / 3)), "on the right": (0, (2 / 3, 1.0)),
@@ -88,7 +92,7 @@ def synthetic_sample(rng: np.random.Generator, size: int = 64, objects: int = 3
             rivals = [p for p in others if p[:3] == (size_word, colour, shape)
                       and phrase in _position_words(p[3], p[4], size)]
             if not rivals:
-                text = f"the {size_word} {colour} {shape} {phrase}"
+                text = f"the {size_word} {colour} {SHAPE_WORDS[shape]} {phrase}"
                 return SyntheticSample(np.clip(image, 0, 255).astype(np.uint8), mask, text)
     return None
 
