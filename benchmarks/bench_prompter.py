@@ -1,7 +1,7 @@
 """The trained referring path generalises: train and held-out IoU, trained head vs training-free.
 
-    .venv/bin/python benchmarks/bench_prompter.py            # ~10 min on one busy CPU core
-    .venv/bin/python benchmarks/bench_prompter.py --quick    # ~2 min: fewer steps, smaller splits
+    .venv/bin/python benchmarks/bench_prompter.py            # 16 min on one core of a loaded machine
+    .venv/bin/python benchmarks/bench_prompter.py --quick    # fewer layouts and steps, smaller splits
 
 A procedurally large synthetic referring set (core/refer/synthetic.py: coloured squares and
 circles on a textured background, expressions such as "the large red square on the left" that
@@ -12,7 +12,7 @@ held-out split is drawn from another seed: layouts the head never saw.
 
 Then both splits are segmented by the trained head and by the training-free path (dense CLIP
 localisation + SAM prompts + selection, ReferringSession) on the same base models, SAM at the
-same input size. Printed: gIoU (mean per-sample IoU) and cIoU (cumulative I/U), in percent; the
+same input size (256² for 64² images: one low-res mask pixel per image pixel). Printed: gIoU (mean per-sample IoU) and cIoU (cumulative I/U), in percent; the
 training split is scored on its first `--scored` samples.
 
 Threads: one by default. On a CPU that other processes share, two OpenMP threads were measured
