@@ -113,6 +113,8 @@ def import_model_libraries(modules=SEGMENT_LIBRARIES) -> None:
     from ..core.background_imports import background_imports
 
     keep_triton_out()
+    if all(sys.modules.get(module) is not None for module in modules):
+        return  # later runs: nothing to import (and nothing new to freeze out of collections)
     try:
         with background_imports():  # without stopping QGIS's event loop
             for module in modules:

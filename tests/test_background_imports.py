@@ -123,3 +123,16 @@ def test_a_delegating_finder_of_someone_else_does_not_loop_with_ours(monkeypatch
             assert importlib.import_module("colorsys").rgb_to_hsv(1, 0, 0)[2] == 1
     finally:
         sys.meta_path.remove(other)
+
+
+def test_only_a_run_that_imports_something_pauses_and_freezes():
+    """Later runs import nothing: no pause, and no cyclic garbage of earlier runs frozen for good."""
+    from drseg.qgis_bridge.engine import import_model_libraries
+
+    gc.unfreeze()
+    import_model_libraries(("json",))                # imported already
+    assert gc.get_freeze_count() == 0
+    sys.modules.pop("colorsys", None)
+    import_model_libraries(("colorsys",))            # a first import
+    assert gc.get_freeze_count() > 0 and "colorsys" in sys.modules
+    gc.unfreeze()
