@@ -167,3 +167,33 @@ def test_outside_a_loading_block_registrations_are_not_checked(tmp_path, work):
     with cancel_points(counter.check):
         torch.nn.Linear(2, 2)                        # e.g. a small head built during a run
     assert counter.cancelled_at is None
+
+
+def test_a_run_cancelled_while_its_model_is_built_stops_there_and_leaves_nothing(tmp_path, work):
+    """The engine's run: its cancel reaches the model build (the dock's and Processing's path)."""
+    import numpy as np
+
+    from support.rasters import write_raster
+    from drseg.core.segment import SegmentationRequest, run_segmentation
+
+    raster = write_raster(tmp_path / "scene.tif",
+                          np.random.default_rng(0).integers(0, 255, (3, 64, 64), np.uint8))
+    out = tmp_path / "out"
+    out.mkdir()
+    counter = work(lambda w: w.registered >= 12)
+    request = SegmentationRequest(raster=raster, classes="building; water",
+                                  out_vector=str(out / "o.gpkg"), out_raster=str(out / "o.tif"),
+                                  clip_model=write_tiny_clip_config(tmp_path), clip_weights="random",
+                                  method="clip", device="cpu")
+
+    def cancelled():
+        try:
+            counter.check()
+        except RunCancelled:
+            return True
+        return False
+
+    with pytest.raises(RunCancelled):
+        run_segmentation(request, cancelled=cancelled)
+    assert counter.cancelled_at == 12 and counter.after_cancel <= 1
+    assert len(cache.MODELS) == 0 and sorted(p.name for p in out.iterdir()) == []
