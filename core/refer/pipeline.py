@@ -118,6 +118,26 @@ class _Prompted:
     low_res: Optional[np.ndarray]
 
 
+def _decode(predictor, coords, labels, boxes, masks_in):
+    """``SamPredictor.predict_torch(..., multimask_output=True)`` for one image and a batch of
+    prompt sets, through :func:`~.sam_decoder.decode_masks` when the decoder is SAM's."""
+    import torch
+
+    from .sam_decoder import decode_masks, supports
+
+    model = getattr(predictor, "model", None)
+    if model is None or not supports(getattr(model, "mask_decoder", None)):
+        return predictor.predict_torch(coords, labels, boxes, masks_in, multimask_output=True)
+    with torch.no_grad():
+        sparse, dense = model.prompt_encoder(
+            points=None if coords is None else (coords, labels), boxes=boxes, masks=masks_in)
+        low, ious = decode_masks(model.mask_decoder, predictor.features,
+                                 model.prompt_encoder.get_dense_pe(), sparse, dense,
+                                 multimask_output=True)
+        masks = model.postprocess_masks(low, predictor.input_size, predictor.original_size)
+    return masks > model.mask_threshold, ious, low
+
+
 def make_predictor(sam):
     """A segment_anything ``Sam`` -> a new ``SamPredictor``; a predictor-like object (with
     ``set_image`` and ``predict``) is used as is; any other callable is a factory."""
@@ -382,7 +402,8 @@ class ReferringSession:
     def _predict_sets(self, sets) -> List[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Multimask outputs (masks, IoU predictions, low-res logits) of each (points, labels,
         box, dense prompt) set, in order. With a ``SamPredictor``, sets of the same make-up (as
-        many points, a box or not, a dense prompt or not) share one decoder call."""
+        many points, a box or not, a dense prompt or not) share one decoder call, which shares
+        the image-side work among them (``sam_decoder.py``)."""
         if not (hasattr(self.predictor, "predict_torch") and hasattr(self.predictor, "transform")):
             return [self._predict(p, l, b, d, multimask=True) for p, l, b, d in sets]
         import torch
@@ -410,8 +431,7 @@ class ReferringSession:
                 masks_in = torch.as_tensor(np.stack([np.asarray(sets[k][3], np.float32)
                                                      for k in members]), device=device)
             self.decoder_calls += 1
-            masks, ious, low = predictor.predict_torch(coords, labels, boxes, masks_in,
-                                                       multimask_output=True)
+            masks, ious, low = _decode(predictor, coords, labels, boxes, masks_in)
             for j, k in enumerate(members):
                 outputs[k] = (masks[j].cpu().numpy(), ious[j].float().cpu().numpy(),
                               low[j].float().cpu().numpy())
@@ -547,15 +567,29 @@ def mask_to_geometry(mask: np.ndarray, transform):
     exact pixel edges), or None when the mask is empty."""
     import shapely
     from rasterio import features
-    from shapely.geometry import shape
 
     mask = np.asarray(mask, bool)
     if not mask.any():
         return None
-    polygons = [shape(geom) for geom, _ in features.shapes(mask.astype(np.uint8), mask=mask,
-                                                           connectivity=4, transform=transform)]
-    # 4-connected regions never overlap (they may meet at a corner): a valid MultiPolygon as is
-    geometry = polygons[0] if len(polygons) == 1 else shapely.MultiPolygon(polygons)
-    if not geometry.is_valid:
-        geometry = shapely.make_valid(geometry)
-    return geometry
+    # all rings in one coordinate array, built into polygons by shapely in one call each (a
+    # speckled mask has thousands of regions: one Python object per ring would take seconds)
+    points: List = []
+    ring_sizes: List[int] = []
+    ring_polygon: List[int] = []
+    for k, (geom, _) in enumerate(features.shapes(mask.astype(np.uint8), mask=mask,
+                                                  connectivity=4, transform=transform)):
+        for ring in geom["coordinates"]:       # the shell, then the holes
+            points.extend(ring)
+            ring_sizes.append(len(ring))
+            ring_polygon.append(k)
+    rings = shapely.linearrings(np.asarray(points, np.float64),
+                                indices=np.repeat(np.arange(len(ring_sizes)), ring_sizes))
+    polygons = shapely.polygons(rings, indices=np.asarray(ring_polygon))
+    # 4-connected regions of one mask never share an edge (they would be one region), so the
+    # parts meet at corners at most: the MultiPolygon is valid when each part is (checking the
+    # whole, with its part-against-part tests, takes seconds for thousands of parts)
+    invalid = ~shapely.is_valid(polygons)
+    if invalid.any():
+        polygons[invalid] = shapely.make_valid(polygons[invalid])
+        return shapely.make_valid(shapely.GeometryCollection(list(polygons)))
+    return polygons[0] if len(polygons) == 1 else shapely.MultiPolygon(list(polygons))
