@@ -118,9 +118,11 @@ class _Prompted:
     low_res: Optional[np.ndarray]
 
 
-def _decode(predictor, coords, labels, boxes, masks_in):
+def _decode(predictor, coords, labels, boxes, masks_in, dense_pe=None):
     """``SamPredictor.predict_torch(..., multimask_output=True)`` for one image and a batch of
-    prompt sets, through :func:`~.sam_decoder.decode_masks` when the decoder is SAM's."""
+    prompt sets, through :func:`~.sam_decoder.decode_masks` when the decoder is SAM's.
+    dense_pe: ``prompt_encoder.get_dense_pe()`` computed before (it depends on the weights
+    only), else computed here."""
     import torch
 
     from .sam_decoder import decode_masks, supports
@@ -131,8 +133,9 @@ def _decode(predictor, coords, labels, boxes, masks_in):
     with torch.no_grad():
         sparse, dense = model.prompt_encoder(
             points=None if coords is None else (coords, labels), boxes=boxes, masks=masks_in)
-        low, ious = decode_masks(model.mask_decoder, predictor.features,
-                                 model.prompt_encoder.get_dense_pe(), sparse, dense,
+        if dense_pe is None:
+            dense_pe = model.prompt_encoder.get_dense_pe()
+        low, ious = decode_masks(model.mask_decoder, predictor.features, dense_pe, sparse, dense,
                                  multimask_output=True)
         masks = model.postprocess_masks(low, predictor.input_size, predictor.original_size)
     return masks > model.mask_threshold, ious, low
@@ -217,6 +220,7 @@ class ReferringSession:
         self.last_activation: Optional[np.ndarray] = None
         self._features = None
         self._sam_ready = False
+        self._dense_pe = None
         self._lock = threading.RLock()
         # On-disk embeddings (core/disk_cache.py): keyed by the area (the raster's identity and
         # window from sessions.py, else the pixels' hash) and the models.
@@ -431,7 +435,11 @@ class ReferringSession:
                 masks_in = torch.as_tensor(np.stack([np.asarray(sets[k][3], np.float32)
                                                      for k in members]), device=device)
             self.decoder_calls += 1
-            masks, ious, low = _decode(predictor, coords, labels, boxes, masks_in)
+            if self._dense_pe is None and hasattr(getattr(predictor, "model", None),
+                                                  "prompt_encoder"):
+                with torch.no_grad():   # SAM's positional encoding of its 64×64 grid: once
+                    self._dense_pe = predictor.model.prompt_encoder.get_dense_pe()
+            masks, ious, low = _decode(predictor, coords, labels, boxes, masks_in, self._dense_pe)
             for j, k in enumerate(members):
                 outputs[k] = (masks[j].cpu().numpy(), ious[j].float().cpu().numpy(),
                               low[j].float().cpu().numpy())
