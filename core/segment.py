@@ -11,6 +11,7 @@ leaves no file behind. With `request.dask` the blocks are computed by the worker
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import time
 from dataclasses import dataclass, field
@@ -207,12 +208,25 @@ def _sliding(request, reader, scorer, owner, **options) -> SlidingWindowSegmente
 
 
 def encode_queries(scorer, queries, stage) -> None:
-    """One query at a time (a scorer encodes each once; 80 templates cost seconds on a CPU), so
-    the bar moves and cancel is checked between queries."""
-    for count in range(1, len(queries) + 1):
-        stage.report((count - 1) / len(queries),
-                     f"Encoding class names ({count}/{len(queries)}: {queries[count - 1]})")
-        scorer.set_queries(queries[:count])
+    """The class names' text embeddings, with a progress message per name. A scorer whose
+    ``set_queries`` takes ``progress`` (dense CLIP, DR-Seg) encodes all names' prompts in batches
+    and says when each name starts (cancel is checked between the text tower's blocks); any
+    other gets one query at a time, so the bar moves and cancel is checked between queries."""
+    count = len(queries)
+
+    def report(k: int) -> None:
+        stage.report(k / count, f"Encoding class names ({k + 1}/{count}: {queries[k]})")
+
+    try:
+        batched = "progress" in inspect.signature(scorer.set_queries).parameters
+    except (TypeError, ValueError):        # a callable without a signature
+        batched = False
+    if batched:
+        scorer.set_queries(queries, progress=report)
+        return
+    for k in range(count):
+        report(k)
+        scorer.set_queries(queries[:k + 1])
 
 
 def build_segmenter(request: SegmentationRequest, reader, queries, owner, monitor: RunMonitor,
