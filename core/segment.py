@@ -31,7 +31,8 @@ from .outputs import (ClassRasterWriter, FloatRasterWriter, WorkDir, check_desti
                       publish_all, verify_raster)
 from .progress import RunMonitor
 from .raster_io import RasterReader
-from .protocol import BLENDS, DEFAULT_BATCH_SIZE, DEFAULT_BLEND, DEFAULT_STRIDE, DEFAULT_WINDOW
+from .protocol import (BLENDS, DEFAULT_BATCH_SIZE, DEFAULT_BLEND, DEFAULT_STRIDE, DEFAULT_WINDOW,
+                       fast_stride)
 from .sliding import SlidingWindowSegmenter, Timings
 from .style import categorized_qml
 from .vectorize import vectorize
@@ -70,6 +71,7 @@ class SegmentationRequest:
     device: str = DEFAULT_DEVICE
     window: int = DEFAULT_WINDOW
     stride: int = DEFAULT_STRIDE
+    fast: bool = False                     # fast mode: less window overlap (protocol.fast_stride)
     blend: str = DEFAULT_BLEND             # 'smooth' (sin² weights) or 'mean' (the protocol's count map)
     block: int = 512
     batch_size: int = DEFAULT_BATCH_SIZE
@@ -133,6 +135,7 @@ def run_segmentation(request: SegmentationRequest, scorer=None, progress=None, c
         raise InputError(f"Window must be a positive number of pixels, got {request.window}")
     if request.stride <= 0 or request.stride > request.window:
         raise InputError("Stride must be positive and not larger than the window")
+    request = windows_of(request)
     from .cluster.spec import parse_dask_spec
 
     cluster = parse_dask_spec(request.dask)
@@ -188,6 +191,15 @@ def run_segmentation(request: SegmentationRequest, scorer=None, progress=None, c
             from .device import describe_device_choice
             result.device_reason = describe_device_choice(request.device)[1]
         return result
+
+
+def windows_of(request: SegmentationRequest) -> SegmentationRequest:
+    """The request with the stride it runs at: fast mode's (``protocol.fast_stride``) when
+    ``request.fast``, so every path (this process, a Dask cluster) sees one window layout."""
+    if not request.fast:
+        return request
+    return dataclasses.replace(request, stride=fast_stride(request.window, request.stride),
+                               fast=False)
 
 
 def check_window(window: int, scorer) -> None:
