@@ -31,6 +31,7 @@ import numpy as np
 
 from ..disk_cache import USE_DEFAULT, array_digest, model_fingerprint, resolve_cache
 from ..errors import InputError
+from ..threads import light_work
 from .parse import ParsedExpression, parse_expression
 from .prompts import build_prompts, instance_prompts, threshold_region
 from .sam_frames import SamFrame, corner_to_index, mask_input_from_activation
@@ -357,46 +358,55 @@ class ReferringSession:
             started = time.perf_counter()
             encoders_before = (self.sam_encoder_calls, self.clip_encoder_calls)
             features = self._clip_features(timings)
-            tick = time.perf_counter()
-            activation = self.localizer.localize(features, parsed)
-            timings.localize += time.perf_counter() - tick
             self._sam_embedding(timings)
-            tick = time.perf_counter()
-            candidates, prompted = self._candidates(activation, selection)
-            timings.decode += time.perf_counter() - tick
-            timings.candidates = len(candidates)
-            results: List[ReferringResult] = []
-            if candidates:
-                tick = time.perf_counter()
-                references = self._references(features, parsed)
-                timings.localize += time.perf_counter() - tick
-                tick = time.perf_counter()
-                if self.settings.region_scores and hasattr(self.localizer, "region_scores"):
-                    scores = self.localizer.region_scores(self.image, [c.mask for c in candidates],
-                                                          parsed, features=features)
-                    if scores is not None:
-                        for candidate, score in zip(candidates, scores):
-                            candidate.clip_score = float(score)
-                timings.region += time.perf_counter() - tick
-                tick = time.perf_counter()
-                chosen = select_candidates(candidates, activation, selection, references,
-                                           self.settings.weights)
-                for sc in chosen:
-                    p = prompted[sc.index]
-                    results.append(ReferringResult(
-                        mask=sc.mask & self.valid, score=float(sc.score), expression=text,
-                        target_score=float(sc.target_score),
-                        modifier_score=float(sc.modifier_score), terms=dict(sc.terms),
-                        source=candidates[sc.index].source, component=sc.component,
-                        points=p.points, labels=p.labels, box=p.box,
-                        low_res=p.low_res if sc.component is None else None))
-                timings.select += time.perf_counter() - tick
+            # what follows is small tensor work: one thread (core/threads.py)
+            with light_work():
+                results, activation = self._answer(text, parsed, selection, features, timings)
             timings.cached = encoders_before == (self.sam_encoder_calls, self.clip_encoder_calls)
             timings.total = time.perf_counter() - started
             self.last_timings = timings
             self.queries += 1
             self.last_activation = activation
             return results
+
+    def _answer(self, text: str, parsed: ParsedExpression, selection: ParsedExpression,
+                features, timings: QueryTimings) -> Tuple[List[ReferringResult], np.ndarray]:
+        """Everything of a query after the encoders: activation, prompts and SAM candidates,
+        references, region scores, selection -> (results best first, activation)."""
+        tick = time.perf_counter()
+        activation = self.localizer.localize(features, parsed)
+        timings.localize += time.perf_counter() - tick
+        tick = time.perf_counter()
+        candidates, prompted = self._candidates(activation, selection)
+        timings.decode += time.perf_counter() - tick
+        timings.candidates = len(candidates)
+        results: List[ReferringResult] = []
+        if candidates:
+            tick = time.perf_counter()
+            references = self._references(features, parsed)
+            timings.localize += time.perf_counter() - tick
+            tick = time.perf_counter()
+            if self.settings.region_scores and hasattr(self.localizer, "region_scores"):
+                scores = self.localizer.region_scores(self.image, [c.mask for c in candidates],
+                                                      parsed, features=features)
+                if scores is not None:
+                    for candidate, score in zip(candidates, scores):
+                        candidate.clip_score = float(score)
+            timings.region += time.perf_counter() - tick
+            tick = time.perf_counter()
+            chosen = select_candidates(candidates, activation, selection, references,
+                                       self.settings.weights)
+            for sc in chosen:
+                p = prompted[sc.index]
+                results.append(ReferringResult(
+                    mask=sc.mask & self.valid, score=float(sc.score), expression=text,
+                    target_score=float(sc.target_score),
+                    modifier_score=float(sc.modifier_score), terms=dict(sc.terms),
+                    source=candidates[sc.index].source, component=sc.component,
+                    points=p.points, labels=p.labels, box=p.box,
+                    low_res=p.low_res if sc.component is None else None))
+            timings.select += time.perf_counter() - tick
+        return results, activation
 
     def _predict(self, points, labels, box, mask_input, multimask: bool):
         self.decoder_calls += 1
@@ -543,7 +553,8 @@ class ReferringSession:
                                                     self.frame, normalize=False)[0]
         with self._lock:
             self._sam_embedding()
-            masks, ious, low = self._predict(points, labels, box, mask_input, multimask=False)
+            with light_work():
+                masks, ious, low = self._predict(points, labels, box, mask_input, multimask=False)
             self.refinements += 1
         terms = dict(result.terms)
         terms["sam_iou"] = float(ious[0])
