@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from support.tiny_models import TINY_DINO_DIMS, build_tiny_sam, write_tiny_clip_config
+from support.tiny_models import TINY_DINO_DIMS, write_tiny_clip_config
+from drseg.core.refer.synthetic import tiny_sam
 from drseg.core.drseg.dino import load_dino_checkpoint, make_dino
 from drseg.core.errors import RunCancelled
 from drseg.core.interrupt import cancel_points, cancellable_loading
@@ -77,7 +78,7 @@ def empty_model_cache():
 
 @pytest.fixture
 def tiny_sam_type():
-    register_sam_architecture("tiny_cancel", lambda: build_tiny_sam(depth=2))
+    register_sam_architecture("tiny_cancel", lambda: tiny_sam(depth=2))
     yield "tiny_cancel"
     sam_models._EXTRA_ARCHITECTURES.pop("tiny_cancel", None)
 
@@ -121,7 +122,7 @@ def test_cancel_while_sam_loads(tmp_path, work, tiny_sam_type, stage):
     weights = tmp_path / "tiny_sam.safetensors"
     from safetensors.torch import save_file
 
-    save_file({k: v.contiguous() for k, v in build_tiny_sam(depth=2).state_dict().items()},
+    save_file({k: v.contiguous() for k, v in tiny_sam(depth=2).state_dict().items()},
               str(weights))
     when = (lambda w: w.registered >= 20) if stage == "build" else (lambda w: w.loaded >= 5)
     counter = work(when)

@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from drseg.core.refer.sam_decoder import decode_masks, supports
-from support.tiny_models import build_tiny_sam
+from drseg.core.refer.synthetic import tiny_sam
 
 
 @pytest.fixture(scope="module")
 def sam():
     torch.manual_seed(0)
-    model = build_tiny_sam()
+    model = tiny_sam()
     # random weights in the layer norms too, so that no term is the identity by chance
     with torch.no_grad():
         for module in model.mask_decoder.modules():
