@@ -20,7 +20,7 @@ from qgis.PyQt.QtCore import pyqtSignal
 
 from ..core.advice import QGIS, speaking_to
 from ..core.errors import DrSegError, RunCancelled
-from .engine import REFER_LIBRARIES, MissingDependencies, import_model_libraries, load_engine
+from .engine import MissingDependencies, import_model_libraries, load_engine
 
 LOG_TAG = "DR-Seg"
 
@@ -158,7 +158,7 @@ class SegmentationTask(EngineTask):
 
     def _work(self) -> None:
         segment = load_engine()
-        import_model_libraries()  # here, in the worker thread: seconds on a first run
+        import_model_libraries(segment.model_libraries(self.request))  # seconds on a first run
         self.result = segment.run_segmentation(self.request, scorer=self.scorer,
                                                progress=self._progress, cancelled=self.isCanceled)
 
@@ -188,9 +188,9 @@ class ReferringTask(EngineTask):
         self.layer_name: Optional[str] = None   # legend name of the layer the callback adds
 
     def _work(self) -> None:
-        from ..core.refer.run import run_referring
+        from ..core.refer.run import model_libraries, run_referring
 
-        import_model_libraries(REFER_LIBRARIES)  # here, in the worker thread
+        import_model_libraries(model_libraries(self.request))  # here, in the worker thread
         self.result = run_referring(self.request, progress=self._progress,
                                     cancelled=self.isCanceled, sam=self.sam, clip=self.clip)
         self.session = self.result.session
