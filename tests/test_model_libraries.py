@@ -68,42 +68,12 @@ def test_an_optional_library_that_fails_to_import_is_left_to_the_run(monkeypatch
         engine.import_model_libraries(("torch.drseg_no_such_module",))
 
 
-# A fresh process: the first SAM 3 run of a session, through the dock's task. Each heavy module
-# notes, when it is first executed, whether on the main thread and whether inside the
-# worker's background_imports block (its dlopen patch is active in that thread).
+# A fresh process: the first SAM 3 run of a session, through the dock's task; each heavy module
+# notes where it was first executed (main thread? inside the worker's background_imports?).
 SCRIPT = """
-import sys, threading, time
-HEAVY = {heavy!r}
-first = {{}}
-
-def protected():
-    bi = sys.modules.get("drseg.core.background_imports")
-    return bool(bi) and threading.get_ident() in bi._patch_owners
-
-class Recorder:
-    def find_spec(self, name, path=None, target=None):
-        if name not in HEAVY or name in first:
-            return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(name, path, target)
-            if spec is not None:
-                break
-        else:
-            return None
-        original = spec.loader.exec_module
-
-        def exec_module(module):
-            first.setdefault(name, dict(main=threading.current_thread() is threading.main_thread(),
-                                        protected=protected()))
-            return original(module)
-
-        spec.loader.exec_module = exec_module
-        return spec
-
-sys.meta_path.insert(0, Recorder())
-from support.bare_qgis import print_report, start_bare_qgis
+import time
+from support.bare_qgis import print_report, record_first_imports, start_bare_qgis
+first = record_first_imports({heavy!r})
 app, iface = start_bare_qgis()
 from drseg.core.segment import SegmentationRequest
 from drseg.qgis_bridge import tasks
