@@ -55,10 +55,10 @@ class DrSegTask(QgsTask):
     leaves the keep-alive list. After the callback: `error` (for the user) or `was_cancelled`.
     A run that stops on a cancel returns True (QGIS shows failed tasks with a notification)."""
 
-    flags = QgsTask.Flag.CanCancel
+    task_flags = QgsTask.Flag.CanCancel
 
     def __init__(self, description: str, on_finished: Optional[Callable] = None):
-        super().__init__(description, self.flags)
+        super().__init__(description, self.task_flags)
         self.on_finished = on_finished
         self.error: Optional[str] = None
         self.was_cancelled = False
@@ -269,7 +269,7 @@ class DeviceCheckTask(DrSegTask):
     background. After the callback: `name`, and `text`, or `error` for a describer that raised."""
 
     # Not listed in QGIS's task manager where QGIS can hide a task (3.26+): a check of a few seconds.
-    flags = QgsTask.Flag.CanCancel | getattr(QgsTask.Flag, "Hidden", QgsTask.Flag(0))
+    task_flags = QgsTask.Flag.CanCancel | getattr(QgsTask.Flag, "Hidden", QgsTask.Flag(0))
 
     def __init__(self, name: str, describe: Callable[[str], str],
                  on_finished: Optional[Callable[["DeviceCheckTask"], None]] = None):
