@@ -72,9 +72,13 @@ def test_edits_round_trip_through_the_file(make_dialog, tmp_path):
     dialog.device_combo.setCurrentIndex(dialog.device_combo.findData("cuda"))
     dialog.block_spin.setValue(1024)
     dialog.batch_spin.setValue(4)
+    assert not dialog.fast_check.isChecked()
+    dialog.fast_check.setChecked(True)                 # 336-px windows: fast stride 252
+    assert "fast mode: stride 252 px" in dialog.overlap_label.text()
     save_button(dialog).click()
     assert dialog.result() == QDialog.DialogCode.Accepted, dialog.errors_label.text()
     loaded = load_settings(path)
+    assert loaded.fast is True
     assert (loaded.cache_dir, loaded.mirror_url, loaded.clip_weights) == \
         (str(tmp_path / "models"), "https://mirror.example/models", "remoteclip-vit-b-32")
     assert (loaded.dino_model, loaded.dino_weights, loaded.sam_model, loaded.sam_weights) == \

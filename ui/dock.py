@@ -615,7 +615,7 @@ class DrSegDock(QDockWidget):
             fusion=self.fusion_check.isChecked(),
             device=self.device_combo.currentData(), window=window, stride=stride,
             block=self.settings.block, batch_size=self.settings.batch_size,
-            simplify=self.simplify_spin.value(),
+            fast=self.settings.fast, simplify=self.simplify_spin.value(),
             min_area=self.min_area_spin.value(),
             layer_name=table)
 
@@ -650,7 +650,7 @@ class DrSegDock(QDockWidget):
         told = {name: None if getattr(request, name) == getattr(self.settings, name)
                 else getattr(request, name)
                 for name in ("clip_model", "clip_weights", "device", "window", "stride")}
-        told.update(block=None, batch_size=None, cache_dir=None)
+        told.update(block=None, batch_size=None, fast=None, cache_dir=None)
         for line in resolve_all(told, self.settings).describe(told_as="this form"):
             QgsMessageLog.logMessage(f"Setting {line}", LOG_TAG, Qgis.MessageLevel.Info)
 

@@ -26,6 +26,7 @@ from ..core.errors import DrSegError, InputError
 from ..core.models import download
 from ..core.models.catalog import list_models
 from ..core.models.registry import CLIP_MODEL_CHOICES, DEFAULT_CLIP_WEIGHTS, DINO_MODEL_CHOICES, SAM_MODELS
+from ..core.protocol import fast_stride
 from ..core.settings import Settings
 from ..qgis_bridge import tasks as bridge_tasks
 from ..qgis_bridge.engine import MissingDependencies, import_model_libraries
@@ -160,6 +161,12 @@ class SettingsDialog(QDialog):
         form.addRow("Stride", self.stride_spin)
         self.overlap_label = QLabel(processing)
         form.addRow("Overlap", self.overlap_label)
+        self.fast_check = QCheckBox("Fast mode: windows overlap by a quarter instead of half",
+                                    processing)
+        self.fast_check.setToolTip("About 2.25× fewer windows on large rasters; class maps stay "
+                                   "close to the default's (see benchmarks/bench_fast_mode.py)")
+        self.fast_check.toggled.connect(self._update_overlap)
+        form.addRow("", self.fast_check)
         self.block_spin = self._spin("block", " px", "Output is computed and written in blocks of "
                                      "this size; memory use grows with it")
         form.addRow("Block size", self.block_spin)
@@ -288,6 +295,7 @@ class SettingsDialog(QDialog):
             sam_weights=self.sam_weights_combo.currentText().strip(),
             device=self.device_combo.currentData() or self.device_combo.currentText(),
             window=self.window_spin.value(), stride=self.stride_spin.value(),
+            fast=self.fast_check.isChecked(),
             block=self.block_spin.value(), batch_size=self.batch_spin.value(),
             embedding_cache=self.embedding_cache_check.isChecked(),
             embedding_cache_mb=self.embedding_cache_spin.value(),
@@ -306,6 +314,7 @@ class SettingsDialog(QDialog):
         select_device(self.device_combo, settings.device)
         self.window_spin.setValue(settings.window)
         self.stride_spin.setValue(settings.stride)
+        self.fast_check.setChecked(bool(settings.fast))
         self.block_spin.setValue(settings.block)
         self.batch_spin.setValue(settings.batch_size)
         self.embedding_cache_check.setChecked(bool(settings.embedding_cache))
@@ -367,12 +376,16 @@ class SettingsDialog(QDialog):
         super().reject()
 
     def _update_overlap(self) -> None:
-        overlap = self.window_spin.value() - self.stride_spin.value()
+        window, stride = self.window_spin.value(), self.stride_spin.value()
+        if self.fast_check.isChecked():
+            stride = fast_stride(window, stride)
+        overlap = window - stride
         if overlap < 0:
             self.overlap_label.setText("none: the stride is larger than the window (gaps!)")
         else:
-            share = 100.0 * overlap / max(1, self.window_spin.value())
-            self.overlap_label.setText(f"{overlap} px ({share:.0f} % of the window)")
+            share = 100.0 * overlap / max(1, window)
+            fast = f"; fast mode: stride {stride} px" if self.fast_check.isChecked() else ""
+            self.overlap_label.setText(f"{overlap} px ({share:.0f} % of the window){fast}")
 
     # -- device -------------------------------------------------------------------------------
     def _device_changed(self) -> None:
