@@ -25,7 +25,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--labels", required=True, help="polygon layer (GeoPackage, shapefile, any OGR "
                                                    "format, any CRS)")
     p.add_argument("--class-field", required=True, help="the layer's field holding class names")
-    p.add_argument("--out", required=True, help="adapter file to write (.safetensors)")
+    p.add_argument("--out", required=True, help="adapter file to write (.safetensors), or a bare "
+                                                "NAME: written into the model cache and listed "
+                                                "by 'models list' (then --adapter NAME)")
     p.add_argument("--level", choices=LEVELS, default="calibrate",
                    help="calibrate (default), prompt or finetune")
     p.add_argument("--validation-share", type=float, default=DEFAULT_VALIDATION_SHARE,
@@ -80,7 +82,10 @@ def run_adapt_command(args) -> int:
         bands=parse_bands(args.bands), synonyms=parse_synonyms(args.synonyms),
         clip_model=settings["clip_model"], clip_weights=settings["clip_weights"],
         device=settings["device"], cache_dir=settings["cache_dir"], resume=args.resume)
-    args.cancel_note = (f"training progress is checkpointed in {checkpoint_paths(args.out)[0]}; "
+    from ..core.adapt.catalog import destination
+
+    out = destination(args.out, settings["cache_dir"])
+    args.cancel_note = (f"training progress is checkpointed in {checkpoint_paths(out)[0]}; "
                         "run again with --resume to continue")
     with ProgressBar(args.quiet) as bar:
         result = run_adaptation(request, progress=bar.update)

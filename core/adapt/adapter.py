@@ -16,9 +16,8 @@ from typing import Dict, List, Optional
 import torch
 
 from ..errors import InputError
-from .defaults import LEVELS
+from .defaults import ADAPTER_FORMAT, LEVELS
 
-ADAPTER_FORMAT = "drseg-adapter/1"
 VISION_PREFIX = "vision."
 TEXT_OFFSET = "text_offset"
 

@@ -103,7 +103,8 @@ def check_base(adapter: Adapter, clip_model: str, clip_weights: str) -> None:
 def adapted_dense_clip(adapter_path: str, clip_model: str, clip_weights: str, device,
                        cache_dir: Optional[str] = None, download_progress=None):
     """-> (adapter, DenseClip of a private model carrying the adapter's vision weights), loaded
-    once per adapter file (and its modification time) and kept in the model cache."""
+    once per adapter file (and its modification time) and kept in the model cache.
+    adapter_path: a file, or the name of an adapter in the model cache (core/adapt/catalog.py)."""
     import os
 
     from ..dense_clip import DenseClip
@@ -111,7 +112,9 @@ def adapted_dense_clip(adapter_path: str, clip_model: str, clip_weights: str, de
     from ..models.cache import cached
     from ..models.clip import load_clip
     from .adapter import load_adapter
+    from .catalog import resolve_adapter
 
+    adapter_path = resolve_adapter(adapter_path, cache_dir)
     adapter = load_adapter(adapter_path)
     check_base(adapter, clip_model, clip_weights)
     torch_device = as_device(device)

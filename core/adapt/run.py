@@ -92,7 +92,7 @@ def run_adaptation(request: AdaptRequest, progress=None, cancelled=None, clip=No
     monitor = RunMonitor(progress, cancelled)
     if request.level not in LEVELS:
         raise InputError(f"Unknown level '{request.level}'; choose {', '.join(LEVELS)}")
-    out = check_destination(request.out, (".safetensors",))
+    out = check_destination(_destination(request), (".safetensors",))
     if request.steps < 0 or request.batch_size < 1:
         raise InputError("Steps must be >= 0 and the batch size >= 1")
     ckpt_tensors, ckpt_json = checkpoint_paths(out)
@@ -153,6 +153,17 @@ def run_adaptation(request: AdaptRequest, progress=None, cancelled=None, clip=No
             os.remove(path)
     monitor.report(1.0, f"Held-out mIoU {report['before']['mIoU']:.1f} -> {report['after']['mIoU']:.1f}")
     return AdaptResult(out, json_path, png_path, report, resumed_from)
+
+
+def _destination(request: AdaptRequest) -> str:
+    """The output path; a bare name goes into the model cache's adapters (a catalog entry)."""
+    from ..models.download import writable_cache
+    from .catalog import destination
+
+    out = destination(request.out, request.cache_dir)
+    if out != request.out:
+        writable_cache(os.path.dirname(out))
+    return out
 
 
 def _private_clip(request: AdaptRequest):
