@@ -9,7 +9,9 @@
 3. Adaptation on those labels, then per-class IoU on held-out mosaics of the new sensor holding
    every class, the argmax over all class names: no adaptation; direct fine-tuning (every vision
    weight at the base rate, no guidance); soft-guided fine-tuning (attention weights only at
-   0.01× the base rate, frozen-copy guidance at every depth; core/adapt/train.py).
+   0.01× the base rate, frozen-copy guidance at every depth, the cost-map upsampling decoder;
+   core/adapt/train.py), the same without the decoder, and prompt tuning (learned prompt
+   context and class offsets, both encoders frozen).
 
     python benchmarks/bench_collapse.py [--quick] [--pretrain-steps 150] [--adapt-steps 40]
 """
@@ -143,11 +145,14 @@ def main(argv=None):
     if args.direct_low_lr:
         runs.append((f"direct fine-tuning (lr {args.direct_low_lr:g})", True, args.direct_low_lr))
     runs.append((f"soft-guided fine-tuning (lr {args.lr:g}, attention ×0.01)", False, args.lr))
+    runs.append(("soft-guided fine-tuning, no decoder", False, args.lr))
+    runs.append((f"prompt tuning (learned context, lr {args.lr:g})", None, args.lr))
     for label, direct, lr in runs:
         clip = DenseClip(copy.deepcopy(base.model), base.tokenizer, base.device, bias_lambda=0.0,
                          templates=[TEMPLATE], window_size=SIZE)
-        config = TrainConfig(level="finetune", steps=args.adapt_steps, batch_size=8, lr=lr,
-                             direct=direct, seed=args.seed)
+        config = TrainConfig(level="finetune" if direct is not None else "prompt",
+                             steps=args.adapt_steps, batch_size=8, lr=lr, direct=bool(direct),
+                             seed=args.seed, decoder="no decoder" not in label)
         trainer = Trainer(clip, train_images, train_labels, names, prompts, 0.0, config)
         for step in range(args.adapt_steps):
             parts = trainer.step(step)

@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ModelError
+from .defaults import DEFAULT_CONTEXT_TOKENS
 
 INIT_WORDS = "a photo of a"
 PLACEHOLDER = "X"
-DEFAULT_CONTEXT_TOKENS = 4
 
 
 def supports_context(model) -> bool:

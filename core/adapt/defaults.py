@@ -9,3 +9,4 @@ DEFAULT_BATCH = 4
 DEFAULT_LR = {"prompt": 1e-3, "finetune": 2e-4}   # the base rate (text offsets, biases)
 BACKBONE_MULTIPLIER = 0.01                       # attention weights: 0.01× the base rate
 ADAPTER_FORMAT = "drseg-adapter/1"                # the adapter file's metadata "format"
+DEFAULT_CONTEXT_TOKENS = 4                         # learned prompt context words (core/adapt/context.py)

@@ -28,8 +28,9 @@ import torch.nn.functional as F
 from ..dense_clip import DenseClip
 from ..evaluation.metrics import IGNORE_INDEX
 from .adapter import Adapter, ClassPrompt
-from .context import DEFAULT_CONTEXT_TOKENS, context_delta, initial_context, supports_context
-from .defaults import BACKBONE_MULTIPLIER, DEFAULT_BATCH, DEFAULT_LR, DEFAULT_STEPS
+from .context import context_delta, initial_context, supports_context
+from .defaults import (BACKBONE_MULTIPLIER, DEFAULT_BATCH, DEFAULT_CONTEXT_TOKENS, DEFAULT_LR,
+                       DEFAULT_STEPS)
 from .features import LABEL_GRID, class_logits, labels_at, prompt_embedding
 
 WEIGHT_DECAY = 1e-4
