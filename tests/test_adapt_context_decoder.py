@@ -35,24 +35,43 @@ def test_the_initial_context_is_exactly_the_words_it_starts_from():
 @pytest.mark.parametrize("class_context", [False, True])
 def test_a_context_step_lowers_the_loss_with_the_encoders_frozen(class_context):
     clip = tiny_clip()
-    text_weights = {k: v.clone() for k, v in clip.model.state_dict().items()}
+    weights = {k: v.clone() for k, v in clip.model.state_dict().items()}
     images, labels = two_colour_chips()
     prompts = {n: ClassPrompt(n) for n in NAMES}
-    # offsets off: only the context (and the biases) can lower the loss
     trainer = Trainer(clip, images, labels, NAMES, prompts, -0.3,
                       TrainConfig(level="prompt", lr=1e-3, text_offsets=False,
-                                  class_context=class_context))
+                                  class_context=class_context, context_multiplier=1.0))
     with torch.no_grad():
-        first = float(trainer.loss(0)["total"])
+        first = trainer.loss(0)
+    assert float(first["context"]) == 0.0          # the untrained context changes nothing
     trainer.step(0)
     with torch.no_grad():
-        assert float(trainer.loss(0)["total"]) < first
-    assert not torch.equal(trainer.context, trainer.context_init)
+        trained = float(trainer.loss(0)["task"])
+        # the same biases with the context put back where it started: the context's own share
+        trainer.context.copy_(trainer.context_init)
+        if class_context:
+            assert torch.count_nonzero(trainer.class_context) > 0
+            trainer.class_context.zero_()
+        untrained = float(trainer.loss(0)["task"])
+    assert trained < untrained and trained < float(first["task"])
     assert torch.count_nonzero(trainer.offset) == 0
-    if class_context:
-        assert torch.count_nonzero(trainer.class_context) > 0
     for name, value in clip.model.state_dict().items():   # both towers untouched
-        assert torch.equal(value, text_weights[name]), name
+        assert torch.equal(value, weights[name]), name
+
+
+def test_the_context_guidance_keeps_the_context_close():
+    images, labels = two_colour_chips()
+    prompts = {n: ClassPrompt(n) for n in NAMES}
+    moved = {}
+    for guidance in (0.0, 10.0):
+        trainer = Trainer(tiny_clip(), images, labels, NAMES, prompts, -0.3,
+                          TrainConfig(level="prompt", lr=1e-2, context_multiplier=1.0,
+                                      context_guidance=guidance))
+        for step in range(4):
+            trainer.step(step)
+        with torch.no_grad():
+            moved[guidance] = float(trainer._text_and_delta()[1].norm(dim=-1).mean())
+    assert 0 < moved[10.0] < moved[0.0]
 
 
 def test_unseen_classes_are_encoded_with_the_learned_context(tmp_path):

@@ -29,8 +29,8 @@ from ..dense_clip import DenseClip
 from ..evaluation.metrics import IGNORE_INDEX
 from .adapter import Adapter, ClassPrompt
 from .context import context_delta, initial_context, supports_context
-from .defaults import (BACKBONE_MULTIPLIER, DEFAULT_BATCH, DEFAULT_CONTEXT_TOKENS, DEFAULT_LR,
-                       DEFAULT_STEPS)
+from .defaults import (BACKBONE_MULTIPLIER, CONTEXT_GUIDANCE, CONTEXT_MULTIPLIER, DEFAULT_BATCH,
+                       DEFAULT_CONTEXT_TOKENS, DEFAULT_LR, DEFAULT_STEPS)
 from .features import LABEL_GRID, class_logits, labels_at, prompt_embedding
 
 WEIGHT_DECAY = 1e-4
@@ -53,6 +53,8 @@ class TrainConfig:
     seed: int = 0
     context_tokens: int = DEFAULT_CONTEXT_TOKENS  # learned prompt context (0: none)
     class_context: bool = False                # each seen class adds its own context
+    context_multiplier: float = CONTEXT_MULTIPLIER  # the context's rate: this × the base rate
+    context_guidance: float = CONTEXT_GUIDANCE   # weight of ‖what the context changes‖²
     text_offsets: bool = True                  # per-class text offsets
     decoder: bool = True                       # finetune: the cost-map upsampling decoder
 
@@ -101,18 +103,20 @@ class Trainer:
                                                     device=device, dtype=torch.float32))
         self.named: Dict[str, torch.nn.Parameter] = {"offset": self.offset, "bias": self.bias}
         text_params = [self.bias] + ([self.offset] if config.text_offsets else [])
+        groups = [{"params": text_params, "lr": config.base_lr, "weight_decay": 0.0}]
         self.context = self.context_init = self.class_context = None
         if config.context_tokens and supports_context(clip.model):
             self.context_init = initial_context(clip.model, clip.tokenizer, config.context_tokens)
             self.context = torch.nn.Parameter(self.context_init.clone())
             self.named["context"] = self.context
-            text_params.append(self.context)
+            context_params = [self.context]
             if config.class_context:
                 self.class_context = torch.nn.Parameter(
                     torch.zeros(len(class_names), *self.context_init.shape, device=device))
                 self.named["class_context"] = self.class_context
-                text_params.append(self.class_context)
-        groups = [{"params": text_params, "lr": config.base_lr, "weight_decay": 0.0}]
+                context_params.append(self.class_context)
+            groups.append({"params": context_params,
+                           "lr": config.base_lr * config.context_multiplier, "weight_decay": 0.0})
         self.frozen: Optional[DenseClip] = None
         self.decoder = None
         for p in clip.model.parameters():
@@ -156,7 +160,7 @@ class Trainer:
         images, labels = self.batch(step)
         pixels = self.clip.normalise(images)
         target = labels_at(labels, LABEL_GRID).to(self.clip.device)
-        text = self.text()
+        text, delta = self._text_and_delta()
         if self.config.level == "finetune":
             self.clip.model.train(False)
             hidden: List[torch.Tensor] = []
@@ -167,6 +171,9 @@ class Trainer:
         logits = class_logits(F.normalize(patches, dim=1), F.normalize(cls, dim=-1), text,
                               self.bias_lambda, self.bias, decoder=self.decoder, pixels=pixels)
         parts = {"task": binary_loss(logits, target, self.clip.logit_scale)}
+        if delta is not None and self.config.context_guidance:
+            # the context may move embeddings only a little: it moves unseen classes' too
+            parts["context"] = self.config.context_guidance * delta.pow(2).sum(dim=-1).mean()
         if self.frozen is not None:
             with torch.no_grad():
                 frozen_hidden: List[torch.Tensor] = []
@@ -180,12 +187,16 @@ class Trainer:
     def text(self) -> torch.Tensor:
         """The seen classes' text embeddings (K, D) as the adapter will make them
         (core/adapt/apply.adapted_text), differentiable in the context and offsets."""
-        text = self.base_text + self.offset
+        return self._text_and_delta()[0]
+
+    def _text_and_delta(self):
+        text, delta = self.base_text + self.offset, None
         if self.context is not None:
             texts = [self.prompts[n].text for n in self.class_names]
-            text = text + context_delta(self.clip.model, self.clip.tokenizer, texts, self.context,
-                                        self.context_init, self.class_context)
-        return F.normalize(text, dim=-1)
+            delta = context_delta(self.clip.model, self.clip.tokenizer, texts, self.context,
+                                  self.context_init, self.class_context)
+            text = text + delta
+        return F.normalize(text, dim=-1), delta
 
     def _distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if self.config.guidance == "cosine":
