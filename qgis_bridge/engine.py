@@ -110,10 +110,15 @@ REFER_LIBRARIES = ("torch", "open_clip", "segment_anything")
 def import_model_libraries(modules=SEGMENT_LIBRARIES) -> None:
     """Worker thread: import the model libraries; a broken installation (present but failing to
     import) as MissingDependencies with the install advice."""
+    from ..core.background_imports import background_imports
+
     keep_triton_out()
+    if all(sys.modules.get(module) is not None for module in modules):
+        return  # later runs: nothing to import (and nothing new to freeze out of collections)
     try:
-        for module in modules:
-            importlib.import_module(module)
+        with background_imports():  # without stopping QGIS's event loop
+            for module in modules:
+                importlib.import_module(module)
     except ImportError as exc:
         raise MissingDependencies(dependency_message([], f"{type(exc).__name__}: {exc}")) from None
 

@@ -6,12 +6,9 @@ records which thread first imports each heavy module while the dock runs from a 
 """
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
+from support.bare_qgis import run_script, script_env
 from support.rasters import write_halves_raster as write_raster
 from support.tiny_models import write_tiny_clip_config
 
@@ -46,16 +43,9 @@ class Recorder:
         return spec
 
 sys.meta_path.insert(0, Recorder())
-from qgis.core import QgsApplication, QgsProject, QgsRasterLayer
-app = QgsApplication([], True)
-app.initQgis()
-from unittest import mock
-from qgis.gui import QgsMapCanvas
-from qgis.PyQt.QtWidgets import QMainWindow
-window = QMainWindow()
-iface = mock.MagicMock()
-iface.mainWindow.return_value = window
-iface.mapCanvas.return_value = QgsMapCanvas(window)
+from support.bare_qgis import print_report, start_bare_qgis
+app, iface = start_bare_qgis()
+from qgis.core import QgsProject, QgsRasterLayer
 from drseg.ui.dock import DrSegDock
 dock = DrSegDock(iface)
 layer = QgsRasterLayer({raster!r}, "scene")
@@ -75,9 +65,8 @@ while not finished and time.monotonic() < deadline:
     app.processEvents()
     time.sleep(0.01)
 task = finished[0] if finished else None
-print("REPORT" + json.dumps(dict(before=before, first=first,
-                                 ok=bool(task and task.succeeded),
-                                 error=getattr(task, "error", "no task"))))
+print_report(dict(before=before, first=first, ok=bool(task and task.succeeded),
+                  error=getattr(task, "error", "no task")))
 dock.shutdown()
 app.exitQgis()
 """
@@ -88,13 +77,8 @@ def test_a_dock_run_imports_no_heavy_module_on_the_main_thread(tmp_path, monkeyp
     config = write_tiny_clip_config(tmp_path)
     script = SCRIPT.format(heavy=HEAVY, raster=raster, config=config,
                            output=str(tmp_path / "result.gpkg"))
-    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", DRSEG_CONFIG=str(tmp_path / "s.json"),
-               DRSEG_CACHE_DIR=str(tmp_path / "cache"))
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=str(tmp_path),
-                          env=env, capture_output=True, text=True, timeout=300)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("REPORT")]
-    assert lines, done.stdout + done.stderr
-    report = json.loads(lines[-1][len("REPORT"):])
+    env = script_env(DRSEG_CONFIG=str(tmp_path / "s.json"), DRSEG_CACHE_DIR=str(tmp_path / "cache"))
+    report = run_script(textwrap.dedent(script), tmp_path, env)
     assert report["ok"], report["error"]
     assert report["before"] == []          # a fresh process: the first Run of a session
     # torch and open_clip were imported by the run, each first in a worker thread.

@@ -193,7 +193,7 @@ def adapted_dense_clip(adapter_path: str, clip_model: str, clip_weights: str, de
 
     from ..dense_clip import DenseClip
     from ..device import as_device
-    from ..models.cache import cached
+    from ..models.shared import cached
     from ..models.clip import load_clip
     from .adapter import load_adapter
     from .catalog import resolve_adapter
