@@ -91,7 +91,8 @@ def add_request_arguments(p) -> None:
                         "(every window pixel counts once, as the benchmark protocol does)")
     p.add_argument("--cache-dir", help="model cache folder (default: DRSEG_CACHE_DIR, else the "
                                         "saved settings, else the platform's cache folder)")
-    p.add_argument("--adapter", help="adapter file made by `python -m drseg adapt` (.safetensors); "
+    p.add_argument("--adapter", help="adapter made by `python -m drseg adapt`: a .safetensors file "
+                                      "or the name of one in the model cache ('models list'); "
                                       "needs the CLIP model and weights it was made for")
 
 

@@ -21,12 +21,12 @@ import numpy as np
 
 from .classes import ClassSpec, flatten_queries, parse_classes
 from .colors import class_colour
-from .errors import InputError
+from .errors import DrSegError, InputError
 from .gpkg import PolygonLayerWriter
 from .interrupt import cancel_points
-from .models.registry import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DEVICE,
-                              DEFAULT_DINO_MODEL, DEFAULT_SAM3_MODEL, ENGINE_CHOICES, SAM3_ENGINES,
-                              SAM3_OVERLAP)
+from .models.registry import (CLIP_LIBRARIES, DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS,
+                              DEFAULT_DEVICE, DEFAULT_DINO_MODEL, DEFAULT_SAM3_MODEL, DINO_LIBRARIES,
+                              ENGINE_CHOICES, SAM3_ENGINES, SAM3_LIBRARIES, SAM3_OVERLAP)
 from .outputs import (ClassRasterWriter, FloatRasterWriter, WorkDir, check_destination, check_outputs,
                       publish_all, verify_raster)
 from .progress import RunMonitor
@@ -306,6 +306,24 @@ def choose_method(request: SegmentationRequest, cache_dir: Optional[str] = None)
                 "was skipped" if request.method == "auto" else "")
         return "clip", None, note
     return "drseg", dino_path, ""
+
+
+def model_libraries(request: SegmentationRequest):
+    """-> the modules the request's models import (torch first), for a front end to import ahead
+    in its worker thread. Cheap (a few file checks, nothing imported); a request the run will
+    refuse names what it would need if it were fixed."""
+    engine = request.engine or request.method
+    libraries = list(SAM3_LIBRARIES if engine in SAM3_ENGINES else CLIP_LIBRARIES)
+    if engine != "sam3":
+        clip_request = (dataclasses.replace(request, method=engine) if engine in ("drseg", "clip")
+                        else request)
+        try:
+            with_dino = choose_method(clip_request)[0] == "drseg"
+        except DrSegError:  # e.g. DR-Seg without DINO weights: the run says so
+            with_dino = clip_request.method == "drseg"
+        if with_dino:
+            libraries += DINO_LIBRARIES
+    return tuple(dict.fromkeys(libraries))
 
 
 def build_scorer(request: SegmentationRequest, monitor: RunMonitor):

@@ -340,7 +340,8 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
             if self._wants_probabilities else None)
         with engine_errors(), work_folder() as work:
             segment = load_engine()
-            import_model_libraries()  # in the worker thread: the dialog stays responsive
+            # in the worker thread: the dialog stays responsive
+            import_model_libraries(segment.model_libraries(self._request))
             request = dataclasses.replace(self._request, out_vector=os.path.join(work, WORK_FILE),
                                           out_raster=out_raster, out_probabilities=out_probabilities)
             result = segment.run_segmentation(request, progress=self.engine_progress(feedback),

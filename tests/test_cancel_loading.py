@@ -198,3 +198,71 @@ def test_a_run_cancelled_while_its_model_is_built_stops_there_and_leaves_nothing
         run_segmentation(request, cancelled=cancelled)
     assert counter.cancelled_at == 12 and counter.after_cancel <= 1
     assert len(cache.MODELS) == 0 and sorted(p.name for p in out.iterdir()) == []
+
+
+class CountingSafetensors:
+    """Counts the tensors read through `safetensors.safe_open` (what the readers use)."""
+
+    def __init__(self, monkeypatch):
+        import safetensors
+
+        self.read = 0
+        original = safetensors.safe_open
+        counter = self
+
+        class Handle:
+            def __init__(self, *args, **kwargs):
+                self._inner = original(*args, **kwargs)
+
+            def __enter__(self):
+                self._handle = self._inner.__enter__()
+                return self
+
+            def __exit__(self, *exc):
+                return self._inner.__exit__(*exc)
+
+            def keys(self):
+                return self._handle.keys()
+
+            def get_tensor(self, name):
+                counter.read += 1
+                return self._handle.get_tensor(name)
+
+        monkeypatch.setattr(safetensors, "safe_open", Handle)
+
+
+def test_cancel_while_sam3_reads_its_weights_stops_within_one_tensor(tmp_path, monkeypatch):
+    """SAM 3's 3.4-GB safetensors file is read tensor by tensor: a cancel during the read stops
+    before the next tensor, and the model cache keeps nothing."""
+    from safetensors.torch import save_file
+
+    from support.tiny_models import tiny_sam3_config
+    from drseg.core.models import sam3 as sam3_models
+
+    sam3_models.register_sam3_architecture("tiny_sam3_cancel", tiny_sam3_config)
+    try:
+        state = sam3_models.build_sam3("tiny_sam3_cancel").state_dict()
+        weights = tmp_path / "model.safetensors"
+        save_file({"detector_model." + k: v.clone().contiguous() for k, v in state.items()},
+                  str(weights))
+        reads = CountingSafetensors(monkeypatch)
+        cancelled_at = []
+
+        def check():
+            if reads.read >= 25 and not cancelled_at:
+                cancelled_at.append(reads.read)
+            if cancelled_at:
+                raise RunCancelled("cancelled")
+
+        # Building registers parameters (each one checks the cancel too): cancel only once the
+        # weights are being read, after 25 of them.
+        with cancel_points(check), pytest.raises(RunCancelled):
+            shared.sam3_scorer("tiny_sam3_cancel", str(weights), "cpu")
+        assert cancelled_at == [25] and reads.read == 25     # not one tensor after the cancel
+        assert len(state) > 100 and len(cache.MODELS) == 0
+        scorer = shared.sam3_scorer("tiny_sam3_cancel", str(weights), "cpu")
+        assert reads.read == 25 + len(state) and len(cache.MODELS) == 1
+        loaded = scorer.model.state_dict()
+        assert all(torch.equal(loaded[k], v) for k, v in state.items())
+    finally:
+        sam3_models._EXTRA_ARCHITECTURES.pop("tiny_sam3_cancel", None)

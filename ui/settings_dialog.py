@@ -4,12 +4,12 @@
 Values are checked before saving (each problem is shown; nothing is saved until all are fixed) and
 written to the same JSON file the command line and Processing read (core/settings.py). Downloads
 and imports run as a `qgis_bridge.tasks.ModelTransferTask`, so QGIS stays responsive; a transfer
-can be cancelled and resumes later where it stopped.
+can be cancelled and resumes later where it stopped. The device is described by a
+`DeviceCheckTask` for the same reason: the first description imports torch (seconds).
 """
 from __future__ import annotations
 
 import os
-import sys
 from typing import Callable, List, Optional
 
 from qgis.gui import QgsFileWidget
@@ -29,23 +29,27 @@ from ..core.models.registry import CLIP_MODEL_CHOICES, DEFAULT_CLIP_WEIGHTS, DIN
 from ..core.protocol import fast_stride
 from ..core.settings import Settings
 from ..qgis_bridge import tasks as bridge_tasks
-from ..qgis_bridge.engine import keep_triton_out
-from ..qgis_bridge.tasks import ModelTransferTask
+from ..qgis_bridge.engine import MissingDependencies, import_model_libraries
+from ..qgis_bridge.tasks import DeviceCheckTask, ModelTransferTask
 from .combos import select_device
 
 DEVICE_LABELS = (("auto", "Auto: CUDA GPU, else Apple GPU, else CPU"), ("cpu", "CPU"),
                  ("cuda", "CUDA GPU"), ("mps", "Apple GPU (MPS)"))
+CHECKING_DEVICE = "Checking the device…"
 STATE_DOWNLOADED, STATE_MISSING, STATE_PARTIAL = "downloaded", "not downloaded", "partly downloaded"
 MODEL_COLUMNS = ("Model", "Family", "Size", "State", "Good for")
 COLUMN_STATE = 3
 
 
 def describe_device(name: str) -> str:
-    """What `name` resolves to on this machine, in words (imports torch)."""
+    """Worker thread: what `name` resolves to on this machine, in words. The first call imports
+    torch (seconds), the way a run does: without stopping QGIS's event loop."""
     try:
-        keep_triton_out()  # importing torch in the QGIS process must not load triton
+        import_model_libraries(("torch",))  # triton kept out, GC paused, libraries GIL-free
         from ..core.device import describe_device_choice
-    except Exception as exc:  # torch missing or broken
+    except MissingDependencies as exc:
+        return f"Cannot check devices: {exc}"
+    except Exception as exc:  # torch present but broken
         return f"Cannot check devices: torch is not usable ({type(exc).__name__}: {exc})"
     try:
         return describe_device_choice(name)[1]
@@ -60,10 +64,12 @@ SCREEN_MARGIN = 80        # room for the title bar and the desktop's panels
 
 class SettingsDialog(QDialog):
     """path: the settings file (default: core.settings.config_path()). settings: start from these
-    instead of the file. device_describer(name) -> text (default: describe_device)."""
+    instead of the file. device_describer(name) -> text (default: describe_device), called in a
+    background task: the first description imports torch, which must not freeze QGIS."""
 
     settingsSaved = pyqtSignal(object)          # the saved Settings
     transferFinished = pyqtSignal(object)       # the ModelTransferTask
+    deviceDescribed = pyqtSignal(str)           # the device text, once shown
 
     def __init__(self, parent=None, path: Optional[str] = None, settings: Optional[Settings] = None,
                  device_describer: Optional[Callable[[str], str]] = None):
@@ -77,12 +83,12 @@ class SettingsDialog(QDialog):
         self._extra = dict(settings.extra)
         self.device_describer = device_describer or describe_device
         self.task: Optional[ModelTransferTask] = None
+        self.device_task: Optional[DeviceCheckTask] = None
         self._build()
         self.set_settings(settings)
         if self.load_problem:
             self._show_problems([self.load_problem + " — the defaults are shown; Save replaces the file"])
-        if "torch" in sys.modules:  # cheap now; otherwise on request (importing torch takes seconds)
-            self.detect_device()
+        self.detect_device()  # in the background: shown when known
 
     # -- layout -------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -383,15 +389,28 @@ class SettingsDialog(QDialog):
 
     # -- device -------------------------------------------------------------------------------
     def _device_changed(self) -> None:
-        self.device_info_label.setText("")
-        if "torch" in sys.modules:
-            self.detect_device()
+        self.detect_device()
 
-    def detect_device(self) -> str:
+    def detect_device(self) -> DeviceCheckTask:
+        """Describe the chosen device in a background task (the first description imports torch);
+        the label says so meanwhile and shows the answer for the choice still current."""
         name = self.device_combo.currentData() or "auto"
-        text = self.device_describer(name)
+        self.device_info_label.setText(CHECKING_DEVICE)
+        if self.device_task is not None:
+            if self.device_task.name == name:
+                return self.device_task
+            bridge_tasks.detach(self.device_task)  # a check of an earlier choice: its answer is stale
+        self.device_task = DeviceCheckTask(name, self.device_describer,
+                                           on_finished=self._device_checked)
+        return bridge_tasks.start(self.device_task)
+
+    def _device_checked(self, task: DeviceCheckTask) -> None:
+        if task is not self.device_task:
+            return
+        self.device_task = None
+        text = task.text if task.text is not None else f"Cannot check devices: {task.error}"
         self.device_info_label.setText(text)
-        return text
+        self.deviceDescribed.emit(text)
 
     # -- models -------------------------------------------------------------------------------
     def _cache_settings(self) -> Settings:
@@ -509,11 +528,12 @@ class SettingsDialog(QDialog):
         self.transferFinished.emit(task)
 
     def _detach_task(self) -> None:
-        """Closing the dialog cancels a running transfer; the task stays referenced until QGIS has
-        finished with it and no longer calls back into this dialog."""
-        task, self.task = self.task, None
-        if task is not None:
-            bridge_tasks.detach(task)
+        """Closing the dialog cancels a running transfer and device check; the tasks stay
+        referenced until QGIS has finished with them and no longer call back into this dialog."""
+        for task in (self.task, self.device_task):
+            if task is not None:
+                bridge_tasks.detach(task)
+        self.task = self.device_task = None
 
 
 def cache_state(entry, cache_dir: str) -> str:

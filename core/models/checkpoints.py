@@ -53,7 +53,7 @@ def load_state_dict(path: str, key: Optional[str] = None,
     refuse_non_weights(path, kind)
     check_cancel()
     if kind == SAFETENSORS or (kind == UNKNOWN and str(path).endswith(".safetensors")):
-        obj = _safetensors_load(path)
+        obj = read_safetensors(path)
     else:
         obj = _torch_load(path)
     if key is not None:
@@ -132,7 +132,15 @@ def check_fit(model: torch.nn.Module, state: Dict[str, torch.Tensor], what: str,
         raise ModelError(_mismatch_message(model, state, expected, what, missing, unexpected, mismatched))
 
 
-def _safetensors_load(path: str):
+# How a damaged safetensors file is reported ({path}, {detail}); SAM 3 says what its file must be.
+DAMAGED_SAFETENSORS = ("Checkpoint '{path}' is a corrupt or truncated safetensors file ({detail}); "
+                       "download it again")
+
+
+def read_safetensors(path: str, damaged: str = DAMAGED_SAFETENSORS) -> Dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file on the CPU, read one at a time with the run's cancel
+    checked before each (a cancelled read stops within one tensor). A damaged file raises
+    ModelError(damaged.format(path=..., detail=...))."""
     try:
         from safetensors import safe_open
     except ImportError:
@@ -148,8 +156,7 @@ def _safetensors_load(path: str):
     except (KeyboardInterrupt, SystemExit, RunCancelled):
         raise
     except BaseException as exc:  # also the Rust side's PanicException, not an Exception
-        raise ModelError(f"Checkpoint '{path}' is a corrupt or truncated safetensors file "
-                         f"({_first_line(exc)}); download it again") from None
+        raise ModelError(damaged.format(path=path, detail=_first_line(exc))) from None
 
 
 def _torch_load(path: str):

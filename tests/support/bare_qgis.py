@@ -4,7 +4,8 @@ whose main window and map canvas are real widgets, which is what the plugin and 
 
 In a subprocess script (run with `script_env()`, which puts tests/ on its path):
 
-    from support.bare_qgis import start_bare_qgis, print_report
+    from support.bare_qgis import print_report, record_first_imports, start_bare_qgis
+    first = record_first_imports(["torch"])      # optional: which thread imports what
     app, iface = start_bare_qgis()
     ...
     print_report({...})
@@ -40,6 +41,47 @@ def start_bare_qgis():
     iface.mainWindow.return_value = window
     iface.mapCanvas.return_value = QgsMapCanvas(window)
     return app, iface
+
+
+def record_first_imports(names) -> dict:
+    """Subprocess side, first thing: -> a dict that gets, when each module of `names` is first
+    executed (a real import; a presence check with importlib.util.find_spec executes nothing),
+    name -> {"main": on the main thread, "protected": inside a `background_imports()` block of
+    the importing thread}."""
+    import sys
+    import threading
+
+    names, first = set(names), {}
+
+    def protected() -> bool:
+        module = sys.modules.get("drseg.core.background_imports")
+        return bool(module) and threading.get_ident() in module._patch_owners
+
+    class Recorder:
+        def find_spec(self, name, path=None, target=None):
+            if name not in names or name in first:
+                return None
+            for finder in sys.meta_path:
+                if finder is self or not hasattr(finder, "find_spec"):
+                    continue
+                spec = finder.find_spec(name, path, target)
+                if spec is not None:
+                    break
+            else:
+                return None
+            original = spec.loader.exec_module
+
+            def exec_module(module):
+                first.setdefault(name, dict(
+                    main=threading.current_thread() is threading.main_thread(),
+                    protected=protected()))
+                return original(module)
+
+            spec.loader.exec_module = exec_module
+            return spec
+
+    sys.meta_path.insert(0, Recorder())
+    return first
 
 
 def print_report(report: dict) -> None:
