@@ -186,9 +186,12 @@ class OpenVocabSegmentationAlgorithm(DrSegAlgorithm):
                                           "graph", defaultValue=True),
             QgsProcessingParameterBoolean(self.FUSION, "DR-Seg: uncertainty-guided fusion",
                                           defaultValue=True),
-            QgsProcessingParameterFile(self.ADAPTER, "Adapter file (from 'Adapt the model to your "
-                                       "labelled polygons'; same CLIP model and weights)",
-                                       extension="safetensors", optional=True),
+            # no extension check: the adapters of the model cache are given by name as well
+            QgsProcessingParameterFile(self.ADAPTER, "Adapter (a .safetensors file from 'Adapt the "
+                                       "model to your labelled polygons', or an adapter's name in "
+                                       "the model cache; same CLIP model and weights)",
+                                       optional=True,
+                                       fileFilter="Adapters (*.safetensors);;All files (*)"),
             QgsProcessingParameterEnum(self.BLEND, "Blend of overlapping windows",
                                        options=[BLEND_LABELS[b] for b in BLENDS],
                                        defaultValue=BLENDS.index(DEFAULT_BLEND)),

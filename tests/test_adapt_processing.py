@@ -9,6 +9,7 @@ from conftest_qgis import drseg_provider, isolated_settings, run_algorithm  # no
 from qgis.core import QgsFeature, QgsGeometry, QgsProcessingException, QgsVectorLayer
 
 from drseg.core.adapt.adapter import load_adapter
+from drseg.core.adapt.catalog import import_adapter
 from test_adapt_cli import labelled_scene  # noqa: F401
 
 
@@ -43,6 +44,26 @@ def test_adaptmodel_writes_an_adapter_and_segmentation_uses_it(tmp_path, labelle
         "CLIP_WEIGHTS": weights, "METHOD": 2, "ADAPTER": out,
         "OUTPUT": str(tmp_path / "seg.gpkg")})
     assert os.path.exists(seg["OUTPUT"]) and "Adapter" in seg["NOTE"]
+
+    # the adapter by its name in the model cache, as `models list` shows it
+    import_adapter(out, name="farm")
+    by_name = run_algorithm("drseg:openvocabsegmentation", {
+        "INPUT": raster, "CLASSES": "meadow; roof; water", "CLIP_MODEL": config,
+        "CLIP_WEIGHTS": weights, "METHOD": 2, "ADAPTER": "farm",
+        "OUTPUT": str(tmp_path / "by_name.gpkg")})
+    assert "Adapter" in by_name["NOTE"]
+    assert read_classes(by_name["OUTPUT"]) == read_classes(seg["OUTPUT"])
+    with pytest.raises(QgsProcessingException, match="'pasture' not found"):
+        run_algorithm("drseg:openvocabsegmentation", {
+            "INPUT": raster, "CLASSES": "meadow; roof", "CLIP_MODEL": config,
+            "CLIP_WEIGHTS": weights, "METHOD": 2, "ADAPTER": "pasture",
+            "OUTPUT": str(tmp_path / "unknown.gpkg")})
+
+
+def read_classes(gpkg):
+    """(class, area) of every polygon, in a stable order."""
+    layer = QgsVectorLayer(gpkg, "result", "ogr")
+    return sorted((f["class"], round(f.geometry().area(), 3)) for f in layer.getFeatures())
 
 
 def test_adaptmodel_bad_field_is_one_clear_error(tmp_path, labelled_scene, drseg_provider):
