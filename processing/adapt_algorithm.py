@@ -41,6 +41,8 @@ class AdaptModelAlgorithm(DrSegAlgorithm):
     CLIP_WEIGHTS = "CLIP_WEIGHTS"
     CHIP = "CHIP"
     RESUME = "RESUME"
+    CONTEXT_TOKENS = "CONTEXT_TOKENS"
+    CLASS_CONTEXT = "CLASS_CONTEXT"
     OUTPUT = "OUTPUT"
     MIOU_BEFORE = "MIOU_BEFORE"
     MIOU_AFTER = "MIOU_AFTER"
@@ -64,7 +66,7 @@ class AdaptModelAlgorithm(DrSegAlgorithm):
         "at a small learning rate while a frozen copy keeps its features close, and a light "
         "decoder that sharpens the class map, so class names you did not label still work."
         "<br><br>Output: one <b>adapter file</b> (.safetensors) for the segmentation algorithm's "
-        "'Adapter file' parameter and the dock's Adapter field (it needs the same CLIP model and "
+        "'Adapter' parameter and the dock's Adapter field (it needs the same CLIP model and "
         "weights; saved in the model cache's 'adapters' folder it is listed by name), a "
         ".report.json and "
         "a .iou.png chart beside it. <b>Resume</b> continues an interrupted prompt/fine-tune run "
@@ -76,7 +78,8 @@ class AdaptModelAlgorithm(DrSegAlgorithm):
         self._labels = None
 
     def initAlgorithm(self, config=None):  # noqa: N802
-        from ..core.adapt.defaults import DEFAULT_CHIP, DEFAULT_STEPS, DEFAULT_VALIDATION_SHARE
+        from ..core.adapt.defaults import (DEFAULT_CHIP, DEFAULT_CONTEXT_TOKENS, DEFAULT_STEPS,
+                                           DEFAULT_VALIDATION_SHARE)
 
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Input raster"))
         self.addParameter(QgsProcessingParameterFeatureSource(
@@ -104,6 +107,12 @@ class AdaptModelAlgorithm(DrSegAlgorithm):
                                          defaultValue=DEFAULT_CLIP_WEIGHTS),
             QgsProcessingParameterNumber(self.CHIP, "Chip size (pixels)", type=number_type("Integer"),
                                          defaultValue=DEFAULT_CHIP, minValue=32),
+            QgsProcessingParameterNumber(self.CONTEXT_TOKENS, "Learned prompt context words "
+                                         "(prompt and fine-tune; 0: none)",
+                                         type=number_type("Integer"),
+                                         defaultValue=DEFAULT_CONTEXT_TOKENS, minValue=0, maxValue=16),
+            QgsProcessingParameterBoolean(self.CLASS_CONTEXT, "Each labelled class also learns "
+                                          "context of its own", defaultValue=False),
             QgsProcessingParameterBoolean(self.RESUME, "Resume an interrupted run", defaultValue=False),
         ])
         self.addParameter(QgsProcessingParameterFileDestination(
@@ -147,6 +156,8 @@ class AdaptModelAlgorithm(DrSegAlgorithm):
             clip_weights=self.parameterAsString(parameters, self.CLIP_WEIGHTS, context).strip()
             or DEFAULT_CLIP_WEIGHTS,
             device=DEVICE_CHOICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
+            context_tokens=self.parameterAsInt(parameters, self.CONTEXT_TOKENS, context),
+            class_context=self.parameterAsBoolean(parameters, self.CLASS_CONTEXT, context),
             resume=self.parameterAsBoolean(parameters, self.RESUME, context))
         return request, snapshot
 

@@ -66,6 +66,23 @@ def read_classes(gpkg):
     return sorted((f["class"], round(f.geometry().area(), 3)) for f in layer.getFeatures())
 
 
+def test_adaptmodel_prompt_context_options(tmp_path, labelled_scene, drseg_provider):
+    """The advanced context parameters reach the training: 2 shared context words + one per class."""
+    raster, labels, config, weights = labelled_scene
+    out = str(tmp_path / "context.safetensors")
+    run_algorithm("drseg:adaptmodel", {
+        "INPUT": raster, "LABELS": memory_labels(labels), "FIELD": "kind", "LEVEL": 1,
+        "STEPS": 1, "CHIP": 64, "CLIP_MODEL": config, "CLIP_WEIGHTS": weights,
+        "CONTEXT_TOKENS": 2, "CLASS_CONTEXT": True, "OUTPUT": out})
+    adapter = load_adapter(out)
+    assert adapter.context.shape[0] == 2 and adapter.class_context.shape[:2] == (2, 2)
+    run_algorithm("drseg:adaptmodel", {
+        "INPUT": raster, "LABELS": memory_labels(labels), "FIELD": "kind", "LEVEL": 1,
+        "STEPS": 1, "CHIP": 64, "CLIP_MODEL": config, "CLIP_WEIGHTS": weights,
+        "CONTEXT_TOKENS": 0, "OUTPUT": out})
+    assert load_adapter(out).context is None
+
+
 def test_adaptmodel_bad_field_is_one_clear_error(tmp_path, labelled_scene, drseg_provider):
     raster, labels, config, weights = labelled_scene
     with pytest.raises(QgsProcessingException):
