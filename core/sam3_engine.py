@@ -147,16 +147,27 @@ class Sam3Scorer:
                 self.features.put(keys[i], tile_features)
         return np.stack([self._decode(f) for f in features]).astype(np.float32)
 
-    def _encode(self, images: np.ndarray) -> List[tuple]:
-        """Image-encoder features per tile: ((fpn levels), (their position encodings))."""
+    def _vision(self, images: np.ndarray):
         pixels = torch.from_numpy(images).to(self.device).float().div_(255.0)
         pixels = ((pixels - SAM3_MEAN) / SAM3_STD).to(self.dtype)
         self.encoder_calls += len(images)
-        out = self.model.get_vision_features(pixel_values=pixels)
+        return self.model.get_vision_features(pixel_values=pixels)
+
+    def _encode(self, images: np.ndarray) -> List[tuple]:
+        """Image-encoder features per tile: ((fpn levels), (their position encodings))."""
+        out = self._vision(images)
         # clone: a tile's slice must not keep the whole batch's storage alive in the cache
         return [(tuple(t[i:i + 1].clone() for t in out.fpn_hidden_states),
                  tuple(t[i:i + 1].clone() for t in out.fpn_position_encoding))
                 for i in range(len(images))]
+
+    @torch.no_grad()
+    def encode_tile(self, tile: np.ndarray) -> Tuple[tuple, torch.Tensor]:
+        """One tile (1, 3, S, S): its features as `_encode` gives them, and the backbone's tokens
+        (1, n, C) that SAM 3's click head reads (core/models/sam3_clicks.py)."""
+        out = self._vision(tile)
+        return ((tuple(t[0:1] for t in out.fpn_hidden_states),
+                 tuple(t[0:1] for t in out.fpn_position_encoding)), out.last_hidden_state[0:1])
 
     def _decode(self, tile_features: tuple) -> np.ndarray:
         from transformers.modeling_outputs import BaseModelOutputWithPooling

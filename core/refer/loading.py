@@ -29,7 +29,9 @@ def localizer_for(clip):
 
 def load_models(request: ReferringRequest, sam=None, clip=None, monitor: Optional[RunMonitor] = None):
     """-> (sam, localizer, device name): the given ones, or the request's through the model cache.
-    For request.engine 'sam3', `sam` is the SAM 3 scorer and there is no localizer."""
+    For request.engine 'sam3', `sam` is the SAM 3 scorer and the second model is not a localizer
+    but SAM 3's click head (`clip` when given, else loaded with the scorer; None when the weights
+    have no tracker part or a given scorer comes without one)."""
     from ..device import resolve_device
     from ..errors import InputError
     from ..models.registry import REFER_ENGINE_CHOICES
@@ -53,11 +55,14 @@ def load_models(request: ReferringRequest, sam=None, clip=None, monitor: Optiona
         cache_dir = resolve_cache_dir()  # once for both models
     if request.engine == "sam3":
         if sam is None:
-            from ..models.shared import sam3_scorer
+            from ..models.shared import sam3_click_head, sam3_scorer
 
             sam = sam3_scorer(request.sam3_model, request.sam3_weights, str(device),
                               download_progress=downloading("SAM 3"), cache_dir=cache_dir)
-        return sam, None, str(device)
+            if clip is None:
+                clip = sam3_click_head(request.sam3_model, request.sam3_weights, str(device),
+                                       cache_dir=cache_dir)
+        return sam, clip, str(device)
     if sam is None:
         from ..models.shared import sam_model
 
