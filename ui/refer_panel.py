@@ -36,6 +36,7 @@ from ..qgis_bridge.tasks import ReferringTask
 from .choices import SharedChoices
 from .click_tool import ReferringClickTool, target_from_run
 from .combos import raster_layer_filter
+from .refer_engine import ReferEngineRows
 from .run_controls import RunControls
 
 try:
@@ -141,6 +142,7 @@ class ReferringPanel(QWidget):
         area.addWidget(self.draw_button)
         form.addRow("Area", area)
 
+        self.engine_rows = ReferEngineRows(self, form)   # CLIP + SAM or SAM 3
         self.sam_model_combo = QComboBox(self)
         self.sam_model_combo.addItems(SAM_MODELS)
         self.sam_model_combo.setToolTip("Segment Anything architecture: vit_b is the fastest, "
@@ -155,6 +157,7 @@ class ReferringPanel(QWidget):
                                            "'sam-vit-b' (DR-Seg settings › Download models…); "
                                            "empty: the catalog checkpoint of the SAM model")
         form.addRow("SAM weights", self.sam_weights_widget)
+        self.engine_rows.sam_only((self.sam_model_combo, self.sam_weights_widget))
         self.output_widget = QgsFileWidget(self)
         self.output_widget.setStorageMode(QgsFileWidget.StorageMode.SaveFile)
         self.output_widget.setFilter("GeoPackage (*.gpkg)")
@@ -359,7 +362,7 @@ class ReferringPanel(QWidget):
             sam_weights=self.sam_weights_widget.filePath().strip() or None,
             clip_model=shared.clip_model or DEFAULT_CLIP_MODEL,
             clip_weights=shared.clip_weights or DEFAULT_CLIP_WEIGHTS,
-            device=shared.device or DEFAULT_DEVICE)
+            device=shared.device or DEFAULT_DEVICE, **self.engine_rows.request_values())
 
     # -- running --------------------------------------------------------------------------------
     def is_running(self) -> bool:
