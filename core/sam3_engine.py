@@ -20,7 +20,9 @@ same area runs only the text encoder and the decoders (`encoder_calls` counts en
 from __future__ import annotations
 
 import hashlib
+import os
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -154,12 +156,17 @@ class Sam3Scorer:
         return self.model.get_vision_features(pixel_values=pixels)
 
     def _encode(self, images: np.ndarray) -> List[tuple]:
-        """Image-encoder features per tile: ((fpn levels), (their position encodings))."""
-        out = self._vision(images)
-        # clone: a tile's slice must not keep the whole batch's storage alive in the cache
-        return [(tuple(t[i:i + 1].clone() for t in out.fpn_hidden_states),
-                 tuple(t[i:i + 1].clone() for t in out.fpn_position_encoding))
-                for i in range(len(images))]
+        """Image-encoder features per tile: ((fpn levels), (their position encodings)).
+
+        One tile per pass: a tile's features then depend on its pixels alone, not on which tiles
+        shared its batch or were already cached, so a Dask task (which scores the halo of its
+        blocks again) and a run in one process give the same bits. SAM 3's 1008-px tile fills a
+        GPU on its own, so batching tiles gained little."""
+        encoded = []
+        for i in range(len(images)):
+            out = self._vision(images[i:i + 1])
+            encoded.append((tuple(out.fpn_hidden_states), tuple(out.fpn_position_encoding)))
+        return encoded
 
     @torch.no_grad()
     def encode_tile(self, tile: np.ndarray) -> Tuple[tuple, torch.Tensor]:
@@ -188,3 +195,27 @@ class Sam3Scorer:
                 maps.append(combine_concept(out.pred_masks[q], out.pred_logits[q],
                                             out.presence_logits[q], out.semantic_seg[q, 0]))
         return torch.stack(maps).cpu().numpy()
+
+
+@dataclass(frozen=True)
+class Sam3Recipe:
+    """The SAM 3 model of a request as a picklable, hashable value: a Dask worker builds its
+    scorer from it once (through core.models.shared's cache) and keeps it for later tasks."""
+
+    sam3_model: str
+    sam3_weights: Optional[str]
+    device: str
+    cache_dir: Optional[str] = None     # None: the settings of the process building the scorer
+    engine = "sam3"                     # which block source a worker builds (core/cluster/tasks.py)
+
+    @classmethod
+    def of(cls, request, cache_dir: Optional[str] = None) -> "Sam3Recipe":
+        return cls(request.sam3_model, request.sam3_weights, request.device,
+                   cache_dir or request.cache_dir)
+
+    def __call__(self, download_progress=None, device: Optional[str] = None) -> Sam3Scorer:
+        from .models.shared import sam3_scorer
+
+        cache_dir = self.cache_dir if self.cache_dir and os.path.isdir(self.cache_dir) else None
+        return sam3_scorer(self.sam3_model, self.sam3_weights, device or self.device,
+                           download_progress=download_progress, cache_dir=cache_dir)
