@@ -70,7 +70,9 @@ class FeatureCache:
         return item[0]
 
     def put(self, key: str, features: tuple) -> None:
-        size = sum(t.numel() * t.element_size() for group in features for t in group)
+        """features: (levels, position encodings); only the levels count against the budget: the
+        position encodings depend on the shape alone and are one set shared by every tile."""
+        size = sum(t.numel() * t.element_size() for t in features[0])
         if size > self.budget:
             return
         if key in self._items:
@@ -116,6 +118,7 @@ class Sam3Scorer:
         self._text: Optional[torch.Tensor] = None
         self._text_mask: Optional[torch.Tensor] = None
         self._phrases: dict = {}  # phrase -> (text features, attention mask)
+        self._positions: dict = {}  # shapes -> the position encodings every tile shares
 
     # -- text ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -165,7 +168,10 @@ class Sam3Scorer:
         encoded = []
         for i in range(len(images)):
             out = self._vision(images[i:i + 1])
-            encoded.append((tuple(out.fpn_hidden_states), tuple(out.fpn_position_encoding)))
+            positions = tuple(out.fpn_position_encoding)
+            positions = self._positions.setdefault(tuple(tuple(t.shape) for t in positions),
+                                                   positions)
+            encoded.append((tuple(out.fpn_hidden_states), positions))
         return encoded
 
     @torch.no_grad()
