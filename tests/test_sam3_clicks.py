@@ -196,3 +196,50 @@ def test_a_referring_run_gives_the_dock_a_session_with_the_click_head(tmp_path, 
     refined = session.refine(found, positive_points=[(x, y)])
     assert refined.mask.shape == (64, 80) and session.encoder_calls == 1
     SESSIONS.clear()
+
+
+# -- SAM 3 weights without the tracker: SAM decodes the clicks on the same area ----------------
+def test_without_the_tracker_sam_decodes_the_clicks_on_the_same_area():
+    from support.oracles import ColourPredictor
+
+    from drseg.core.refer.sam3_refer import Sam1Clicks
+
+    image = np.zeros((H, W, 3), np.uint8)
+    image[10:40, 100:150] = (30, 90, 200)                    # a second object, blue
+    loads = []
+    predictor = ColourPredictor()
+    clicks = Sam1Clicks(lambda: loads.append(1) or predictor)
+    session = Sam3ReferringSession(image, detect=lambda phrase: ([], None), clicks=clicks)
+    assert session.cannot_refine == "" and "SAM decodes the clicks" in session.click_note
+    result = ReferringResult(mask=OBJECT.copy(), score=0.7, expression="the field")
+    assert loads == []                                       # nothing loaded before a click
+    refined = session.refine(result, positive_points=[(120, 20)])
+    blue = np.zeros((H, W), bool)
+    blue[10:40, 100:150] = True
+    assert np.array_equal(refined.mask, blue)                # the region clicked, at its place
+    assert predictor.calls[-1]["points"][-1].tolist() == [120.0, 20.0]
+    again = session.refine(refined, negative_points=[(5, 90)])
+    assert again.labels.tolist() == [1, 0] and session.refinements == 2
+    assert loads == [1] and predictor.set_calls == 1         # one load, one embedding per area
+
+
+def test_detector_only_weights_give_the_sam_fallback_without_loading_it(tmp_path,
+                                                                        tiny_architecture):
+    from drseg.core.models.cache import MODELS
+    from drseg.core.refer.loading import load_models
+    from drseg.core.refer.request import ReferringRequest
+    from drseg.core.refer.sam3_refer import Sam1Clicks
+
+    detector = sam3_models.build_sam3(tiny_architecture)
+    path = tmp_path / "detector.safetensors"
+    save_file({k: v.contiguous() for k, v in detector.state_dict().items()}, str(path))
+    request = ReferringRequest(raster="x.tif", expressions="the pond", out_vector="o.gpkg",
+                               engine="sam3", sam3_model=tiny_architecture,
+                               sam3_weights=str(path), device="cpu", cache_dir=str(tmp_path))
+    try:
+        scorer, clicks, _ = load_models(request)
+        assert isinstance(scorer, Sam3Scorer) and isinstance(clicks, Sam1Clicks)
+        assert clicks._sam is None                           # SAM is loaded at the first click
+        assert load_models(request)[1] is clicks             # one object: sessions stay cached
+    finally:
+        MODELS.clear()

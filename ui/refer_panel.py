@@ -409,6 +409,8 @@ class ReferringPanel(QWidget):
                               report)
                 note = ("Refine it with clicks on the map: 'Refine…'" if target is not None
                         else f"Refining with clicks is not available: {why}")
+                if target is not None and getattr(task.session, "click_note", ""):
+                    note += f" ({task.session.click_note})"   # e.g. SAM 3 without its tracker
                 self.status_label.setText(f"Done: {report}\n{note}")
         else:
             self.controls.show_unsuccessful(task, "Referring run cancelled; no layer or file was "

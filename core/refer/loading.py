@@ -30,8 +30,9 @@ def localizer_for(clip):
 def load_models(request: ReferringRequest, sam=None, clip=None, monitor: Optional[RunMonitor] = None):
     """-> (sam, localizer, device name): the given ones, or the request's through the model cache.
     For request.engine 'sam3', `sam` is the SAM 3 scorer and the second model is not a localizer
-    but SAM 3's click head (`clip` when given, else loaded with the scorer; None when the weights
-    have no tracker part or a given scorer comes without one)."""
+    but SAM 3's click head (`clip` when given, else loaded with the scorer; for weights without a
+    tracker part, `Sam1Clicks` with the request's SAM, loaded at the first click; None when a
+    given scorer comes without one)."""
     from ..device import resolve_device
     from ..errors import InputError
     from ..models.registry import REFER_ENGINE_CHOICES
@@ -62,6 +63,17 @@ def load_models(request: ReferringRequest, sam=None, clip=None, monitor: Optiona
             if clip is None:
                 clip = sam3_click_head(request.sam3_model, request.sam3_weights, str(device),
                                        cache_dir=cache_dir)
+            if clip is None:                 # weights without the tracker: SAM decodes clicks
+                from ..models.shared import sam_model
+                from .sam3_refer import Sam1Clicks
+
+                from ..models.cache import cached
+
+                clip = cached(("sam1-clicks", request.sam_model, request.sam_weights, str(device),
+                               cache_dir),      # one object: the session cache keys on it
+                              lambda: Sam1Clicks(lambda: sam_model(
+                                  request.sam_model, request.sam_weights, str(device),
+                                  cache_dir=cache_dir)))
         return sam, clip, str(device)
     if sam is None:
         from ..models.shared import sam_model

@@ -19,7 +19,9 @@ The session answers like `pipeline.ReferringSession` (`query(..., local_only)`, 
 'sam3' with it, tiled or not, and the dock refines its results with clicks: SAM 3's tracker head
 (`core/models/sam3_clicks.py`, from the same checkpoint) decodes the clicks, with the result's
 mask as the prior, on the backbone tokens kept from the area's encoding (no encoder runs again).
-Without a click head (weights without the tracker) `refine` says so.
+Weights without the tracker part (a detector-only export) get `Sam1Clicks` instead: SAM
+(segment_anything, loaded at the first click) decodes the clicks on the same area, and the
+session's `click_note` says so; with neither, `refine` says why it cannot.
 """
 from __future__ import annotations
 
@@ -144,6 +146,11 @@ class Sam3ReferringSession:
         """Why clicks cannot refine this session's results ('' when they can)."""
         return NO_CLICK_HEAD if self.clicks is None else ""
 
+    @property
+    def click_note(self) -> str:
+        """What the user should know about how clicks are decoded ('' for SAM 3's own head)."""
+        return getattr(self.clicks, "note", "")
+
     def refine(self, result: ReferringResult, positive_points=(), negative_points=()
                ) -> ReferringResult:
         """Decode the result's clicks so far plus these (area pixel (x, y), e.g. from `pixel_of`)
@@ -151,6 +158,8 @@ class Sam3ReferringSession:
         refinement's logits) is the prior. The returned result carries every click."""
         if self.clicks is None:
             raise InputError(f"Refining with clicks is not available: {self.cannot_refine}")
+        if isinstance(self.clicks, Sam1Clicks):
+            return self.clicks.refine(self, result, positive_points, negative_points)
         positive, negative = _points(positive_points), _points(negative_points)
         new = np.concatenate([positive, negative])
         if not len(new):
@@ -274,3 +283,32 @@ class Sam3ReferringSession:
         activation = F.interpolate(activation[None, None], size=(height, width), mode="bilinear",
                                    align_corners=False)[0, 0].numpy()
         return candidates, activation
+
+
+class Sam1Clicks:
+    """Clicks on SAM 3 results decoded by SAM (segment_anything) on the same area, for SAM 3
+    weights without the tracker part. `load_sam()` gives the SAM model; it is called at the first
+    click only, and each area gets one SAM session (its embedding kept for the next clicks)."""
+
+    note = ("these SAM 3 weights have no tracker (point-prompt) part, so SAM decodes the clicks "
+            "on the same area")
+
+    def __init__(self, load_sam: Callable[[], object]):
+        self.load_sam = load_sam
+        self._sam = None
+
+    def refine(self, area: Sam3ReferringSession, result: ReferringResult, positive_points=(),
+               negative_points=()) -> ReferringResult:
+        from .pipeline import ReferringSession
+
+        with area._lock:
+            inner = getattr(area, "_sam1_session", None)
+            if inner is None:
+                if self._sam is None:
+                    self._sam = self.load_sam()
+                inner = ReferringSession(area.image, self._sam, None, valid=area.valid,
+                                         transform=area.transform, crs=area.crs, disk_cache=None)
+                area._sam1_session = inner
+            refined = inner.refine(result, positive_points, negative_points)
+            area.refinements += 1
+        return refined
