@@ -125,7 +125,7 @@ def worker_scorer(factory) -> Tuple[object, "ScorerLocks"]:
 
     scorer = cached(("dask-scorer", factory), build)
     parts = (scorer.sam3, scorer.clip) if isinstance(scorer, HybridScorers) else (scorer,)
-    with _LOCKS_GUARD:  # always SAM 3's before CLIP's: no two runs wait for each other
+    with _LOCKS_GUARD:  # taken in one order (SAM 3 before CLIP): two runs never deadlock
         locks = [_LOCKS.setdefault(id(part), threading.Lock()) for part in parts]
     return scorer, ScorerLocks(locks)
 
