@@ -146,43 +146,15 @@ class Check:
 
     @contextlib.contextmanager
     def precision(self, scorer, mode):
-        """fp32: no autocast anywhere (the engine's dense CLIP otherwise autocasts on CUDA);
-        fp16/bf16: the CLIP and DINO image encoders under torch.autocast of that type."""
-        import torch
-
-        import drseg.core.dense_clip as dense_clip
-
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mode)
-        device_type = self.device.type
-
-        def autocast(device=None, enabled=True):
-            if dtype is None or not enabled:
-                return contextlib.nullcontext()
-            return torch.autocast(device_type=device_type, dtype=dtype)
-
-        def under_autocast(fn):
-            def call(*args, **kwargs):
-                with autocast():
-                    out = fn(*args, **kwargs)
-                return tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
-            return call
-
-        saved = dense_clip.autocast_context
-        dense_clip.autocast_context = autocast
-        patched = []
-        if hasattr(scorer, "dino"):  # DR-Seg calls the encoders itself, without autocast
-            for owner, name in ((scorer.clip, "dense_features"), (scorer, "dino")):
-                patched.append((owner, name, owner.__dict__.get(name)))
-                setattr(owner, name, under_autocast(getattr(owner, name)))
+        """The engine's own precision switch (core/device.py): fp32 no autocast; fp16/bf16 the CLIP
+        and DINO image encoders of dense CLIP and DR-Seg alike under torch.autocast of that type."""
+        clip = getattr(scorer, "clip", scorer)
+        saved = clip.precision
+        clip.precision = mode
         try:
             yield
         finally:
-            dense_clip.autocast_context = saved
-            for owner, name, value in patched:
-                if value is None:
-                    delattr(owner, name)
-                else:
-                    setattr(owner, name, value)
+            clip.precision = saved
 
     # -- stages -----------------------------------------------------------------------------
     def env(self):

@@ -158,6 +158,7 @@ class DenseClip:
         self.forward_calls = 0
         self.text_encodes = 0
         self.disk_cache = USE_DEFAULT      # query embeddings on disk (core/disk_cache.py)
+        self.precision = "auto"            # image encoders' autocast (core/device.py PRECISIONS)
 
     # -- text ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -282,9 +283,10 @@ class DenseClip:
             raise RuntimeError("set_queries() must be called before score_windows()")
         outputs = []
         for start in range(0, len(images), self.batch_size):
-            with autocast_context(self.device):  # float16 on CUDA; features come back float32
+            with autocast_context(self.device, precision=self.precision):  # fp16 on CUDA
                 patches, cls = self.dense_features(
                     self.normalise_padded(images[start:start + self.batch_size]))
+            patches, cls = patches.float(), cls.float()
             logits = dense_logits(F.normalize(patches, dim=1), F.normalize(cls, dim=-1),
                                   self.text_features, self.bias_lambda)
             outputs.append(logits.cpu().numpy().astype(np.float32))

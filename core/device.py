@@ -2,8 +2,9 @@
 
 - `resolve_device('auto')` takes CUDA when a GPU is usable, then Apple's MPS, then the CPU;
   `describe_device_choice` says which one and why, in words for the dock and the log.
-- `autocast_context(device)` runs the image encoders in float16 on CUDA (torch.autocast keeps
-  softmax, layer norms and reductions in float32); CPU and MPS stay in float32.
+- `autocast_context(device, precision)` runs the image encoders of every engine (dense CLIP and
+  DR-Seg alike) in float16 on CUDA by default (torch.autocast keeps softmax, layer norms and
+  reductions in float32); CPU and MPS stay in float32 unless a precision is asked for.
 - `run_with_oom_retry(fn, batch_size, on_retry)` calls `fn(batch_size)` and, when the GPU runs out
   of memory, frees the cache and tries again with half the batch, down to one window; then it
   raises a ModelError that says what to change. The error never escapes as a crash.
@@ -110,16 +111,28 @@ def _why_no_gpu() -> str:
 
 # ----------------------------------------------------------------------------- precision
 
-def autocast_context(device, enabled: bool = True):
-    """float16 autocast on CUDA (for the image encoders), nothing on CPU and MPS.
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+_AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
-    The model's outputs under it may be float16: callers convert with `.float()` before their own
-    arithmetic (normalising, cosine similarities, softmax over classes).
+
+def autocast_context(device, enabled: bool = True, precision: str = "auto"):
+    """The autocast the image encoders run under.
+
+    "auto": float16 on CUDA, nothing on CPU and MPS; "fp32": nothing; "fp16"/"bf16": that type on
+    CUDA or the CPU (benchmarks compare them). Outputs may be reduced precision: callers convert
+    with `.float()` before their own arithmetic (normalising, cosine similarities, softmax).
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     device_type = device.type if isinstance(device, torch.device) else torch.device(str(device)).type
-    if enabled and device_type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.float16)
-    return contextlib.nullcontext()
+    if not enabled or precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "auto":
+        return (torch.autocast(device_type="cuda", dtype=torch.float16) if device_type == "cuda"
+                else contextlib.nullcontext())
+    if device_type not in ("cuda", "cpu"):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, dtype=_AUTOCAST_DTYPES[precision])
 
 
 # ----------------------------------------------------------------------------- out of memory

@@ -9,7 +9,7 @@ import rasterio
 import torch
 
 from support.oracles import ColourOracleScorer
-from support.tiny_models import load_tiny_clip
+from support.tiny_models import TINY_DINO_DIMS, load_tiny_clip
 from drseg.core import device as dev
 from drseg.core.errors import InputError, ModelError
 from drseg.core.raster_io import RasterReader
@@ -96,35 +96,41 @@ def test_autocast_is_float16_on_cuda_only():
     ctx = dev.autocast_context(torch.device("cuda"))
     assert isinstance(ctx, torch.autocast) and ctx.fast_dtype == torch.float16 and ctx.device == "cuda"
     assert not isinstance(dev.autocast_context("cuda", enabled=False), torch.autocast)
+    assert not isinstance(dev.autocast_context("cuda", precision="fp32"), torch.autocast)
+    assert dev.autocast_context("cuda", precision="bf16").fast_dtype == torch.bfloat16
     for name in ("cpu", "mps"):
         with dev.autocast_context(torch.device(name)):
             assert not torch.is_autocast_enabled()
             assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    with pytest.raises(ValueError, match="precision"):
+        dev.autocast_context("cpu", precision="half")
 
 
-def test_dense_clip_encodes_images_under_autocast_and_returns_float32(tmp_path, monkeypatch):
-    """The image encoder runs inside autocast_context(device); under reduced precision (bfloat16
-    autocast on the CPU stands in for float16 on CUDA) the logits stay float32 and close."""
+@pytest.mark.filterwarnings("ignore:CUDA is not available")
+def test_drseg_and_dense_clip_share_one_precision_choice(tmp_path):
+    """Both engines run their image encoders under the dense CLIP's `precision` (bfloat16 on the CPU
+    stands in for float16 on CUDA): logits stay float32, differ from fp32 and stay close."""
     from drseg.core import dense_clip
+    from drseg.core.drseg.dino import make_dino
+    from drseg.core.drseg.rectify import DrSegRectifier, DrSegScorer
 
     model, tokenizer, _ = load_tiny_clip(tmp_path, seed=0)
     clip = dense_clip.DenseClip(model, tokenizer, torch.device("cpu"), templates=["{}"])
     clip.set_queries(["water", "road"])
     images = np.random.default_rng(0).integers(0, 255, (2, 3, 224, 224), dtype=np.uint8)
-    reference = clip.score_windows(images)
-
-    used = []
-
-    def reduced(device, enabled=True):
-        used.append(device)
-        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
-
-    monkeypatch.setattr(dense_clip, "autocast_context", reduced)
-    low = clip.score_windows(images)
-    assert used == [torch.device("cpu")]
-    assert low.dtype == np.float32 and low.shape == reference.shape
-    assert not np.array_equal(low, reference)                  # reduced precision really ran
-    np.testing.assert_allclose(low, reference, atol=0.05)
+    torch.manual_seed(0)
+    dino = make_dino("dino_vitb8", **TINY_DINO_DIMS)
+    drseg = DrSegScorer(clip, dino, DrSegRectifier(spatial_prior=2, graph_k=4))
+    for scorer in (clip, drseg):
+        clip.precision = "fp32"
+        reference = scorer.score_windows(images)
+        clip.precision = "bf16"
+        low = scorer.score_windows(images)
+        assert low.dtype == np.float32 and low.shape == reference.shape
+        assert not np.array_equal(low, reference)                  # reduced precision really ran
+        np.testing.assert_allclose(low, reference, atol=0.1)
+        clip.precision = "auto"                                     # the CPU default is float32
+        np.testing.assert_array_equal(scorer.score_windows(images), reference)
 
 
 # ----------------------------------------------------------------------------- OOM retry

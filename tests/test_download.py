@@ -467,3 +467,30 @@ def test_cache_and_mirror_follow_the_saved_settings_unless_the_environment_says(
     assert resolve_cache_dir(str(tmp_path / "given")) == str(tmp_path / "given")
     monkeypatch.setenv("DRSEG_CACHE_DIR", str(tmp_path / "env"))
     assert resolve_cache_dir() == str(tmp_path / "env")
+
+
+def test_two_runs_asking_at_once_download_once(server, cache):
+    """The dock and a Processing run (two threads) asking for the same missing model: one transfer;
+    the second waits for it and gets the verified file (not a second writer on the same .part)."""
+    content = _payload(2_000_000)
+    entry = _entry(server.put("weights.pth", content), content)
+    results, errors = [], []
+    start = threading.Barrier(2)
+
+    def run():
+        try:
+            start.wait()
+            results.append(dl.download(entry, cache, chunk_size=4096))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors
+    assert results == [os.path.join(cache, "weights.pth")] * 2
+    assert open(results[0], "rb").read() == content
+    assert len(server.log) == 1
+    assert _leftovers(cache) == ["weights.pth", "weights.pth" + dl.RECORD_SUFFIX]

@@ -112,9 +112,9 @@ def test_resolve_dino_weights_finds_files_catalog_names_and_the_downloaded_defau
 
 
 def test_resolve_dino_weights_looks_in_the_given_cache_and_refuses_other_families(tmp_path):
-    path = put_in_cache(tmp_path / "cache", "dinov2-vit-b14")
-    assert resolve_dino_weights("dinov2_vitb14", "", str(tmp_path / "cache")) == path
-    assert resolve_dino_weights("dinov2_vitb14", "", str(tmp_path / "elsewhere")) is None
+    path = put_in_cache(tmp_path / "cache", "dino-vit-b8")   # an entry without a published size
+    assert resolve_dino_weights("dino_vitb8", "", str(tmp_path / "cache")) == path
+    assert resolve_dino_weights("dino_vitb8", "", str(tmp_path / "elsewhere")) is None
     with pytest.raises(InputError, match="SAM model, not DINO"):
         resolve_dino_weights("dino_vitb8", "sam-vit-b", str(tmp_path / "cache"))
 

@@ -274,12 +274,12 @@ def test_dock_takes_models_device_and_tiling_from_the_settings(qgis_iface, qgis_
 
     cache = tmp_path / "cache"
     monkeypatch.delenv("DRSEG_CACHE_DIR")  # the settings' cache folder counts now
-    dino = put_in_cache(cache, "dinov2-vit-s14")
+    dino = put_in_cache(cache, "dino-vit-s8")  # an entry without a published size
     clip_file = tmp_path / "clip.pt"
     clip_file.write_bytes(b"weights")
     write_settings(os.environ["DRSEG_CONFIG"], cache_dir=str(cache), clip_model=tiny_clip,
-                   clip_weights=str(clip_file), dino_model="dinov2_vits14",
-                   dino_weights="dinov2-vit-s14", device="cpu", window=320, stride=160,
+                   clip_weights=str(clip_file), dino_model="dino_vits8",
+                   dino_weights="dino-vit-s8", device="cpu", window=320, stride=160,
                    block=1024, batch_size=2)
     layer = raster_layer(write_raster(tmp_path / "scene.tif"))
     qgis_new_project.addMapLayer(layer)
@@ -287,7 +287,7 @@ def test_dock_takes_models_device_and_tiling_from_the_settings(qgis_iface, qgis_
     try:
         assert dock.clip_model_combo.currentText() == tiny_clip
         assert dock.clip_weights_widget.filePath() == str(clip_file)
-        assert dock.dino_model_combo.currentText() == "dinov2_vits14"
+        assert dock.dino_model_combo.currentText() == "dino_vits8"
         assert dock.device_combo.currentData() == "cpu"
         assert (dock.window_spin.value(), dock.stride_spin.value()) == (320, 160)
         assert dock.method() == "drseg" and dock.dino_path == dino
@@ -297,7 +297,7 @@ def test_dock_takes_models_device_and_tiling_from_the_settings(qgis_iface, qgis_
         request = dock.build_request()
         assert (request.clip_model, request.clip_weights) == (tiny_clip, str(clip_file))
         assert (request.method, request.dino_model, request.dino_weights) == (
-            "drseg", "dinov2_vits14", dino)
+            "drseg", "dino_vits8", dino)
         assert (request.device, request.window, request.stride, request.block,
                 request.batch_size) == ("cpu", 320, 160, 1024, 2)
         dock.stride_spin.setValue(400)

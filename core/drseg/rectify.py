@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..dense_clip import dense_logits
+from ..device import autocast_context
 from ..errors import InputError
 from .decouple import CRITERIA, ChannelSplit, apply_structural, decouple, split_channels
 from .dino import align_to_grid
@@ -203,8 +204,12 @@ class DrSegScorer:
             batch = images[start:start + self.batch_size]
             pixels = (self.clip.normalise_padded(batch) if hasattr(self, "patch_size")
                       else self.clip.normalise(batch))
-            patch, cls = self.clip.dense_features(pixels)
-            dino = self.dino(batch) if self.rectifier.needs_dino else None
+            # the image encoders under the same autocast as dense CLIP's (fp16 on CUDA by default)
+            with autocast_context(pixels.device, precision=getattr(self.clip, "precision", "auto")):
+                patch, cls = self.clip.dense_features(pixels)
+                dino = self.dino(batch) if self.rectifier.needs_dino else None
+            patch, cls = patch.float(), cls.float()
+            dino = dino.float() if dino is not None else None
             logits = self.rectifier(patch, cls, self.clip.text_features, dino,
                                     bias_lambda=self.clip.bias_lambda)
             outputs.append(logits.float().cpu().numpy())

@@ -23,6 +23,7 @@ import os
 import shutil
 import socket
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -51,6 +52,11 @@ CancelFn = Callable[[], bool]
 StatusFn = Callable[[str], None]
 
 _CHUNK = 1 << 20
+
+# One download per destination at a time: two runs asking for the same model (dock and Processing,
+# or two processes) must not append to the same `.part` file; the second waits and finds it cached.
+_DESTINATION_LOCKS: dict = {}
+_DESTINATION_LOCKS_GUARD = threading.Lock()
 
 
 # ----------------------------------------------------------------------------- cache and mirror
@@ -294,16 +300,61 @@ def download(source: Union[str, ModelEntry], cache_dir: Optional[str] = None, *,
     target = _target(source, file_name, size, sha256)
     folder = resolve_cache_dir(cache_dir)
     final = os.path.join(folder, target.file)
-    if not force:
+
+    def existing():
+        if force:
+            return None
         if target.from_catalog:
-            existing = cached_path(source, folder)
-        else:
-            existing = final if os.path.isfile(final) and (
-                target.size is None or os.path.getsize(final) == target.size) else None
-        if existing:
-            return existing
+            return cached_path(source, folder)
+        return final if os.path.isfile(final) and (
+            target.size is None or os.path.getsize(final) == target.size) else None
+
+    found = existing()
+    if found:
+        return found
     url = _source_url(target, resolve_mirror(mirror))
     writable_cache(folder)
+    with _destination_lock(folder, final):
+        found = existing() if not force else None   # another run may have finished it meanwhile
+        if found:
+            return found
+        return _fetch(url, folder, final, target, progress, cancelled, status, retries,
+                      retry_wait, timeout, chunk_size)
+
+
+class _destination_lock:
+    """A thread lock per destination path, plus an advisory lock (POSIX flock) on the cache folder
+    itself against other processes (no lock file is left behind); released however it ends."""
+
+    def __init__(self, folder: str, final: str):
+        with _DESTINATION_LOCKS_GUARD:
+            self._thread_lock = _DESTINATION_LOCKS.setdefault(final, threading.Lock())
+        self._folder = folder
+        self._fd = None
+
+    def __enter__(self):
+        self._thread_lock.acquire()
+        try:
+            import fcntl
+            self._fd = os.open(self._folder, os.O_RDONLY)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except (ImportError, OSError):  # Windows, or a file system without locks: threads only
+            self._close()
+        return self
+
+    def __exit__(self, *exc):
+        self._close()
+        self._thread_lock.release()
+        return False
+
+    def _close(self):
+        if self._fd is not None:
+            os.close(self._fd)   # closing releases the flock
+            self._fd = None
+
+
+def _fetch(url, folder, final, target, progress, cancelled, status, retries, retry_wait,
+           timeout, chunk_size) -> str:
     part = os.path.join(folder, target.download_name + PART_SUFFIX)
     attempt = 0
     while True:
