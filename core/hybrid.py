@@ -66,7 +66,8 @@ class HybridSegmenter:
         """The fused blocks `indices`, each equal to its block in a whole run (both engines
         score their halos; see SlidingWindowSegmenter.segment_blocks): a Dask task's part."""
         indices = list(indices)
-        return self._fused(zip(self.sam3.segment_blocks(indices), self.clip.segment_blocks(indices)))
+        return self._fused(zip(self.sam3.segment_blocks(indices),
+                               self.clip.segment_blocks(indices)))
 
     def _fused(self, pairs: Iterable[Tuple[BlockResult, BlockResult]]) -> Iterator[BlockResult]:
         # what the caller booked before the run (text encoding) stays; the engines' stages add up

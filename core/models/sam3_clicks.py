@@ -1,7 +1,7 @@
 """SAM 3's point prompts: the tracker's neck, prompt encoder and mask decoder (SAM 2's interactive
 head) on the image backbone the detector already ran, for refining a result with clicks.
 
-    head = load_sam3_clicks("sam3", "/data/sam3/model.safetensors")   # None: the file has no tracker
+    head = load_sam3_clicks("sam3", "/data/sam3/model.safetensors")   # None: no tracker in it
     features = head.features(backbone_tokens)           # once per area (the detector's ViT output)
     logits, score = head.decode(features, points, labels, prior)      # per click, decoder only
 
@@ -27,7 +27,8 @@ from .registry import DEFAULT_SAM3_MODEL, RANDOM_WEIGHTS
 TRACKER_PREFIX = "tracker_model."
 NECK_PREFIX = "tracker_neck."
 # The tracker's parts a single image uses; the rest of `tracker_model.` is video memory.
-_IMAGE_PARTS = ("shared_image_embedding.", "prompt_encoder.", "mask_decoder.", "no_memory_embedding")
+_IMAGE_PARTS = ("shared_image_embedding.", "prompt_encoder.", "mask_decoder.",
+                "no_memory_embedding")
 NOT_A_POINT = -10   # transformers' label for padding points (ignored by the prompt encoder)
 
 
@@ -39,7 +40,8 @@ def click_configs(detector_config) -> Tuple[object, object]:
     vision = detector_config.vision_config
     backbone = vision.backbone_config
     width = int(vision.fpn_hidden_size)
-    prompt = Sam3TrackerVideoPromptEncoderConfig(hidden_size=width, image_size=int(backbone.image_size),
+    prompt = Sam3TrackerVideoPromptEncoderConfig(hidden_size=width,
+                                                 image_size=int(backbone.image_size),
                                                  patch_size=int(backbone.patch_size))
     decoder = Sam3TrackerVideoMaskDecoderConfig(hidden_size=width)
     return prompt, decoder
