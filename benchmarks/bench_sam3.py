@@ -104,9 +104,14 @@ def memory_child(args) -> int:
     after_pass = []
     vision = scorer._vision
 
+    started = time.perf_counter()
+
     def recorded(images):
         out = vision(images)
         after_pass.append(peak_rss_gb())
+        if args.verbose:   # as it goes: a run stopped early still tells its tiles' peaks
+            print(f"# tile {len(after_pass)}: peak RSS {after_pass[-1]:.3f} GB after "
+                  f"{time.perf_counter() - started:.0f} s", flush=True)
         return out
 
     scorer._vision = recorded
@@ -144,11 +149,18 @@ def memory_only(args) -> int:
                        "--block", str(args.block), "--memory-classes", args.memory_classes]
             if budget is not None:
                 command += ["--feature-cache-mb", str(budget)]
-            done = subprocess.run(command, capture_output=True, text=True)
-            if done.returncode != 0:
-                print(f"{size}: failed: {done.stderr.strip().splitlines()[-1:]}")
+            if args.verbose:
+                command.append("--verbose")
+            done = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+            lines = []
+            for line in done.stdout:
+                lines.append(line)
+                if line.startswith("#"):
+                    print(line.rstrip(), flush=True)
+            if done.wait() != 0 or not lines:
+                print(f"{size}: failed (exit {done.returncode})")
                 continue
-            row = json.loads(done.stdout.strip().splitlines()[-1])
+            row = json.loads(lines[-1])
             label = "default" if budget is None else f"{budget:.0f} MB"
             print(f"{size}² | {row['tiles']} | {label} ({row['budget_mb']:.0f} MB) | "
                   f"{row['seconds']:.1f} | {row['model_rss']:.3f} | {row['first_tile_rss']:.3f} | "
@@ -176,6 +188,8 @@ def main(argv=None) -> int:
                         help="--memory-only: this feature-cache budget only (default: the "
                              "engine's, then none)")
     parser.add_argument("--child-size", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--verbose", action="store_true",
+                        help="--memory-only: print each tile's peak RSS as it is encoded")
     args = parser.parse_args(argv)
     if args.child_size:
         return memory_child(args)
