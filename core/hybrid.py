@@ -99,6 +99,10 @@ class HybridRecipe:
     def device(self) -> str:
         return self.sam3.device
 
+    @property
+    def window(self) -> int:
+        return self.sam3.window   # SAM 3's tile is the larger window: it sizes the Dask tasks
+
     def __call__(self, download_progress=None, device: Optional[str] = None) -> "HybridScorers":
         return HybridScorers(self.sam3(download_progress, device=device),
                              self.clip(download_progress, device=device))

@@ -214,6 +214,13 @@ class Sam3Recipe:
     cache_dir: Optional[str] = None     # None: the settings of the process building the scorer
     engine = "sam3"                     # which block source a worker builds (core/cluster/tasks.py)
 
+    @property
+    def window(self) -> int:
+        """SAM 3's tile, from the architecture alone (no weights): sizes the Dask tasks."""
+        from .models.sam3 import sam3_config
+
+        return int(sam3_config(self.sam3_model).vision_config.backbone_config.image_size)
+
     @classmethod
     def of(cls, request, cache_dir: Optional[str] = None) -> "Sam3Recipe":
         return cls(request.sam3_model, request.sam3_weights, request.device,

@@ -416,6 +416,7 @@ def test_sam3_recipes_are_picklable_values_and_name_their_engine(tiny_sam3):
         again = pickle.loads(pickle.dumps(recipe))
         assert again == recipe and hash(again) == hash(recipe)
         assert getattr(recipe, "engine", None) == (engine if engine != "clip" else None)
+        assert getattr(recipe, "window", None) == (112 if engine != "clip" else None)  # tasks
     assert note == "" and cluster_recipe(SegmentationRequest(**{**base.__dict__, "engine": "hybrid"}))[2] \
         == "SAM 3 fused with dense CLIP"
 
