@@ -9,7 +9,10 @@
 3. Adaptation on those labels, then per-class IoU on held-out mosaics of the new sensor holding
    every class, the argmax over all class names: no adaptation; direct fine-tuning (every vision
    weight at the base rate, no guidance); soft-guided fine-tuning (attention weights only at
-   0.01× the base rate, frozen-copy guidance at every depth; core/adapt/train.py).
+   0.01× the base rate, frozen-copy guidance at every depth, the cost-map upsampling decoder;
+   core/adapt/train.py), the same without the decoder, and prompt tuning (learned prompt
+   context and class offsets, both encoders frozen), once as by default and once with the
+   context at the base rate without its guidance.
 
     python benchmarks/bench_collapse.py [--quick] [--pretrain-steps 150] [--adapt-steps 40]
 """
@@ -24,6 +27,7 @@ import torch.nn.functional as F
 
 from drseg.core.adapt.adapter import ClassPrompt
 from drseg.core.adapt.apply import evaluate_chips
+from drseg.core.adapt.defaults import CONTEXT_GUIDANCE, CONTEXT_MULTIPLIER
 from drseg.core.adapt.train import TrainConfig, Trainer
 from drseg.core.dense_clip import DenseClip
 from drseg.core.evaluation.metrics import IGNORE_INDEX
@@ -143,11 +147,19 @@ def main(argv=None):
     if args.direct_low_lr:
         runs.append((f"direct fine-tuning (lr {args.direct_low_lr:g})", True, args.direct_low_lr))
     runs.append((f"soft-guided fine-tuning (lr {args.lr:g}, attention ×0.01)", False, args.lr))
+    runs.append(("soft-guided fine-tuning, no decoder", False, args.lr))
+    runs.append((f"prompt tuning (learned context at ×{CONTEXT_MULTIPLIER:g}, guidance "
+                 f"{CONTEXT_GUIDANCE:g}; lr {args.lr:g})", None, args.lr))
+    runs.append(("prompt tuning, context at the base rate, no guidance", None, args.lr))
     for label, direct, lr in runs:
         clip = DenseClip(copy.deepcopy(base.model), base.tokenizer, base.device, bias_lambda=0.0,
                          templates=[TEMPLATE], window_size=SIZE)
-        config = TrainConfig(level="finetune", steps=args.adapt_steps, batch_size=8, lr=lr,
-                             direct=direct, seed=args.seed)
+        free = "no guidance" in label
+        config = TrainConfig(level="finetune" if direct is not None else "prompt",
+                             steps=args.adapt_steps, batch_size=8, lr=lr, direct=bool(direct),
+                             seed=args.seed, decoder="no decoder" not in label,
+                             context_multiplier=1.0 if free else CONTEXT_MULTIPLIER,
+                             context_guidance=0.0 if free else CONTEXT_GUIDANCE)
         trainer = Trainer(clip, train_images, train_labels, names, prompts, 0.0, config)
         for step in range(args.adapt_steps):
             parts = trainer.step(step)

@@ -222,7 +222,7 @@ class Check:
             rows, _ = bench_refer.run_queries(sam, clip, size, self.device,
                                               self.sizes["expressions"], work)
         first = rows[0][1]
-        cached = [t.total for _, t, _, _ in rows[1:]]
+        cached = [row[1].total for row in rows[1:]]
         models = ("tiny SAM + tiny CLIP" if self.dry else "SAM ViT-B + CLIP ViT-B-16")
         self.line("refer", f"{models}, {size}² px area: first query {first.total:.2f} s "
                            f"(SAM encode {first.sam_encode:.2f} s, CLIP encode "

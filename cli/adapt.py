@@ -10,22 +10,26 @@ SETTINGS = ("clip_model", "clip_weights", "device", "cache_dir")
 
 def add_parser(subparsers) -> None:
     from ..core.adapt.defaults import (BACKBONE_MULTIPLIER, DEFAULT_BATCH, DEFAULT_CHIP,
-                                       DEFAULT_LR, DEFAULT_STEPS, DEFAULT_VALIDATION_SHARE, LEVELS)
+                                       DEFAULT_CONTEXT_TOKENS, DEFAULT_LR, DEFAULT_STEPS,
+                                       DEFAULT_VALIDATION_SHARE, LEVELS)
     from ..core.models.registry import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DEVICE,
                                         DEVICE_CHOICES)
 
     p = subparsers.add_parser(
         "adapt", help="adapt the model to your labelled polygons (one adapter file)",
         description="Learn from a polygon layer whose FIELD holds class names: calibrate (seconds, "
-                    "no training), prompt (learned class-text offsets) or finetune (soft-guided: "
-                    "attention weights at a small learning rate, kept close to a frozen copy). "
+                    "no training), prompt (learned prompt context and class-text offsets) or "
+                    "finetune (soft-guided: attention weights at a small learning rate, kept close "
+                    "to a frozen copy, and a cost-map upsampling decoder). "
                     "Writes ADAPTER.safetensors, a .report.json and a .iou.png chart; use it with "
                     "`segment --adapter`.")
     p.add_argument("raster", help="input raster (GeoTIFF or any GDAL format)")
     p.add_argument("--labels", required=True, help="polygon layer (GeoPackage, shapefile, any OGR "
                                                    "format, any CRS)")
     p.add_argument("--class-field", required=True, help="the layer's field holding class names")
-    p.add_argument("--out", required=True, help="adapter file to write (.safetensors)")
+    p.add_argument("--out", required=True, help="adapter file to write (.safetensors), or a bare "
+                                                "NAME: written into the model cache and listed "
+                                                "by 'models list' (then --adapter NAME)")
     p.add_argument("--level", choices=LEVELS, default="calibrate",
                    help="calibrate (default), prompt or finetune")
     p.add_argument("--validation-share", type=float, default=DEFAULT_VALIDATION_SHARE,
@@ -38,6 +42,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--lr", type=float, help="base learning rate (default: "
                    + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items())
                    + f"; finetune trains the attention weights at {BACKBONE_MULTIPLIER:g}× of it)")
+    p.add_argument("--context-tokens", type=int, default=DEFAULT_CONTEXT_TOKENS,
+                   help="learned prompt context words before each class name (prompt/finetune; "
+                        f"0: none; default {DEFAULT_CONTEXT_TOKENS})")
+    p.add_argument("--class-context", action="store_true",
+                   help="each labelled class also learns context of its own (the shared context "
+                        "is what class names you did not label get)")
     p.add_argument("--chip", type=positive_int, default=DEFAULT_CHIP,
                    help=f"chip size in pixels (default {DEFAULT_CHIP})")
     p.add_argument("--area", type=extent_argument, help="xmin,ymin,xmax,ymax in the raster's CRS")
@@ -79,8 +89,12 @@ def run_adapt_command(args) -> int:
         batch_size=args.batch_size, lr=args.lr, chip=args.chip, area=args.area,
         bands=parse_bands(args.bands), synonyms=parse_synonyms(args.synonyms),
         clip_model=settings["clip_model"], clip_weights=settings["clip_weights"],
-        device=settings["device"], cache_dir=settings["cache_dir"], resume=args.resume)
-    args.cancel_note = (f"training progress is checkpointed in {checkpoint_paths(args.out)[0]}; "
+        device=settings["device"], cache_dir=settings["cache_dir"], resume=args.resume,
+        context_tokens=args.context_tokens, class_context=args.class_context)
+    from ..core.adapt.catalog import destination
+
+    out = destination(args.out, settings["cache_dir"])
+    args.cancel_note = (f"training progress is checkpointed in {checkpoint_paths(out)[0]}; "
                         "run again with --resume to continue")
     with ProgressBar(args.quiet) as bar:
         result = run_adaptation(request, progress=bar.update)

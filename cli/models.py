@@ -3,14 +3,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
+from ..core.adapt.catalog import import_adapter, list_adapters
 from ..core.errors import InputError
 from ..core.models import download as dl
 from ..core.models.catalog import get_model, list_models
 from ..core.models.registry import FAMILIES
 from .exit_codes import EXIT_FAILED, EXIT_OK
 from .progress import ProgressBar
+
+ADAPTER_ENTRY = "adapter"          # `models import adapter FILE`
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -39,8 +43,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
     imp = actions.add_parser("import", help="verify a file you downloaded yourself and add it to the cache")
     _add_common(imp)
-    imp.add_argument("name", metavar="NAME", help="catalog name the file belongs to")
+    imp.add_argument("name", metavar="NAME", help="catalog name the file belongs to, or 'adapter' "
+                                                  "for an adapter file made by `drseg adapt`")
     imp.add_argument("path", metavar="FILE", help="the checkpoint (or, for archive models, the zip)")
+    imp.add_argument("--as", dest="adapter_name", metavar="NAME",
+                     help="the imported adapter's catalog name (default: the file's name)")
 
     parser.set_defaults(run=run_models_command, cancel_note="run the same command again to resume")
     return parser
@@ -69,6 +76,12 @@ def run_models_command(args: argparse.Namespace, out=None, err=None) -> int:
         return _download(args, cache, mirror, out, err)
     if command == "verify":
         return _verify(args, cache, out)
+    if command == "import" and args.name == ADAPTER_ENTRY:
+        info = import_adapter(args.path, cache, getattr(args, "adapter_name", None),
+                              status=lambda text: print(text, file=err))
+        print(f"adapter '{info.name}': imported to {info.path} (base {info.base_model}, "
+              f"{info.level}, classes: {', '.join(info.classes)})", file=out)
+        return EXIT_OK
     if command == "import":
         path = dl.import_file(args.path, args.name, cache,
                               status=lambda text: print(text, file=err))
@@ -80,6 +93,8 @@ def run_models_command(args: argparse.Namespace, out=None, err=None) -> int:
 
 def _list(args, cache, out) -> int:
     entries = list_models(getattr(args, "family", None))
+    # local entries: adapters made by `drseg adapt` (not for a family filter of another kind)
+    adapters = list_adapters(cache) if getattr(args, "family", None) in (None, "clip") else []
     rows = []
     for entry in entries:
         path = dl.cached_path(entry, cache)
@@ -91,7 +106,8 @@ def _list(args, cache, out) -> int:
             item["cached_path"] = path
             item["download_name"] = entry.download_name
             data.append(item)
-        json.dump({"cache_dir": dl.resolve_cache_dir(cache), "models": data}, out, indent=1)
+        json.dump({"cache_dir": dl.resolve_cache_dir(cache), "models": data,
+                   "adapters": [a.to_dict() for a in adapters]}, out, indent=1)
         out.write("\n")
         return EXIT_OK
     width = max(len(e.name) for e in entries)
@@ -105,6 +121,13 @@ def _list(args, cache, out) -> int:
             state = "downloaded" if path else ("import only" if not entry.url else "-")
             print(f"  {entry.name:<{width}}  {entry.architecture:<34} {entry.size_text():>9}  "
                   f"{state:<11} {entry.good_for}", file=out)
+    if adapters:
+        print("\nADAPTERS (local, made by 'drseg adapt'; use with --adapter NAME)", file=out)
+        for info in adapters:
+            miou = info.miou_text()
+            print(f"  {info.name}  {info.level}, base {info.base_model} "
+                  f"({os.path.basename(info.base_weights)}), classes: {', '.join(info.classes)}"
+                  + (f", held-out mIoU {miou}" if miou else "") + f", {info.created}", file=out)
     return EXIT_OK
 
 

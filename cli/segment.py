@@ -8,7 +8,7 @@ from .progress import ProgressBar
 
 # Options that fall back on the saved settings when not given.
 SETTINGS = ("clip_model", "clip_weights", "device", "dino_model", "dino_weights", "window",
-            "stride", "block", "batch_size", "cache_dir", "dask")
+            "stride", "fast", "block", "batch_size", "cache_dir", "dask")
 
 
 def add_parser(subparsers) -> None:
@@ -32,7 +32,7 @@ def add_request_arguments(p) -> None:
     from ..core.models.registry import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DEVICE,
                                         DEFAULT_DINO_MODEL, DEFAULT_SAM3_MODEL, DEVICE_CHOICES,
                                         DINO_MODEL_CHOICES, ENGINE_CHOICES)
-    from ..core.protocol import BLENDS, DEFAULT_BLEND
+    from ..core.protocol import BLENDS, DEFAULT_BLEND, FAST_OVERLAP
     from ..core.segment import DEFAULT_THRESHOLD
     from ..core.settings import Settings
 
@@ -79,6 +79,11 @@ def add_request_arguments(p) -> None:
                    + SETTINGS_HELP.format(Settings.window))
     p.add_argument("--stride", type=int, help="sliding window stride, working pixels"
                    + SETTINGS_HELP.format(Settings.stride))
+    p.add_argument("--fast", action="store_true", default=None,
+                   help=f"fast mode: neighbouring windows overlap by {FAST_OVERLAP:.0%} of a "
+                        "window instead of half (224-px windows: stride 168, about 2.25x fewer "
+                        "windows on large rasters; class maps close to the default's)"
+                        + SETTINGS_HELP.format("off"))
     p.add_argument("--block", type=positive_int, help="output block, working pixels; the result "
                    "does not depend on it" + SETTINGS_HELP.format(Settings.block))
     p.add_argument("--blend", default=DEFAULT_BLEND, choices=BLENDS,
@@ -86,7 +91,8 @@ def add_request_arguments(p) -> None:
                         "(every window pixel counts once, as the benchmark protocol does)")
     p.add_argument("--cache-dir", help="model cache folder (default: DRSEG_CACHE_DIR, else the "
                                         "saved settings, else the platform's cache folder)")
-    p.add_argument("--adapter", help="adapter file made by `python -m drseg adapt` (.safetensors); "
+    p.add_argument("--adapter", help="adapter made by `python -m drseg adapt`: a .safetensors file "
+                                      "or the name of one in the model cache ('models list'); "
                                       "needs the CLIP model and weights it was made for")
 
 
@@ -114,7 +120,8 @@ def request_from_args(args, raster, settings, out_vector=None, out_raster=None,
         bands=parse_bands(args.bands), extent=args.extent, resolution=args.resolution,
         threshold=args.threshold, clip_model=settings["clip_model"],
         clip_weights=settings["clip_weights"], device=settings["device"],
-        window=settings["window"], stride=settings["stride"], block=settings["block"],
+        window=settings["window"], stride=settings["stride"], fast=bool(settings["fast"]),
+        block=settings["block"],
         batch_size=settings["batch_size"], cache_dir=settings["cache_dir"],
         simplify=args.simplify, min_area=args.min_area, method=args.method, engine=args.engine,
         sam3_model=args.sam3_model, sam3_weights=args.sam3_weights,

@@ -6,7 +6,7 @@ global bias shared by all patches is reduced with `patch·Tᵀ + λ·cls·Tᵀ`.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -58,22 +58,33 @@ def interpolate_positional_embedding(pos: torch.Tensor, grid_h: int, grid_w: int
     return torch.cat([cls_pos, patch_pos], dim=0)
 
 
+# Prompts (names × templates) per text-tower call: all class names go through in batches of
+# this many, not one name (80 prompts) at a time.
+TEXT_BATCH = 256
+
+
 @torch.no_grad()
 def encode_prompts(model, tokenizer, device, names: Sequence[str], templates: Sequence,
-                   names_per_batch: Optional[int] = None) -> torch.Tensor:
+                   batch_size: Optional[int] = None,
+                   started: Optional[Callable[[int], None]] = None) -> torch.Tensor:
     """Each name in every template (a format string or a callable), embeddings normalised,
-    averaged over the templates, normalised: (len(names), D). ``names_per_batch`` names go
-    through the text tower at once (None: all of them)."""
+    averaged over the templates, normalised: (len(names), D). The prompts go through the text
+    tower name after name, ``batch_size`` prompts at a time (None: all at once); ``started(k)``
+    is called for each name k as the batch holding its first prompt begins (progress; a cancel
+    is checked between the tower's blocks)."""
     names = list(names)
-    step = names_per_batch or max(1, len(names))
-    features = []
-    for start in range(0, len(names), step):
-        group = names[start:start + step]
-        prompts = [t(name) if callable(t) else t.format(name) for name in group for t in templates]
-        emb = F.normalize(encode_text(model, tokenizer(prompts).to(device)).float(), dim=-1)
-        emb = emb.reshape(len(group), len(templates), -1)
-        features.append(F.normalize(emb.mean(dim=1), dim=-1))
-    return torch.cat(features)
+    prompts = [t(name) if callable(t) else t.format(name) for name in names for t in templates]
+    per_name = len(templates)
+    step = batch_size or max(1, len(prompts))
+    chunks = []
+    for start in range(0, len(prompts), step):
+        if started is not None:
+            for k in range(-(-start // per_name), min(len(names), -(-(start + step) // per_name))):
+                started(k)
+        tokens = tokenizer(prompts[start:start + step]).to(device)
+        chunks.append(F.normalize(encode_text(model, tokens).float(), dim=-1))
+    emb = torch.cat(chunks).reshape(len(names), per_name, -1)
+    return F.normalize(emb.mean(dim=1), dim=-1)
 
 
 def encode_text(model, tokens: torch.Tensor) -> torch.Tensor:
@@ -162,15 +173,20 @@ class DenseClip:
 
     # -- text ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def encode_texts(self, names: Sequence[str]) -> torch.Tensor:
-        """Each name in every template, embeddings normalised, averaged, normalised: (Q, D)."""
-        # one name per batch: 80 templates × many names would be one very large batch
+    def encode_texts(self, names: Sequence[str],
+                     started: Optional[Callable[[int], None]] = None) -> torch.Tensor:
+        """Each name in every template, embeddings normalised, averaged, normalised: (Q, D);
+        all names' prompts in batches of ``TEXT_BATCH`` (``started`` as in encode_prompts)."""
         return encode_prompts(self.model, self.tokenizer, self.device, names, self.templates,
-                              names_per_batch=1)
+                              batch_size=TEXT_BATCH, started=started)
 
-    def set_queries(self, queries: Sequence[str]) -> None:
+    def set_queries(self, queries: Sequence[str],
+                    progress: Optional[Callable[[int], None]] = None) -> None:
         """Text embeddings for this run; each query is encoded once per model (80 templates of a
-        ViT text tower cost seconds per query on a CPU) and reused by later runs."""
+        ViT text tower cost seconds per query on a CPU) and reused by later runs. The missing
+        ones are encoded together in batches; ``progress(k)`` is called with the index in
+        `queries` of each one as its encoding starts."""
+        queries = list(queries)
         missing = [q for q in dict.fromkeys(queries) if q not in self._text_cache]
         disk = None
         if missing:
@@ -182,7 +198,11 @@ class DenseClip:
                     self._text_cache[query] = stored["embedding"].to(self.device)
                     missing.remove(query)
         if missing:
-            encoded = self.encode_texts(missing)
+            if progress is None:
+                encoded = self.encode_texts(missing)
+            else:
+                encoded = self.encode_texts(
+                    missing, lambda k: progress(queries.index(missing[k])))
             self.text_encodes += len(missing)
             for query, vector in zip(missing, encoded):
                 self._text_cache[query] = vector

@@ -17,6 +17,11 @@ DEFAULT_BLEND = "smooth"          # the product's: no visible window seams
 DEFAULT_WINDOW = 224              # CLIP ViT-B/16's input size
 DEFAULT_STRIDE = 112              # window step; overlap = window - stride
 DEFAULT_BATCH_SIZE = 8            # windows per model call (halved on GPU out-of-memory)
+# Fast mode (CLI --fast, Processing's FAST, the dock's settings): windows overlap by this share
+# of a window instead of the default's half, so a large raster needs about (0.75/0.5)² = 2.25×
+# fewer windows; the smooth blend still has a 56-px band (224-px windows) to hide the seams.
+# benchmarks/bench_fast_mode.py prints its speed-up and its agreement with the default.
+FAST_OVERLAP = 0.25
 PROTOCOL_BLEND = "mean"           # the benchmark's: plain average of overlapping windows
 PROTOCOL_LONG_SIDE = 448
 PROTOCOL_WINDOW = 224
@@ -35,3 +40,9 @@ PROTOCOL_STEPS = (
     "all queries, a class takes its most likely synonym, argmax; pixels whose top probability is "
     "below prob_thd become the background class",
 )
+
+
+def fast_stride(window: int, stride: int) -> int:
+    """The stride fast mode uses for `window`: the larger of `stride` and the stride that leaves
+    FAST_OVERLAP of the window overlapping (224 -> 168)."""
+    return max(int(stride), int(window) - int(int(window) * FAST_OVERLAP))

@@ -11,6 +11,7 @@ leaves no file behind. With `request.dask` the blocks are computed by the worker
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import time
 from dataclasses import dataclass, field
@@ -20,17 +21,18 @@ import numpy as np
 
 from .classes import ClassSpec, flatten_queries, parse_classes
 from .colors import class_colour
-from .errors import InputError
+from .errors import DrSegError, InputError
 from .gpkg import PolygonLayerWriter
 from .interrupt import cancel_points
-from .models.registry import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DEVICE,
-                              DEFAULT_DINO_MODEL, DEFAULT_SAM3_MODEL, ENGINE_CHOICES, SAM3_ENGINES,
-                              SAM3_OVERLAP)
+from .models.registry import (CLIP_LIBRARIES, DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS,
+                              DEFAULT_DEVICE, DEFAULT_DINO_MODEL, DEFAULT_SAM3_MODEL, DINO_LIBRARIES,
+                              ENGINE_CHOICES, SAM3_ENGINES, SAM3_LIBRARIES, SAM3_OVERLAP)
 from .outputs import (ClassRasterWriter, FloatRasterWriter, WorkDir, check_destination, check_outputs,
                       publish_all, verify_raster)
 from .progress import RunMonitor
 from .raster_io import RasterReader
-from .protocol import BLENDS, DEFAULT_BATCH_SIZE, DEFAULT_BLEND, DEFAULT_STRIDE, DEFAULT_WINDOW
+from .protocol import (BLENDS, DEFAULT_BATCH_SIZE, DEFAULT_BLEND, DEFAULT_STRIDE, DEFAULT_WINDOW,
+                       fast_stride)
 from .sliding import SlidingWindowSegmenter, Timings
 from .style import categorized_qml
 from .vectorize import vectorize
@@ -69,6 +71,7 @@ class SegmentationRequest:
     device: str = DEFAULT_DEVICE
     window: int = DEFAULT_WINDOW
     stride: int = DEFAULT_STRIDE
+    fast: bool = False                     # fast mode: less window overlap (protocol.fast_stride)
     blend: str = DEFAULT_BLEND             # 'smooth' (sin² weights) or 'mean' (the protocol's count map)
     block: int = 512
     batch_size: int = DEFAULT_BATCH_SIZE
@@ -132,6 +135,7 @@ def run_segmentation(request: SegmentationRequest, scorer=None, progress=None, c
         raise InputError(f"Window must be a positive number of pixels, got {request.window}")
     if request.stride <= 0 or request.stride > request.window:
         raise InputError("Stride must be positive and not larger than the window")
+    request = windows_of(request)
     from .cluster.spec import parse_dask_spec
 
     cluster = parse_dask_spec(request.dask)
@@ -185,6 +189,15 @@ def run_segmentation(request: SegmentationRequest, scorer=None, progress=None, c
         return result
 
 
+def windows_of(request: SegmentationRequest) -> SegmentationRequest:
+    """The request with the stride it runs at: fast mode's (``protocol.fast_stride``) when
+    ``request.fast``, so every path (this process, a Dask cluster) sees one window layout."""
+    if not request.fast:
+        return request
+    return dataclasses.replace(request, stride=fast_stride(request.window, request.stride),
+                               fast=False)
+
+
 def check_window(window: int, scorer) -> None:
     """A window must hold at least one patch of every model the scorer runs."""
     patches = [getattr(m, "patch_size", None) for m in
@@ -203,12 +216,25 @@ def _sliding(request, reader, scorer, owner, **options) -> SlidingWindowSegmente
 
 
 def encode_queries(scorer, queries, stage) -> None:
-    """One query at a time (a scorer encodes each once; 80 templates cost seconds on a CPU), so
-    the bar moves and cancel is checked between queries."""
-    for count in range(1, len(queries) + 1):
-        stage.report((count - 1) / len(queries),
-                     f"Encoding class names ({count}/{len(queries)}: {queries[count - 1]})")
-        scorer.set_queries(queries[:count])
+    """The class names' text embeddings, with a progress message per name. A scorer whose
+    ``set_queries`` takes ``progress`` (dense CLIP, DR-Seg) encodes all names' prompts in batches
+    and says when each name starts (cancel is checked between the text tower's blocks); any
+    other gets one query at a time, so the bar moves and cancel is checked between queries."""
+    count = len(queries)
+
+    def report(k: int) -> None:
+        stage.report(k / count, f"Encoding class names ({k + 1}/{count}: {queries[k]})")
+
+    try:
+        batched = "progress" in inspect.signature(scorer.set_queries).parameters
+    except (TypeError, ValueError):        # a callable without a signature
+        batched = False
+    if batched:
+        scorer.set_queries(queries, progress=report)
+        return
+    for k in range(count):
+        report(k)
+        scorer.set_queries(queries[:k + 1])
 
 
 def build_segmenter(request: SegmentationRequest, reader, queries, owner, monitor: RunMonitor,
@@ -303,6 +329,24 @@ def choose_method(request: SegmentationRequest, cache_dir: Optional[str] = None)
                 "was skipped" if request.method == "auto" else "")
         return "clip", None, note
     return "drseg", dino_path, ""
+
+
+def model_libraries(request: SegmentationRequest):
+    """-> the modules the request's models import (torch first), for a front end to import ahead
+    in its worker thread. Cheap (a few file checks, nothing imported); a request the run will
+    refuse names what it would need if it were fixed."""
+    engine = request.engine or request.method
+    libraries = list(SAM3_LIBRARIES if engine in SAM3_ENGINES else CLIP_LIBRARIES)
+    if engine != "sam3":
+        clip_request = (dataclasses.replace(request, method=engine) if engine in ("drseg", "clip")
+                        else request)
+        try:
+            with_dino = choose_method(clip_request)[0] == "drseg"
+        except DrSegError:  # e.g. DR-Seg without DINO weights: the run says so
+            with_dino = clip_request.method == "drseg"
+        if with_dino:
+            libraries += DINO_LIBRARIES
+    return tuple(dict.fromkeys(libraries))
 
 
 def build_scorer(request: SegmentationRequest, monitor: RunMonitor):

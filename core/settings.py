@@ -61,6 +61,7 @@ class Settings:
     stride: int = DEFAULT_STRIDE     # window step; overlap = window - stride
     block: int = 512                 # output block size, working pixels
     batch_size: int = DEFAULT_BATCH_SIZE  # windows per model call (halved on GPU out-of-memory)
+    fast: bool = False               # fast mode: windows overlap less (protocol.FAST_OVERLAP)
     embedding_cache: bool = True     # keep image/text embeddings on disk (core.disk_cache)
     embedding_cache_mb: int = 2048   # its size budget; least recently used entries go first
     dask: str = ""                   # Dask cluster: local:N or tcp://HOST:PORT; "" = this process
@@ -105,9 +106,10 @@ class Settings:
                      "dino_weights", "sam_model", "sam_weights", "device", "dask"):
             if not isinstance(getattr(self, name), str):
                 problems.append(f"{_LABELS[name]} must be text, got {getattr(self, name)!r}")
-        if not isinstance(self.embedding_cache, bool):
-            problems.append(f"{_LABELS['embedding_cache']} must be true or false, "
-                            f"got {self.embedding_cache!r}")
+        for name in ("embedding_cache", "fast"):
+            if not isinstance(getattr(self, name), bool):
+                problems.append(f"{_LABELS[name]} must be true or false, "
+                                f"got {getattr(self, name)!r}")
         if problems:  # the checks below need the right types
             return problems
         for name, (low, high) in LIMITS.items():
@@ -185,7 +187,8 @@ _LABELS = {"window": "Window size", "stride": "Stride", "block": "Block size",
            "clip_model": "CLIP model", "clip_weights": "CLIP weights", "dino_model": "DINO model",
            "dino_weights": "DINO weights", "sam_model": "SAM model", "sam_weights": "SAM weights",
            "device": "Device", "embedding_cache": "Embedding cache",
-           "embedding_cache_mb": "Embedding cache size (MB)", "dask": "Dask cluster"}
+           "embedding_cache_mb": "Embedding cache size (MB)", "dask": "Dask cluster",
+           "fast": "Fast mode"}
 
 
 def _looks_like_file(value: str) -> bool:

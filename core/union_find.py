@@ -4,12 +4,38 @@
     groups.union(0, 3)
     groups.groups()          # [[0, 3], [1], [2], ...]
 
-Used wherever pieces are joined into connected groups: runs of mask pixels
-(``refer/prompts.label_components``), polygons across tile seams (``vectorize``).
+Used wherever pieces are joined into connected groups: polygons across tile seams
+(``vectorize``). :func:`group_roots` does the same for many integer keys at once with numpy
+(runs of mask pixels, ``refer/prompts.label_components``).
 """
 from __future__ import annotations
 
 from typing import Dict, Hashable, Iterable, List
+
+import numpy as np
+
+
+def group_roots(n: int, a, b) -> np.ndarray:
+    """Connected groups of the keys 0..n-1 joined by the edges (a[k], b[k]): (n,) int64, each
+    key's group given by its smallest key. Vectorised: roots are hooked onto the smallest
+    neighbouring root, then every key jumps to its root, until no edge joins two groups (a few
+    rounds for the run graphs of masks; every round joins at least one pair of groups)."""
+    parent = np.arange(int(n), dtype=np.int64)
+    a = np.asarray(a, np.int64).reshape(-1)
+    b = np.asarray(b, np.int64).reshape(-1)
+    while True:
+        while True:                     # pointer jumping: every key points at its root
+            above = parent[parent]
+            if np.array_equal(above, parent):
+                break
+            parent = above
+        ra, rb = parent[a], parent[b]
+        apart = ra != rb
+        if not apart.any():
+            return parent
+        ra, rb = ra[apart], rb[apart]
+        # a root only ever points to a smaller key: no cycles, and the root is the group's minimum
+        np.minimum.at(parent, np.maximum(ra, rb), np.minimum(ra, rb))
 
 
 class UnionFind:

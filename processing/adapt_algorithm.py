@@ -23,8 +23,9 @@ from ..core.models.registry import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEV
 from .base import DrSegAlgorithm, engine_errors, number_type, source_type
 
 LEVEL_OPTIONS = ["Calibrate (seconds, no training): prompts, λ, per-class bias",
-                 "Prompt: learned class-text offsets, encoders frozen",
-                 "Fine-tune, soft-guided: attention weights kept close to a frozen copy"]
+                 "Prompt: learned prompt context and class-text offsets, encoders frozen",
+                 "Fine-tune, soft-guided: attention weights kept close to a frozen copy, "
+                 "cost-map decoder"]
 
 
 class AdaptModelAlgorithm(DrSegAlgorithm):
@@ -57,12 +58,15 @@ class AdaptModelAlgorithm(DrSegAlgorithm):
         "cut from the raster (optionally only in <b>Area</b>); a share of them, in blocks of "
         "neighbouring chips, is held out to measure IoU before and after."
         "<br><br><b>Level</b>: <i>Calibrate</i> chooses per class the best wording, a bias and "
-        "the global-token weight λ (seconds); <i>Prompt</i> also learns an offset of each class's "
+        "the global-token weight λ (seconds); <i>Prompt</i> also learns prompt context words "
+        "(shared by every class name, also ones you did not label) and an offset of each class's "
         "text embedding; <i>Fine-tune</i> also trains the CLIP vision tower's attention weights "
-        "at a small learning rate while a frozen copy keeps its features close, so class names "
-        "you did not label still work."
+        "at a small learning rate while a frozen copy keeps its features close, and a light "
+        "decoder that sharpens the class map, so class names you did not label still work."
         "<br><br>Output: one <b>adapter file</b> (.safetensors) for the segmentation algorithm's "
-        "'Adapter file' parameter (it needs the same CLIP model and weights), a .report.json and "
+        "'Adapter file' parameter and the dock's Adapter field (it needs the same CLIP model and "
+        "weights; saved in the model cache's 'adapters' folder it is listed by name), a "
+        ".report.json and "
         "a .iou.png chart beside it. <b>Resume</b> continues an interrupted prompt/fine-tune run "
         "from its checkpoint.")
 

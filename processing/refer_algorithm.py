@@ -23,8 +23,7 @@ from qgis.core import (QgsProcessingException, QgsProcessingOutputNumber,
 
 from ..core.models.registry import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_SAM3_MODEL,
                                     DEVICE_CHOICES, REFER_ENGINE_CHOICES, SAM_MODELS)
-from ..qgis_bridge.engine import (DEFAULT_MAX_SIZE, REFER_LIBRARIES, import_model_libraries,
-                                  load_refer_engine)
+from ..qgis_bridge.engine import DEFAULT_MAX_SIZE, import_model_libraries, load_refer_engine
 from ..qgis_bridge.styling import style_referring_layer
 from .base import (DrSegAlgorithm, destination_files, engine_errors, number_type, source_type,
                    work_folder)
@@ -195,11 +194,11 @@ class ReferringSegmentationAlgorithm(DrSegAlgorithm):
         """Worker thread: run the engine; no GUI, layer or project access here."""
         if self._request is None:  # prepareAlgorithm always runs first; be safe anyway
             raise QgsProcessingException("The algorithm was not prepared")
-        from ..core.refer.run import run_referring
+        from ..core.refer.run import model_libraries, run_referring
         from ..core.style import categorized_qml
 
         with engine_errors(), work_folder() as work:
-            import_model_libraries(REFER_LIBRARIES)  # in the worker thread
+            import_model_libraries(model_libraries(self._request))  # in the worker thread
             request = dataclasses.replace(self._request, out_vector=os.path.join(work, WORK_FILE))
             result = run_referring(request, progress=self.engine_progress(feedback),
                                    cancelled=feedback.isCanceled)

@@ -75,7 +75,7 @@ def load_engine():
 
     Checks that the packages are there without importing torch or open_clip (seconds that would
     freeze QGIS on the first Run); the task's worker thread imports them with
-    `import_model_libraries()`.
+    `import_model_libraries(segment.model_libraries(request))`.
     """
     missing = missing_packages()
     if missing:
@@ -102,20 +102,24 @@ def load_refer_engine():
     return run
 
 
-# What the models need, imported in a task's worker thread (QGIS's event loop keeps running).
-SEGMENT_LIBRARIES = ("torch", "open_clip")
-REFER_LIBRARIES = ("torch", "open_clip", "segment_anything")
+def import_model_libraries(modules) -> None:
+    """Worker thread: import the model libraries a run needs (`core.segment.model_libraries`,
+    `core.refer.run.model_libraries`) while QGIS's event loop keeps running; a broken
+    installation (present but failing to import) as MissingDependencies with the install advice."""
+    from ..core.background_imports import background_imports
 
-
-def import_model_libraries(modules=SEGMENT_LIBRARIES) -> None:
-    """Worker thread: import the model libraries; a broken installation (present but failing to
-    import) as MissingDependencies with the install advice."""
     keep_triton_out()
-    try:
+    if all(sys.modules.get(module) is not None for module in modules):
+        return  # later runs: nothing to import (and nothing new to freeze out of collections)
+    with background_imports():  # without stopping QGIS's event loop
         for module in modules:
-            importlib.import_module(module)
-    except ImportError as exc:
-        raise MissingDependencies(dependency_message([], f"{type(exc).__name__}: {exc}")) from None
+            try:
+                importlib.import_module(module)
+            except ImportError as exc:
+                if module.partition(".")[0] in ENGINE_MODULES:
+                    raise MissingDependencies(
+                        dependency_message([], f"{type(exc).__name__}: {exc}")) from None
+                # a model's own library (timm, SAM 3's transformers): the run says what is wrong
 
 
 def prepare_packages() -> List[str]:

@@ -20,7 +20,7 @@ from qgis.PyQt.QtCore import pyqtSignal
 
 from ..core.advice import QGIS, speaking_to
 from ..core.errors import DrSegError, RunCancelled
-from .engine import REFER_LIBRARIES, MissingDependencies, import_model_libraries, load_engine
+from .engine import MissingDependencies, import_model_libraries, load_engine
 
 LOG_TAG = "DR-Seg"
 
@@ -55,8 +55,10 @@ class DrSegTask(QgsTask):
     leaves the keep-alive list. After the callback: `error` (for the user) or `was_cancelled`.
     A run that stops on a cancel returns True (QGIS shows failed tasks with a notification)."""
 
+    task_flags = QgsTask.Flag.CanCancel
+
     def __init__(self, description: str, on_finished: Optional[Callable] = None):
-        super().__init__(description, QgsTask.Flag.CanCancel)
+        super().__init__(description, self.task_flags)
         self.on_finished = on_finished
         self.error: Optional[str] = None
         self.was_cancelled = False
@@ -158,7 +160,7 @@ class SegmentationTask(EngineTask):
 
     def _work(self) -> None:
         segment = load_engine()
-        import_model_libraries()  # here, in the worker thread: seconds on a first run
+        import_model_libraries(segment.model_libraries(self.request))  # seconds on a first run
         self.result = segment.run_segmentation(self.request, scorer=self.scorer,
                                                progress=self._progress, cancelled=self.isCanceled)
 
@@ -188,9 +190,9 @@ class ReferringTask(EngineTask):
         self.layer_name: Optional[str] = None   # legend name of the layer the callback adds
 
     def _work(self) -> None:
-        from ..core.refer.run import run_referring
+        from ..core.refer.run import model_libraries, run_referring
 
-        import_model_libraries(REFER_LIBRARIES)  # here, in the worker thread
+        import_model_libraries(model_libraries(self.request))  # here, in the worker thread
         self.result = run_referring(self.request, progress=self._progress,
                                     cancelled=self.isCanceled, sam=self.sam, clip=self.clip)
         self.session = self.result.session
@@ -260,3 +262,26 @@ class ModelTransferTask(DrSegTask):
     def _settle(self, ok: bool) -> None:
         if not ok and self.isCanceled():
             self.was_cancelled = True
+
+
+class DeviceCheckTask(DrSegTask):
+    """Runs `describe(name) -> text` (which may import torch: seconds the first time) in the
+    background. After the callback: `name`, and `text`, or `error` for a describer that raised."""
+
+    # Not listed in QGIS's task manager where QGIS can hide a task (3.26+): a check of a few seconds.
+    task_flags = QgsTask.Flag.CanCancel | getattr(QgsTask.Flag, "Hidden", QgsTask.Flag(0))
+
+    def __init__(self, name: str, describe: Callable[[str], str],
+                 on_finished: Optional[Callable[["DeviceCheckTask"], None]] = None):
+        super().__init__("DR-Seg: checking the device", on_finished)
+        self.name = name
+        self.describe = describe
+        self.text: Optional[str] = None
+
+    def run(self) -> bool:  # noqa: D401 (QGIS's name)
+        try:
+            self.text = self.describe(self.name)
+            return True
+        except Exception as exc:  # shown in the dialog, not raised in a thread
+            self.error = f"{type(exc).__name__}: {exc}"
+            return False

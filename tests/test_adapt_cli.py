@@ -48,12 +48,14 @@ def test_adapt_command_writes_adapter_report_and_segment_uses_it(tmp_path, label
     code = main(["adapt", raster, "--labels", labels, "--class-field", "landuse", "--out", out,
                  "--level", "finetune", "--steps", "3", "--lr", "0.01", "--chip", "64",
                  "--validation-share", "0.25", "--clip-model", config, "--clip-weights", weights,
-                 "--device", "cpu", "--quiet"])
+                 "--device", "cpu", "--class-context", "--context-tokens", "3", "--quiet"])
     printed = capsys.readouterr().out
     assert code == 0, printed
     adapter = load_adapter(out)
     assert adapter.classes == ["meadow", "roof"] and adapter.level == "finetune"
     assert adapter.vision_state and adapter.base_sha256  # the weights file's SHA-256
+    assert adapter.context.shape == (3, 32) and adapter.class_context.shape == (2, 3, 32)
+    assert adapter.decoder() is not None
     report = json.loads(open(str(tmp_path / "mine.report.json")).read())
     assert report["train_chips"] + report["validation_chips"] == 16
     assert report["validation_chips"] == 4          # one block of 2×2 chips

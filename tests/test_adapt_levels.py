@@ -76,12 +76,14 @@ def test_training_step_reduces_the_loss(level):
         assert changed and all("attn" in n for n in changed)
 
 
-def test_adapter_round_trip_changes_scores_and_keeps_unseen_classes(tmp_path):
+@pytest.mark.parametrize("context", [0, 4])
+def test_adapter_round_trip_changes_scores_and_keeps_unseen_classes(tmp_path, context):
     clip = tiny_clip()
     images, labels = two_colour_chips()
     prompts = {n: ClassPrompt(n) for n in NAMES}
     trainer = Trainer(clip, images, labels, NAMES, prompts, -0.3,
-                      TrainConfig(level="finetune", lr=1e-2, backbone_multiplier=0.1))
+                      TrainConfig(level="finetune", lr=1e-2, backbone_multiplier=0.1,
+                                  context_tokens=context, decoder=bool(context)))
     for step in range(3):
         trainer.step(step)
     adapter = trainer.adapter("tiny.json", "random")
@@ -92,6 +94,15 @@ def test_adapter_round_trip_changes_scores_and_keeps_unseen_classes(tmp_path):
     assert loaded.metrics == {"after": {"mIoU": 50.0}} and loaded.created
     assert torch.equal(loaded.text_offset, adapter.text_offset)
     assert set(loaded.vision_state) == set(adapter.vision_state)
+    assert loaded.text_digest() == adapter.text_digest()
+    if context:
+        assert torch.equal(loaded.context, adapter.context) and loaded.context.shape[0] == context
+        assert not torch.equal(loaded.context, loaded.context_init)     # it was trained
+        assert set(loaded.decoder_state) == set(adapter.decoder_state)
+        for name, value in loaded.decoder().state_dict().items():
+            assert torch.equal(value, adapter.decoder_state[name]), name
+    else:
+        assert loaded.context is None and loaded.decoder() is None
 
     fresh = tiny_clip()                       # the same base weights (same seed)
     fresh.set_queries(["red", "grass"])
@@ -101,10 +112,21 @@ def test_adapter_round_trip_changes_scores_and_keeps_unseen_classes(tmp_path):
     scorer = AdaptedScorer(adapted_clip, adapted_clip, loaded)
     scorer.set_queries(["red", "grass"])
     adapted = scorer.score_windows(images[:1])
-    assert not np.allclose(adapted[:, 0], plain[:, 0])          # the adapter changes 'red'
-    # 'grass' was never seen: its text embedding is the one without the adapter
+    # with the decoder the logits are on a grid 4x finer than the patches
+    assert adapted.shape[-1] == plain.shape[-1] * (4 if context else 1)
+    coarse = torch.nn.functional.avg_pool2d(torch.from_numpy(adapted), 4).numpy() if context else adapted
+    assert not np.allclose(coarse[:, 0], plain[:, 0], atol=1e-4)   # the adapter changes 'red'
     text, bias = adapted_text(adapted_clip, loaded, ["grass"])
-    assert torch.allclose(text[0], fresh.text_features[1]) and float(bias[0]) == 0.0
+    assert float(bias[0]) == 0.0
+    if not context:   # 'grass' was never seen: its text embedding is the one without the adapter
+        assert torch.allclose(text[0], fresh.text_features[1])
+    else:             # ... moved by what the learned context changes in the prompt 'X X X X grass.'
+        from drseg.core.adapt.context import encode_with_context
+        delta = (encode_with_context(fresh.model, fresh.tokenizer, ["grass"], loaded.context)
+                 - encode_with_context(fresh.model, fresh.tokenizer, ["grass"], loaded.context_init))
+        expected = torch.nn.functional.normalize(fresh.text_features[1] + delta[0], dim=-1)
+        assert torch.allclose(text[0], expected, atol=1e-6)
+        assert not torch.allclose(text[0], fresh.text_features[1], atol=1e-4)
 
 
 def test_not_an_adapter_is_one_clear_error(tmp_path):

@@ -266,7 +266,7 @@ def test_text_embeddings_are_encoded_once_per_query(tiny_clip):
     clip = dense(tiny_clip)
     encoded = []
     real = clip.encode_texts
-    clip.encode_texts = lambda names: (encoded.append(list(names)), real(names))[1]
+    clip.encode_texts = lambda names, *rest: (encoded.append(list(names)), real(names))[1]
     clip.set_queries(["water", "road"])
     first = clip.text_features.clone()
     clip.set_queries(["road", "building", "water"])
@@ -298,3 +298,23 @@ def test_query_embeddings_come_back_from_the_disk_cache(tiny_clip, tmp_path):
     other.disk_cache = DiskCache(str(tmp_path))
     other.set_queries(["road"])                        # other templates: another key
     assert other.text_encodes == 1
+
+
+def test_batched_text_encoding_equals_one_name_at_a_time(tiny_clip):
+    model, tokenizer, _ = tiny_clip
+    clip = DenseClip(model, tokenizer, torch.device("cpu"))           # the 80 ImageNet templates
+    names = ["water", "a red roof", "road", "tree", "bare soil"]
+    one_by_one = torch.cat([encode_prompts(model, tokenizer, torch.device("cpu"), [name],
+                                           clip.templates) for name in names])
+    started = []
+    for batch_size in (None, 7, 80, 256):                  # batches cutting through names too
+        started.clear()
+        got = encode_prompts(model, tokenizer, torch.device("cpu"), names, clip.templates,
+                             batch_size=batch_size, started=started.append)
+        torch.testing.assert_close(got, one_by_one, rtol=1e-5, atol=1e-6)
+        assert started == list(range(len(names)))          # each name once, in order
+    reported = []
+    clip.set_queries(["road", "water", "road", "tree"], progress=reported.append)
+    assert reported == [0, 1, 3]                            # query indices, each name once
+    torch.testing.assert_close(clip.text_features,
+                               one_by_one[[2, 0, 2, 3]], rtol=1e-5, atol=1e-6)

@@ -298,12 +298,12 @@ def test_a_method_the_user_picked_is_kept(dock, isolated_settings):
 
 
 def test_dino_model_change_moves_the_catalog_default_along(dock, isolated_settings):
-    put_in_cache(isolated_settings, "dinov2-vit-s14")
-    dock.dino_weights_widget.setFilePath("dino-vit-b8")
-    dock.dino_model_combo.setCurrentText("dinov2_vits14")
-    assert dock.dino_weights_widget.filePath() == "dinov2-vit-s14"
+    put_in_cache(isolated_settings, "dino-vit-s8")   # an entry without a published size
+    dock.dino_weights_widget.setFilePath("dinov2-vit-b14")
+    dock.dino_model_combo.setCurrentText("dino_vits8")
+    assert dock.dino_weights_widget.filePath() == "dino-vit-s8"
     assert dock.method() == "drseg"
-    assert dock.dino_path.endswith("dinov2_vits14_pretrain.pth")
+    assert dock.dino_path.endswith("dino_deitsmall8_pretrain.pth")
 
 
 def test_drseg_options_reach_the_engine(dock, qgis_iface, qgis_new_project, tmp_path, tiny_clip,

@@ -507,6 +507,54 @@ def test_termination_signals_stop_like_ctrl_c(signame, tmp_path):
     assert os.listdir(out) == []
 
 
+# Runs the command line with model loading slowed down deterministically: every parameter a
+# model registers while it loads (core.interrupt.cancellable_loading) takes 0.2 s, and the first
+# one leaves a marker file, so a test knows the process is loading a model.
+SLOW_LOADING_CLI = """
+import os, runpy, sys, time
+import torch
+from drseg.core import interrupt
+marker = sys.argv.pop(1)
+
+def slow(module, name, param):
+    if interrupt._current.loading:
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+        time.sleep(0.2)
+
+torch.nn.modules.module.register_module_parameter_registration_hook(slow)
+sys.argv[0] = "drseg"
+runpy.run_module("drseg", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_ctrl_c_while_a_model_loads_exits_130_in_one_line(tmp_path):
+    """Ctrl-C while the CLIP model is being built: exit 130, one line 'cancelled', no traceback,
+    nothing left in the output folder."""
+    import signal
+    import time
+
+    tiny = write_tiny_clip_config(tmp_path, "tiny.json")
+    out = tmp_path / "out"
+    out.mkdir()
+    marker = tmp_path / "loading"
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_LOADING_CLI, str(marker), "segment", rgb_raster(tmp_path / "in.tif"),
+         "--classes", "water;road", "--out", str(out / "o.gpkg"), "--raster-out", str(out / "o.tif"),
+         "--clip-model", str(tiny), "--clip-weights", "random", "--device", "cpu", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(tmp_path))
+    deadline = time.monotonic() + 120
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.exists() and proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == ["cancelled"], err
+    assert os.listdir(out) == [] and leftovers([str(out), str(tmp_path)]) == []
+
+
 def test_stale_work_folders_of_dead_runs_are_swept(tmp_path):
     """Leftovers of a killed run (its process gone) are removed by the next run into the folder;
     folders of live processes, of other hosts or without an owner record are left alone."""

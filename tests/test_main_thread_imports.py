@@ -1,61 +1,27 @@
 """The first Run must not freeze QGIS: torch, open_clip and segment_anything are imported in the
 task's worker thread, never on the main (GUI) thread. A fresh process (nothing imported yet)
-records which thread first imports each heavy module while the dock runs from a click.
+records which thread first imports each heavy module while the dock runs from a click, or while
+the Settings dialog describes the device.
 
 (The event loop's longest stall is measured by benchmarks/bench_event_loop.py, which prints it.)
 """
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
+from support.bare_qgis import run_script, script_env
 from support.rasters import write_halves_raster as write_raster
 from support.tiny_models import write_tiny_clip_config
 
 HEAVY = ("torch", "open_clip", "segment_anything")
 
 SCRIPT = """
-import json, sys, threading, time
+import sys, time
+from support.bare_qgis import print_report, record_first_imports, start_bare_qgis
 HEAVY = {heavy!r}
-first = {{}}
-
-class Recorder:
-    # Finds a heavy module through the other finders and notes which thread executes it (a real
-    # import; a presence check with importlib.util.find_spec executes nothing).
-    def find_spec(self, name, path=None, target=None):
-        if name not in HEAVY or name in first:
-            return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(name, path, target)
-            if spec is not None:
-                break
-        else:
-            return None
-        original = spec.loader.exec_module
-
-        def exec_module(module):
-            first.setdefault(name, threading.current_thread() is threading.main_thread())
-            return original(module)
-
-        spec.loader.exec_module = exec_module
-        return spec
-
-sys.meta_path.insert(0, Recorder())
-from qgis.core import QgsApplication, QgsProject, QgsRasterLayer
-app = QgsApplication([], True)
-app.initQgis()
-from unittest import mock
-from qgis.gui import QgsMapCanvas
-from qgis.PyQt.QtWidgets import QMainWindow
-window = QMainWindow()
-iface = mock.MagicMock()
-iface.mainWindow.return_value = window
-iface.mapCanvas.return_value = QgsMapCanvas(window)
+first = record_first_imports(HEAVY)
+app, iface = start_bare_qgis()
+from qgis.core import QgsProject, QgsRasterLayer
 from drseg.ui.dock import DrSegDock
 dock = DrSegDock(iface)
 layer = QgsRasterLayer({raster!r}, "scene")
@@ -75,9 +41,8 @@ while not finished and time.monotonic() < deadline:
     app.processEvents()
     time.sleep(0.01)
 task = finished[0] if finished else None
-print("REPORT" + json.dumps(dict(before=before, first=first,
-                                 ok=bool(task and task.succeeded),
-                                 error=getattr(task, "error", "no task"))))
+print_report(dict(before=before, first=first, ok=bool(task and task.succeeded),
+                  error=getattr(task, "error", "no task")))
 dock.shutdown()
 app.exitQgis()
 """
@@ -88,15 +53,49 @@ def test_a_dock_run_imports_no_heavy_module_on_the_main_thread(tmp_path, monkeyp
     config = write_tiny_clip_config(tmp_path)
     script = SCRIPT.format(heavy=HEAVY, raster=raster, config=config,
                            output=str(tmp_path / "result.gpkg"))
-    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", DRSEG_CONFIG=str(tmp_path / "s.json"),
-               DRSEG_CACHE_DIR=str(tmp_path / "cache"))
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=str(tmp_path),
-                          env=env, capture_output=True, text=True, timeout=300)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("REPORT")]
-    assert lines, done.stdout + done.stderr
-    report = json.loads(lines[-1][len("REPORT"):])
+    env = script_env(DRSEG_CONFIG=str(tmp_path / "s.json"), DRSEG_CACHE_DIR=str(tmp_path / "cache"))
+    report = run_script(textwrap.dedent(script), tmp_path, env)
     assert report["ok"], report["error"]
     assert report["before"] == []          # a fresh process: the first Run of a session
-    # torch and open_clip were imported by the run, each first in a worker thread.
+    # torch and open_clip were imported by the run, each first in a worker thread, inside its
+    # background_imports block (what keeps the event loop running meanwhile).
     assert {"torch", "open_clip"} <= set(report["first"])
-    assert not any(report["first"].values()), report["first"]
+    assert not any(where["main"] for where in report["first"].values()), report["first"]
+    assert all(where["protected"] for where in report["first"].values()), report["first"]
+
+
+SETTINGS_SCRIPT = """
+import time
+from support.bare_qgis import print_report, record_first_imports, start_bare_qgis
+first = record_first_imports(["torch"])
+app, iface = start_bare_qgis()
+from drseg.ui import integration
+dialog = integration.open_settings(iface, {path!r})
+opened = dict(visible=dialog.isVisible(), label=dialog.device_info_label.text(),
+              torch=dict(first))
+described = []
+dialog.deviceDescribed.connect(described.append)
+deadline = time.monotonic() + 240
+while not described and time.monotonic() < deadline:
+    app.processEvents()
+    time.sleep(0.01)
+print_report(dict(opened=opened, first=first, described=described,
+                  label=dialog.device_info_label.text()))
+integration.close_dialogs()
+app.exitQgis()
+"""
+
+
+def test_opening_the_settings_dialog_imports_torch_in_the_background(tmp_path):
+    """The device description needs torch: the dialog opens at once, says it is checking, and
+    shows the description when a worker thread has imported torch (GC paused, GIL-free)."""
+    from drseg.core.device import describe_device_choice
+    from drseg.ui.settings_dialog import CHECKING_DEVICE
+
+    script = SETTINGS_SCRIPT.format(path=str(tmp_path / "s.json"))
+    env = script_env(DRSEG_CONFIG=str(tmp_path / "s.json"), DRSEG_CACHE_DIR=str(tmp_path / "cache"))
+    report = run_script(textwrap.dedent(script), tmp_path, env)
+    assert report["opened"] == dict(visible=True, label=CHECKING_DEVICE, torch={})
+    assert report["first"] == {"torch": dict(main=False, protected=True)}
+    expected = describe_device_choice("auto")[1]      # this machine's answer, torch imported here
+    assert report["described"] == [expected] and report["label"] == expected

@@ -307,6 +307,21 @@ def test_tiling_and_the_model_cache_come_from_the_settings(drseg_provider, tiny_
     assert fake_models.requests[-1].method == "clip" and "dino_vits8" in result["NOTE"]
 
 
+def test_fast_mode_from_the_parameter_or_the_settings(drseg_provider, tiny_clip, tmp_path,
+                                                     fake_models, isolated_settings):
+    import json
+    import os
+
+    raster = write_raster(tmp_path / "scene.tif")
+    run_algorithm(ALG, params(raster, tiny_clip, tmp_path, OUTPUT=str(tmp_path / "a.gpkg")))
+    run_algorithm(ALG, params(raster, tiny_clip, tmp_path, FAST=True,
+                              OUTPUT=str(tmp_path / "b.gpkg")))
+    with open(os.environ["DRSEG_CONFIG"], "w") as handle:
+        json.dump({"fast": True}, handle)                  # unchecked: the settings decide
+    run_algorithm(ALG, params(raster, tiny_clip, tmp_path, OUTPUT=str(tmp_path / "c.gpkg")))
+    assert [r.stride for r in fake_models.requests] == [112, 168, 168]
+
+
 def test_blend_and_class_probabilities_reach_the_engine(drseg_provider, tiny_clip, tmp_path):
     """BLEND picks the engine's window blend; OUTPUT_PROBABILITIES is a float32 raster on the
     input's grid, one band per class named after it, whose argmax and threshold give the classes."""

@@ -17,6 +17,7 @@ from unittest import mock
 import pytest
 from conftest_qgis import (REPO_ROOT, files_under, install_buttons, isolated_settings,  # noqa: F401
                            plugin_iface, raster_layer, tiny_clip, wait_for)
+from support.bare_qgis import run_script, script_env
 from support.rasters import write_halves_raster as write_raster
 from support.tiny_models import write_tiny_clip_config
 from qgis.core import Qgis, QgsApplication
@@ -153,19 +154,12 @@ def test_plugin_loads_and_explains_when_torch_is_missing(tmp_path):
     """classFactory, initGui, the dock and Run work without torch/open_clip: Run says what to install."""
     raster = write_raster(tmp_path / "scene.tif")
     script = textwrap.dedent(f"""
-        import json, sys
+        import sys
         for name in ("torch", "torchvision", "open_clip"):
             sys.modules[name] = None  # `import torch` now raises ImportError
-        from unittest import mock
+        from support.bare_qgis import print_report, start_bare_qgis
+        app, iface = start_bare_qgis()
         from qgis.core import QgsApplication, QgsProject, QgsRasterLayer
-        app = QgsApplication([], True)
-        app.initQgis()
-        from qgis.gui import QgsMapCanvas
-        from qgis.PyQt.QtWidgets import QMainWindow
-        window = QMainWindow()
-        iface = mock.MagicMock()
-        iface.mainWindow.return_value = window
-        iface.mapCanvas.return_value = QgsMapCanvas(window)
         import drseg
         plugin = drseg.classFactory(iface)
         plugin.initGui()
@@ -183,15 +177,10 @@ def test_plugin_loads_and_explains_when_torch_is_missing(tmp_path):
                       dock=plugin.dock is not None,
                       torch=[n for n in ("torch", "open_clip") if sys.modules.get(n) is not None])
         plugin.unload()
-        print("REPORT" + json.dumps(report))
+        print_report(report)
         app.exitQgis()
     """)
-    env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
-    done = subprocess.run([sys.executable, "-c", script], cwd=str(tmp_path), env=env,
-                          capture_output=True, text=True, timeout=120)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("REPORT")]
-    assert lines, done.stdout + done.stderr
-    report = json.loads(lines[-1][len("REPORT"):])
+    report = run_script(script, tmp_path, script_env(), timeout=120)
     assert report["provider"] and report["dock"] and report["task"]
     assert report["torch"] == []
     assert len(report["errors"]) == 1

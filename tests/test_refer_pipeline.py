@@ -382,3 +382,24 @@ def test_prompt_sets_of_one_make_up_share_a_decoder_call_with_the_same_outputs(t
         np.testing.assert_allclose(low, one_low, rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(ious, one_ious, rtol=1e-4, atol=1e-4)
         assert np.mean(masks != one_masks) < 1e-3
+
+
+def test_mask_to_geometry_of_a_speckled_mask_rasterises_back_to_it():
+    from rasterio.features import rasterize
+
+    from drseg.core.refer.pipeline import mask_to_geometry
+    from drseg.core.refer.prompts import label_components
+
+    rng = np.random.default_rng(8)
+    mask = rng.random((90, 70)) < 0.55          # thousands of regions, most with holes around
+    mask[10:40, 10:40] = True
+    mask[20:30, 20:30] = False                  # a region with a hole
+    transform = from_origin(500000, 4100000, 0.5, 0.5)
+    geometry = mask_to_geometry(mask, transform)
+    assert geometry.is_valid
+    assert geometry.area == pytest.approx(mask.sum() * 0.25)
+    back = rasterize([geometry], out_shape=mask.shape, transform=transform, fill=0,
+                     default_value=1).astype(bool)
+    np.testing.assert_array_equal(back, mask)
+    assert len(geometry.geoms) == label_components(mask, connectivity=4)[1]
+    assert mask_to_geometry(np.zeros((5, 5), bool), transform) is None

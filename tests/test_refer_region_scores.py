@@ -45,6 +45,29 @@ def test_pooled_embedding_is_the_mean_of_the_patch_features_under_the_mask(tiny_
     assert (localizer.crop_encodes, tiny_clip.forward_calls) == before     # no encoder ran
 
 
+def test_pooled_embedding_over_overlapping_windows_sums_each_windows_tokens(tiny_clip):
+    # several overlapping windows: each token's share is the mask's mean over its 16-px cell of
+    # that window, summed over all windows' tokens (the oracle loops over windows and cells)
+    localizer = Localizer(tiny_clip, LocalizerSettings(clip_long_side=None))
+    rng = np.random.default_rng(4)
+    image = rng.integers(0, 255, (336, 448, 3), dtype=np.uint8)
+    features = localizer.encode(image)
+    assert len(features.windows) == 6
+    masks = [rng.random((336, 448)) < 0.3, np.zeros((336, 448), bool)]
+    masks[1][100:250, 30:300] = True
+    got = localizer.pooled_embeddings(features, masks)
+    patches = features.patches.double()
+    for mask, embedding in zip(masks, got):
+        total = torch.zeros(patches.shape[1], dtype=torch.float64)
+        for (y, x), window in zip(features.windows, patches):
+            for i in range(window.shape[1]):
+                for j in range(window.shape[2]):
+                    cell = mask[y + 16 * i:y + 16 * i + 16, x + 16 * j:x + 16 * j + 16]
+                    total += float(cell.mean()) * window[:, i, j]
+        torch.testing.assert_close(embedding.double(), F.normalize(total, dim=0),
+                                   rtol=1e-5, atol=1e-6)
+
+
 # --------------------------------------------------------------------------------------------
 # A CLIP stand-in that knows things by colour, densely (tokens) and globally (crops)
 

@@ -269,6 +269,36 @@ def test_suppress_duplicates_keeps_best_of_nested_masks():
     assert len(kept) == 2 and {k.index for k in kept} == {1, 2}
 
 
+def test_suppress_duplicates_equals_plain_greedy_nms_on_random_masks():
+    def plain(scored, iou=0.5, containment=0.8):        # whole-mask counts, no boxes
+        kept = []
+        for sc in sorted(scored, key=lambda s: -s.score):
+            area = max(1, np.count_nonzero(sc.mask))
+            if not any(np.count_nonzero(sc.mask & k.mask)
+                       and (np.count_nonzero(sc.mask & k.mask)
+                            / (area + np.count_nonzero(k.mask) - np.count_nonzero(sc.mask & k.mask))
+                            > iou
+                            or np.count_nonzero(sc.mask & k.mask)
+                            / max(1, min(area, np.count_nonzero(k.mask))) >= containment)
+                       for k in kept):
+                kept.append(sc)
+        return kept
+
+    rng = np.random.default_rng(12)
+    for _ in range(20):
+        masks = []
+        for _ in range(8):
+            m = np.zeros((60, 80), bool)
+            y, x = rng.integers(0, 50), rng.integers(0, 70)
+            m[y:y + rng.integers(1, 30), x:x + rng.integers(1, 30)] = True
+            masks.append(m & (rng.random(m.shape) < 0.9))
+        masks.append(np.zeros((60, 80), bool))
+        scored = score_candidates([Candidate(m, float(rng.random())) for m in masks], None, None)
+        for iou, containment in ((0.5, 0.8), (0.2, 0.5)):
+            assert ([k.index for k in suppress_duplicates(scored, iou, containment)]
+                    == [k.index for k in plain(scored, iou, containment)])
+
+
 def test_rank_instances_applies_order_rank_and_count_as_parsed():
     items = [("a", 3.0, 0.9), ("b", 1.0, 0.5), ("c", 2.0, 0.7), ("d", 2.0, 0.8)]   # name, value, score
 

@@ -135,3 +135,56 @@ def test_extent_outside_the_raster_is_a_clear_error(scene, tmp_path):
     path, _ = scene
     with pytest.raises(InputError, match="does not overlap"):
         segment_scene(path, tmp_path, extent=(0, 0, 10, 10))
+
+
+def test_fast_mode_scores_fewer_windows_at_its_stride_and_gives_the_same_classes(scene, tmp_path):
+    from drseg.core.protocol import FAST_OVERLAP, fast_stride
+    from drseg.core.sliding import window_starts
+
+    path, truth = scene
+    (tmp_path / "default").mkdir()
+    (tmp_path / "fast").mkdir()
+    default_scorer, fast_scorer = scene_oracle(), scene_oracle()
+    default = segment_scene(path, tmp_path / "default", scorer=default_scorer, block=128)
+    fast = segment_scene(path, tmp_path / "fast", scorer=fast_scorer, block=128, fast=True)
+    # 224-px windows overlapping by a quarter: stride 168; 600 x 520 px -> rows 0,168,336 + 376,
+    # cols 0,168 + 296: 4 x 3 windows instead of 5 x 4
+    stride = fast_stride(224, 112)
+    assert stride == 224 - int(224 * FAST_OVERLAP) == 168
+    expected = len(window_starts(600, 224, stride)) * len(window_starts(520, 224, stride))
+    assert fast_scorer.windows == expected == fast.timings.windows == 12
+    assert default_scorer.windows == 20
+    with rasterio.open(default.raster_path) as a, rasterio.open(fast.raster_path) as b:
+        reference, quick = a.read(1), b.read(1)
+    assert (quick == reference).mean() > 0.99
+    truth = np.where(truth == 0, 5, truth)
+    for class_id in range(1, 6):
+        assert iou(quick == class_id, truth == class_id) >= 0.95, class_id
+    # an explicit stride larger than fast mode's stays
+    assert fast_stride(224, 200) == 200
+
+
+def test_fast_mode_from_the_command_line_and_the_saved_settings(monkeypatch, tmp_path):
+    import argparse
+
+    from drseg.cli.segment import SETTINGS, add_request_arguments, request_from_args
+    from drseg.cli.arguments import resolve_settings
+    from drseg.core.segment import windows_of
+    from drseg.core.settings import Settings, save_settings
+
+    parser = argparse.ArgumentParser()
+    add_request_arguments(parser)
+    monkeypatch.setenv("DRSEG_CONFIG", str(tmp_path / "settings.json"))
+
+    def stride_of(*argv):
+        args = parser.parse_args(["--classes", "water", *argv])
+        args.quiet = True
+        settings = resolve_settings(args, SETTINGS)
+        return windows_of(request_from_args(args, "scene.tif", settings)).stride
+
+    assert stride_of() == 112
+    assert stride_of("--fast") == 168
+    assert stride_of("--fast", "--window", "448", "--stride", "224") == 336
+    save_settings(Settings(fast=True))
+    assert stride_of() == 168                              # the saved setting
+    assert Settings(fast="yes").validate()                  # not a boolean: a problem

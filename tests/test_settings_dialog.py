@@ -72,9 +72,13 @@ def test_edits_round_trip_through_the_file(make_dialog, tmp_path):
     dialog.device_combo.setCurrentIndex(dialog.device_combo.findData("cuda"))
     dialog.block_spin.setValue(1024)
     dialog.batch_spin.setValue(4)
+    assert not dialog.fast_check.isChecked()
+    dialog.fast_check.setChecked(True)                 # 336-px windows: fast stride 252
+    assert "fast mode: stride 252 px" in dialog.overlap_label.text()
     save_button(dialog).click()
     assert dialog.result() == QDialog.DialogCode.Accepted, dialog.errors_label.text()
     loaded = load_settings(path)
+    assert loaded.fast is True
     assert (loaded.cache_dir, loaded.mirror_url, loaded.clip_weights) == \
         (str(tmp_path / "models"), "https://mirror.example/models", "remoteclip-vit-b-32")
     assert (loaded.dino_model, loaded.dino_weights, loaded.sam_model, loaded.sam_weights) == \
@@ -122,13 +126,42 @@ def test_environment_overrides_are_shown_and_not_saved(make_dialog, tmp_path, mo
 
 
 def test_device_check_describes_the_chosen_device(make_dialog):
+    """Described in a background task when the dialog opens and when the choice changes."""
     asked = []
     dialog = make_dialog(device_describer=lambda name: asked.append(name) or f"{name} is fine")
-    dialog.detect_button.click()
-    assert dialog.device_info_label.text() == "auto is fine"
+    assert wait_for(lambda: dialog.device_info_label.text() == "auto is fine", 30)
     dialog.device_combo.setCurrentIndex(dialog.device_combo.findData("cpu"))
+    assert wait_for(lambda: dialog.device_info_label.text() == "cpu is fine", 30)
+    assert asked[-1] == "cpu"
     dialog.detect_button.click()
-    assert asked[-1] == "cpu" and dialog.device_info_label.text() == "cpu is fine"
+    assert dialog.device_info_label.text() == sd.CHECKING_DEVICE   # until the task has answered
+    assert wait_for(lambda: dialog.device_info_label.text() == "cpu is fine", 30)
+    assert asked == ["auto", "cpu", "cpu"]
+
+
+def test_only_the_current_choice_is_described(make_dialog):
+    """A check of an earlier choice that answers late does not overwrite the current one."""
+    import threading
+
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_for_auto(name):
+        if name == "auto":
+            entered.set()
+            release.wait(30)
+        return f"{name} is fine"
+
+    dialog = make_dialog(device_describer=slow_for_auto)
+    first = dialog.device_task
+    assert wait_for(entered.is_set, 30)                  # the check of 'auto' is under way
+    dialog.device_combo.setCurrentIndex(dialog.device_combo.findData("cpu"))
+    assert wait_for(lambda: dialog.device_info_label.text() == "cpu is fine", 30)
+    release.set()
+    assert wait_for(lambda: first not in bridge_tasks.running(), 30)
+    assert dialog.device_info_label.text() == "cpu is fine" and first.text == "auto is fine"
+
+
+def test_the_default_describer_names_the_device():
     assert sd.describe_device("cpu") == "CPU: chosen in the settings"
     if not torch.cuda.is_available():
         assert "no CUDA GPU" in sd.describe_device("cuda")

@@ -73,3 +73,23 @@ def test_retain_forgets_finished_groups_and_keeps_the_others():
     assert len(uf) == 2 and 0 not in uf and 2 in uf
     uf.union(5, 2)
     assert uf.groups() == [[2, 4, 5]]
+
+
+def test_group_roots_match_graph_components_for_random_edges():
+    import numpy as np
+
+    from drseg.core.union_find import group_roots
+
+    rng = random.Random(3)
+    for trial in range(40):
+        n = rng.randint(1, 60)
+        edges = [(rng.randrange(n), rng.randrange(n)) for _ in range(rng.randint(0, 2 * n))]
+        if trial % 4 == 0:                 # a long chain in shuffled order
+            order = list(range(n))
+            rng.shuffle(order)
+            edges = list(zip(order, order[1:]))
+        roots = group_roots(n, [a for a, _ in edges], [b for _, b in edges])
+        expected = np.empty(n, np.int64)
+        for group in components(range(n), edges):
+            expected[list(group)] = min(group)
+        np.testing.assert_array_equal(roots, expected)

@@ -20,6 +20,7 @@ from qgis.PyQt.QtWidgets import (QCheckBox, QComboBox, QDockWidget, QFormLayout,
                                  QLabel, QPlainTextEdit, QPushButton, QScrollArea, QSpinBox,
                                  QTabWidget, QVBoxLayout, QWidget)
 
+from ..core.adapt.catalog import resolve_adapter
 from ..core.advice import QGIS, speaking_to
 from ..core.classes import parse_classes
 from ..core.errors import DrSegError, InputError
@@ -35,6 +36,7 @@ from ..qgis_bridge.outputs import default_output_path, output_folder
 from ..qgis_bridge.results import add_result_layers, is_result
 from ..qgis_bridge.sources import extent_in_layer_crs, layer_crs_check, raster_source
 from ..qgis_bridge.tasks import LOG_TAG, SegmentationTask
+from .adapter_field import AdapterField
 from .choices import SharedChoices
 from .combos import raster_layer_filter, select_device
 from .refer_panel import ReferringPanel
@@ -239,6 +241,10 @@ class DrSegDock(QDockWidget):
         self.clip_weights_widget.setToolTip(f"open_clip pretrained tag (e.g. '{DEFAULT_CLIP_WEIGHTS}', downloaded on "
                                             "first use) or a local checkpoint file")
         adv.addRow("CLIP weights", self.clip_weights_widget)
+        self.adapter_field = AdapterField(
+            advanced, lambda: self.settings.effective_cache_dir(), self.adapt_parameters,
+            lambda text: self._message(Qgis.MessageLevel.Critical, text))
+        adv.addRow("Adapter", self.adapter_field)
         self.dino_model_combo = QComboBox(advanced)
         self.dino_model_combo.addItems(DINO_MODEL_CHOICES)
         self.dino_model_combo.setCurrentText(DEFAULT_DINO_MODEL)
@@ -422,6 +428,14 @@ class DrSegDock(QDockWidget):
                 DINO_MODELS[self.dino_model_combo.currentText()].catalog_name)
         self.refresh_dino_state()
 
+    def adapt_parameters(self) -> dict:
+        """drseg:adaptmodel's starting values from this form (ui/adapter_field.py)."""
+        parameters = {"CLIP_MODEL": self.clip_model_combo.currentText().strip() or DEFAULT_CLIP_MODEL,
+                      "CLIP_WEIGHTS": self.clip_weights_widget.filePath().strip() or DEFAULT_CLIP_WEIGHTS}
+        if self.layer_combo.currentLayer() is not None:
+            parameters["INPUT"] = self.layer_combo.currentLayer()
+        return parameters
+
     def dino_cache_dir(self) -> Optional[str]:
         return self.settings.effective_cache_dir()  # DRSEG_CACHE_DIR wins over the setting
 
@@ -455,6 +469,7 @@ class DrSegDock(QDockWidget):
         if follows(self.stride_spin.value(), "stride"):
             self.stride_spin.setValue(settings.stride)
         self.refresh_dino_state()
+        self.adapter_field.refresh()                          # another model cache folder
         self.refer_panel.apply_settings(settings, previous)  # SAM model and weights
 
     # -- remembered between sessions ---------------------------------------------------------------
@@ -469,6 +484,8 @@ class DrSegDock(QDockWidget):
             self.clip_weights_widget.setFilePath(state["clip_weights"])
         if isinstance(state.get("sam_weights"), str):
             self.refer_panel.sam_weights_widget.setFilePath(state["sam_weights"])
+        if isinstance(state.get("adapter"), str):
+            self.adapter_field.set_value(state["adapter"])
         self.refer_panel.engine_rows.restore(state)
 
     def save_state(self) -> None:
@@ -476,6 +493,7 @@ class DrSegDock(QDockWidget):
                                "threshold": self.threshold_spin.value(),
                                "clip_weights": self.clip_weights_widget.filePath().strip(),
                                "sam_weights": self.refer_panel.sam_weights_widget.filePath().strip(),
+                               "adapter": self.adapter_field.value(),
                                **self.refer_panel.engine_rows.state()})
 
     def refresh_dino_state(self) -> None:
@@ -603,6 +621,9 @@ class DrSegDock(QDockWidget):
                                  f"{dino_help(dino_model).capitalize()}, or choose the Dense CLIP "
                                  "method")
             dino_weights = self.dino_path
+        adapter = self.adapter_field.value() or None
+        if adapter:   # a name or file that is not there stops here (headers only, no torch)
+            resolve_adapter(adapter, self.settings.effective_cache_dir())
         segment = load_engine()  # last: the cheap checks above need no torch
         table = os.path.splitext(os.path.basename(vector))[0]
         return segment.SegmentationRequest(
@@ -618,8 +639,8 @@ class DrSegDock(QDockWidget):
             fusion=self.fusion_check.isChecked(),
             device=self.device_combo.currentData(), window=window, stride=stride,
             block=self.settings.block, batch_size=self.settings.batch_size,
-            simplify=self.simplify_spin.value(),
-            min_area=self.min_area_spin.value(),
+            fast=self.settings.fast, simplify=self.simplify_spin.value(),
+            min_area=self.min_area_spin.value(), adapter=adapter,
             layer_name=table)
 
     # -- running --------------------------------------------------------------------------------
@@ -653,7 +674,7 @@ class DrSegDock(QDockWidget):
         told = {name: None if getattr(request, name) == getattr(self.settings, name)
                 else getattr(request, name)
                 for name in ("clip_model", "clip_weights", "device", "window", "stride")}
-        told.update(block=None, batch_size=None, cache_dir=None)
+        told.update(block=None, batch_size=None, fast=None, cache_dir=None)
         for line in resolve_all(told, self.settings).describe(told_as="this form"):
             QgsMessageLog.logMessage(f"Setting {line}", LOG_TAG, Qgis.MessageLevel.Info)
 

@@ -4,12 +4,12 @@
 Values are checked before saving (each problem is shown; nothing is saved until all are fixed) and
 written to the same JSON file the command line and Processing read (core/settings.py). Downloads
 and imports run as a `qgis_bridge.tasks.ModelTransferTask`, so QGIS stays responsive; a transfer
-can be cancelled and resumes later where it stopped.
+can be cancelled and resumes later where it stopped. The device is described by a
+`DeviceCheckTask` for the same reason: the first description imports torch (seconds).
 """
 from __future__ import annotations
 
 import os
-import sys
 from typing import Callable, List, Optional
 
 from qgis.gui import QgsFileWidget
@@ -26,25 +26,30 @@ from ..core.errors import DrSegError, InputError
 from ..core.models import download
 from ..core.models.catalog import list_models
 from ..core.models.registry import CLIP_MODEL_CHOICES, DEFAULT_CLIP_WEIGHTS, DINO_MODEL_CHOICES, SAM_MODELS
+from ..core.protocol import fast_stride
 from ..core.settings import Settings
 from ..qgis_bridge import tasks as bridge_tasks
-from ..qgis_bridge.engine import keep_triton_out
-from ..qgis_bridge.tasks import ModelTransferTask
+from ..qgis_bridge.engine import MissingDependencies, import_model_libraries
+from ..qgis_bridge.tasks import DeviceCheckTask, ModelTransferTask
 from .combos import select_device
 
 DEVICE_LABELS = (("auto", "Auto: CUDA GPU, else Apple GPU, else CPU"), ("cpu", "CPU"),
                  ("cuda", "CUDA GPU"), ("mps", "Apple GPU (MPS)"))
+CHECKING_DEVICE = "Checking the device…"
 STATE_DOWNLOADED, STATE_MISSING, STATE_PARTIAL = "downloaded", "not downloaded", "partly downloaded"
 MODEL_COLUMNS = ("Model", "Family", "Size", "State", "Good for")
 COLUMN_STATE = 3
 
 
 def describe_device(name: str) -> str:
-    """What `name` resolves to on this machine, in words (imports torch)."""
+    """Worker thread: what `name` resolves to on this machine, in words. The first call imports
+    torch (seconds), the way a run does: without stopping QGIS's event loop."""
     try:
-        keep_triton_out()  # importing torch in the QGIS process must not load triton
+        import_model_libraries(("torch",))  # triton kept out, GC paused, libraries GIL-free
         from ..core.device import describe_device_choice
-    except Exception as exc:  # torch missing or broken
+    except MissingDependencies as exc:
+        return f"Cannot check devices: {exc}"
+    except Exception as exc:  # torch present but broken
         return f"Cannot check devices: torch is not usable ({type(exc).__name__}: {exc})"
     try:
         return describe_device_choice(name)[1]
@@ -59,10 +64,12 @@ SCREEN_MARGIN = 80        # room for the title bar and the desktop's panels
 
 class SettingsDialog(QDialog):
     """path: the settings file (default: core.settings.config_path()). settings: start from these
-    instead of the file. device_describer(name) -> text (default: describe_device)."""
+    instead of the file. device_describer(name) -> text (default: describe_device), called in a
+    background task: the first description imports torch, which must not freeze QGIS."""
 
     settingsSaved = pyqtSignal(object)          # the saved Settings
     transferFinished = pyqtSignal(object)       # the ModelTransferTask
+    deviceDescribed = pyqtSignal(str)           # the device text, once shown
 
     def __init__(self, parent=None, path: Optional[str] = None, settings: Optional[Settings] = None,
                  device_describer: Optional[Callable[[str], str]] = None):
@@ -76,12 +83,12 @@ class SettingsDialog(QDialog):
         self._extra = dict(settings.extra)
         self.device_describer = device_describer or describe_device
         self.task: Optional[ModelTransferTask] = None
+        self.device_task: Optional[DeviceCheckTask] = None
         self._build()
         self.set_settings(settings)
         if self.load_problem:
             self._show_problems([self.load_problem + " — the defaults are shown; Save replaces the file"])
-        if "torch" in sys.modules:  # cheap now; otherwise on request (importing torch takes seconds)
-            self.detect_device()
+        self.detect_device()  # in the background: shown when known
 
     # -- layout -------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -154,6 +161,12 @@ class SettingsDialog(QDialog):
         form.addRow("Stride", self.stride_spin)
         self.overlap_label = QLabel(processing)
         form.addRow("Overlap", self.overlap_label)
+        self.fast_check = QCheckBox("Fast mode: windows overlap by a quarter instead of half",
+                                    processing)
+        self.fast_check.setToolTip("About 2.25× fewer windows on large rasters; class maps stay "
+                                   "close to the default's (see benchmarks/bench_fast_mode.py)")
+        self.fast_check.toggled.connect(self._update_overlap)
+        form.addRow("", self.fast_check)
         self.block_spin = self._spin("block", " px", "Output is computed and written in blocks of "
                                      "this size; memory use grows with it")
         form.addRow("Block size", self.block_spin)
@@ -282,6 +295,7 @@ class SettingsDialog(QDialog):
             sam_weights=self.sam_weights_combo.currentText().strip(),
             device=self.device_combo.currentData() or self.device_combo.currentText(),
             window=self.window_spin.value(), stride=self.stride_spin.value(),
+            fast=self.fast_check.isChecked(),
             block=self.block_spin.value(), batch_size=self.batch_spin.value(),
             embedding_cache=self.embedding_cache_check.isChecked(),
             embedding_cache_mb=self.embedding_cache_spin.value(),
@@ -300,6 +314,7 @@ class SettingsDialog(QDialog):
         select_device(self.device_combo, settings.device)
         self.window_spin.setValue(settings.window)
         self.stride_spin.setValue(settings.stride)
+        self.fast_check.setChecked(bool(settings.fast))
         self.block_spin.setValue(settings.block)
         self.batch_spin.setValue(settings.batch_size)
         self.embedding_cache_check.setChecked(bool(settings.embedding_cache))
@@ -361,24 +376,41 @@ class SettingsDialog(QDialog):
         super().reject()
 
     def _update_overlap(self) -> None:
-        overlap = self.window_spin.value() - self.stride_spin.value()
+        window, stride = self.window_spin.value(), self.stride_spin.value()
+        if self.fast_check.isChecked():
+            stride = fast_stride(window, stride)
+        overlap = window - stride
         if overlap < 0:
             self.overlap_label.setText("none: the stride is larger than the window (gaps!)")
         else:
-            share = 100.0 * overlap / max(1, self.window_spin.value())
-            self.overlap_label.setText(f"{overlap} px ({share:.0f} % of the window)")
+            share = 100.0 * overlap / max(1, window)
+            fast = f"; fast mode: stride {stride} px" if self.fast_check.isChecked() else ""
+            self.overlap_label.setText(f"{overlap} px ({share:.0f} % of the window){fast}")
 
     # -- device -------------------------------------------------------------------------------
     def _device_changed(self) -> None:
-        self.device_info_label.setText("")
-        if "torch" in sys.modules:
-            self.detect_device()
+        self.detect_device()
 
-    def detect_device(self) -> str:
+    def detect_device(self) -> DeviceCheckTask:
+        """Describe the chosen device in a background task (the first description imports torch);
+        the label says so meanwhile and shows the answer for the choice still current."""
         name = self.device_combo.currentData() or "auto"
-        text = self.device_describer(name)
+        self.device_info_label.setText(CHECKING_DEVICE)
+        if self.device_task is not None:
+            if self.device_task.name == name:
+                return self.device_task
+            bridge_tasks.detach(self.device_task)  # a check of an earlier choice: its answer is stale
+        self.device_task = DeviceCheckTask(name, self.device_describer,
+                                           on_finished=self._device_checked)
+        return bridge_tasks.start(self.device_task)
+
+    def _device_checked(self, task: DeviceCheckTask) -> None:
+        if task is not self.device_task:
+            return
+        self.device_task = None
+        text = task.text if task.text is not None else f"Cannot check devices: {task.error}"
         self.device_info_label.setText(text)
-        return text
+        self.deviceDescribed.emit(text)
 
     # -- models -------------------------------------------------------------------------------
     def _cache_settings(self) -> Settings:
@@ -496,11 +528,12 @@ class SettingsDialog(QDialog):
         self.transferFinished.emit(task)
 
     def _detach_task(self) -> None:
-        """Closing the dialog cancels a running transfer; the task stays referenced until QGIS has
-        finished with it and no longer calls back into this dialog."""
-        task, self.task = self.task, None
-        if task is not None:
-            bridge_tasks.detach(task)
+        """Closing the dialog cancels a running transfer and device check; the tasks stay
+        referenced until QGIS has finished with them and no longer call back into this dialog."""
+        for task in (self.task, self.device_task):
+            if task is not None:
+                bridge_tasks.detach(task)
+        self.task = self.device_task = None
 
 
 def cache_state(entry, cache_dir: str) -> str:

@@ -1,9 +1,13 @@
 """The adapter: what adaptation learned, in one safetensors file (no pickle).
 
-Tensors: `text_offset` (K,D) added to the seen classes' text embeddings (levels prompt and
-finetune) and `vision.<name>` for the vision tower's fine-tuned attention weights (finetune).
+Tensors: `text_offset` (K,D) added to the seen classes' text embeddings, `context` and
+`context_init` (M,W) the learned prompt context and where it started, `class_context` (K,M,W)
+when each seen class has its own (levels prompt and finetune; core/adapt/context.py);
+`vision.<name>` for the vision tower's fine-tuned attention weights and `decoder.<name>` for the
+cost-map upsampling decoder (finetune; core/adapt/decoder.py).
 Metadata (strings): format version, base model and weights (and the weights' SHA-256 when
-known), classes, level, λ, per-class prompt and bias, metrics (JSON), date.
+known), classes, level, λ, per-class prompt and bias, the decoder's shape (JSON), metrics (JSON),
+date.
 """
 from __future__ import annotations
 
@@ -16,11 +20,12 @@ from typing import Dict, List, Optional
 import torch
 
 from ..errors import InputError
-from .defaults import LEVELS
+from .defaults import ADAPTER_FORMAT, LEVELS
 
-ADAPTER_FORMAT = "drseg-adapter/1"
 VISION_PREFIX = "vision."
+DECODER_PREFIX = "decoder."
 TEXT_OFFSET = "text_offset"
+CONTEXT, CONTEXT_INIT, CLASS_CONTEXT = "context", "context_init", "class_context"
 
 
 @dataclass
@@ -46,11 +51,42 @@ class Adapter:
     vision_state: Dict[str, torch.Tensor] = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     created: str = ""
+    context: Optional[torch.Tensor] = None              # (M, W) learned prompt context
+    context_init: Optional[torch.Tensor] = None         # (M, W) where it started
+    class_context: Optional[torch.Tensor] = None        # (K, M, W) per seen class, or None
+    decoder_state: Dict[str, torch.Tensor] = field(default_factory=dict)
+    decoder_config: str = ""                            # CostDecoder's shape (JSON)
 
     def offset_of(self, name: str) -> Optional[torch.Tensor]:
         if self.text_offset is None or name not in self.classes:
             return None
         return self.text_offset[self.classes.index(name)]
+
+    def class_context_of(self, name: str) -> Optional[torch.Tensor]:
+        if self.class_context is None or name not in self.classes:
+            return None
+        return self.class_context[self.classes.index(name)]
+
+    def decoder(self):
+        """The cost-map decoder (core/adapt/decoder.py), or None when the adapter has none."""
+        if not self.decoder_state:
+            return None
+        from .decoder import CostDecoder
+
+        return CostDecoder.from_state(self.decoder_config, self.decoder_state)
+
+    def text_digest(self) -> str:
+        """SHA-256 of everything that decides the adapted text embeddings (prompts, offsets,
+        context): the key of their cache (core/disk_cache.py)."""
+        import hashlib
+
+        digest = hashlib.sha256(json.dumps(
+            [self.base_model, self.base_weights, self.base_sha256, self.classes,
+             {k: vars(v) for k, v in sorted(self.prompts.items())}], sort_keys=True).encode())
+        for tensor in (self.text_offset, self.context, self.context_init, self.class_context):
+            digest.update(b"|" if tensor is None else
+                          tensor.detach().cpu().float().contiguous().numpy().tobytes())
+        return digest.hexdigest()
 
 
 def save_adapter(adapter: Adapter, path: str) -> str:
@@ -60,8 +96,12 @@ def save_adapter(adapter: Adapter, path: str) -> str:
     if adapter.level not in LEVELS:
         raise InputError(f"Unknown adaptation level '{adapter.level}'; choose {', '.join(LEVELS)}")
     tensors = {VISION_PREFIX + k: v.detach().cpu().contiguous() for k, v in adapter.vision_state.items()}
-    if adapter.text_offset is not None:
-        tensors[TEXT_OFFSET] = adapter.text_offset.detach().cpu().float().contiguous()
+    tensors.update({DECODER_PREFIX + k: v.detach().cpu().contiguous()
+                    for k, v in adapter.decoder_state.items()})
+    for key, value in ((TEXT_OFFSET, adapter.text_offset), (CONTEXT, adapter.context),
+                       (CONTEXT_INIT, adapter.context_init), (CLASS_CONTEXT, adapter.class_context)):
+        if value is not None:
+            tensors[key] = value.detach().cpu().float().contiguous()
     if not tensors:  # safetensors needs a tensor; calibration has none of its own
         tensors["empty"] = torch.zeros(1)
     created = adapter.created or datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -71,6 +111,7 @@ def save_adapter(adapter: Adapter, path: str) -> str:
         "classes": json.dumps(adapter.classes), "bias_lambda": repr(float(adapter.bias_lambda)),
         "prompts": json.dumps({k: vars(v) for k, v in adapter.prompts.items()}),
         "metrics": json.dumps(adapter.metrics), "created": created,
+        "decoder": adapter.decoder_config if adapter.decoder_state else "",
     }
     temporary = f"{path}.part"
     save_file(tensors, temporary, metadata=metadata)
@@ -103,10 +144,20 @@ def load_adapter(path: str) -> Adapter:
                           vision_state={k[len(VISION_PREFIX):]: v for k, v in tensors.items()
                                         if k.startswith(VISION_PREFIX)},
                           metrics=json.loads(metadata.get("metrics") or "{}"),
-                          created=metadata.get("created", ""))
-    except (KeyError, TypeError, ValueError) as exc:
+                          created=metadata.get("created", ""),
+                          context=tensors.get(CONTEXT), context_init=tensors.get(CONTEXT_INIT),
+                          class_context=tensors.get(CLASS_CONTEXT),
+                          decoder_state={k[len(DECODER_PREFIX):]: v for k, v in tensors.items()
+                                         if k.startswith(DECODER_PREFIX)},
+                          decoder_config=metadata.get("decoder", ""))
+        if adapter.decoder_state:
+            adapter.decoder()          # a decoder that does not load is a damaged file
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise InputError(f"Adapter file '{path}' has damaged metadata ({exc})") from None
     if adapter.text_offset is not None and adapter.text_offset.shape[0] != len(classes):
         raise InputError(f"Adapter file '{path}' is damaged: {adapter.text_offset.shape[0]} text "
                          f"offsets for {len(classes)} classes")
+    if (adapter.context is None) != (adapter.context_init is None) or (
+            adapter.class_context is not None and adapter.class_context.shape[0] != len(classes)):
+        raise InputError(f"Adapter file '{path}' is damaged: its prompt context is incomplete")
     return adapter

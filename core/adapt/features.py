@@ -51,12 +51,30 @@ def chip_features(clip, images: np.ndarray, batch_size: int = 8):
 
 def class_logits(patches: torch.Tensor, cls: Optional[torch.Tensor], text: torch.Tensor,
                  bias_lambda: float, bias: Optional[torch.Tensor] = None,
-                 size: int = LABEL_GRID) -> torch.Tensor:
-    """(N,K,size,size) cosine logits (+λ·cls term, + per-class bias) upsampled bilinearly."""
+                 size: int = LABEL_GRID, decoder=None, pixels: Optional[torch.Tensor] = None
+                 ) -> torch.Tensor:
+    """(N,K,size,size) cosine logits (+λ·cls term, + per-class bias), through the cost-map
+    decoder when given (it needs the chips' normalised `pixels`), upsampled bilinearly."""
     logits = dense_logits(patches, cls, text, bias_lambda)
     if bias is not None:
         logits = logits + bias[None, :, None, None]
+    if decoder is not None:
+        logits = decoder(logits, pixels)
     return F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
+
+
+@torch.no_grad()
+def decoded_chip_logits(clip, images: np.ndarray, text: torch.Tensor, bias_lambda: float,
+                        bias: Optional[torch.Tensor], decoder, batch_size: int = 8) -> torch.Tensor:
+    """`class_logits` of chips through a cost-map decoder, batch by batch (it needs pixels)."""
+    decoder = decoder.to(clip.device)
+    out = []
+    for start in range(0, len(images), batch_size):
+        pixels = clip.normalise(images[start:start + batch_size])
+        p, c = clip.dense_features(pixels)
+        out.append(class_logits(F.normalize(p, dim=1), F.normalize(c, dim=-1), text, bias_lambda,
+                                bias, decoder=decoder, pixels=pixels))
+    return torch.cat(out)
 
 
 def class_iou(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> np.ndarray:

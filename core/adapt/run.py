@@ -25,8 +25,8 @@ from ..outputs import check_destination
 from ..progress import RunMonitor
 from .adapter import Adapter, save_adapter
 from .data import load_chips
-from .defaults import (DEFAULT_BATCH, DEFAULT_CHIP, DEFAULT_STEPS, DEFAULT_VALIDATION_SHARE,
-                       LEVELS)
+from .defaults import (DEFAULT_BATCH, DEFAULT_CHIP, DEFAULT_CONTEXT_TOKENS, DEFAULT_STEPS,
+                       DEFAULT_VALIDATION_SHARE, LEVELS)
 from .features import iou_report
 from .report import report_paths, write_report
 from .train import TrainConfig, Trainer
@@ -57,6 +57,8 @@ class AdaptRequest:
     resume: bool = False
     checkpoint_seconds: float = CHECKPOINT_SECONDS
     seed: int = 0
+    context_tokens: int = DEFAULT_CONTEXT_TOKENS   # learned prompt context (0: none)
+    class_context: bool = False                    # each seen class also learns its own context
 
 
 @dataclass
@@ -92,9 +94,11 @@ def run_adaptation(request: AdaptRequest, progress=None, cancelled=None, clip=No
     monitor = RunMonitor(progress, cancelled)
     if request.level not in LEVELS:
         raise InputError(f"Unknown level '{request.level}'; choose {', '.join(LEVELS)}")
-    out = check_destination(request.out, (".safetensors",))
+    out = check_destination(_destination(request), (".safetensors",))
     if request.steps < 0 or request.batch_size < 1:
         raise InputError("Steps must be >= 0 and the batch size >= 1")
+    if not 0 <= request.context_tokens <= 16:
+        raise InputError("The prompt context has 0 to 16 tokens")
     ckpt_tensors, ckpt_json = checkpoint_paths(out)
 
     chips = load_chips(request.raster, request.labels, request.class_field, request.chip,
@@ -124,7 +128,9 @@ def run_adaptation(request: AdaptRequest, progress=None, cancelled=None, clip=No
                           fitted["prompts"], fitted["bias_lambda"], sha)
     else:
         config = TrainConfig(level=request.level, steps=request.steps,
-                             batch_size=request.batch_size, lr=request.lr, seed=request.seed)
+                             batch_size=request.batch_size, lr=request.lr, seed=request.seed,
+                             context_tokens=request.context_tokens,
+                             class_context=request.class_context)
         trainer = Trainer(clip, train_images, train_labels, names, fitted["prompts"],
                           fitted["bias_lambda"], config)
         identity = {"level": request.level, "classes": names, "clip_model": request.clip_model,
@@ -153,6 +159,17 @@ def run_adaptation(request: AdaptRequest, progress=None, cancelled=None, clip=No
             os.remove(path)
     monitor.report(1.0, f"Held-out mIoU {report['before']['mIoU']:.1f} -> {report['after']['mIoU']:.1f}")
     return AdaptResult(out, json_path, png_path, report, resumed_from)
+
+
+def _destination(request: AdaptRequest) -> str:
+    """The output path; a bare name goes into the model cache's adapters (a catalog entry)."""
+    from ..models.download import writable_cache
+    from .catalog import destination
+
+    out = destination(request.out, request.cache_dir)
+    if out != request.out:
+        writable_cache(os.path.dirname(out))
+    return out
 
 
 def _private_clip(request: AdaptRequest):

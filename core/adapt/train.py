@@ -1,11 +1,14 @@
 """Levels 2 and 3: gradient training on the training chips, from the calibrated prompts.
 
-prompt   — a learned offset per seen class added to its text embedding, and its bias; both
-           encoders frozen.
+prompt   — learned prompt context (CoOp-style, M token embeddings before the class name through
+           the frozen text tower; shared by all classes, optionally one more per seen class;
+           core/adapt/context.py), a learned offset per seen class added to its text embedding,
+           and its bias; both encoders frozen.
 finetune — soft-guided (SGSeg): additionally the vision tower's attention weights (qkv and
            output projections) at a small learning-rate multiplier of the base rate, with a frozen
            copy of the model guiding the fine-tuned one: its tokens after every block but the last
-           and its dense features are kept close (MSE or cosine, `guidance_weight` each).
+           and its dense features are kept close (MSE or cosine, `guidance_weight` each); and the
+           light cost-map upsampling decoder (core/adapt/decoder.py) at the base rate.
            `direct=True` (for the collapse benchmark) trains every vision weight at the base rate
            without guidance: plain fine-tuning.
 
@@ -25,7 +28,9 @@ import torch.nn.functional as F
 from ..dense_clip import DenseClip
 from ..evaluation.metrics import IGNORE_INDEX
 from .adapter import Adapter, ClassPrompt
-from .defaults import BACKBONE_MULTIPLIER, DEFAULT_BATCH, DEFAULT_LR, DEFAULT_STEPS
+from .context import context_delta, initial_context, supports_context
+from .defaults import (BACKBONE_MULTIPLIER, CONTEXT_GUIDANCE, CONTEXT_MULTIPLIER, DEFAULT_BATCH,
+                       DEFAULT_CONTEXT_TOKENS, DEFAULT_LR, DEFAULT_STEPS)
 from .features import LABEL_GRID, class_logits, labels_at, prompt_embedding
 
 WEIGHT_DECAY = 1e-4
@@ -46,6 +51,12 @@ class TrainConfig:
     guidance: str = "mse"                      # or "cosine"
     direct: bool = False                       # plain fine-tuning (benchmark ablation)
     seed: int = 0
+    context_tokens: int = DEFAULT_CONTEXT_TOKENS  # learned prompt context (0: none)
+    class_context: bool = False                # each seen class adds its own context
+    context_multiplier: float = CONTEXT_MULTIPLIER  # the context's rate: this × the base rate
+    context_guidance: float = CONTEXT_GUIDANCE   # weight of ‖what the context changes‖²
+    text_offsets: bool = True                  # per-class text offsets
+    decoder: bool = True                       # finetune: the cost-map upsampling decoder
 
     @property
     def base_lr(self) -> float:
@@ -86,12 +97,28 @@ class Trainer:
         with torch.no_grad():
             self.base_text = torch.stack([prompt_embedding(clip, prompts[n].text, prompts[n].templates)
                                           for n in class_names])
-        self.offset = torch.nn.Parameter(torch.zeros_like(self.base_text))
+        self.offset = torch.nn.Parameter(torch.zeros_like(self.base_text),
+                                         requires_grad=config.text_offsets)
         self.bias = torch.nn.Parameter(torch.tensor([prompts[n].bias for n in class_names],
                                                     device=device, dtype=torch.float32))
         self.named: Dict[str, torch.nn.Parameter] = {"offset": self.offset, "bias": self.bias}
-        groups = [{"params": [self.offset, self.bias], "lr": config.base_lr, "weight_decay": 0.0}]
+        text_params = [self.bias] + ([self.offset] if config.text_offsets else [])
+        groups = [{"params": text_params, "lr": config.base_lr, "weight_decay": 0.0}]
+        self.context = self.context_init = self.class_context = None
+        if config.context_tokens and supports_context(clip.model):
+            self.context_init = initial_context(clip.model, clip.tokenizer, config.context_tokens)
+            self.context = torch.nn.Parameter(self.context_init.clone())
+            self.named["context"] = self.context
+            context_params = [self.context]
+            if config.class_context:
+                self.class_context = torch.nn.Parameter(
+                    torch.zeros(len(class_names), *self.context_init.shape, device=device))
+                self.named["class_context"] = self.class_context
+                context_params.append(self.class_context)
+            groups.append({"params": context_params,
+                           "lr": config.base_lr * config.context_multiplier, "weight_decay": 0.0})
         self.frozen: Optional[DenseClip] = None
+        self.decoder = None
         for p in clip.model.parameters():
             p.requires_grad_(False)
         if config.level == "finetune":
@@ -109,6 +136,16 @@ class Trainer:
                     p.requires_grad_(False)
                 self.frozen = DenseClip(frozen_model, clip.tokenizer, device, clip.attention,
                                         bias_lambda, templates=clip.templates)
+            if config.decoder:
+                from .decoder import CostDecoder
+
+                with torch.random.fork_rng(devices=[]):   # a seeded start, global RNG untouched
+                    torch.manual_seed(config.seed)
+                    self.decoder = CostDecoder(scale=clip.logit_scale).to(device)
+                for name, p in self.decoder.named_parameters():
+                    self.named["decoder." + name] = p
+                groups.append({"params": list(self.decoder.parameters()), "lr": config.base_lr,
+                               "weight_decay": config.weight_decay})
         self.optimizer = torch.optim.AdamW(groups)
         self.done = 0
 
@@ -123,7 +160,7 @@ class Trainer:
         images, labels = self.batch(step)
         pixels = self.clip.normalise(images)
         target = labels_at(labels, LABEL_GRID).to(self.clip.device)
-        text = F.normalize(self.base_text + self.offset, dim=-1)
+        text, delta = self._text_and_delta()
         if self.config.level == "finetune":
             self.clip.model.train(False)
             hidden: List[torch.Tensor] = []
@@ -132,8 +169,11 @@ class Trainer:
             with torch.no_grad():
                 patches, cls = self.clip.dense_features(pixels)
         logits = class_logits(F.normalize(patches, dim=1), F.normalize(cls, dim=-1), text,
-                              self.bias_lambda, self.bias)
+                              self.bias_lambda, self.bias, decoder=self.decoder, pixels=pixels)
         parts = {"task": binary_loss(logits, target, self.clip.logit_scale)}
+        if delta is not None and self.config.context_guidance:
+            # the context may move embeddings only a little: it moves unseen classes' too
+            parts["context"] = self.config.context_guidance * delta.pow(2).sum(dim=-1).mean()
         if self.frozen is not None:
             with torch.no_grad():
                 frozen_hidden: List[torch.Tensor] = []
@@ -143,6 +183,20 @@ class Trainer:
             parts["guidance"] = self.config.guidance_weight * guidance
         parts["total"] = sum(parts.values())
         return parts
+
+    def text(self) -> torch.Tensor:
+        """The seen classes' text embeddings (K, D) as the adapter will make them
+        (core/adapt/apply.adapted_text), differentiable in the context and offsets."""
+        return self._text_and_delta()[0]
+
+    def _text_and_delta(self):
+        text, delta = self.base_text + self.offset, None
+        if self.context is not None:
+            texts = [self.prompts[n].text for n in self.class_names]
+            delta = context_delta(self.clip.model, self.clip.tokenizer, texts, self.context,
+                                  self.context_init, self.class_context)
+            text = text + delta
+        return F.normalize(text, dim=-1), delta
 
     def _distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if self.config.guidance == "cosine":
@@ -165,8 +219,16 @@ class Trainer:
                                   round(float(bias[i]), 5)) for i, n in enumerate(self.class_names)}
         vision = {k[len("vision."):]: v.detach().cpu().clone() for k, v in self.named.items()
                   if k.startswith("vision.")}
+        def plain(t):
+            return None if t is None else t.detach().cpu().clone()
+
+        decoder = {} if self.decoder is None else {
+            k: v.detach().cpu().clone() for k, v in self.decoder.state_dict().items()}
         return Adapter(self.config.level, base_model, base_weights, self.class_names, prompts,
-                       self.bias_lambda, base_sha256, self.offset.detach().cpu().clone(), vision)
+                       self.bias_lambda, base_sha256, plain(self.offset), vision,
+                       context=plain(self.context), context_init=plain(self.context_init),
+                       class_context=plain(self.class_context), decoder_state=decoder,
+                       decoder_config=self.decoder.config_json() if self.decoder is not None else "")
 
     def state(self) -> Dict[str, torch.Tensor]:
         """Trainable tensors and the optimiser's moments, by name (for safetensors)."""

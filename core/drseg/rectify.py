@@ -188,8 +188,8 @@ class DrSegScorer:
         if hasattr(clip, "normalise_padded") and getattr(clip, "patch_size", None):
             self.patch_size = clip.patch_size
 
-    def set_queries(self, queries) -> None:
-        self.clip.set_queries(queries)
+    def set_queries(self, queries, progress=None) -> None:
+        self.clip.set_queries(queries, progress=progress)
 
     @property
     def text_features(self):

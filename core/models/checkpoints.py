@@ -9,6 +9,9 @@ pickle traceback.
 
 `load_into(model, state, what)` puts a state dict into a module and turns missing, unexpected and
 wrongly shaped keys into one short `ModelError`.
+
+Reading and loading check the cancel of the run going on in the thread (`interrupt.check_cancel`)
+between tensors and between modules: a ViT-H's weights take seconds to read and copy.
 """
 from __future__ import annotations
 
@@ -22,7 +25,8 @@ from typing import Dict, Iterable, List, Optional
 
 import torch
 
-from ..errors import ModelError
+from ..errors import ModelError, RunCancelled
+from ..interrupt import check_cancel
 from .formats import SAFETENSORS, UNKNOWN, is_torchscript, probe_format, refuse_non_weights
 
 # Top-level keys that wrap the real state dict in training checkpoints (open_clip training runs
@@ -47,8 +51,9 @@ def load_state_dict(path: str, key: Optional[str] = None,
         raise ModelError(f"Checkpoint file not found: '{path}'")
     kind = probe_format(path)
     refuse_non_weights(path, kind)
+    check_cancel()
     if kind == SAFETENSORS or (kind == UNKNOWN and str(path).endswith(".safetensors")):
-        obj = _safetensors_load(path)
+        obj = read_safetensors(path)
     else:
         obj = _torch_load(path)
     if key is not None:
@@ -60,6 +65,7 @@ def load_state_dict(path: str, key: Optional[str] = None,
             obj = obj[wrapper]
     if not isinstance(obj, dict) or not any(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ModelError(f"Checkpoint '{path}' holds no weights (no tensors found){_keys_hint(obj)}")
+    check_cancel()
     state = {}
     for name, value in obj.items():
         if not isinstance(value, torch.Tensor):
@@ -84,14 +90,32 @@ def load_into(model: torch.nn.Module, state: Dict[str, torch.Tensor], what: str,
     """
     check_fit(model, state, what, ignore_missing, ignore_unexpected)
     expected = model.state_dict()
-    strict = not tuple(ignore_missing) and not tuple(ignore_unexpected)
     filtered = {k: v for k, v in state.items() if k in expected}
     try:
-        model.load_state_dict(filtered, strict=strict)
+        load_piecewise(model, filtered)  # every key fits: check_fit said so
     except RuntimeError as exc:  # dtype or other problems torch finds that the checks above do not
         raise ModelError(f"The {what} weights do not fit the model ({_first_line(exc)}); "
                          "choose the architecture that matches this checkpoint") from None
     return model
+
+
+def load_piecewise(model: torch.nn.Module, state: Dict[str, torch.Tensor]) -> None:
+    """`model.load_state_dict(state, strict=False)` one module at a time, checking the run's cancel
+    before each module; keys of `state` are the model's (checked by the caller)."""
+    done = set()
+    for prefix, module in model.named_modules():
+        check_cancel()
+        dotted = f"{prefix}." if prefix else ""
+        own = {}
+        for name, _ in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
+            if dotted + name in state:
+                own[name] = state[dotted + name]
+                done.add(dotted + name)
+        if own:
+            module.load_state_dict(own, strict=False)
+    rest = {key: value for key, value in state.items() if key not in done}  # e.g. extra states
+    if rest:
+        model.load_state_dict(rest, strict=False)
 
 
 def check_fit(model: torch.nn.Module, state: Dict[str, torch.Tensor], what: str,
@@ -108,18 +132,31 @@ def check_fit(model: torch.nn.Module, state: Dict[str, torch.Tensor], what: str,
         raise ModelError(_mismatch_message(model, state, expected, what, missing, unexpected, mismatched))
 
 
-def _safetensors_load(path: str):
+# How a damaged safetensors file is reported ({path}, {detail}); SAM 3 says what its file must be.
+DAMAGED_SAFETENSORS = ("Checkpoint '{path}' is a corrupt or truncated safetensors file ({detail}); "
+                       "download it again")
+
+
+def read_safetensors(path: str, damaged: str = DAMAGED_SAFETENSORS) -> Dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file on the CPU, read one at a time with the run's cancel
+    checked before each (a cancelled read stops within one tensor). A damaged file raises
+    ModelError(damaged.format(path=..., detail=...))."""
     try:
-        from safetensors.torch import load_file
-        return load_file(path, device="cpu")
+        from safetensors import safe_open
     except ImportError:
         raise ModelError("Reading safetensors files needs the 'safetensors' package; "
                          "install the plugin's dependencies") from None
-    except (KeyboardInterrupt, SystemExit):
+    try:
+        state = {}
+        with safe_open(path, framework="pt", device="cpu") as handle:
+            for name in handle.keys():
+                check_cancel()
+                state[name] = handle.get_tensor(name)
+        return state
+    except (KeyboardInterrupt, SystemExit, RunCancelled):
         raise
     except BaseException as exc:  # also the Rust side's PanicException, not an Exception
-        raise ModelError(f"Checkpoint '{path}' is a corrupt or truncated safetensors file "
-                         f"({_first_line(exc)}); download it again") from None
+        raise ModelError(damaged.format(path=path, detail=_first_line(exc))) from None
 
 
 def _torch_load(path: str):
@@ -130,6 +167,10 @@ def _torch_load(path: str):
             # DINO's released checkpoints keep their training arguments as an argparse.Namespace:
             # plain data, allowed; anything else that is not a tensor or container is refused.
             with torch.serialization.safe_globals([argparse.Namespace]):
+                try:  # mapped, not read: the bytes are read as load_into copies them, cancellably
+                    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                except RuntimeError:  # a legacy (non-zip) file cannot be mapped; a damaged one
+                    pass              # fails again just below, with its own error
                 return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if is_torchscript(path):

@@ -25,6 +25,7 @@ import torch
 
 from ..advice import file_advice, in_qgis
 from ..errors import InputError, ModelError
+from ..interrupt import check_cancel
 from .checkpoints import load_into, load_state_dict
 from .download import ensure_cached, server_reachable, sha256_of
 from .registry import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, QUICKGELU_SUFFIX, RANDOM_WEIGHTS
@@ -159,7 +160,8 @@ def identify_checkpoint(path: str):
     stat = os.stat(path)
     stamp = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
     if stamp not in _FILE_DIGESTS:
-        _FILE_DIGESTS[stamp] = sha256_of(path)
+        # check_cancel raises when the run is cancelled; else None, i.e. not cancelled
+        _FILE_DIGESTS[stamp] = sha256_of(path, cancelled=lambda: check_cancel() or False)
     digest = _FILE_DIGESTS[stamp]
     return next((entry for entry in known if entry.sha256.lower() == digest), None)
 

@@ -96,6 +96,15 @@ SAM3_ENGINES = ("sam3", "hybrid")
 REFER_ENGINE_CHOICES = ("sam", "sam3")
 DEFAULT_REFER_ENGINE = REFER_ENGINE_CHOICES[0]
 
+# The Python modules each kind of model imports, slow to import the first time (seconds, hundreds
+# of modules): the QGIS front ends import a run's ahead, in its worker thread, under
+# core.background_imports (qgis_bridge.engine.import_model_libraries).
+CLIP_LIBRARIES = ("torch", "open_clip")
+DINO_LIBRARIES = ("timm",)
+SAM_LIBRARIES = ("segment_anything",)
+SAM3_LIBRARIES = ("torch", "open_clip",                      # its tokenizer is open_clip's
+                  "transformers.models.sam3.modeling_sam3")    # where `Sam3Model` lives
+
 
 # ----------------------------------------------------------------------------- devices
 

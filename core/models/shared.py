@@ -13,13 +13,26 @@ Each function resolves what it can cheaply (device, weights file), then asks the
 
 cache_dir / mirror: the model cache folder and mirror as the front end resolved them once per
 run (`settings.resolve`); None resolves them here.
+
+Every load checks the run's cancel at a fine grain (`interrupt.cancellable_loading`); a cancelled
+load raises RunCancelled and leaves nothing in the cache.
 """
 from __future__ import annotations
 
 from typing import Optional
 
-from .cache import cached
+from ..interrupt import cancellable_loading
+from .cache import MODELS
 from .registry import DEFAULT_DEVICE, DEFAULT_SAM3_MODEL, DEFAULT_SAM_MODEL
+
+
+def cached(key, build):
+    """The model cached under `key`, else `build()`'s, built cancellably and then cached."""
+    def cancellable_build():
+        with cancellable_loading():
+            return build()
+
+    return MODELS.get(key, cancellable_build)
 
 
 def dense_clip_scorer(model_name: str, weights: str, device: str = DEFAULT_DEVICE,

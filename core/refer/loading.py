@@ -5,6 +5,7 @@ from __future__ import annotations
 import weakref
 from typing import Optional
 
+from ..models.registry import CLIP_LIBRARIES, SAM3_LIBRARIES, SAM_LIBRARIES
 from ..progress import RunMonitor
 from .request import ReferringRequest
 
@@ -25,6 +26,14 @@ def localizer_for(clip):
         return localizer
     except TypeError:                        # not weak-referenceable
         return Localizer(clip)
+
+
+def model_libraries(request: ReferringRequest):
+    """-> the modules the request's models import (torch first), for a front end to import ahead
+    in its worker thread (nothing is imported here)."""
+    if request.engine == "sam3":
+        return SAM3_LIBRARIES
+    return CLIP_LIBRARIES + SAM_LIBRARIES
 
 
 def load_models(request: ReferringRequest, sam=None, clip=None, monitor: Optional[RunMonitor] = None):

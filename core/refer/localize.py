@@ -379,6 +379,8 @@ class Localizer:
         gh, gw = features.patches.shape[-2:]
         cell = s.window // gh
         patches = features.patches.float().cpu()
+        aligned = (s.window == cell * gh == cell * gw
+                   and all(y % cell == 0 and x % cell == 0 for y, x in features.windows))
         embeddings = []
         for start in range(0, len(masks), 8):      # bounded memory: 8 area-sized float masks
             chunk = torch.from_numpy(np.stack([np.asarray(m, np.float32)
@@ -387,8 +389,14 @@ class Localizer:
                 chunk = F.interpolate(chunk, size=(ch, cw), mode="area")
             canvas = torch.zeros((chunk.shape[0], 1, canvas_h, canvas_w))
             canvas[:, :, :ch, :cw] = chunk
-            shares = torch.stack([F.avg_pool2d(canvas[:, :, y:y + s.window, x:x + s.window], cell)
-                                  for y, x in features.windows], dim=1)[:, :, 0]
+            if aligned:        # windows on the token grid: pool the canvas once, slice windows
+                cells = F.avg_pool2d(canvas, cell)[:, 0]
+                shares = torch.stack([cells[:, y // cell:y // cell + gh, x // cell:x // cell + gw]
+                                      for y, x in features.windows], dim=1)
+            else:
+                shares = torch.stack([F.avg_pool2d(canvas[:, :, y:y + s.window, x:x + s.window],
+                                                   cell) for y, x in features.windows],
+                                     dim=1)[:, :, 0]
             embeddings.append(torch.einsum("knhw,ndhw->kd", shares, patches))
         return F.normalize(torch.cat(embeddings), dim=-1)
 

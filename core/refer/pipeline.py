@@ -31,6 +31,7 @@ import numpy as np
 
 from ..disk_cache import USE_DEFAULT, array_digest, model_fingerprint, resolve_cache
 from ..errors import InputError
+from ..threads import light_work
 from .parse import ParsedExpression, parse_expression
 from .prompts import build_prompts, instance_prompts, threshold_region
 from .sam_frames import SamFrame, corner_to_index, mask_input_from_activation
@@ -118,6 +119,29 @@ class _Prompted:
     low_res: Optional[np.ndarray]
 
 
+def _decode(predictor, coords, labels, boxes, masks_in, dense_pe=None):
+    """``SamPredictor.predict_torch(..., multimask_output=True)`` for one image and a batch of
+    prompt sets, through :func:`~.sam_decoder.decode_masks` when the decoder is SAM's.
+    dense_pe: ``prompt_encoder.get_dense_pe()`` computed before (it depends on the weights
+    only), else computed here."""
+    import torch
+
+    from .sam_decoder import decode_masks, supports
+
+    model = getattr(predictor, "model", None)
+    if model is None or not supports(getattr(model, "mask_decoder", None)):
+        return predictor.predict_torch(coords, labels, boxes, masks_in, multimask_output=True)
+    with torch.no_grad():
+        sparse, dense = model.prompt_encoder(
+            points=None if coords is None else (coords, labels), boxes=boxes, masks=masks_in)
+        if dense_pe is None:
+            dense_pe = model.prompt_encoder.get_dense_pe()
+        low, ious = decode_masks(model.mask_decoder, predictor.features, dense_pe, sparse, dense,
+                                 multimask_output=True)
+        masks = model.postprocess_masks(low, predictor.input_size, predictor.original_size)
+    return masks > model.mask_threshold, ious, low
+
+
 def make_predictor(sam):
     """A segment_anything ``Sam`` -> a new ``SamPredictor``; a predictor-like object (with
     ``set_image`` and ``predict``) is used as is; any other callable is a factory."""
@@ -197,6 +221,7 @@ class ReferringSession:
         self.last_activation: Optional[np.ndarray] = None
         self._features = None
         self._sam_ready = False
+        self._dense_pe = None
         self._lock = threading.RLock()
         # On-disk embeddings (core/disk_cache.py): keyed by the area (the raster's identity and
         # window from sessions.py, else the pixels' hash) and the models.
@@ -333,46 +358,55 @@ class ReferringSession:
             started = time.perf_counter()
             encoders_before = (self.sam_encoder_calls, self.clip_encoder_calls)
             features = self._clip_features(timings)
-            tick = time.perf_counter()
-            activation = self.localizer.localize(features, parsed)
-            timings.localize += time.perf_counter() - tick
             self._sam_embedding(timings)
-            tick = time.perf_counter()
-            candidates, prompted = self._candidates(activation, selection)
-            timings.decode += time.perf_counter() - tick
-            timings.candidates = len(candidates)
-            results: List[ReferringResult] = []
-            if candidates:
-                tick = time.perf_counter()
-                references = self._references(features, parsed)
-                timings.localize += time.perf_counter() - tick
-                tick = time.perf_counter()
-                if self.settings.region_scores and hasattr(self.localizer, "region_scores"):
-                    scores = self.localizer.region_scores(self.image, [c.mask for c in candidates],
-                                                          parsed, features=features)
-                    if scores is not None:
-                        for candidate, score in zip(candidates, scores):
-                            candidate.clip_score = float(score)
-                timings.region += time.perf_counter() - tick
-                tick = time.perf_counter()
-                chosen = select_candidates(candidates, activation, selection, references,
-                                           self.settings.weights)
-                for sc in chosen:
-                    p = prompted[sc.index]
-                    results.append(ReferringResult(
-                        mask=sc.mask & self.valid, score=float(sc.score), expression=text,
-                        target_score=float(sc.target_score),
-                        modifier_score=float(sc.modifier_score), terms=dict(sc.terms),
-                        source=candidates[sc.index].source, component=sc.component,
-                        points=p.points, labels=p.labels, box=p.box,
-                        low_res=p.low_res if sc.component is None else None))
-                timings.select += time.perf_counter() - tick
+            # what follows is small tensor work: one thread (core/threads.py)
+            with light_work():
+                results, activation = self._answer(text, parsed, selection, features, timings)
             timings.cached = encoders_before == (self.sam_encoder_calls, self.clip_encoder_calls)
             timings.total = time.perf_counter() - started
             self.last_timings = timings
             self.queries += 1
             self.last_activation = activation
             return results
+
+    def _answer(self, text: str, parsed: ParsedExpression, selection: ParsedExpression,
+                features, timings: QueryTimings) -> Tuple[List[ReferringResult], np.ndarray]:
+        """Everything of a query after the encoders: activation, prompts and SAM candidates,
+        references, region scores, selection -> (results best first, activation)."""
+        tick = time.perf_counter()
+        activation = self.localizer.localize(features, parsed)
+        timings.localize += time.perf_counter() - tick
+        tick = time.perf_counter()
+        candidates, prompted = self._candidates(activation, selection)
+        timings.decode += time.perf_counter() - tick
+        timings.candidates = len(candidates)
+        results: List[ReferringResult] = []
+        if candidates:
+            tick = time.perf_counter()
+            references = self._references(features, parsed)
+            timings.localize += time.perf_counter() - tick
+            tick = time.perf_counter()
+            if self.settings.region_scores and hasattr(self.localizer, "region_scores"):
+                scores = self.localizer.region_scores(self.image, [c.mask for c in candidates],
+                                                      parsed, features=features)
+                if scores is not None:
+                    for candidate, score in zip(candidates, scores):
+                        candidate.clip_score = float(score)
+            timings.region += time.perf_counter() - tick
+            tick = time.perf_counter()
+            chosen = select_candidates(candidates, activation, selection, references,
+                                       self.settings.weights)
+            for sc in chosen:
+                p = prompted[sc.index]
+                results.append(ReferringResult(
+                    mask=sc.mask & self.valid, score=float(sc.score), expression=text,
+                    target_score=float(sc.target_score),
+                    modifier_score=float(sc.modifier_score), terms=dict(sc.terms),
+                    source=candidates[sc.index].source, component=sc.component,
+                    points=p.points, labels=p.labels, box=p.box,
+                    low_res=p.low_res if sc.component is None else None))
+            timings.select += time.perf_counter() - tick
+        return results, activation
 
     def _predict(self, points, labels, box, mask_input, multimask: bool):
         self.decoder_calls += 1
@@ -382,7 +416,8 @@ class ReferringSession:
     def _predict_sets(self, sets) -> List[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Multimask outputs (masks, IoU predictions, low-res logits) of each (points, labels,
         box, dense prompt) set, in order. With a ``SamPredictor``, sets of the same make-up (as
-        many points, a box or not, a dense prompt or not) share one decoder call."""
+        many points, a box or not, a dense prompt or not) share one decoder call, which shares
+        the image-side work among them (``sam_decoder.py``)."""
         if not (hasattr(self.predictor, "predict_torch") and hasattr(self.predictor, "transform")):
             return [self._predict(p, l, b, d, multimask=True) for p, l, b, d in sets]
         import torch
@@ -410,8 +445,11 @@ class ReferringSession:
                 masks_in = torch.as_tensor(np.stack([np.asarray(sets[k][3], np.float32)
                                                      for k in members]), device=device)
             self.decoder_calls += 1
-            masks, ious, low = predictor.predict_torch(coords, labels, boxes, masks_in,
-                                                       multimask_output=True)
+            if self._dense_pe is None and hasattr(getattr(predictor, "model", None),
+                                                  "prompt_encoder"):
+                with torch.no_grad():   # SAM's positional encoding of its 64×64 grid: once
+                    self._dense_pe = predictor.model.prompt_encoder.get_dense_pe()
+            masks, ious, low = _decode(predictor, coords, labels, boxes, masks_in, self._dense_pe)
             for j, k in enumerate(members):
                 outputs[k] = (masks[j].cpu().numpy(), ious[j].float().cpu().numpy(),
                               low[j].float().cpu().numpy())
@@ -515,7 +553,8 @@ class ReferringSession:
                                                     self.frame, normalize=False)[0]
         with self._lock:
             self._sam_embedding()
-            masks, ious, low = self._predict(points, labels, box, mask_input, multimask=False)
+            with light_work():
+                masks, ious, low = self._predict(points, labels, box, mask_input, multimask=False)
             self.refinements += 1
         terms = dict(result.terms)
         terms["sam_iou"] = float(ious[0])
@@ -547,15 +586,29 @@ def mask_to_geometry(mask: np.ndarray, transform):
     exact pixel edges), or None when the mask is empty."""
     import shapely
     from rasterio import features
-    from shapely.geometry import shape
 
     mask = np.asarray(mask, bool)
     if not mask.any():
         return None
-    polygons = [shape(geom) for geom, _ in features.shapes(mask.astype(np.uint8), mask=mask,
-                                                           connectivity=4, transform=transform)]
-    # 4-connected regions never overlap (they may meet at a corner): a valid MultiPolygon as is
-    geometry = polygons[0] if len(polygons) == 1 else shapely.MultiPolygon(polygons)
-    if not geometry.is_valid:
-        geometry = shapely.make_valid(geometry)
-    return geometry
+    # all rings in one coordinate array, built into polygons by shapely in one call each (a
+    # speckled mask has thousands of regions: one Python object per ring would take seconds)
+    points: List = []
+    ring_sizes: List[int] = []
+    ring_polygon: List[int] = []
+    for k, (geom, _) in enumerate(features.shapes(mask.astype(np.uint8), mask=mask,
+                                                  connectivity=4, transform=transform)):
+        for ring in geom["coordinates"]:       # the shell, then the holes
+            points.extend(ring)
+            ring_sizes.append(len(ring))
+            ring_polygon.append(k)
+    rings = shapely.linearrings(np.asarray(points, np.float64),
+                                indices=np.repeat(np.arange(len(ring_sizes)), ring_sizes))
+    polygons = shapely.polygons(rings, indices=np.asarray(ring_polygon))
+    # 4-connected regions of one mask never share an edge (they would be one region), so the
+    # parts meet at corners at most: the MultiPolygon is valid when each part is (checking the
+    # whole, with its part-against-part tests, takes seconds for thousands of parts)
+    invalid = ~shapely.is_valid(polygons)
+    if invalid.any():
+        polygons[invalid] = shapely.make_valid(polygons[invalid])
+        return shapely.make_valid(shapely.GeometryCollection(list(polygons)))
+    return polygons[0] if len(polygons) == 1 else shapely.MultiPolygon(list(polygons))

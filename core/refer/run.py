@@ -40,7 +40,7 @@ from ..outputs import check_destination, check_outputs
 from ..progress import RunMonitor
 from ..raster_io import metres_per_pixel
 from ..vectorize import AreaMeter
-from .loading import load_models
+from .loading import load_models, model_libraries
 from .merge import merge_pieces, select_across_tiles
 from .pipeline import ReferringSettings
 from .request import (DEFAULT_MAX_SIZE, DEFAULT_TILE_SIZE, ExpressionResult, ReferringRequest,
@@ -51,7 +51,8 @@ from .writer import write_referring_layer
 
 # What the front ends use of the referring engine.
 __all__ = ["DEFAULT_MAX_SIZE", "DEFAULT_TILE_SIZE", "ReferringRequest", "ReferringRunResult",
-           "ExpressionResult", "parse_expressions", "open_session", "run_referring"]
+           "ExpressionResult", "model_libraries", "parse_expressions", "open_session",
+           "run_referring"]
 
 
 def run_referring(request: ReferringRequest, progress=None, cancelled=None, sam=None, clip=None

@@ -598,23 +598,40 @@ def rank_instances(pool: Sequence, modifiers, value_of: Callable, score_of: Call
 def suppress_duplicates(scored: Sequence[ScoredCandidate], iou: float = 0.5,
                         containment: float = 0.8) -> List[ScoredCandidate]:
     """Greedy NMS on masks, best ``score`` first: drop a mask whose IoU with a kept one exceeds
-    ``iou`` or whose smaller one lies ≥ ``containment`` inside the other."""
-    kept: List[ScoredCandidate] = []
+    ``iou`` or whose smaller one lies ≥ ``containment`` inside the other. Overlaps are counted
+    inside the two masks' common bounding box only (outside it one of them is empty)."""
+    kept: List[Tuple[ScoredCandidate, int, Optional[Tuple[int, int, int, int]]]] = []
     for sc in sorted(scored, key=lambda s: -s.score):
-        area = max(1, np.count_nonzero(sc.mask))
+        area = np.count_nonzero(sc.mask)
+        box = _bbox(sc.mask)
         duplicate = False
-        for k in kept:
-            inter = np.count_nonzero(sc.mask & k.mask)
+        for other, other_area, other_box in kept:
+            if box is None or other_box is None:
+                continue
+            y0, x0 = max(box[0], other_box[0]), max(box[1], other_box[1])
+            y1, x1 = min(box[2], other_box[2]), min(box[3], other_box[3])
+            if y0 >= y1 or x0 >= x1:
+                continue
+            inter = np.count_nonzero(sc.mask[y0:y1, x0:x1] & other.mask[y0:y1, x0:x1])
             if not inter:
                 continue
-            union = area + np.count_nonzero(k.mask) - inter
-            smaller = min(area, np.count_nonzero(k.mask))
+            union = max(1, area) + other_area - inter
+            smaller = min(max(1, area), other_area)
             if inter / union > iou or inter / max(1, smaller) >= containment:
                 duplicate = True
                 break
         if not duplicate:
-            kept.append(sc)
-    return kept
+            kept.append((sc, area, box))
+    return [sc for sc, _, _ in kept]
+
+
+def _bbox(mask: np.ndarray) -> Optional[Tuple[int, int, int, int]]:
+    """(row0, col0, row1, col1), ends exclusive, of a boolean mask; None when empty."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
 
 
 def select_candidates(candidates: Sequence[Candidate], activation: Optional[np.ndarray] = None,
