@@ -110,7 +110,8 @@ class HybridRecipe:
 
 @dataclass(eq=False)
 class HybridScorers:
-    """The two scorers of a hybrid run on one worker."""
+    """The two scorers of a hybrid run on one worker (each encodes its queries its own way:
+    core.segment.encode_queries)."""
 
     sam3: object
     clip: object
@@ -118,10 +119,6 @@ class HybridScorers:
     @property
     def device(self):
         return self.sam3.device
-
-    def set_queries(self, queries) -> None:
-        self.sam3.set_queries(queries)
-        self.clip.set_queries(queries)
 
 
 def fuse_blocks(sam3: BlockResult, clip: BlockResult, threshold: float,

@@ -153,9 +153,10 @@ def task_segmenter(task: BlockTask, reader, scorer):
     from ..progress import RunMonitor
     from ..segment import _sliding, encode_queries, sam3_sliding
 
-    encode_queries(scorer, list(task.queries), RunMonitor())
-    owner = list(task.owner)
     engine = getattr(task.factory, "engine", None)
+    for part in ((scorer.sam3, scorer.clip) if engine == "hybrid" else (scorer,)):
+        encode_queries(part, list(task.queries), RunMonitor())   # each scorer its own way
+    owner = list(task.owner)
     if engine == "sam3":
         source = sam3_sliding(task, reader, scorer, owner, task.threshold)
     elif engine == "hybrid":
