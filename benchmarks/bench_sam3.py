@@ -13,6 +13,14 @@ class raster only), and prints:
 
     .venv/bin/python benchmarks/bench_sam3.py [--device cpu] [--limit 600] [--run-4k]
     .venv/bin/python benchmarks/bench_sam3.py --sam3-model tiny.json --sizes 300 600   # smoke test
+
+Flat memory (`--memory-only`): each raster in a fresh process (so its peak RSS is its own), one
+class, the peak RSS after the model was built, after the first tile's encoder pass and at the end,
+with the default per-tile feature cache and without it (`--feature-cache-mb 0`, the engine alone):
+
+    .venv/bin/python benchmarks/bench_sam3.py --memory-only --sam3-model tiny.json \
+        --memory-sizes 1000 2000 4000
+    .venv/bin/python benchmarks/bench_sam3.py --memory-only --area-tiles 2   # real size, 2×2 tiles
 """
 from __future__ import annotations
 
@@ -82,6 +90,84 @@ def run(raster: str, classes: str, args, folder: str):
     return time.perf_counter() - started, result
 
 
+def memory_child(args) -> int:
+    """One raster of `args.child_size` px in this (fresh) process: prints one JSON line."""
+    import json
+
+    from drseg.core.models.shared import sam3_scorer
+    from drseg.core.sam3_engine import DEFAULT_FEATURE_CACHE_MB, FeatureCache
+
+    scorer = sam3_scorer(args.sam3_model, "random", args.device)
+    budget = DEFAULT_FEATURE_CACHE_MB if args.feature_cache_mb is None else args.feature_cache_mb
+    scorer.features = FeatureCache(int(budget * 2 ** 20))
+    model_rss = peak_rss_gb()
+    after_pass = []
+    vision = scorer._vision
+
+    started = time.perf_counter()
+
+    def recorded(images):
+        out = vision(images)
+        after_pass.append(peak_rss_gb())
+        if args.verbose:   # as it goes: a run stopped early still tells its tiles' peaks
+            print(f"# tile {len(after_pass)}: peak RSS {after_pass[-1]:.3f} GB after "
+                  f"{time.perf_counter() - started:.0f} s", flush=True)
+        return out
+
+    scorer._vision = recorded
+    with tempfile.TemporaryDirectory() as folder:
+        path = write_scene(os.path.join(folder, "scene.tif"), args.child_size)
+        seconds, _ = run(path, args.memory_classes, args, folder)
+    print(json.dumps({"size": args.child_size, "tiles": len(after_pass), "seconds": seconds,
+                      "model_rss": model_rss, "first_tile_rss": after_pass[0] if after_pass else None,
+                      "peak_rss": peak_rss_gb(), "cache_mb": scorer.features.bytes / 2 ** 20,
+                      "budget_mb": budget}))
+    return 0
+
+
+def memory_only(args) -> int:
+    """Peak RSS per raster size, each in a fresh process, with and without the feature cache."""
+    import json
+    import subprocess
+
+    from drseg.core.models.registry import SAM3_OVERLAP
+    from drseg.core.models.sam3 import sam3_config
+
+    window = int(sam3_config(args.sam3_model).vision_config.backbone_config.image_size)
+    sizes = list(args.memory_sizes)
+    if args.area_tiles:
+        stride = max(1, window - int(round(window * SAM3_OVERLAP)))
+        sizes = [window + (args.area_tiles - 1) * stride]   # an area of area_tiles² tiles
+    budgets = [None, 0.0] if args.feature_cache_mb is None else [args.feature_cache_mb]
+    print(f"SAM 3 '{args.sam3_model}' ({window}-px tiles), one class, {args.device}; free memory "
+          f"{available_gb():.1f} GB. Peak RSS in GB, each raster in a fresh process.")
+    print("raster px | tiles | cache budget | s | after model | after 1st tile | peak | cache held")
+    for budget in budgets:
+        for size in sizes:
+            command = [sys.executable, os.path.abspath(__file__), "--child-size", str(size),
+                       "--sam3-model", args.sam3_model, "--device", args.device,
+                       "--block", str(args.block), "--memory-classes", args.memory_classes]
+            if budget is not None:
+                command += ["--feature-cache-mb", str(budget)]
+            if args.verbose:
+                command.append("--verbose")
+            done = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+            lines = []
+            for line in done.stdout:
+                lines.append(line)
+                if line.startswith("#"):
+                    print(line.rstrip(), flush=True)
+            if done.wait() != 0 or not lines:
+                print(f"{size}: failed (exit {done.returncode})")
+                continue
+            row = json.loads(lines[-1])
+            label = "default" if budget is None else f"{budget:.0f} MB"
+            print(f"{size}² | {row['tiles']} | {label} ({row['budget_mb']:.0f} MB) | "
+                  f"{row['seconds']:.1f} | {row['model_rss']:.3f} | {row['first_tile_rss']:.3f} | "
+                  f"{row['peak_rss']:.3f} | {row['cache_mb']:.0f} MB", flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
@@ -91,7 +177,24 @@ def main(argv=None) -> int:
     parser.add_argument("--limit", type=float, default=600.0,
                         help="run the large raster only when its estimate is below this (s)")
     parser.add_argument("--run-4k", action="store_true", help="run the large raster whatever it costs")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="peak RSS per raster size (--memory-sizes or --area-tiles), each in a "
+                             "fresh process")
+    parser.add_argument("--memory-sizes", type=int, nargs="+", default=(1000, 2000, 4000))
+    parser.add_argument("--area-tiles", type=int, default=0,
+                        help="--memory-only: one raster of N×N SAM 3 tiles instead of the sizes")
+    parser.add_argument("--memory-classes", default="building")
+    parser.add_argument("--feature-cache-mb", type=float, default=None,
+                        help="--memory-only: this feature-cache budget only (default: the "
+                             "engine's, then none)")
+    parser.add_argument("--child-size", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--verbose", action="store_true",
+                        help="--memory-only: print each tile's peak RSS as it is encoded")
     args = parser.parse_args(argv)
+    if args.child_size:
+        return memory_child(args)
+    if args.memory_only:
+        return memory_only(args)
 
     import torch
 

@@ -9,7 +9,8 @@ whatever the block size, so the fused one is too, and memory stays flat.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -59,13 +60,65 @@ class HybridSegmenter:
             yield result, 1
 
     def __iter__(self) -> Iterator[BlockResult]:
+        return self._fused(zip(self.sam3, self.clip))
+
+    def segment_blocks(self, indices) -> Iterator[BlockResult]:
+        """The fused blocks `indices`, each equal to its block in a whole run (both engines
+        score their halos; see SlidingWindowSegmenter.segment_blocks): a Dask task's part."""
+        indices = list(indices)
+        return self._fused(zip(self.sam3.segment_blocks(indices),
+                               self.clip.segment_blocks(indices)))
+
+    def _fused(self, pairs: Iterable[Tuple[BlockResult, BlockResult]]) -> Iterator[BlockResult]:
         # what the caller booked before the run (text encoding) stays; the engines' stages add up
         base = {name: getattr(self.timings, name) for name in _ENGINE_STAGES}
-        for a, b in zip(self.sam3, self.clip):
+        for a, b in pairs:
             for name in _ENGINE_STAGES:
                 setattr(self.timings, name, base[name] + getattr(self.sam3.timings, name)
                         + getattr(self.clip.timings, name))
             yield fuse_blocks(a, b, self.threshold, self.keep_probabilities)
+
+
+def hybrid_note(method: str, note: str = "") -> str:
+    """What a hybrid run tells the user about its CLIP branch."""
+    branch = "DR-Seg" if method == "drseg" else "dense CLIP"
+    return f"SAM 3 fused with {branch}" + (f". {note}" if note else "")
+
+
+@dataclass(frozen=True)
+class HybridRecipe:
+    """Both engines' models as one picklable, hashable value for Dask workers: `sam3` a
+    core.sam3_engine.Sam3Recipe, `clip` a core.segment.ScorerRecipe. Calling it gives
+    `HybridScorers` (each scorer through the process-wide model cache)."""
+
+    sam3: object
+    clip: object
+    engine = "hybrid"
+
+    @property
+    def device(self) -> str:
+        return self.sam3.device
+
+    @property
+    def window(self) -> int:
+        return self.sam3.window   # SAM 3's tile is the larger window: it sizes the Dask tasks
+
+    def __call__(self, download_progress=None, device: Optional[str] = None) -> "HybridScorers":
+        return HybridScorers(self.sam3(download_progress, device=device),
+                             self.clip(download_progress, device=device))
+
+
+@dataclass(eq=False)
+class HybridScorers:
+    """The two scorers of a hybrid run on one worker (each encodes its queries its own way:
+    core.segment.encode_queries)."""
+
+    sam3: object
+    clip: object
+
+    @property
+    def device(self):
+        return self.sam3.device
 
 
 def fuse_blocks(sam3: BlockResult, clip: BlockResult, threshold: float,

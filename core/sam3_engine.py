@@ -20,7 +20,9 @@ same area runs only the text encoder and the decoders (`encoder_calls` counts en
 from __future__ import annotations
 
 import hashlib
+import os
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -68,7 +70,9 @@ class FeatureCache:
         return item[0]
 
     def put(self, key: str, features: tuple) -> None:
-        size = sum(t.numel() * t.element_size() for group in features for t in group)
+        """features: (levels, position encodings); only the levels count against the budget: the
+        position encodings depend on the shape alone and are one set shared by every tile."""
+        size = sum(t.numel() * t.element_size() for t in features[0])
         if size > self.budget:
             return
         if key in self._items:
@@ -114,6 +118,7 @@ class Sam3Scorer:
         self._text: Optional[torch.Tensor] = None
         self._text_mask: Optional[torch.Tensor] = None
         self._phrases: dict = {}  # phrase -> (text features, attention mask)
+        self._positions: dict = {}  # shapes -> the position encodings every tile shares
 
     # -- text ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -147,16 +152,35 @@ class Sam3Scorer:
                 self.features.put(keys[i], tile_features)
         return np.stack([self._decode(f) for f in features]).astype(np.float32)
 
-    def _encode(self, images: np.ndarray) -> List[tuple]:
-        """Image-encoder features per tile: ((fpn levels), (their position encodings))."""
+    def _vision(self, images: np.ndarray):
         pixels = torch.from_numpy(images).to(self.device).float().div_(255.0)
         pixels = ((pixels - SAM3_MEAN) / SAM3_STD).to(self.dtype)
         self.encoder_calls += len(images)
-        out = self.model.get_vision_features(pixel_values=pixels)
-        # clone: a tile's slice must not keep the whole batch's storage alive in the cache
-        return [(tuple(t[i:i + 1].clone() for t in out.fpn_hidden_states),
-                 tuple(t[i:i + 1].clone() for t in out.fpn_position_encoding))
-                for i in range(len(images))]
+        return self.model.get_vision_features(pixel_values=pixels)
+
+    def _encode(self, images: np.ndarray) -> List[tuple]:
+        """Image-encoder features per tile: ((fpn levels), (their position encodings)).
+
+        One tile per pass: a tile's features then depend on its pixels alone, not on which tiles
+        shared its batch or were already cached, so a Dask task (which scores the halo of its
+        blocks again) and a run in one process give the same bits. SAM 3's 1008-px tile fills a
+        GPU on its own, so batching tiles gained little."""
+        encoded = []
+        for i in range(len(images)):
+            out = self._vision(images[i:i + 1])
+            positions = tuple(out.fpn_position_encoding)
+            positions = self._positions.setdefault(tuple(tuple(t.shape) for t in positions),
+                                                   positions)
+            encoded.append((tuple(out.fpn_hidden_states), positions))
+        return encoded
+
+    @torch.no_grad()
+    def encode_tile(self, tile: np.ndarray) -> Tuple[tuple, torch.Tensor]:
+        """One tile (1, 3, S, S): its features as `_encode` gives them, and the backbone's tokens
+        (1, n, C) that SAM 3's click head reads (core/models/sam3_clicks.py)."""
+        out = self._vision(tile)
+        return ((tuple(t[0:1] for t in out.fpn_hidden_states),
+                 tuple(t[0:1] for t in out.fpn_position_encoding)), out.last_hidden_state[0:1])
 
     def _decode(self, tile_features: tuple) -> np.ndarray:
         from transformers.modeling_outputs import BaseModelOutputWithPooling
@@ -177,3 +201,34 @@ class Sam3Scorer:
                 maps.append(combine_concept(out.pred_masks[q], out.pred_logits[q],
                                             out.presence_logits[q], out.semantic_seg[q, 0]))
         return torch.stack(maps).cpu().numpy()
+
+
+@dataclass(frozen=True)
+class Sam3Recipe:
+    """The SAM 3 model of a request as a picklable, hashable value: a Dask worker builds its
+    scorer from it once (through core.models.shared's cache) and keeps it for later tasks."""
+
+    sam3_model: str
+    sam3_weights: Optional[str]
+    device: str
+    cache_dir: Optional[str] = None     # None: the settings of the process building the scorer
+    engine = "sam3"                     # which block source a worker builds (core/cluster/tasks.py)
+
+    @property
+    def window(self) -> int:
+        """SAM 3's tile, from the architecture alone (no weights): sizes the Dask tasks."""
+        from .models.sam3 import sam3_config
+
+        return int(sam3_config(self.sam3_model).vision_config.backbone_config.image_size)
+
+    @classmethod
+    def of(cls, request, cache_dir: Optional[str] = None) -> "Sam3Recipe":
+        return cls(request.sam3_model, request.sam3_weights, request.device,
+                   cache_dir or request.cache_dir)
+
+    def __call__(self, download_progress=None, device: Optional[str] = None) -> Sam3Scorer:
+        from .models.shared import sam3_scorer
+
+        cache_dir = self.cache_dir if self.cache_dir and os.path.isdir(self.cache_dir) else None
+        return sam3_scorer(self.sam3_model, self.sam3_weights, device or self.device,
+                           download_progress=download_progress, cache_dir=cache_dir)

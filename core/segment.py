@@ -154,11 +154,7 @@ def run_segmentation(request: SegmentationRequest, scorer=None, progress=None, c
         device_name, method, note = "custom", "custom", ""
         if cluster is not None:
             if scorer_factory is None:
-                if (request.engine or request.method) in SAM3_ENGINES:
-                    raise InputError("The SAM 3 engines do not run on a Dask cluster yet; choose "
-                                     "the drseg or clip engine, or run without --dask")
-                method, dino_path, note = choose_method(request)
-                scorer_factory = ScorerRecipe.of(request, method, dino_path)
+                scorer_factory, method, note = cluster_recipe(request)
             from .cluster.segment import ClusterBlocks
 
             source = ClusterBlocks(cluster, request, reader, queries, owner, scorer_factory,
@@ -252,22 +248,17 @@ def build_segmenter(request: SegmentationRequest, reader, queries, owner, monito
     sam3 = None
     if engine in SAM3_ENGINES:
         from .models.download import resolve_cache_dir
-        from .models.shared import sam3_scorer
-        from .sam3_engine import MAX_TILES_PER_BATCH
+        from .sam3_engine import Sam3Recipe
 
         def downloading(done, total):
             monitor.report(0.0, f"Downloading SAM 3 weights: {done / 2 ** 20:.0f}"
                                 + (f" of {total / 2 ** 20:.0f} MB" if total else " MB"))
 
-        scorer = sam3_scorer(request.sam3_model, request.sam3_weights, request.device,
-                             download_progress=downloading,
-                             cache_dir=request.cache_dir or resolve_cache_dir())
+        recipe = Sam3Recipe.of(request, request.cache_dir or resolve_cache_dir())
+        scorer = recipe(download_progress=downloading)
         encode_queries(scorer, queries, text or monitor)
-        tile = scorer.window
-        sam3 = _sliding(request, reader, scorer, owner, window=tile,
-                        stride=max(1, tile - int(round(tile * SAM3_OVERLAP))),
-                        batch_size=min(request.batch_size, MAX_TILES_PER_BATCH),
-                        threshold=0.0 if engine == "hybrid" else request.threshold)
+        sam3 = sam3_sliding(request, reader, scorer, owner,
+                            threshold=0.0 if engine == "hybrid" else request.threshold)
         if engine == "sam3":
             return sam3, str(scorer.device), "sam3", ""
     clip_request = request
@@ -279,12 +270,44 @@ def build_segmenter(request: SegmentationRequest, reader, queries, owner, monito
     device = str(getattr(scorer, "device", None) or scorer.clip.device)
     if engine != "hybrid":
         return _sliding(request, reader, scorer, owner), device, method, note
-    from .hybrid import HybridSegmenter
+    from .hybrid import HybridSegmenter, hybrid_note
 
     clip = _sliding(request, reader, scorer, owner, threshold=0.0)
-    branch = "DR-Seg" if method == "drseg" else "dense CLIP"
-    note = f"SAM 3 fused with {branch}" + (f". {note}" if note else "")
-    return HybridSegmenter(sam3, clip, request.threshold), device, "hybrid", note
+    return (HybridSegmenter(sam3, clip, request.threshold), device, "hybrid",
+            hybrid_note(method, note))
+
+
+def sam3_sliding(settings, reader, scorer, owner, threshold: float) -> SlidingWindowSegmenter:
+    """SAM 3's tiles over the blocks of `settings` (a request, or a Dask task with the same
+    fields): windows of SAM 3's input size overlapping by SAM3_OVERLAP, few per batch."""
+    from .sam3_engine import MAX_TILES_PER_BATCH
+
+    tile = scorer.window
+    return _sliding(settings, reader, scorer, owner, window=tile,
+                    stride=max(1, tile - int(round(tile * SAM3_OVERLAP))),
+                    batch_size=min(settings.batch_size, MAX_TILES_PER_BATCH), threshold=threshold)
+
+
+def cluster_recipe(request: SegmentationRequest):
+    """-> (picklable scorer recipe the Dask workers build from, method, note) for the request's
+    engine: DR-Seg / dense CLIP (ScorerRecipe), SAM 3 (Sam3Recipe) or both (HybridRecipe)."""
+    engine = request.engine or request.method
+    if engine in SAM3_ENGINES:
+        from .sam3_engine import Sam3Recipe
+
+        sam3 = Sam3Recipe.of(request)
+        if engine == "sam3":
+            return sam3, "sam3", ""
+    clip_request = request
+    if engine in ("drseg", "clip"):
+        clip_request = dataclasses.replace(request, method=engine)
+    method, dino_path, note = choose_method(clip_request)
+    recipe = ScorerRecipe.of(clip_request, method, dino_path)
+    if engine != "hybrid":
+        return recipe, method, note
+    from .hybrid import HybridRecipe, hybrid_note
+
+    return HybridRecipe(sam3, recipe), "hybrid", hybrid_note(method, note)
 
 
 def choose_method(request: SegmentationRequest, cache_dir: Optional[str] = None):

@@ -380,6 +380,76 @@ def test_segment_command_on_the_cluster_equals_one_process(cluster, tiny_clip, t
                          read_polygons(str(tmp_path / "here.gpkg")))
 
 
+@pytest.fixture(scope="module")
+def tiny_sam3(tmp_path_factory):
+    """The real SAM 3 architecture at tiny size: its config.json and seeded weights (safetensors),
+    so every process builds the same model."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import Sam3Model
+
+    from support.tiny_models import tiny_sam3_config
+
+    folder = tmp_path_factory.mktemp("sam3")
+    config = tiny_sam3_config()
+    config.to_json_file(str(folder / "tiny_sam3.json"))
+    torch.manual_seed(0)
+    model = Sam3Model(config)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+              str(folder / "tiny_sam3.safetensors"))
+    return str(folder / "tiny_sam3.json"), str(folder / "tiny_sam3.safetensors")
+
+
+def test_sam3_recipes_are_picklable_values_and_name_their_engine(tiny_sam3):
+    import pickle
+
+    from drseg.core.hybrid import HybridRecipe
+    from drseg.core.sam3_engine import Sam3Recipe
+    from drseg.core.segment import ScorerRecipe, cluster_recipe
+
+    config, weights = tiny_sam3
+    base = SegmentationRequest(raster="x.tif", classes="water", sam3_model=config,
+                               sam3_weights=weights, method="clip", device="cpu")
+    for engine, kind in (("sam3", Sam3Recipe), ("hybrid", HybridRecipe), ("clip", ScorerRecipe)):
+        recipe, method, note = cluster_recipe(SegmentationRequest(**{**base.__dict__, "engine": engine}))
+        assert isinstance(recipe, kind) and method == engine
+        again = pickle.loads(pickle.dumps(recipe))
+        assert again == recipe and hash(again) == hash(recipe)
+        assert getattr(recipe, "engine", None) == (engine if engine != "clip" else None)
+        assert getattr(recipe, "window", None) == (112 if engine != "clip" else None)  # tasks
+    assert note == "" and cluster_recipe(SegmentationRequest(**{**base.__dict__, "engine": "hybrid"}))[2] \
+        == "SAM 3 fused with dense CLIP"
+
+
+@pytest.mark.parametrize("engine", ["sam3", "hybrid"])
+def test_sam3_engines_on_the_cluster_equal_one_process(cluster, tiny_sam3, tiny_clip, tmp_path,
+                                                        engine):
+    config, weights = tiny_sam3
+    clip_config, clip_weights = tiny_clip
+    raster = write_raster(tmp_path / "small.tif", scene_image(scene_labels(192, 256)))
+    # 3×2 blocks of 96 px under 112-px SAM 3 tiles (overlap 28 px): every task scores a halo
+    common = [raster, "--classes", "building; water; road", "--engine", engine, "--sam3-model",
+              config, "--sam3-weights", weights, "--clip-model", clip_config, "--clip-weights",
+              clip_weights, "--method", "clip", "--device", "cpu", "--threshold", "0.2",
+              "--window", "64", "--stride", "32", "--block", "96", "--quiet"]
+    here = drseg("segment", *common, "--raster-out", str(tmp_path / "here.tif"),
+                 "--probabilities-out", str(tmp_path / "here_p.tif"),
+                 "--out", str(tmp_path / "here.gpkg"))
+    assert here.returncode == 0, here.stderr
+    there = drseg("segment", *common, "--raster-out", str(tmp_path / "there.tif"),
+                  "--probabilities-out", str(tmp_path / "there_p.tif"),
+                  "--out", str(tmp_path / "there.gpkg"), "--dask", cluster.address,
+                  "--task-blocks", "1")
+    assert there.returncode == 0, there.stderr
+    assert np.array_equal(read_classes(tmp_path / "here.tif"), read_classes(tmp_path / "there.tif"))
+    with rasterio.open(tmp_path / "here_p.tif") as a, rasterio.open(tmp_path / "there_p.tif") as b:
+        probabilities = a.read()
+        assert np.array_equal(probabilities, b.read())   # the probabilities, bit for bit
+    assert len(np.unique(probabilities)) > 1000   # they vary across tiles: equality means something
+    assert_same_polygons(read_polygons(str(tmp_path / "there.gpkg")),
+                         read_polygons(str(tmp_path / "here.gpkg")))
+
+
 def test_a_wrong_cluster_is_one_line_and_exit_two(tmp_path, capsys, monkeypatch):
     from drseg.cli import main
 

@@ -173,3 +173,27 @@ def test_sam3_results_do_not_depend_on_the_block_size(tmp_path, tiny_scorer):
                 probs[:, w.row_off:w.row_off + w.height, w.col_off:w.col_off + w.width] = result.probabilities
         results.append(probs)
     np.testing.assert_allclose(results[0], results[1], atol=1e-5)
+
+
+def test_a_tiles_scores_do_not_depend_on_its_batch_and_positions_are_shared(tiny_scorer):
+    """One encoder pass per tile: scoring a tile alone, after other tiles, or in a batch whose
+    other tile is cached gives the same bits (what a Dask task, which scores its halo again, needs);
+    the position encodings, which depend on the shape alone, are one set for every tile."""
+    tiles = np.random.default_rng(4).integers(0, 255, (3, 3, TINY_SAM3_SIZE, TINY_SAM3_SIZE), np.uint8)
+    tiny_scorer.set_queries(["building", "water"])
+    together = tiny_scorer.score_windows(tiles)
+    tiny_scorer.features.clear()
+    tiny_scorer.score_windows(tiles[1:2])                    # the middle tile cached first
+    mixed = tiny_scorer.score_windows(tiles)
+    tiny_scorer.features.clear()
+    alone = np.concatenate([tiny_scorer.score_windows(tiles[i:i + 1]) for i in range(3)])
+    assert np.array_equal(together, mixed) and np.array_equal(together, alone)
+    first, second = tiny_scorer._encode(tiles[:2])
+    assert all(a is b for a, b in zip(first[1], second[1]))
+    fresh = tiny_scorer.model.get_vision_features(
+        pixel_values=torch.from_numpy(tiles[2:3]).float().div(255).sub(0.5).div(0.5))
+    assert all(torch.equal(a, b) for a, b in zip(first[1], fresh.fpn_position_encoding))
+    level_bytes = sum(t.numel() * t.element_size() for t in first[0])
+    tiny_scorer.features.clear()
+    tiny_scorer.features.put("x", first)
+    assert tiny_scorer.features.bytes == level_bytes          # shared positions are not counted

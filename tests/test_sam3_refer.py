@@ -95,3 +95,18 @@ def test_real_architecture_keeps_the_image_features_per_area():
         assert first and second and all(a.mask.shape == (90, 120) for a in first + second)
     finally:
         sam3_models._EXTRA_ARCHITECTURES.pop("tiny_sam3", None)
+
+
+def test_a_prompter_head_with_sam3_is_one_clear_error(tmp_path):
+    """A trained head is made for CLIP + SAM; asked with the SAM 3 engine it is refused in words."""
+    from drseg.core.errors import InputError
+    from drseg.core.refer.loading import learned_prompter
+    from drseg.core.refer.request import ReferringRequest
+
+    head = tmp_path / "head.safetensors"
+    head.write_bytes(b"{}")
+    request = ReferringRequest(raster=str(tmp_path / "scene.tif"), expressions=["the pond"],
+                               out_vector=str(tmp_path / "out.gpkg"), engine="sam3",
+                               prompter=str(head))
+    with pytest.raises(InputError, match="CLIP \\+ SAM engine, not SAM 3"):
+        learned_prompter(request, sam=object(), localizer=object())

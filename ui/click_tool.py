@@ -59,6 +59,8 @@ def target_from_run(task, layer, raster_crs: QgsCoordinateReferenceSystem,
     if task.session is None or result is None:
         return None, ("the area was tiled; zoom in or draw a smaller rectangle to refine with "
                       "clicks")
+    if getattr(task.session, "cannot_refine", ""):        # SAM 3 weights without their tracker
+        return None, task.session.cannot_refine
     shown = [r for e in result.expressions for r in e.results if r.mask.any()]
     features = sorted(layer.getFeatures(), key=lambda f: f.id())
     if len(features) != len(shown) or any(f["expression"] != r.expression

@@ -343,6 +343,7 @@ class DrSegDock(QDockWidget):
                                + 2 * scroll.frameWidth())
         # Two modes: "Classes" (the form above) and "Referring" (ui/refer_panel.py, issue 4).
         self.refer_panel = ReferringPanel(self.iface, self.choices, self)
+        self.refer_panel.runStarted.connect(lambda _task: self.save_state())
         for combo in self.band_combos:
             combo.bandChanged.connect(self._share_choices)
         self.device_combo.currentIndexChanged.connect(self._share_choices)
@@ -485,13 +486,15 @@ class DrSegDock(QDockWidget):
             self.refer_panel.sam_weights_widget.setFilePath(state["sam_weights"])
         if isinstance(state.get("adapter"), str):
             self.adapter_field.set_value(state["adapter"])
+        self.refer_panel.engine_rows.restore(state)
 
     def save_state(self) -> None:
         remembered.save_state({"classes": self.classes_edit.toPlainText(),
                                "threshold": self.threshold_spin.value(),
                                "clip_weights": self.clip_weights_widget.filePath().strip(),
                                "sam_weights": self.refer_panel.sam_weights_widget.filePath().strip(),
-                               "adapter": self.adapter_field.value()})
+                               "adapter": self.adapter_field.value(),
+                               **self.refer_panel.engine_rows.state()})
 
     def refresh_dino_state(self) -> None:
         """Find the DINO weights now (a few file checks, no torch); pick the method unless the

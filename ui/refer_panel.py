@@ -37,6 +37,7 @@ from .choices import SharedChoices
 from .click_tool import ReferringClickTool, target_from_run
 from .combos import raster_layer_filter
 from .prompter_field import PrompterField
+from .refer_engine import ReferEngineRows
 from .run_controls import RunControls
 
 try:
@@ -142,6 +143,7 @@ class ReferringPanel(QWidget):
         area.addWidget(self.draw_button)
         form.addRow("Area", area)
 
+        self.engine_rows = ReferEngineRows(self, form)   # CLIP + SAM or SAM 3
         self.sam_model_combo = QComboBox(self)
         self.sam_model_combo.addItems(SAM_MODELS)
         self.sam_model_combo.setToolTip("Segment Anything architecture: vit_b is the fastest, "
@@ -158,6 +160,9 @@ class ReferringPanel(QWidget):
         form.addRow("SAM weights", self.sam_weights_widget)
         self.prompter_widget = PrompterField(self)
         form.addRow("Prompter head", self.prompter_widget)
+        # the trained head is made for CLIP + SAM: hidden (and not sent) with SAM 3
+        self.engine_rows.sam_only((self.sam_model_combo, self.sam_weights_widget,
+                                   self.prompter_widget))
         self.output_widget = QgsFileWidget(self)
         self.output_widget.setStorageMode(QgsFileWidget.StorageMode.SaveFile)
         self.output_widget.setFilter("GeoPackage (*.gpkg)")
@@ -363,7 +368,8 @@ class ReferringPanel(QWidget):
             sam_weights=self.sam_weights_widget.filePath().strip() or None,
             clip_model=shared.clip_model or DEFAULT_CLIP_MODEL,
             clip_weights=shared.clip_weights or DEFAULT_CLIP_WEIGHTS,
-            device=shared.device or DEFAULT_DEVICE, prompter=prompter)
+            device=shared.device or DEFAULT_DEVICE, **self.engine_rows.request_values(),
+            prompter=prompter if self.engine_rows.engine() == "sam" else None)
 
     # -- running --------------------------------------------------------------------------------
     def is_running(self) -> bool:
@@ -410,6 +416,8 @@ class ReferringPanel(QWidget):
                               report)
                 note = ("Refine it with clicks on the map: 'Refine…'" if target is not None
                         else f"Refining with clicks is not available: {why}")
+                if target is not None and getattr(task.session, "click_note", ""):
+                    note += f" ({task.session.click_note})"   # e.g. SAM 3 without its tracker
                 self.status_label.setText(f"Done: {report}\n{note}")
         else:
             self.controls.show_unsuccessful(task, "Referring run cancelled; no layer or file was "

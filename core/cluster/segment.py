@@ -47,8 +47,9 @@ class ClusterBlocks:
 
     def _tasks(self, workers: int, work_dir: str, cancel_event: str):
         request, grid = self.request, self.reader.grid
+        window = getattr(self.factory, "window", None) or request.window   # SAM 3: its tile
         k = request.task_blocks or choose_task_blocks(len(self.blocks), workers,
-                                                         request.block, request.window)
+                                                         request.block, window)
         raster = request.raster
         if os.path.exists(raster):  # workers may start elsewhere; GDAL paths (/vsicurl/…) stay
             raster = os.path.abspath(raster)

@@ -7,7 +7,9 @@ middle of a task (Dask runs it again elsewhere) never leaves half a part behind.
 
 Each worker process builds the scorer once per scorer factory (the model cache of
 core/models/cache.py, keyed by the factory, which is hashable) and keeps it for later tasks and
-runs.
+runs. The factory also says which engine the task runs: a ScorerRecipe (DR-Seg, dense CLIP) or a
+plain factory the sliding windows of the task's geometry, a Sam3Recipe SAM 3's tiles, a
+HybridRecipe both, fused (the block sources core/segment.py builds in one process).
 """
 from __future__ import annotations
 
@@ -108,20 +110,65 @@ def _worker_name():
         return None
 
 
-def worker_scorer(factory) -> Tuple[object, threading.Lock]:
+def worker_scorer(factory) -> Tuple[object, "ScorerLocks"]:
     """(scorer, its lock): built once per process and factory. Hold the lock from set_queries to
-    the last window, so two threads of one worker never mix their queries."""
+    the last window, so two threads of one worker never mix their queries. The lock belongs to
+    the scorer objects, not the factory: a SAM 3 run and a hybrid run share one SAM 3 scorer."""
+    from ..hybrid import HybridRecipe, HybridScorers
+    from ..sam3_engine import Sam3Recipe
     from ..segment import ScorerRecipe
 
     def build():
-        if isinstance(factory, ScorerRecipe):
+        if isinstance(factory, (ScorerRecipe, Sam3Recipe, HybridRecipe)):
             return factory(device=worker_device(factory.device))
         return factory()
 
     scorer = cached(("dask-scorer", factory), build)
-    with _LOCKS_GUARD:
-        lock = _LOCKS.setdefault(("dask-scorer", factory), threading.Lock())
-    return scorer, lock
+    parts = (scorer.sam3, scorer.clip) if isinstance(scorer, HybridScorers) else (scorer,)
+    with _LOCKS_GUARD:  # taken in one order (SAM 3 before CLIP): two runs never deadlock
+        locks = [_LOCKS.setdefault(id(part), threading.Lock()) for part in parts]
+    return scorer, ScorerLocks(locks)
+
+
+class ScorerLocks:
+    """Holds several locks together (in the order given) as one context manager."""
+
+    def __init__(self, locks):
+        self.locks = list(locks)
+
+    def __enter__(self):
+        for lock in self.locks:
+            lock.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        for lock in reversed(self.locks):
+            lock.release()
+        return False
+
+
+def task_segmenter(task: BlockTask, reader, scorer):
+    """The block source of the task's engine over `reader`, its queries encoded as a run in one
+    process encodes them (one at a time: the same text features, bit for bit)."""
+    from ..progress import RunMonitor
+    from ..segment import _sliding, encode_queries, sam3_sliding
+
+    engine = getattr(task.factory, "engine", None)
+    for part in ((scorer.sam3, scorer.clip) if engine == "hybrid" else (scorer,)):
+        encode_queries(part, list(task.queries), RunMonitor())   # each scorer its own way
+    owner = list(task.owner)
+    if engine == "sam3":
+        source = sam3_sliding(task, reader, scorer, owner, task.threshold)
+    elif engine == "hybrid":
+        from ..hybrid import HybridSegmenter
+
+        source = HybridSegmenter(sam3_sliding(task, reader, scorer.sam3, owner, 0.0),
+                                 _sliding(task, reader, scorer.clip, owner, threshold=0.0),
+                                 task.threshold)
+    else:
+        source = _sliding(task, reader, scorer, owner)
+    source.keep_probabilities = task.keep_probabilities
+    return source
 
 
 def scorer_device(scorer) -> str:
@@ -145,19 +192,13 @@ def run_block_task(task: BlockTask) -> Dict:
     cannot see the run's work folder), the rectangle (col, row, width, height), timings."""
     from ..errors import RunCancelled
     from ..raster_io import RasterReader
-    from ..sliding import SlidingWindowSegmenter
 
     started = time.perf_counter()
     scorer, lock = worker_scorer(task.factory)
     stretch = [tuple(pair) for pair in task.stretch] if task.stretch is not None else None
     with lock, RasterReader(task.raster, task.bands, task.extent, task.resolution,
                             stretch=stretch) as reader:
-        scorer.set_queries(list(task.queries))
-        segmenter = SlidingWindowSegmenter(reader, scorer, list(task.owner),
-                                           threshold=task.threshold, window=task.window,
-                                           stride=task.stride, block=task.block,
-                                           batch_size=task.batch_size, blend=task.blend,
-                                           keep_probabilities=task.keep_probabilities)
+        segmenter = task_segmenter(task, reader, scorer)
         windows = [segmenter.blocks[i] for i in task.blocks]
         col = min(int(w.col_off) for w in windows)
         row = min(int(w.row_off) for w in windows)

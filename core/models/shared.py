@@ -9,6 +9,7 @@ Each function resolves what it can cheaply (device, weights file), then asks the
     sam_model(sam_model, sam_weights, device)             # `load_sam`
     sam3_scorer(sam3_model, sam3_weights, device)         # `load_sam3` in a Sam3Scorer (its
                                                           # per-tile image features live on)
+    sam3_click_head(sam3_model, sam3_weights, device)     # SAM 3's tracker head for clicks
 
 cache_dir / mirror: the model cache folder and mirror as the front end resolved them once per
 run (`settings.resolve`); None resolves them here.
@@ -103,3 +104,18 @@ def sam3_scorer(model_name: Optional[str] = DEFAULT_SAM3_MODEL, weights: Optiona
     name, path = resolve_sam3_weights(model_name, weights, cache_dir, download_progress, mirror)
     return cached(("sam3", name, str(path), str(torch_device)),
                   lambda: Sam3Scorer(load_sam3(name, path, torch_device), torch_device))
+
+
+def sam3_click_head(model_name: Optional[str] = DEFAULT_SAM3_MODEL, weights: Optional[str] = None,
+                    device: str = DEFAULT_DEVICE, download_progress=None,
+                    cache_dir: Optional[str] = None, mirror: Optional[str] = None):
+    """SAM 3's click head (tracker neck, prompt encoder, mask decoder) from the same weights as
+    `sam3_scorer`; None when those weights have no tracker part."""
+    from ..device import as_device
+    from .sam3 import resolve_sam3_weights
+    from .sam3_clicks import load_sam3_clicks
+
+    torch_device = as_device(device)
+    name, path = resolve_sam3_weights(model_name, weights, cache_dir, download_progress, mirror)
+    return cached(("sam3-clicks", name, str(path), str(torch_device)),
+                  lambda: load_sam3_clicks(name, path, torch_device))

@@ -38,7 +38,10 @@ def model_libraries(request: ReferringRequest):
 
 def load_models(request: ReferringRequest, sam=None, clip=None, monitor: Optional[RunMonitor] = None):
     """-> (sam, localizer, device name): the given ones, or the request's through the model cache.
-    For request.engine 'sam3', `sam` is the SAM 3 scorer and there is no localizer."""
+    For request.engine 'sam3', `sam` is the SAM 3 scorer and the second model is not a localizer
+    but SAM 3's click head (`clip` when given, else loaded with the scorer; for weights without a
+    tracker part, `Sam1Clicks` with the request's SAM, loaded at the first click; None when a
+    given scorer comes without one)."""
     from ..device import resolve_device
     from ..errors import InputError
     from ..models.registry import REFER_ENGINE_CHOICES
@@ -62,11 +65,25 @@ def load_models(request: ReferringRequest, sam=None, clip=None, monitor: Optiona
         cache_dir = resolve_cache_dir()  # once for both models
     if request.engine == "sam3":
         if sam is None:
-            from ..models.shared import sam3_scorer
+            from ..models.shared import sam3_click_head, sam3_scorer
 
             sam = sam3_scorer(request.sam3_model, request.sam3_weights, str(device),
                               download_progress=downloading("SAM 3"), cache_dir=cache_dir)
-        return sam, None, str(device)
+            if clip is None:
+                clip = sam3_click_head(request.sam3_model, request.sam3_weights, str(device),
+                                       cache_dir=cache_dir)
+            if clip is None:                 # weights without the tracker: SAM decodes clicks
+                from ..models.shared import sam_model
+                from .sam3_refer import Sam1Clicks
+
+                from ..models.cache import cached
+
+                clip = cached(("sam1-clicks", request.sam_model, request.sam_weights, str(device),
+                               cache_dir),      # one object: the session cache keys on it
+                              lambda: Sam1Clicks(lambda: sam_model(
+                                  request.sam_model, request.sam_weights, str(device),
+                                  cache_dir=cache_dir)))
+        return sam, clip, str(device)
     if sam is None:
         from ..models.shared import sam_model
 
@@ -93,6 +110,9 @@ def learned_prompter(request: ReferringRequest, sam, localizer):
     from ..errors import InputError
     from .learned import LearnedPrompter
 
+    if request.engine == "sam3":
+        raise InputError("A trained prompter head works with the CLIP + SAM engine, not SAM 3: "
+                         "choose one or the other")
     clip = getattr(localizer, "clip", localizer)
     clip_model, tokenizer = getattr(clip, "model", None), getattr(clip, "tokenizer", None)
     if clip_model is None or tokenizer is None or not hasattr(sam, "image_encoder"):

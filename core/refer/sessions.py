@@ -100,7 +100,8 @@ def area_session(request: ReferringRequest, reader: RasterReader, window: Window
         if request.engine == "sam3":
             from .sam3_refer import Sam3ReferringSession
 
-            return Sam3ReferringSession(image.transpose(1, 2, 0), sam, valid=valid,
+            return Sam3ReferringSession(image.transpose(1, 2, 0), sam, clicks=localizer,
+                                        valid=valid,
                                         transform=rasterio.windows.transform(window, reader.grid.transform),
                                         crs=reader.grid.crs, weights=settings.weights)
         return ReferringSession(image.transpose(1, 2, 0), sam, localizer, valid=valid,
