@@ -117,6 +117,7 @@ def test_the_engine_choice_reaches_the_request_and_is_remembered(dock, qgis_ifac
     assert request.prompter is None           # not sent to SAM 3
     task = run_by_typing(panel, "")
     assert task.request.engine == "sam3" and task.result.session.encoder_calls == 1
+    assert "first query on this area: SAM 3 encoded it" in panel.status_label.text()
     assert remembered.load_state()["refer_engine"] == "sam3"   # saved when the run started
     again = DrSegDock(qgis_iface)
     try:

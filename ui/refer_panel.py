@@ -27,7 +27,7 @@ from qgis.PyQt.QtWidgets import (QComboBox, QFormLayout, QHBoxLayout, QSizePolic
 
 from ..core.errors import DrSegError, InputError
 from ..core.models.registry import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT_DEVICE,
-                                    SAM_CATALOG, SAM_MODELS)
+                                    DEFAULT_REFER_ENGINE, SAM_CATALOG, SAM_MODELS)
 from ..qgis_bridge.engine import DEFAULT_MAX_SIZE, MissingDependencies, load_refer_engine
 from ..qgis_bridge.outputs import output_folder, referring_output_path
 from ..qgis_bridge.results import add_referring_layer, layer_title
@@ -410,7 +410,7 @@ class ReferringPanel(QWidget):
                     self.click_tool.set_target(target)
                     self.undo_button.setEnabled(False)   # undo belongs to the new result
                 self.progress_bar.setValue(100)
-                report = self.report(task.result, seconds)
+                report = self.report(task.result, seconds, task.request.engine)
                 found = task.result.polygon_count > 0
                 self._message(Qgis.MessageLevel.Success if found else Qgis.MessageLevel.Warning,
                               report)
@@ -425,15 +425,16 @@ class ReferringPanel(QWidget):
         self.runFinished.emit(task)
 
     @staticmethod
-    def report(result, seconds: float) -> str:
+    def report(result, seconds: float, engine: str = DEFAULT_REFER_ENGINE) -> str:
         """One line per expression: what was found, its time and whether the cache served it."""
+        encoders = "SAM 3 encoded it" if engine == "sam3" else "SAM and CLIP encoded it"
         lines = []
         for item in result.expressions:
             t = item.timing
             found = (f"{item.polygon_count} polygon(s), best score {max(item.scores):.2f}"
                      if item.scores else "nothing found")
             source = ("cached: the area's encoders were skipped" if t.cached
-                      else "first query on this area: SAM and CLIP encoded it")
+                      else f"first query on this area: {encoders}")
             lines.append(f"'{item.expression}': {found}; {t.total:.2f} s ({source})")
         return "; ".join(lines) + f" [{result.width}×{result.height} px on {result.device}, " \
                                   f"{seconds:.1f} s in all]"
