@@ -15,20 +15,12 @@ from qgis.core import Qgis
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtTest import QTest
 from support.rasters import write_halves_raster
+from test_dock import dock  # noqa: F401 (the dock fixture)
 
 from drseg.core.adapt.adapter import Adapter, ClassPrompt, save_adapter
 from drseg.ui.dock import DrSegDock
 
 CLASSES = ("building", "water")
-
-
-@pytest.fixture
-def dock(qgis_iface, qgis_new_project, isolated_settings):
-    qgis_iface.messageBar().clear_messages()
-    widget = DrSegDock(qgis_iface)
-    yield widget
-    widget.shutdown()
-    widget.deleteLater()
 
 
 @pytest.fixture
