@@ -36,6 +36,7 @@ from .protocol import (BLENDS, DEFAULT_BATCH_SIZE, DEFAULT_BLEND, DEFAULT_STRIDE
 from .sliding import SlidingWindowSegmenter, Timings
 from .style import categorized_qml
 from .vectorize import vectorize
+from .threads import all_cores
 
 DEFAULT_THRESHOLD = 0.3
 # Shares of the progress bar: loading models, encoding the class names; segmenting and writing
@@ -116,6 +117,7 @@ def run_segmentation(request: SegmentationRequest, scorer=None, progress=None, c
     scorer_factory: instead of `scorer`, a picklable, hashable callable returning one; on a Dask
     cluster each worker builds it once (core/cluster/tasks.py). None: the request's models.
     """
+    all_cores()   # this thread may have been handed one torch thread (core/threads.py)
     monitor = RunMonitor(progress, cancelled)
     classes = parse_classes(request.classes)
     if not request.out_vector and not request.out_raster and not request.out_probabilities:

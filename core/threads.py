@@ -14,11 +14,19 @@ operations hardly parallelise anyway.
         ...                      # torch runs on one intra-op thread here
 
 The count is the calling thread's (torch keeps it per thread: a QGIS task's worker thread
-changes its own), saved on entry and restored on exit, so blocks nest.
+changes its own), saved on entry and restored on exit, so blocks nest. But torch also makes the
+last count set the one a *new* thread starts with: a thread whose first torch work falls inside
+another thread's block keeps one thread for good. So every run starts with `all_cores()`, which
+gives its thread the count the process had before any block.
 """
 from __future__ import annotations
 
 import contextlib
+import sys
+import threading
+
+_lock = threading.Lock()
+_full_count = None      # the intra-op thread count before the first light_work() block
 
 
 @contextlib.contextmanager
@@ -26,7 +34,11 @@ def light_work():
     """torch on one intra-op thread inside the block (module doc); the count is restored after."""
     import torch
 
+    global _full_count
     saved = torch.get_num_threads()
+    with _lock:
+        if _full_count is None:
+            _full_count = saved
     if saved > 1:
         torch.set_num_threads(1)
     try:
@@ -34,3 +46,12 @@ def light_work():
     finally:
         if saved > 1:
             torch.set_num_threads(saved)
+
+
+def all_cores() -> None:
+    """The calling thread back on the process's full thread count (called when a run starts)."""
+    torch = sys.modules.get("torch")
+    if torch is None or _full_count is None:   # no block ever ran: nothing to repair
+        return
+    if torch.get_num_threads() != _full_count:
+        torch.set_num_threads(_full_count)

@@ -27,10 +27,11 @@ from ..progress import RunMonitor
 from .adapter import Adapter, save_adapter
 from .data import load_chips
 from .defaults import (DEFAULT_BATCH, DEFAULT_CHIP, DEFAULT_CONTEXT_TOKENS, DEFAULT_STEPS,
-                       DEFAULT_VALIDATION_SHARE, LEVELS)
+                       DEFAULT_VALIDATION_SHARE, LEVELS, MAX_CONTEXT_TOKENS)
 from .features import iou_report
 from .report import report_paths, write_report
 from .train import TrainConfig, Trainer
+from ..threads import all_cores
 
 CHECKPOINT_SECONDS = 180.0
 CHECKPOINT_SUFFIX = ".checkpoint"
@@ -77,14 +78,15 @@ def checkpoint_paths(out: str):
 
 def run_adaptation(request: AdaptRequest, progress=None, cancelled=None, clip=None) -> AdaptResult:
     """clip: a DenseClip to adapt in place (tests); None loads a private copy of the model."""
+    all_cores()   # this thread may have been handed one torch thread (core/threads.py)
     monitor = RunMonitor(progress, cancelled)
     if request.level not in LEVELS:
         raise InputError(f"Unknown level '{request.level}'; choose {', '.join(LEVELS)}")
     out = check_destination(_destination(request), (".safetensors",))
     if request.steps < 0 or request.batch_size < 1:
         raise InputError("Steps must be >= 0 and the batch size >= 1")
-    if not 0 <= request.context_tokens <= 16:
-        raise InputError("The prompt context has 0 to 16 tokens")
+    if not 0 <= request.context_tokens <= MAX_CONTEXT_TOKENS:
+        raise InputError(f"The prompt context has 0 to {MAX_CONTEXT_TOKENS} tokens")
     ckpt_tensors, ckpt_json = checkpoint_paths(out)
 
     chips = load_chips(request.raster, request.labels, request.class_field, request.chip,

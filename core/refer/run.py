@@ -48,6 +48,7 @@ from .request import (DEFAULT_MAX_SIZE, DEFAULT_TILE_SIZE, ExpressionResult, Ref
 from .sessions import area_session, open_session
 from .tiling import open_reader, tile_windows
 from .writer import write_referring_layer
+from ..threads import all_cores
 
 # What the front ends use of the referring engine.
 __all__ = ["DEFAULT_MAX_SIZE", "DEFAULT_TILE_SIZE", "ReferringRequest", "ReferringRunResult",
@@ -63,6 +64,7 @@ def run_referring(request: ReferringRequest, progress=None, cancelled=None, sam=
     ``pipeline.make_predictor``); clip: a ``DenseClip`` or a localizer. None loads the request's
     models through the process-wide model cache.
     """
+    all_cores()   # this thread may have been handed one torch thread (core/threads.py)
     started = time.perf_counter()
     monitor = RunMonitor(progress, cancelled)
     expressions = parse_expressions(request.expressions)

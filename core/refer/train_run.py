@@ -18,6 +18,7 @@ from ..models.registry import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, DEFAULT
                                DEFAULT_SAM_MODEL)
 from .prompter import PromptedSegmenter, PrompterConfig
 from .train import TrainConfig, TrainResult, train_prompter
+from ..threads import all_cores
 
 LABELS_SOURCE = "labels"
 TRAINING_SOURCES = ("RRSIS-D", "RefSegRS", "RISBench", LABELS_SOURCE)
@@ -70,6 +71,7 @@ def run_training(request: TrainingRequest, progress=None, cancelled=None, clip=N
                  ) -> TrainResult:
     """clip: (open_clip model, tokenizer) and sam: a segment_anything Sam, given (tests, the
     GPU check) or None: loaded from the request."""
+    all_cores()   # this thread may have been handed one torch thread (core/threads.py)
     from ..device import resolve_device
     from ..models.catalog import base_weights_sha256
     from ..outputs import check_destination
