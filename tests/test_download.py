@@ -494,3 +494,25 @@ def test_two_runs_asking_at_once_download_once(server, cache):
     assert open(results[0], "rb").read() == content
     assert len(server.log) == 1
     assert _leftovers(cache) == ["weights.pth", "weights.pth" + dl.RECORD_SUFFIX]
+
+
+def test_waiting_behind_another_download_is_cancellable_and_other_models_do_not_wait(server, cache):
+    content = _payload(10_000)
+    entry = _entry(server.put("weights.pth", content), content)
+    other = _entry(server.put("other.pth", content), content, file="other.pth", name="other")
+    final = os.path.join(cache, "weights.pth")
+    os.makedirs(cache)
+    with dl._destination_lock(final, lambda: None):          # another run is downloading it
+        assert dl.download(other, cache) == os.path.join(cache, "other.pth")   # not held up
+        asked, said = [], []
+
+        def cancelled():
+            asked.append(True)
+            return len(asked) > 2
+
+        with pytest.raises(RunCancelled, match="Waiting for the download of 'test-model'"):
+            dl.download(entry, cache, cancelled=cancelled, status=said.append)
+        assert said == ["Waiting for another download of 'test-model' to finish"]
+        assert not os.path.exists(final)
+    assert dl.download(entry, cache) == final                 # the lock was released
+    assert open(final, "rb").read() == content

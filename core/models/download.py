@@ -54,7 +54,8 @@ StatusFn = Callable[[str], None]
 _CHUNK = 1 << 20
 
 # One download per destination at a time: two runs asking for the same model (dock and Processing,
-# or two processes) must not append to the same `.part` file; the second waits and finds it cached.
+# or two processes) must not append to the same `.part` file; the second waits (cancellable) and
+# finds it cached. Downloads of different models do not wait for each other.
 _DESTINATION_LOCKS: dict = {}
 _DESTINATION_LOCKS_GUARD = threading.Lock()
 
@@ -314,7 +315,18 @@ def download(source: Union[str, ModelEntry], cache_dir: Optional[str] = None, *,
         return found
     url = _source_url(target, resolve_mirror(mirror))
     writable_cache(folder)
-    with _destination_lock(folder, final):
+    told = []
+
+    def waiting():   # another run is downloading this file: say so, and let this one be cancelled
+        if cancelled is not None and cancelled():
+            raise RunCancelled(f"Waiting for the download of '{target.label}' cancelled")
+        if progress is not None:
+            progress(0, target.size)     # a run cancels through its progress callback, too
+        if status is not None and not told:
+            told.append(True)
+            status(f"Waiting for another download of '{target.label}' to finish")
+
+    with _destination_lock(final, waiting):
         found = existing() if not force else None   # another run may have finished it meanwhile
         if found:
             return found
@@ -323,24 +335,52 @@ def download(source: Union[str, ModelEntry], cache_dir: Optional[str] = None, *,
 
 
 class _destination_lock:
-    """A thread lock per destination path, plus an advisory lock (POSIX flock) on the cache folder
-    itself against other processes (no lock file is left behind); released however it ends."""
+    """A thread lock per destination path, plus an advisory lock (POSIX flock) per destination
+    against other processes, on a file in the temporary folder (the cache folder stays clean).
+    Waiting polls, so a run waiting behind another download can be cancelled: `waiting()` is
+    called a few times a second and may raise RunCancelled."""
 
-    def __init__(self, folder: str, final: str):
+    POLL = 0.25
+
+    def __init__(self, final: str, waiting: Callable[[], None]):
         with _DESTINATION_LOCKS_GUARD:
             self._thread_lock = _DESTINATION_LOCKS.setdefault(final, threading.Lock())
-        self._folder = folder
-        self._fd = None
+        digest = hashlib.sha256(os.path.abspath(final).encode("utf-8", "surrogateescape"))
+        self._lock_path = os.path.join(tempfile.gettempdir(),
+                                       f"drseg-download-{digest.hexdigest()[:24]}.lock")
+        self._waiting = waiting
+        self._handle = None
 
     def __enter__(self):
-        self._thread_lock.acquire()
+        while not self._thread_lock.acquire(timeout=self.POLL):
+            self._waiting()
+        try:
+            self._lock_file()
+        except BaseException:
+            self._thread_lock.release()
+            raise
+        return self
+
+    def _lock_file(self):
         try:
             import fcntl
-            self._fd = os.open(self._folder, os.O_RDONLY)
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
-        except (ImportError, OSError):  # Windows, or a file system without locks: threads only
-            self._close()
-        return self
+            self._handle = open(self._lock_path, "a")
+        except (ImportError, OSError):  # Windows, or no temporary folder: threads only
+            return
+        while True:
+            try:
+                fcntl.flock(self._handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                try:
+                    self._waiting()
+                except BaseException:
+                    self._close()
+                    raise
+                time.sleep(self.POLL)
+            except OSError:              # a file system without locks: threads only
+                self._close()
+                return
 
     def __exit__(self, *exc):
         self._close()
@@ -348,9 +388,9 @@ class _destination_lock:
         return False
 
     def _close(self):
-        if self._fd is not None:
-            os.close(self._fd)   # closing releases the flock
-            self._fd = None
+        if self._handle is not None:
+            self._handle.close()   # closing releases the flock
+            self._handle = None
 
 
 def _fetch(url, folder, final, target, progress, cancelled, status, retries, retry_wait,
