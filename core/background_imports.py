@@ -117,6 +117,11 @@ def gc_paused() -> Iterator[None]:
     global _gc_pausers, _gc_was_enabled
     with _gc_lock:
         if _gc_pausers == 0:
+            if gc.get_freeze_count() and gc.isenabled():
+                # a later import block: collect what earlier runs left (a cancelled run's cycles)
+                # before freezing again, or it would be kept for good; the frozen part (the
+                # libraries) is not walked, so this is short
+                gc.collect()
             _gc_was_enabled = gc.isenabled()
             gc.disable()
         _gc_pausers += 1
@@ -143,13 +148,14 @@ def gil_free_loading() -> Iterator[None]:
     with _patch_lock:
         _patch_owners[me] = _patch_owners.get(me, 0) + 1
         ctypes._dlopen = _ctypes_dlopen      # torch opens its CUDA and global deps via ctypes.CDLL
-        sys.meta_path.insert(0, finder)
+        # a new list, never the live one changed in place: another thread may be iterating it
+        sys.meta_path = [finder, *sys.meta_path]
     try:
         yield
     finally:
         with _patch_lock:
             if finder in sys.meta_path:
-                sys.meta_path.remove(finder)
+                sys.meta_path = [f for f in sys.meta_path if f is not finder]
             _patch_owners[me] -= 1
             if not _patch_owners[me]:
                 del _patch_owners[me]

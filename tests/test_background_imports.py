@@ -136,3 +136,25 @@ def test_only_a_run_that_imports_something_pauses_and_freezes():
     import_model_libraries(("colorsys",))            # a first import
     assert gc.get_freeze_count() > 0 and "colorsys" in sys.modules
     gc.unfreeze()
+
+
+def test_a_later_block_collects_earlier_garbage_before_freezing_again():
+    """Cycles an earlier run left behind (e.g. a cancelled run's traceback holding arrays) are
+    collected when a later import block starts, not frozen for good with the new libraries."""
+    import weakref
+
+    class Node:
+        pass
+
+    with bi.gc_paused():          # a first run's imports: the process is frozen once
+        pass
+    try:
+        garbage = Node()
+        garbage.self = garbage    # a cycle only the collector frees
+        alive = weakref.ref(garbage)
+        del garbage
+        with bi.gc_paused():      # a later run imports another library
+            pass
+        assert alive() is None
+    finally:
+        gc.unfreeze()
