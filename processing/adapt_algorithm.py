@@ -79,7 +79,7 @@ class AdaptModelAlgorithm(DrSegAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802
         from ..core.adapt.defaults import (DEFAULT_CHIP, DEFAULT_CONTEXT_TOKENS, DEFAULT_STEPS,
-                                           DEFAULT_VALIDATION_SHARE)
+                                           DEFAULT_VALIDATION_SHARE, MAX_CONTEXT_TOKENS)
 
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Input raster"))
         self.addParameter(QgsProcessingParameterFeatureSource(
@@ -110,7 +110,8 @@ class AdaptModelAlgorithm(DrSegAlgorithm):
             QgsProcessingParameterNumber(self.CONTEXT_TOKENS, "Learned prompt context words "
                                          "(prompt and fine-tune; 0: none)",
                                          type=number_type("Integer"),
-                                         defaultValue=DEFAULT_CONTEXT_TOKENS, minValue=0, maxValue=16),
+                                         defaultValue=DEFAULT_CONTEXT_TOKENS, minValue=0,
+                                         maxValue=MAX_CONTEXT_TOKENS),
             QgsProcessingParameterBoolean(self.CLASS_CONTEXT, "Each labelled class also learns "
                                           "context of its own", defaultValue=False),
             QgsProcessingParameterBoolean(self.RESUME, "Resume an interrupted run", defaultValue=False),

@@ -13,7 +13,7 @@ from typing import Callable, Optional
 from qgis.PyQt.QtWidgets import (QComboBox, QFileDialog, QHBoxLayout, QPushButton, QToolButton,
                                  QWidget)
 
-from ..core.adapt.catalog import adapters_folder, list_adapters
+from ..core.adapt.catalog import SUFFIX, adapters_folder, list_adapters
 
 ADAPT_ALGORITHM = "drseg:adaptmodel"
 NO_ADAPTER = "[No adapter]"
@@ -80,7 +80,7 @@ class AdapterField(QWidget):
 
     def browse(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Adapter file", self.value() or "",
-                                              "Adapters (*.safetensors)")
+                                              f"Adapters (*{SUFFIX})")
         if path:
             self.set_value(path)
 
@@ -105,7 +105,8 @@ class AdapterField(QWidget):
         self.refresh()
         made = (results or {}).get("OUTPUT")
         if made and os.path.isfile(str(made)):
-            name = os.path.basename(str(made))[:-len(".safetensors")]
+            base = os.path.basename(str(made))
+            name = base[:-len(SUFFIX)] if base.endswith(SUFFIX) else base
             in_cache = os.path.dirname(os.path.abspath(str(made))) == os.path.abspath(folder)
             self.set_value(name if in_cache else str(made))
         return results
@@ -115,12 +116,13 @@ def _free_name(folder: str, parameters: dict) -> str:
     """'<layer>-adapter.safetensors', numbered when taken."""
     layer = parameters.get("INPUT")
     stem = getattr(layer, "name", lambda: "")() if layer is not None and not isinstance(layer, str) else ""
-    stem = "".join(c if c.isalnum() or c in "-_" else "-" for c in (stem or "raster")).strip("-")
-    name, number = f"{stem or 'raster'}-adapter", 1
-    while os.path.exists(os.path.join(folder, name + ".safetensors")):
+    stem = "".join(c if c.isalnum() or c in "-_" else "-" for c in (stem or "")).strip("-") \
+        or "raster"
+    name, number = f"{stem}-adapter", 1
+    while os.path.exists(os.path.join(folder, name + SUFFIX)):
         number += 1
         name = f"{stem}-adapter-{number}"
-    return name + ".safetensors"
+    return name + SUFFIX
 
 
 def _tooltip_role():

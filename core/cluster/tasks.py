@@ -148,8 +148,8 @@ class ScorerLocks:
 
 
 def task_segmenter(task: BlockTask, reader, scorer):
-    """The block source of the task's engine over `reader`, its queries encoded as a run in one
-    process encodes them (one at a time: the same text features, bit for bit)."""
+    """The block source of the task's engine over `reader`, its queries encoded exactly as a run
+    in one process encodes them (same batching: the same text features, bit for bit)."""
     from ..progress import RunMonitor
     from ..segment import _sliding, encode_queries, sam3_sliding
 
