@@ -239,6 +239,14 @@ def encode_queries(scorer, queries, stage) -> None:
         scorer.set_queries(queries[:k + 1])
 
 
+def clip_branch_request(request: SegmentationRequest, engine: str) -> SegmentationRequest:
+    """The request the CLIP branch runs: an engine naming a CLIP method ('drseg', 'clip') is that
+    method; 'auto', 'hybrid' and the rest keep the request's own method choice."""
+    if engine in ("drseg", "clip"):
+        return dataclasses.replace(request, method=engine)
+    return request
+
+
 def build_segmenter(request: SegmentationRequest, reader, queries, owner, monitor: RunMonitor,
                     text=None):
     """-> (segmenter, device name, engine used, note) for the request's engine, queries set.
@@ -263,9 +271,7 @@ def build_segmenter(request: SegmentationRequest, reader, queries, owner, monito
                             threshold=0.0 if engine == "hybrid" else request.threshold)
         if engine == "sam3":
             return sam3, str(scorer.device), "sam3", ""
-    clip_request = request
-    if engine in ("drseg", "clip"):
-        clip_request = dataclasses.replace(request, method=engine)
+    clip_request = clip_branch_request(request, engine)
     scorer, method, note = build_scorer(clip_request, monitor)
     check_window(request.window, scorer)
     encode_queries(scorer, queries, text or monitor)
@@ -300,9 +306,7 @@ def cluster_recipe(request: SegmentationRequest):
         sam3 = Sam3Recipe.of(request)
         if engine == "sam3":
             return sam3, "sam3", ""
-    clip_request = request
-    if engine in ("drseg", "clip"):
-        clip_request = dataclasses.replace(request, method=engine)
+    clip_request = clip_branch_request(request, engine)
     method, dino_path, note = choose_method(clip_request)
     recipe = ScorerRecipe.of(clip_request, method, dino_path)
     if engine != "hybrid":
@@ -340,8 +344,7 @@ def model_libraries(request: SegmentationRequest):
     engine = request.engine or request.method
     libraries = list(SAM3_LIBRARIES if engine in SAM3_ENGINES else CLIP_LIBRARIES)
     if engine != "sam3":
-        clip_request = (dataclasses.replace(request, method=engine) if engine in ("drseg", "clip")
-                        else request)
+        clip_request = clip_branch_request(request, engine)
         try:
             with_dino = choose_method(clip_request)[0] == "drseg"
         except DrSegError:  # e.g. DR-Seg without DINO weights: the run says so
