@@ -184,7 +184,30 @@ def _points(points) -> np.ndarray:
     return arr
 
 
-class ReferringSession:
+class GeoreferencedArea:
+    """Clicks and results of a referring session in map coordinates, through `self.transform`
+    (the area's affine transform; None: an area without georeferencing). Shared by the CLIP + SAM
+    and SAM 3 sessions."""
+
+    transform = None
+
+    def pixel_of(self, x: float, y: float) -> Tuple[float, float]:
+        """Map coordinates (the area's CRS) -> area pixel-index (x, y) for clicks."""
+        if self.transform is None:
+            raise InputError("This session has no georeferencing.")
+        col, row = ~self.transform * (x, y)
+        return tuple(float(v) for v in corner_to_index([col, row]))
+
+    def to_geometry(self, result: Union[ReferringResult, np.ndarray]):
+        """A result (or mask) as a shapely (Multi)Polygon in the area's CRS (pixel edges);
+        None when empty."""
+        if self.transform is None:
+            raise InputError("This session has no georeferencing.")
+        mask = result.mask if isinstance(result, ReferringResult) else np.asarray(result, bool)
+        return mask_to_geometry(mask, self.transform)
+
+
+class ReferringSession(GeoreferencedArea):
     """Referring queries on one area with cached encoders (module doc).
 
     image: H×W×3 uint8 (a (3, H, W) array is transposed); sam: a segment_anything ``Sam``, a
@@ -566,21 +589,6 @@ class ReferringSession:
                                source="refined", points=points, labels=labels, box=box,
                                low_res=np.asarray(low[0:1]))
 
-    # -- georeferencing -----------------------------------------------------------------------
-    def pixel_of(self, x: float, y: float) -> Tuple[float, float]:
-        """Map coordinates (the area's CRS) -> area pixel-index (x, y) for clicks."""
-        if self.transform is None:
-            raise InputError("This session has no georeferencing.")
-        col, row = ~self.transform * (x, y)
-        return tuple(float(v) for v in corner_to_index([col, row]))
-
-    def to_geometry(self, result: Union[ReferringResult, np.ndarray]):
-        """A result (or mask) as a shapely (Multi)Polygon in the area's CRS (pixel edges);
-        None when empty."""
-        if self.transform is None:
-            raise InputError("This session has no georeferencing.")
-        mask = result.mask if isinstance(result, ReferringResult) else np.asarray(result, bool)
-        return mask_to_geometry(mask, self.transform)
 
 
 def mask_to_geometry(mask: np.ndarray, transform):

@@ -36,8 +36,7 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from .parse import ParsedExpression, parse_expression
-from .pipeline import QueryTimings, ReferringResult, _points, mask_to_geometry
-from .sam_frames import corner_to_index
+from .pipeline import GeoreferencedArea, QueryTimings, ReferringResult, _points
 from .select import Candidate, ScoredCandidate, SelectionWeights, select_candidates
 
 MIN_INSTANCE_SCORE = 0.3   # σ(score)·σ(presence) below this is not an instance
@@ -54,7 +53,7 @@ def concept_prompt(parsed: ParsedExpression) -> str:
     return " ".join(tuple(parsed.colours) + (parsed.target.head,)).strip()
 
 
-class Sam3ReferringSession:
+class Sam3ReferringSession(GeoreferencedArea):
     """One area image and SAM 3 (a `core.sam3_engine.Sam3Scorer`), or a `detect` seam."""
 
     def __init__(self, image: np.ndarray, scorer=None, *,
@@ -212,20 +211,6 @@ class Sam3ReferringSession:
         inside = F.interpolate(inside, size=(size, size), mode="bilinear", align_corners=False,
                                antialias=True)[0, 0]
         return (2.0 * inside - 1.0) * PRIOR_LOGIT
-
-    def pixel_of(self, x: float, y: float) -> Tuple[float, float]:
-        """Map coordinates (the area's CRS) -> area pixel-index (x, y) for clicks."""
-        if self.transform is None:
-            raise InputError("This session has no georeferencing.")
-        col, row = ~self.transform * (x, y)
-        return tuple(float(v) for v in corner_to_index([col, row]))
-
-    def to_geometry(self, result: Union[ReferringResult, np.ndarray]):
-        """A result (or mask) as a shapely (Multi)Polygon in the area's CRS; None when empty."""
-        if self.transform is None:
-            raise InputError("This session has no georeferencing.")
-        mask = result.mask if isinstance(result, ReferringResult) else np.asarray(result, bool)
-        return mask_to_geometry(mask, self.transform)
 
     def detect(self, phrase: str) -> Detection:
         """Instances of one concept (cached per phrase for this area)."""
