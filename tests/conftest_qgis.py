@@ -56,6 +56,20 @@ def desktop_layer_tree_view():
         del iface.layerTreeView
 
 
+@contextlib.contextmanager
+def canvas_showing(iface, layer):
+    """The map canvas on `layer` (its CRS and extent) for clicks; its map tool unset afterwards."""
+    canvas = iface.mapCanvas()
+    canvas.setDestinationCrs(layer.crs())
+    canvas.setExtent(layer.extent())
+    canvas.refresh()
+    try:
+        yield canvas
+    finally:
+        if canvas.mapTool() is not None:
+            canvas.unsetMapTool(canvas.mapTool())
+
+
 def wait_for(predicate, timeout: float = 60.0, step: float = 0.01) -> bool:
     """Process Qt events until predicate() is true; False on timeout."""
     deadline = time.monotonic() + timeout

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import shapely
 from support.rasters import write_raster as write_array
-from conftest_qgis import (drseg_provider, files_under, isolated_settings, raster_layer,  # noqa: F401
-                           run_algorithm, wait_for)
+from conftest_qgis import (canvas_showing, drseg_provider, files_under,  # noqa: F401
+                           isolated_settings, raster_layer, run_algorithm, wait_for)
 from qgis.core import (Qgis, QgsApplication, QgsCategorizedSymbolRenderer,
                        QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsPointXY,
                        QgsProcessingException, QgsProcessingFeedback, QgsProcessingModelAlgorithm,
@@ -110,14 +110,9 @@ def panel(qgis_iface, qgis_new_project, isolated_settings, ponds, tmp_path, monk
     widget.sam, widget.clip = ClickPredictor(), ColourLocalizer()
     monkeypatch.setattr(widget, "output_folder", lambda: str(tmp_path))
     widget.layer_combo.setLayer(ponds)
-    canvas = qgis_iface.mapCanvas()
-    canvas.setDestinationCrs(ponds.crs())
-    canvas.setExtent(ponds.extent())
-    canvas.refresh()
-    yield widget
-    widget.shutdown()
-    if canvas.mapTool() is not None:
-        canvas.unsetMapTool(canvas.mapTool())
+    with canvas_showing(qgis_iface, ponds):
+        yield widget
+        widget.shutdown()
     widget.deleteLater()
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import shapely
-from conftest_qgis import isolated_settings, raster_layer, wait_for  # noqa: F401
+from conftest_qgis import canvas_showing, isolated_settings, raster_layer, wait_for  # noqa: F401
 from qgis.core import QgsPointXY
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtTest import QTest
@@ -41,14 +41,9 @@ def dock(qgis_iface, qgis_new_project, isolated_settings, tmp_path, monkeypatch)
     widget.layer_combo.setLayer(layer)
     widget.device_combo.setCurrentIndex(widget.device_combo.findData("cpu"))
     monkeypatch.setattr(widget.refer_panel, "output_folder", lambda: str(tmp_path))
-    canvas = qgis_iface.mapCanvas()
-    canvas.setDestinationCrs(layer.crs())
-    canvas.setExtent(layer.extent())
-    canvas.refresh()
-    yield widget
-    widget.shutdown()
-    if canvas.mapTool() is not None:
-        canvas.unsetMapTool(canvas.mapTool())
+    with canvas_showing(qgis_iface, layer):
+        yield widget
+        widget.shutdown()
     widget.deleteLater()
 
 
